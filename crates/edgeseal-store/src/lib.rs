@@ -1,0 +1,456 @@
+//! Where sealed batches live.
+//!
+//! [`Store`] is the untrusted remote store: SQLite (the default, a file in the
+//! data directory), PostgreSQL or MySQL/MariaDB, chosen by URL through
+//! [`AnyStore::connect`]. It holds ciphertext and the header's clear metadata
+//! only. [`local::LocalState`] is the agent's own durable state: the journal of
+//! accepted readings, the outbox of sealed batches not yet stored, per-stream
+//! sequence numbers, and the heads this reader has seen.
+
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use edgeseal_core::{DeviceId, StreamName};
+use sqlx::Row as _;
+
+pub mod local;
+pub mod reader;
+mod url;
+
+pub use url::redact_url;
+
+/// Errors of the store crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot reach the store at {url}: {source}. Check that the database is running and that --store / EDGESEAL_STORE is right"
+    )]
+    Unreachable { url: String, source: sqlx::Error },
+    #[error("unsupported store URL {0:?}: use sqlite://PATH, postgres://USER@HOST/DB or mysql://USER@HOST/DB")]
+    BadUrl(String),
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("updating the store's schema failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the store returned a malformed row: {0}")]
+    BadRow(&'static str),
+}
+
+impl Error {
+    /// True when retrying later may succeed (the database is down or busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } => true,
+            Error::Query(e) => matches!(
+                e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+            ) || matches!(e, sqlx::Error::Database(d) if d.message().contains("locked")),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A sealed batch with the clear metadata the store indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRow {
+    pub device: DeviceId,
+    pub stream: StreamName,
+    pub seq: u64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub count: u32,
+    pub epoch: u32,
+    pub hash: [u8; 32],
+    pub sealed: Vec<u8>,
+}
+
+/// A batch as read back: the clear columns (untrusted) and the sealed bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    pub seq: u64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub sealed: Vec<u8>,
+}
+
+/// A summary of one stream in the store, from clear metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub device: DeviceId,
+    pub stream: String,
+    pub batches: u64,
+    pub readings: u64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub head_seq: u64,
+}
+
+/// What [`Store::put_batches`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutReport {
+    pub inserted: usize,
+    /// Already stored with identical content (a retry after a lost acknowledgement).
+    pub already_present: usize,
+    /// Indexes (into the input) of rows whose number is taken by different content.
+    pub conflicts: Vec<usize>,
+}
+
+/// An inclusive time range in ms since the Unix epoch; `None` is unbounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// The storage trait every backend implements.
+pub trait Store: Send + Sync {
+    /// Creates or upgrades the schema.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Stores batches, idempotently on (device, stream, seq).
+    fn put_batches(&self, rows: &[BatchRow]) -> impl Future<Output = Result<PutReport>> + Send;
+    /// Stores a signed checkpoint, idempotently.
+    fn put_checkpoint(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        seq: u64,
+        sealed: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// All streams with their clear metadata.
+    fn streams(&self) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send;
+    /// Batches of a stream overlapping `range`, in sequence order.
+    fn batches(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        range: TimeRange,
+    ) -> impl Future<Output = Result<Vec<StoredBatch>>> + Send;
+    /// The `limit` highest-numbered checkpoints of a stream.
+    fn checkpoints(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
+    /// The store's URL with any password removed.
+    fn url(&self) -> &str;
+}
+
+/// The SQL one backend speaks.
+struct Dialect {
+    insert_batch: &'static str,
+    batch_hash: &'static str,
+    insert_checkpoint: &'static str,
+    streams: &'static str,
+    batches: &'static str,
+    checkpoints: &'static str,
+}
+
+const SQLITE: Dialect = Dialect {
+    insert_batch: "INSERT INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    batch_hash: "SELECT hash FROM batches WHERE device = ? AND stream = ? AND seq = ?",
+    insert_checkpoint: "INSERT INTO checkpoints (device, stream, seq, sealed) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    streams: "SELECT device, stream, COUNT(*) AS batches, SUM(count) AS readings, MIN(first_ts) AS first_ts, \
+              MAX(last_ts) AS last_ts, MAX(seq) AS head FROM batches GROUP BY device, stream ORDER BY stream, device",
+    batches: "SELECT seq, first_ts, last_ts, sealed FROM batches WHERE device = ? AND stream = ? \
+              AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
+    checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
+};
+
+const POSTGRES: Dialect = Dialect {
+    insert_batch: "INSERT INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+    batch_hash: "SELECT hash FROM batches WHERE device = $1 AND stream = $2 AND seq = $3",
+    insert_checkpoint: "INSERT INTO checkpoints (device, stream, seq, sealed) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS BIGINT) AS readings, \
+              MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts, MAX(seq) AS head \
+              FROM batches GROUP BY device, stream ORDER BY stream, device",
+    batches: "SELECT seq, first_ts, last_ts, sealed FROM batches WHERE device = $1 AND stream = $2 \
+              AND last_ts >= $3 AND first_ts <= $4 ORDER BY seq",
+    checkpoints: "SELECT sealed FROM checkpoints WHERE device = $1 AND stream = $2 ORDER BY seq DESC LIMIT $3",
+};
+
+const MYSQL: Dialect = Dialect {
+    insert_batch: "INSERT IGNORE INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    batch_hash: "SELECT hash FROM batches WHERE device = ? AND stream = ? AND seq = ?",
+    insert_checkpoint: "INSERT IGNORE INTO checkpoints (device, stream, seq, sealed) VALUES (?, ?, ?, ?)",
+    streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS SIGNED) AS readings, \
+              MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts, MAX(seq) AS head \
+              FROM batches GROUP BY device, stream ORDER BY stream, device",
+    batches: "SELECT seq, first_ts, last_ts, sealed FROM batches WHERE device = ? AND stream = ? \
+              AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
+    checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
+};
+
+fn device_from(bytes: &[u8]) -> Result<DeviceId> {
+    <[u8; 16]>::try_from(bytes).map(DeviceId).map_err(|_| Error::BadRow("device id is not 16 bytes"))
+}
+
+fn u64_from(v: i64, what: &'static str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::BadRow(what))
+}
+
+fn i64_from(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::BadRow("number above 2^63"))
+}
+
+/// One backend: the same code over each sqlx driver, with its dialect.
+macro_rules! backend {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, $dialect:expr, $migrations:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+            url: String,
+        }
+
+        impl $name {
+            pub fn new(pool: $pool, url: &str) -> Self {
+                Self { pool, url: redact_url(url) }
+            }
+
+            /// The underlying pool (tests edit rows through it, as a hostile operator would).
+            pub fn pool(&self) -> &$pool {
+                &self.pool
+            }
+        }
+
+        impl Store for $name {
+            async fn migrate(&self) -> Result<()> {
+                sqlx::migrate!($migrations).run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn put_batches(&self, rows: &[BatchRow]) -> Result<PutReport> {
+                let d = &$dialect;
+                let mut report = PutReport::default();
+                let mut tx = self.pool.begin().await?;
+                for (i, r) in rows.iter().enumerate() {
+                    let done = sqlx::query(d.insert_batch)
+                        .bind(&r.device.0[..])
+                        .bind(r.stream.as_str())
+                        .bind(i64_from(r.seq)?)
+                        .bind(r.first_ts)
+                        .bind(r.last_ts)
+                        .bind(r.count as i32)
+                        .bind(i64::from(r.epoch))
+                        .bind(&r.hash[..])
+                        .bind(&r.sealed[..])
+                        .execute(&mut *tx)
+                        .await?;
+                    if done.rows_affected() == 1 {
+                        report.inserted += 1;
+                        continue;
+                    }
+                    let existing: Vec<u8> = sqlx::query(d.batch_hash)
+                        .bind(&r.device.0[..])
+                        .bind(r.stream.as_str())
+                        .bind(i64_from(r.seq)?)
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get(0)?;
+                    if existing == r.hash {
+                        report.already_present += 1;
+                    } else {
+                        report.conflicts.push(i);
+                    }
+                }
+                tx.commit().await?;
+                Ok(report)
+            }
+
+            async fn put_checkpoint(&self, device: DeviceId, stream: &StreamName, seq: u64, sealed: &[u8]) -> Result<()> {
+                sqlx::query($dialect.insert_checkpoint)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(i64_from(seq)?)
+                    .bind(sealed)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn streams(&self) -> Result<Vec<StreamInfo>> {
+                let rows = sqlx::query($dialect.streams).fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|r| {
+                        let device: Vec<u8> = r.try_get("device")?;
+                        Ok(StreamInfo {
+                            device: device_from(&device)?,
+                            stream: r.try_get("stream")?,
+                            batches: u64_from(r.try_get("batches")?, "negative count")?,
+                            readings: u64_from(r.try_get::<Option<i64>, _>("readings")?.unwrap_or(0), "negative count")?,
+                            first_ts: r.try_get("first_ts")?,
+                            last_ts: r.try_get("last_ts")?,
+                            head_seq: u64_from(r.try_get("head")?, "negative sequence number")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn batches(&self, device: DeviceId, stream: &StreamName, range: TimeRange) -> Result<Vec<StoredBatch>> {
+                let rows = sqlx::query($dialect.batches)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(range.from.unwrap_or(i64::MIN))
+                    .bind(range.to.unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(StoredBatch {
+                            seq: u64_from(r.try_get("seq")?, "negative sequence number")?,
+                            first_ts: r.try_get("first_ts")?,
+                            last_ts: r.try_get("last_ts")?,
+                            sealed: r.try_get("sealed")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn checkpoints(&self, device: DeviceId, stream: &StreamName, limit: u32) -> Result<Vec<Vec<u8>>> {
+                let rows = sqlx::query($dialect.checkpoints)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| Ok(r.try_get::<Vec<u8>, _>("sealed")?)).collect()
+            }
+
+            fn url(&self) -> &str {
+                &self.url
+            }
+        }
+    };
+}
+
+backend!(
+    /// SQLite: the zero-setup default, a file in the data directory.
+    SqliteStore, sqlx::SqlitePool, SQLITE, "./migrations/sqlite"
+);
+backend!(
+    /// PostgreSQL (and what speaks its protocol: Cloud SQL, CockroachDB, Citus).
+    PgStore, sqlx::PgPool, POSTGRES, "./migrations/postgres"
+);
+backend!(
+    /// MySQL and MariaDB (Cloud SQL for MySQL, as the original used).
+    MySqlStore, sqlx::MySqlPool, MYSQL, "./migrations/mysql"
+);
+
+/// How to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// Connect on first use instead of now (the agent starts while the database is down).
+    pub lazy: bool,
+    /// How long to wait for a connection.
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { lazy: false, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Any backend, chosen by URL scheme.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+    MySql(MySqlStore),
+}
+
+/// Opens a SQLite pool tuned for an append-mostly workload (WAL, synchronous=NORMAL).
+pub(crate) async fn sqlite_pool(url: &str, lazy: bool, timeout: Duration) -> Result<sqlx::SqlitePool> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(|_| Error::BadUrl(redact_url(url)))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new().max_connections(4).acquire_timeout(timeout);
+    if lazy {
+        Ok(pool.connect_lazy_with(opts))
+    } else {
+        pool.connect_with(opts)
+            .await
+            .map_err(|source| Error::Unreachable { url: redact_url(url), source })
+    }
+}
+
+impl AnyStore {
+    /// Connects to `sqlite://PATH`, `postgres://…` or `mysql://…` (also `mariadb://…`).
+    pub async fn connect(url: &str, opts: ConnectOptions) -> Result<AnyStore> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+        let unreachable = |source| Error::Unreachable { url: redact_url(url), source };
+        match scheme {
+            "sqlite" => Ok(AnyStore::Sqlite(SqliteStore::new(sqlite_pool(url, opts.lazy, opts.timeout).await?, url))),
+            "postgres" | "postgresql" => {
+                let co = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact_url(url)))?;
+                let po = sqlx::postgres::PgPoolOptions::new().max_connections(4).acquire_timeout(opts.timeout);
+                let pool = if opts.lazy { po.connect_lazy_with(co) } else { po.connect_with(co).await.map_err(unreachable)? };
+                Ok(AnyStore::Postgres(PgStore::new(pool, url)))
+            }
+            "mysql" | "mariadb" => {
+                let fixed = url.replacen("mariadb:", "mysql:", 1);
+                let co = sqlx::mysql::MySqlConnectOptions::from_str(&fixed).map_err(|_| Error::BadUrl(redact_url(url)))?;
+                let po = sqlx::mysql::MySqlPoolOptions::new().max_connections(4).acquire_timeout(opts.timeout);
+                let pool = if opts.lazy { po.connect_lazy_with(co) } else { po.connect_with(co).await.map_err(unreachable)? };
+                Ok(AnyStore::MySql(MySqlStore::new(pool, url)))
+            }
+            _ => Err(Error::BadUrl(redact_url(url))),
+        }
+    }
+
+    /// A short name of the backend.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Postgres(_) => "postgres",
+            AnyStore::MySql(_) => "mysql",
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
+            AnyStore::MySql($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn migrate(&self) -> Result<()> {
+        dispatch!(self, s => s.migrate().await)
+    }
+    async fn put_batches(&self, rows: &[BatchRow]) -> Result<PutReport> {
+        dispatch!(self, s => s.put_batches(rows).await)
+    }
+    async fn put_checkpoint(&self, device: DeviceId, stream: &StreamName, seq: u64, sealed: &[u8]) -> Result<()> {
+        dispatch!(self, s => s.put_checkpoint(device, stream, seq, sealed).await)
+    }
+    async fn streams(&self) -> Result<Vec<StreamInfo>> {
+        dispatch!(self, s => s.streams().await)
+    }
+    async fn batches(&self, device: DeviceId, stream: &StreamName, range: TimeRange) -> Result<Vec<StoredBatch>> {
+        dispatch!(self, s => s.batches(device, stream, range).await)
+    }
+    async fn checkpoints(&self, device: DeviceId, stream: &StreamName, limit: u32) -> Result<Vec<Vec<u8>>> {
+        dispatch!(self, s => s.checkpoints(device, stream, limit).await)
+    }
+    fn url(&self) -> &str {
+        dispatch!(self, s => s.url())
+    }
+}

@@ -1,0 +1,312 @@
+//! The agent's durable local state, `state.db` in the data directory.
+//!
+//! Nothing accepted is lost: a reading is journaled before it is acknowledged;
+//! sealing a batch moves its readings from the journal to the outbox and
+//! advances the stream's sequence number in one transaction; a batch leaves the
+//! outbox only after the store acknowledged it. A crash at any point leaves
+//! each reading in exactly one of journal, outbox or store.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use edgeseal_core::chain::Head;
+use edgeseal_core::envelope::BatchHash;
+use edgeseal_core::{DeviceId, StreamName};
+use sqlx::Row as _;
+
+use crate::{BatchRow, Error, Result};
+
+/// A reading accepted but not yet sealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingReading {
+    pub stream: StreamName,
+    pub ts: i64,
+    pub value: PendingValue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PendingValue {
+    Scalar { value: f64, unit: String, label: Option<String> },
+    Blob { media_type: String, data: Vec<u8> },
+}
+
+/// Per-stream sealing state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    pub next_seq: u64,
+    pub head: BatchHash,
+    pub epoch: u32,
+}
+
+impl Default for StreamState {
+    fn default() -> Self {
+        StreamState { next_seq: 0, head: BatchHash::default(), epoch: 0 }
+    }
+}
+
+/// Counts of what waits locally, per stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub pending_readings: u64,
+    pub outbox_batches: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalState {
+    pool: sqlx::SqlitePool,
+}
+
+fn seq_i64(seq: u64) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| Error::BadRow("sequence number above 2^63"))
+}
+
+fn hash_from(v: &[u8]) -> Result<BatchHash> {
+    <[u8; 32]>::try_from(v).map(BatchHash).map_err(|_| Error::BadRow("hash is not 32 bytes"))
+}
+
+impl LocalState {
+    /// Opens (creating if needed) the state database at `path`.
+    pub async fn open(path: &Path) -> Result<LocalState> {
+        let url = format!("sqlite://{}", path.display());
+        let pool = crate::sqlite_pool(&url, false, Duration::from_secs(10)).await?;
+        sqlx::migrate!("./migrations/local").run(&pool).await?;
+        Ok(LocalState { pool })
+    }
+
+    /// Journals accepted readings in one transaction; returns their ids.
+    pub async fn journal(&self, readings: &[PendingReading]) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids = Vec::with_capacity(readings.len());
+        for r in readings {
+            let q = sqlx::query(
+                "INSERT INTO pending_readings (stream, ts, value, unit, label, media_type, blob) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(r.stream.as_str())
+            .bind(r.ts);
+            let q = match &r.value {
+                PendingValue::Scalar { value, unit, label } => {
+                    q.bind(*value).bind(unit.as_str()).bind(label.as_deref()).bind(None::<&str>).bind(None::<&[u8]>)
+                }
+                PendingValue::Blob { media_type, data } => q
+                    .bind(None::<f64>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(media_type.as_str())
+                    .bind(&data[..]),
+            };
+            ids.push(q.execute(&mut *tx).await?.last_insert_rowid());
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Every journaled reading, oldest first, with its id.
+    pub async fn pending(&self) -> Result<Vec<(i64, PendingReading)>> {
+        let rows = sqlx::query("SELECT id, stream, ts, value, unit, label, media_type, blob FROM pending_readings ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let stream: String = r.try_get("stream")?;
+                let stream = StreamName::new(stream).map_err(|_| Error::BadRow("invalid stream name"))?;
+                let value = match r.try_get::<Option<Vec<u8>>, _>("blob")? {
+                    Some(data) => PendingValue::Blob { media_type: r.try_get::<Option<String>, _>("media_type")?.unwrap_or_default(), data },
+                    None => PendingValue::Scalar {
+                        value: r.try_get::<Option<f64>, _>("value")?.unwrap_or(f64::NAN),
+                        unit: r.try_get::<Option<String>, _>("unit")?.unwrap_or_default(),
+                        label: r.try_get("label")?,
+                    },
+                };
+                Ok((r.try_get("id")?, PendingReading { stream, ts: r.try_get("ts")?, value }))
+            })
+            .collect()
+    }
+
+    pub async fn stream_state(&self, stream: &StreamName) -> Result<StreamState> {
+        let row = sqlx::query("SELECT next_seq, head, epoch FROM streams WHERE stream = ?")
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            None => Ok(StreamState::default()),
+            Some(r) => Ok(StreamState {
+                next_seq: u64::try_from(r.try_get::<i64, _>("next_seq")?).map_err(|_| Error::BadRow("negative seq"))?,
+                head: hash_from(&r.try_get::<Vec<u8>, _>("head")?)?,
+                epoch: u32::try_from(r.try_get::<i64, _>("epoch")?).map_err(|_| Error::BadRow("epoch out of range"))?,
+            }),
+        }
+    }
+
+    /// All streams this agent has sealed, with their state.
+    pub async fn stream_states(&self) -> Result<Vec<(StreamName, StreamState)>> {
+        let rows = sqlx::query("SELECT stream FROM streams ORDER BY stream").fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let name = StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))?;
+            let st = self.stream_state(&name).await?;
+            out.push((name, st));
+        }
+        Ok(out)
+    }
+
+    /// Starts a new key epoch for a stream; returns it.
+    pub async fn rotate_epoch(&self, stream: &StreamName) -> Result<u32> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING")
+            .bind(stream.as_str())
+            .bind(&[0u8; 32][..])
+            .execute(&mut *tx)
+            .await?;
+        let epoch: i64 = sqlx::query("UPDATE streams SET epoch = epoch + 1 WHERE stream = ? RETURNING epoch")
+            .bind(stream.as_str())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        u32::try_from(epoch).map_err(|_| Error::BadRow("epoch out of range"))
+    }
+
+    /// Records a sealed batch: the outbox gains it, the journal loses the
+    /// readings it holds (ids ≤ `last_reading_id` of its stream, if any), and
+    /// the stream's next number and head advance — atomically. Fails if the
+    /// stream has moved on since `row.seq` was chosen.
+    pub async fn commit_sealed(&self, row: &BatchRow, last_reading_id: Option<i64>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let stream = row.stream.as_str();
+        sqlx::query("INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING")
+            .bind(stream)
+            .bind(&[0u8; 32][..])
+            .execute(&mut *tx)
+            .await?;
+        let updated = sqlx::query("UPDATE streams SET next_seq = ?, head = ? WHERE stream = ? AND next_seq = ?")
+            .bind(seq_i64(row.seq + 1)?)
+            .bind(&row.hash[..])
+            .bind(stream)
+            .bind(seq_i64(row.seq)?)
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::BadRow("the stream's sequence number moved on while sealing"));
+        }
+        sqlx::query(
+            "INSERT INTO outbox (stream, seq, first_ts, last_ts, count, epoch, hash, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(stream)
+        .bind(seq_i64(row.seq)?)
+        .bind(row.first_ts)
+        .bind(row.last_ts)
+        .bind(i64::from(row.count))
+        .bind(i64::from(row.epoch))
+        .bind(&row.hash[..])
+        .bind(&row.sealed[..])
+        .execute(&mut *tx)
+        .await?;
+        if let Some(id) = last_reading_id {
+            sqlx::query("DELETE FROM pending_readings WHERE stream = ? AND id <= ?")
+                .bind(stream)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The oldest `limit` batches waiting for the store, with their outbox ids.
+    pub async fn outbox(&self, device: DeviceId, limit: u32) -> Result<Vec<(i64, BatchRow)>> {
+        let rows = sqlx::query(
+            "SELECT id, stream, seq, first_ts, last_ts, count, epoch, hash, sealed FROM outbox ORDER BY id LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let hash: Vec<u8> = r.try_get("hash")?;
+                Ok((
+                    r.try_get("id")?,
+                    BatchRow {
+                        device,
+                        stream: StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))?,
+                        seq: u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| Error::BadRow("negative seq"))?,
+                        first_ts: r.try_get("first_ts")?,
+                        last_ts: r.try_get("last_ts")?,
+                        count: u32::try_from(r.try_get::<i64, _>("count")?).map_err(|_| Error::BadRow("count"))?,
+                        epoch: u32::try_from(r.try_get::<i64, _>("epoch")?).map_err(|_| Error::BadRow("epoch"))?,
+                        hash: hash_from(&hash)?.0,
+                        sealed: r.try_get("sealed")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Removes stored batches from the outbox; batches the store refused go to `rejected`.
+    pub async fn outbox_done(&self, stored: &[i64], rejected: &[(i64, String)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, reason) in rejected {
+            sqlx::query("INSERT INTO rejected (stream, seq, reason, sealed) SELECT stream, seq, ?, sealed FROM outbox WHERE id = ?")
+                .bind(reason.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for id in stored.iter().chain(rejected.iter().map(|(id, _)| id)) {
+            sqlx::query("DELETE FROM outbox WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What waits locally, per stream.
+    pub async fn backlog(&self) -> Result<HashMap<String, Backlog>> {
+        let mut out: HashMap<String, Backlog> = HashMap::new();
+        for r in sqlx::query("SELECT stream, COUNT(*) AS n FROM pending_readings GROUP BY stream").fetch_all(&self.pool).await? {
+            out.entry(r.try_get("stream")?).or_default().pending_readings = r.try_get::<i64, _>("n")? as u64;
+        }
+        for r in sqlx::query("SELECT stream, COUNT(*) AS n FROM outbox GROUP BY stream").fetch_all(&self.pool).await? {
+            out.entry(r.try_get("stream")?).or_default().outbox_batches = r.try_get::<i64, _>("n")? as u64;
+        }
+        Ok(out)
+    }
+
+    /// The highest head remembered for a stream.
+    pub async fn remembered(&self, device: DeviceId, stream: &StreamName) -> Result<Option<Head>> {
+        let row = sqlx::query("SELECT seq, hash, ts FROM seen_heads WHERE device = ? AND stream = ?")
+            .bind(&device.0[..])
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Head {
+                seq: u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| Error::BadRow("negative seq"))?,
+                hash: hash_from(&r.try_get::<Vec<u8>, _>("hash")?)?,
+                ts: r.try_get("ts")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Remembers `head` if it is higher than what is remembered.
+    pub async fn remember(&self, device: DeviceId, stream: &StreamName, head: Head) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO seen_heads (device, stream, seq, hash, ts) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (device, stream) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, ts = excluded.ts \
+             WHERE excluded.seq > seen_heads.seq",
+        )
+        .bind(&device.0[..])
+        .bind(stream.as_str())
+        .bind(seq_i64(head.seq)?)
+        .bind(&head.hash.0[..])
+        .bind(head.ts)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Closes the pool, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,75 @@
+//! Reading a stream back: fetch rows and checkpoints, inspect every row (on
+//! all cores), audit the chain, and open the authentic batches.
+
+use edgeseal_core::chain::{self, Audit, Head, Inspected, Row, Scope};
+use edgeseal_core::keys::EpochKey;
+use edgeseal_core::{DeviceId, Readings, StreamName};
+
+use crate::{Result, Store, StoredBatch, TimeRange};
+
+/// How many checkpoints to consider (the newest ones).
+const CHECKPOINTS: u32 = 16;
+
+/// Rows of a stream with their audit.
+#[derive(Debug)]
+pub struct StreamRead {
+    pub rows: Vec<StoredBatch>,
+    pub audit: Audit,
+}
+
+/// Fetches and audits a stream. `remembered` is this reader's highest known head.
+pub async fn read_stream<S: Store>(
+    store: &S,
+    device: DeviceId,
+    stream: &StreamName,
+    range: TimeRange,
+    remembered: Option<Head>,
+    scope: Scope,
+) -> Result<StreamRead> {
+    let rows = store.batches(device, stream, range).await?;
+    let checkpoints = store.checkpoints(device, stream, CHECKPOINTS).await?;
+    let inspected = inspect_all(device, stream, &rows);
+    let cps: Vec<&[u8]> = checkpoints.iter().map(Vec::as_slice).collect();
+    let audit = chain::audit(device, stream, &inspected, &cps, remembered, scope);
+    Ok(StreamRead { rows, audit })
+}
+
+/// Inspects rows in parallel.
+pub fn inspect_all(device: DeviceId, stream: &StreamName, rows: &[StoredBatch]) -> Vec<Inspected> {
+    par_map(rows, |r| {
+        chain::inspect(device, stream, Row { seq: r.seq, first_ts: r.first_ts, last_ts: r.last_ts, bytes: &r.sealed })
+    })
+}
+
+/// Opens the authentic rows in parallel; `key` gives the key of an epoch
+/// (`None` if this reader does not hold it). Non-authentic rows give `None`.
+pub fn open_all<K>(read: &StreamRead, key: K) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>>
+where
+    K: Fn(u32) -> Option<EpochKey> + Sync,
+{
+    let items: Vec<(usize, &StoredBatch)> = read.rows.iter().enumerate().collect();
+    par_map(&items, |&(i, row)| {
+        if !read.audit.statuses[i].is_authentic() {
+            return None;
+        }
+        let parsed = match edgeseal_core::envelope::parse(&row.sealed) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
+        };
+        let key = key(parsed.header.epoch)?;
+        Some(parsed.open(&key))
+    })
+}
+
+/// Maps `f` over `items` on every available core, keeping order.
+pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || items.len() < 64 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.chunks(chunk).map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("reader threads do not panic")).collect()
+    })
+}
