@@ -22,4 +22,4 @@ mod varint;
 
 pub use error::Error;
 pub use id::{DeviceId, StreamName};
-pub use reading::{BlobBatch, Readings, ScalarBatch};
+pub use reading::{BlobBatch, Reading, Readings, ScalarBatch, Value};

@@ -12,24 +12,10 @@ use std::time::Duration;
 
 use edgeseal_core::chain::Head;
 use edgeseal_core::envelope::BatchHash;
-use edgeseal_core::{DeviceId, StreamName};
+use edgeseal_core::{DeviceId, Reading, StreamName, Value};
 use sqlx::Row as _;
 
 use crate::{BatchRow, Error, Result};
-
-/// A reading accepted but not yet sealed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingReading {
-    pub stream: StreamName,
-    pub ts: i64,
-    pub value: PendingValue,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum PendingValue {
-    Scalar { value: f64, unit: String, label: Option<String> },
-    Blob { media_type: String, data: Vec<u8> },
-}
 
 /// Per-stream sealing state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +61,7 @@ impl LocalState {
     }
 
     /// Journals accepted readings in one transaction; returns their ids.
-    pub async fn journal(&self, readings: &[PendingReading]) -> Result<Vec<i64>> {
+    pub async fn journal(&self, readings: &[Reading]) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
         let mut ids = Vec::with_capacity(readings.len());
         for r in readings {
@@ -85,10 +71,10 @@ impl LocalState {
             .bind(r.stream.as_str())
             .bind(r.ts);
             let q = match &r.value {
-                PendingValue::Scalar { value, unit, label } => {
+                Value::Scalar { value, unit, label } => {
                     q.bind(*value).bind(unit.as_str()).bind(label.as_deref()).bind(None::<&str>).bind(None::<&[u8]>)
                 }
-                PendingValue::Blob { media_type, data } => q
+                Value::Blob { media_type, data } => q
                     .bind(None::<f64>)
                     .bind(None::<&str>)
                     .bind(None::<&str>)
@@ -102,7 +88,7 @@ impl LocalState {
     }
 
     /// Every journaled reading, oldest first, with its id.
-    pub async fn pending(&self) -> Result<Vec<(i64, PendingReading)>> {
+    pub async fn pending(&self) -> Result<Vec<(i64, Reading)>> {
         let rows = sqlx::query("SELECT id, stream, ts, value, unit, label, media_type, blob FROM pending_readings ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
@@ -111,14 +97,14 @@ impl LocalState {
                 let stream: String = r.try_get("stream")?;
                 let stream = StreamName::new(stream).map_err(|_| Error::BadRow("invalid stream name"))?;
                 let value = match r.try_get::<Option<Vec<u8>>, _>("blob")? {
-                    Some(data) => PendingValue::Blob { media_type: r.try_get::<Option<String>, _>("media_type")?.unwrap_or_default(), data },
-                    None => PendingValue::Scalar {
+                    Some(data) => Value::Blob { media_type: r.try_get::<Option<String>, _>("media_type")?.unwrap_or_default(), data },
+                    None => Value::Scalar {
                         value: r.try_get::<Option<f64>, _>("value")?.unwrap_or(f64::NAN),
                         unit: r.try_get::<Option<String>, _>("unit")?.unwrap_or_default(),
                         label: r.try_get("label")?,
                     },
                 };
-                Ok((r.try_get("id")?, PendingReading { stream, ts: r.try_get("ts")?, value }))
+                Ok((r.try_get("id")?, Reading { stream, ts: r.try_get("ts")?, value }))
             })
             .collect()
     }

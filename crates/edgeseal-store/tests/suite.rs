@@ -9,7 +9,8 @@ use edgeseal_core::checkpoint::Checkpoint;
 use edgeseal_core::envelope::{BatchHash, SealParams, seal};
 use edgeseal_core::keys::Identity;
 use edgeseal_core::{Readings, ScalarBatch, StreamName};
-use edgeseal_store::local::{LocalState, PendingReading, PendingValue};
+use edgeseal_core::{Reading, Value};
+use edgeseal_store::local::LocalState;
 use edgeseal_store::reader::{open_all, read_stream};
 use edgeseal_store::{AnyStore, BatchRow, ConnectOptions, Store, TimeRange};
 
@@ -334,11 +335,11 @@ fn local_state_keeps_everything_across_reopen() {
         let s = StreamName::new("temperature").unwrap();
         {
             let local = LocalState::open(&path).await.unwrap();
-            let pending: Vec<PendingReading> = (0..5)
-                .map(|i| PendingReading {
+            let pending: Vec<Reading> = (0..5)
+                .map(|i| Reading {
                     stream: s.clone(),
                     ts: i,
-                    value: PendingValue::Scalar { value: i as f64, unit: "°C".into(), label: None },
+                    value: Value::Scalar { value: i as f64, unit: "°C".into(), label: None },
                 })
                 .collect();
             let ids = local.journal(&pending).await.unwrap();

@@ -1,0 +1,145 @@
+//! Cutting streams into batches by count, by age, or both (whichever first).
+//!
+//! Pure: the caller passes the time in and gets back the readings to seal,
+//! each with the caller's id of the last reading (its journal id).
+
+use std::collections::{BTreeMap, HashMap};
+
+use edgeseal_core::{Reading, StreamName};
+
+/// When to cut a stream's open batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Cut when this many readings are open (0 means no count limit).
+    pub count: usize,
+    /// Cut when the oldest open reading arrived this long ago, in ms (`None`: no age limit).
+    pub interval_ms: Option<i64>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { count: 1000, interval_ms: Some(60_000) }
+    }
+}
+
+/// A batch ready to seal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cut {
+    pub stream: StreamName,
+    pub readings: Vec<Reading>,
+    /// The caller's id of the last reading in the cut.
+    pub last_id: i64,
+}
+
+#[derive(Debug)]
+struct Open {
+    opened_at: i64,
+    readings: Vec<Reading>,
+    last_id: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Batcher {
+    default: Policy,
+    per_stream: HashMap<StreamName, Policy>,
+    open: BTreeMap<StreamName, Open>,
+}
+
+impl Batcher {
+    pub fn new(default: Policy, per_stream: HashMap<StreamName, Policy>) -> Batcher {
+        Batcher { default, per_stream, open: BTreeMap::new() }
+    }
+
+    pub fn policy(&self, stream: &StreamName) -> Policy {
+        self.per_stream.get(stream).copied().unwrap_or(self.default)
+    }
+
+    /// Adds a reading (with the caller's id) at monotonic time `now`; returns a cut when the count is reached.
+    pub fn push(&mut self, id: i64, reading: Reading, now: i64) -> Option<Cut> {
+        let policy = self.policy(&reading.stream);
+        let stream = reading.stream.clone();
+        let open = self.open.entry(stream.clone()).or_insert_with(|| Open { opened_at: now, readings: Vec::new(), last_id: id });
+        open.readings.push(reading);
+        open.last_id = id;
+        if policy.count > 0 && open.readings.len() >= policy.count {
+            return self.cut(&stream);
+        }
+        None
+    }
+
+    /// Cuts every stream whose open batch is older than its interval.
+    pub fn due(&mut self, now: i64) -> Vec<Cut> {
+        let due: Vec<StreamName> = self
+            .open
+            .iter()
+            .filter(|(s, o)| self.policy(s).interval_ms.is_some_and(|i| now - o.opened_at >= i))
+            .map(|(s, _)| s.clone())
+            .collect();
+        due.iter().filter_map(|s| self.cut(s)).collect()
+    }
+
+    /// The earliest monotonic time at which [`Batcher::due`] will cut something.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.open.iter().filter_map(|(s, o)| self.policy(s).interval_ms.map(|i| o.opened_at + i)).min()
+    }
+
+    /// Cuts everything (on shutdown, or "store now").
+    pub fn flush(&mut self) -> Vec<Cut> {
+        let streams: Vec<StreamName> = self.open.keys().cloned().collect();
+        streams.iter().filter_map(|s| self.cut(s)).collect()
+    }
+
+    /// Readings waiting in open batches.
+    pub fn open_readings(&self) -> usize {
+        self.open.values().map(|o| o.readings.len()).sum()
+    }
+
+    fn cut(&mut self, stream: &StreamName) -> Option<Cut> {
+        let open = self.open.remove(stream)?;
+        Some(Cut { stream: stream.clone(), readings: open.readings, last_id: open.last_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeseal_core::Value;
+
+    fn r(stream: &str, ts: i64) -> Reading {
+        Reading {
+            stream: StreamName::new(stream).unwrap(),
+            ts,
+            value: Value::Scalar { value: 1.0, unit: String::new(), label: None },
+        }
+    }
+
+    #[test]
+    fn count_interval_or_both() {
+        let mut per = HashMap::new();
+        per.insert(StreamName::new("slow").unwrap(), Policy { count: 0, interval_ms: Some(100) });
+        let mut b = Batcher::new(Policy { count: 3, interval_ms: Some(1000) }, per);
+        assert!(b.push(1, r("fast", 0), 0).is_none());
+        assert!(b.push(2, r("fast", 1), 1).is_none());
+        let cut = b.push(3, r("fast", 2), 2).unwrap();
+        assert_eq!((cut.readings.len(), cut.last_id), (3, 3));
+        assert!(b.push(4, r("slow", 0), 10).is_none());
+        assert!(b.push(5, r("fast", 3), 20).is_none());
+        assert_eq!(b.next_deadline(), Some(110));
+        assert!(b.due(109).is_empty());
+        let cuts = b.due(110);
+        assert_eq!(cuts.len(), 1);
+        assert_eq!(cuts[0].stream.as_str(), "slow");
+        assert_eq!(b.due(1020).len(), 1, "fast is cut by age before its count");
+        assert_eq!(b.open_readings(), 0);
+    }
+
+    #[test]
+    fn flush_cuts_everything() {
+        let mut b = Batcher::new(Policy { count: 100, interval_ms: None }, HashMap::new());
+        b.push(1, r("a", 0), 0);
+        b.push(2, r("b", 0), 0);
+        assert_eq!(b.next_deadline(), None);
+        assert_eq!(b.flush().len(), 2);
+        assert!(b.flush().is_empty());
+    }
+}
