@@ -18,7 +18,10 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { count: 1000, interval_ms: Some(60_000) }
+        Policy {
+            count: 1000,
+            interval_ms: Some(60_000),
+        }
     }
 }
 
@@ -27,15 +30,15 @@ impl Default for Policy {
 pub struct Cut {
     pub stream: StreamName,
     pub readings: Vec<Reading>,
-    /// The caller's id of the last reading in the cut.
-    pub last_id: i64,
+    /// The caller's id of each reading (its journal id), aligned with `readings`.
+    pub ids: Vec<i64>,
 }
 
 #[derive(Debug)]
 struct Open {
     opened_at: i64,
     readings: Vec<Reading>,
-    last_id: i64,
+    ids: Vec<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +50,11 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(default: Policy, per_stream: HashMap<StreamName, Policy>) -> Batcher {
-        Batcher { default, per_stream, open: BTreeMap::new() }
+        Batcher {
+            default,
+            per_stream,
+            open: BTreeMap::new(),
+        }
     }
 
     pub fn policy(&self, stream: &StreamName) -> Policy {
@@ -58,9 +65,13 @@ impl Batcher {
     pub fn push(&mut self, id: i64, reading: Reading, now: i64) -> Option<Cut> {
         let policy = self.policy(&reading.stream);
         let stream = reading.stream.clone();
-        let open = self.open.entry(stream.clone()).or_insert_with(|| Open { opened_at: now, readings: Vec::new(), last_id: id });
+        let open = self.open.entry(stream.clone()).or_insert_with(|| Open {
+            opened_at: now,
+            readings: Vec::new(),
+            ids: Vec::new(),
+        });
         open.readings.push(reading);
-        open.last_id = id;
+        open.ids.push(id);
         if policy.count > 0 && open.readings.len() >= policy.count {
             return self.cut(&stream);
         }
@@ -72,7 +83,11 @@ impl Batcher {
         let due: Vec<StreamName> = self
             .open
             .iter()
-            .filter(|(s, o)| self.policy(s).interval_ms.is_some_and(|i| now - o.opened_at >= i))
+            .filter(|(s, o)| {
+                self.policy(s)
+                    .interval_ms
+                    .is_some_and(|i| now - o.opened_at >= i)
+            })
             .map(|(s, _)| s.clone())
             .collect();
         due.iter().filter_map(|s| self.cut(s)).collect()
@@ -80,7 +95,10 @@ impl Batcher {
 
     /// The earliest monotonic time at which [`Batcher::due`] will cut something.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.open.iter().filter_map(|(s, o)| self.policy(s).interval_ms.map(|i| o.opened_at + i)).min()
+        self.open
+            .iter()
+            .filter_map(|(s, o)| self.policy(s).interval_ms.map(|i| o.opened_at + i))
+            .min()
     }
 
     /// Cuts everything (on shutdown, or "store now").
@@ -96,7 +114,11 @@ impl Batcher {
 
     fn cut(&mut self, stream: &StreamName) -> Option<Cut> {
         let open = self.open.remove(stream)?;
-        Some(Cut { stream: stream.clone(), readings: open.readings, last_id: open.last_id })
+        Some(Cut {
+            stream: stream.clone(),
+            readings: open.readings,
+            ids: open.ids,
+        })
     }
 }
 
@@ -109,19 +131,35 @@ mod tests {
         Reading {
             stream: StreamName::new(stream).unwrap(),
             ts,
-            value: Value::Scalar { value: 1.0, unit: String::new(), label: None },
+            value: Value::Scalar {
+                value: 1.0,
+                unit: String::new(),
+                label: None,
+            },
         }
     }
 
     #[test]
     fn count_interval_or_both() {
         let mut per = HashMap::new();
-        per.insert(StreamName::new("slow").unwrap(), Policy { count: 0, interval_ms: Some(100) });
-        let mut b = Batcher::new(Policy { count: 3, interval_ms: Some(1000) }, per);
+        per.insert(
+            StreamName::new("slow").unwrap(),
+            Policy {
+                count: 0,
+                interval_ms: Some(100),
+            },
+        );
+        let mut b = Batcher::new(
+            Policy {
+                count: 3,
+                interval_ms: Some(1000),
+            },
+            per,
+        );
         assert!(b.push(1, r("fast", 0), 0).is_none());
         assert!(b.push(2, r("fast", 1), 1).is_none());
         let cut = b.push(3, r("fast", 2), 2).unwrap();
-        assert_eq!((cut.readings.len(), cut.last_id), (3, 3));
+        assert_eq!((cut.readings.len(), cut.ids), (3, vec![1, 2, 3]));
         assert!(b.push(4, r("slow", 0), 10).is_none());
         assert!(b.push(5, r("fast", 3), 20).is_none());
         assert_eq!(b.next_deadline(), Some(110));
@@ -135,7 +173,13 @@ mod tests {
 
     #[test]
     fn flush_cuts_everything() {
-        let mut b = Batcher::new(Policy { count: 100, interval_ms: None }, HashMap::new());
+        let mut b = Batcher::new(
+            Policy {
+                count: 100,
+                interval_ms: None,
+            },
+            HashMap::new(),
+        );
         b.push(1, r("a", 0), 0);
         b.push(2, r("b", 0), 0);
         assert_eq!(b.next_deadline(), None);

@@ -1,0 +1,771 @@
+//! `edgeseal up`: the agent.
+//!
+//! ```text
+//! sensor tasks ──mpsc──> sealer: journal (state.db) → batcher → seal → outbox (state.db)
+//!                                                                    │ notify
+//!                                   drainer: outbox → store, remember heads, sign checkpoints
+//! ```
+//! Shutdown order: stop the sensors; the sealer drains the channel, cuts every
+//! open batch and seals it; then the drainer makes a last attempt to store the
+//! outbox. Whatever the store did not take stays in the outbox for next time.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use edgeseal_core::chain::Head;
+use edgeseal_core::checkpoint::Checkpoint;
+use edgeseal_core::envelope::{SealParams, seal};
+use edgeseal_core::keys::Identity;
+use edgeseal_core::reading::into_batches;
+use edgeseal_core::{DeviceId, Reading, StreamName, Value};
+use edgeseal_sensors::Sensor;
+use edgeseal_sensors::batcher::{Batcher, Cut};
+use edgeseal_sensors::hwmon;
+use edgeseal_sensors::jsonl::parse_line;
+use edgeseal_sensors::simulated::{Kind, Simulated};
+use edgeseal_store::local::LocalState;
+use edgeseal_store::{AnyStore, BatchRow, ConnectOptions, Store};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::cli::UpArgs;
+use crate::config::{Config, SensorSpec};
+use crate::keyfile::{self, PassphraseSource};
+use crate::timefmt::now_ms;
+
+/// How long the last attempt to store the outbox may take at shutdown.
+const FINAL_DRAIN: Duration = Duration::from_secs(10);
+/// Batches per store transaction.
+const DRAIN_CHUNK: u32 = 256;
+
+#[derive(Debug, Default)]
+struct Stats {
+    accepted: AtomicU64,
+    read_errors: AtomicU64,
+    sealed: AtomicU64,
+    stored: AtomicU64,
+}
+
+pub async fn up(
+    mut cfg: Config,
+    args: UpArgs,
+    pass: PassphraseSource,
+) -> Result<std::process::ExitCode> {
+    apply_sensor_flags(&mut cfg, &args.sensors)?;
+    let run_for = args
+        .run_for
+        .as_deref()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .with_context(|| format!("--for {s:?} is not a duration (e.g. 30s, 10m)"))
+        })
+        .transpose()?;
+
+    let (name, identity) = if keyfile::keystore_path(&cfg.data_dir).exists() {
+        keyfile::load(&cfg.data_dir, &pass).await?
+    } else {
+        let (id, _) = keyfile::init(&cfg.data_dir, &cfg.name, &pass, false)?;
+        println!(
+            "created a new agent in {} (keystore {}, mode 0600)",
+            cfg.data_dir.display(),
+            keyfile::keystore_path(&cfg.data_dir).display()
+        );
+        (cfg.name.clone(), id)
+    };
+    let identity = Arc::new(identity);
+    let device = identity.device_id();
+    let local = LocalState::open(&cfg.state_path())
+        .await
+        .context("cannot open the local state (state.db)")?;
+    keyfile::make_private(&cfg.state_path());
+    let store = AnyStore::connect(
+        &cfg.store_url,
+        ConnectOptions {
+            lazy: true,
+            timeout: cfg.store_timeout,
+        },
+    )
+    .await?;
+
+    let sensors = build_sensors(&cfg);
+    println!(
+        "edgeseal up: agent {name:?}, device {device}, fingerprint {}",
+        identity.public().fingerprint()
+    );
+    println!("  data dir: {}", cfg.data_dir.display());
+    println!("  store:    {}", store.url());
+    if sensors.is_empty() {
+        println!("  sensors:  none");
+    }
+    for s in &sensors {
+        println!("  sensor:   {}", s.describe());
+    }
+    let limit = match (cfg.batch.count, cfg.batch.interval_ms) {
+        (0, Some(i)) => format!(
+            "every {}",
+            humantime::format_duration(Duration::from_millis(i as u64))
+        ),
+        (c, None) => format!("every {c} readings"),
+        (c, Some(i)) => format!(
+            "{c} readings or {}, whichever comes first",
+            humantime::format_duration(Duration::from_millis(i as u64))
+        ),
+    };
+    println!("  batches:  {limit}");
+    println!("Stop with Ctrl-C: every reading taken is sealed and stored first.");
+
+    let stats = Arc::new(Stats::default());
+    let stop = CancellationToken::new();
+    let sensor_tasks = TaskTracker::new();
+    let (tx, rx) = mpsc::channel::<Reading>(4096);
+    for s in sensors {
+        sensor_tasks.spawn(s.run(tx.clone(), stop.clone(), stats.clone()));
+    }
+    sensor_tasks.close();
+    drop(tx);
+
+    let notify = Arc::new(Notify::new());
+    let sealer = Sealer {
+        local: local.clone(),
+        identity: identity.clone(),
+        batcher: Batcher::new(cfg.batch, cfg.per_stream.clone()),
+        scratch: Vec::new(),
+        notify: notify.clone(),
+        started: Instant::now(),
+        stats: stats.clone(),
+    };
+    let mut sealer = tokio::spawn(sealer.run(rx));
+    let drain_stop = CancellationToken::new();
+    let drainer = Drainer {
+        local: local.clone(),
+        store,
+        identity: identity.clone(),
+        device,
+        retry_max: cfg.retry_max,
+        checkpoint_every: cfg.checkpoint_every,
+        notify,
+        sqlite_file: sqlite_file(&cfg.store_url),
+        stats: stats.clone(),
+    };
+    let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
+
+    let mut sealer_result = None;
+    tokio::select! {
+        _ = shutdown_signal() => info!("signal received; stopping"),
+        _ = sleep_opt(run_for) => info!("--for elapsed; stopping"),
+        _ = sensor_tasks.wait() => info!("every sensor has finished; stopping"),
+        r = &mut sealer => sealer_result = Some(r),
+    }
+    stop.cancel();
+    sensor_tasks.wait().await;
+    let sealed = match sealer_result {
+        Some(r) => r,
+        None => sealer.await,
+    };
+    drain_stop.cancel();
+    if tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), drainer)
+        .await
+        .is_err()
+    {
+        warn!("the store did not answer in time at shutdown; batches wait in the outbox");
+    }
+    let backlog = local.backlog().await.unwrap_or_default();
+    local.close().await;
+    let waiting: u64 = backlog.values().map(|b| b.outbox_batches).sum();
+    println!(
+        "stopped: {} readings accepted, {} read errors, {} batches sealed, {} stored{}",
+        stats.accepted.load(Ordering::Relaxed),
+        stats.read_errors.load(Ordering::Relaxed),
+        stats.sealed.load(Ordering::Relaxed),
+        stats.stored.load(Ordering::Relaxed),
+        if waiting > 0 {
+            format!(", {waiting} waiting in the local outbox for the store")
+        } else {
+            String::new()
+        }
+    );
+    match sealed {
+        Ok(Ok(())) => Ok(std::process::ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(e.context("sealing failed")),
+        Err(e) => bail!("the sealer stopped unexpectedly: {e}"),
+    }
+}
+
+async fn sleep_opt(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    Some(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
+}
+
+/// `--sensor` replaces the configured sensors.
+fn apply_sensor_flags(cfg: &mut Config, flags: &[String]) -> Result<()> {
+    if flags.is_empty() {
+        return Ok(());
+    }
+    let mut sensors = Vec::new();
+    for f in flags {
+        match f.as_str() {
+            "simulated" => {
+                for (i, kind) in [Kind::Temperature, Kind::Humidity, Kind::AirQuality]
+                    .into_iter()
+                    .enumerate()
+                {
+                    sensors.push(SensorSpec::Simulated {
+                        kind,
+                        stream: StreamName::new(kind.name()).expect("built-in names are valid"),
+                        interval: Duration::from_secs(1),
+                        seed: i as u64 + 1,
+                    });
+                }
+            }
+            "hwmon" => sensors.push(SensorSpec::Hwmon {
+                interval: Duration::from_secs(10),
+                sysfs: PathBuf::from("/sys"),
+            }),
+            "stdin" => sensors.push(SensorSpec::JsonLines { command: None }),
+            "none" => {}
+            other => bail!("--sensor {other:?}: use simulated, hwmon, stdin or none"),
+        }
+    }
+    cfg.sensors = sensors;
+    Ok(())
+}
+
+/// A running source of readings.
+enum Source {
+    Polled {
+        sensor: Box<dyn Sensor>,
+        interval: Duration,
+    },
+    Lines {
+        command: Option<String>,
+    },
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Polled { sensor, interval } => format!(
+                "{} every {}",
+                sensor.describe(),
+                humantime::format_duration(*interval)
+            ),
+            Source::Lines { command: None } => "JSON lines from standard input".into(),
+            Source::Lines { command: Some(c) } => format!("JSON lines from `{c}`"),
+        }
+    }
+
+    async fn run(self, tx: mpsc::Sender<Reading>, stop: CancellationToken, stats: Arc<Stats>) {
+        match self {
+            Source::Polled { sensor, interval } => poll(sensor, interval, tx, stop, stats).await,
+            Source::Lines { command: None } => {
+                read_lines(
+                    BufReader::new(tokio::io::stdin()),
+                    "standard input",
+                    &tx,
+                    &stop,
+                    &stats,
+                )
+                .await;
+            }
+            Source::Lines { command: Some(c) } => run_command(&c, tx, stop, stats).await,
+        }
+    }
+}
+
+fn build_sensors(cfg: &Config) -> Vec<Source> {
+    let mut out = Vec::new();
+    for spec in &cfg.sensors {
+        match spec {
+            SensorSpec::Simulated {
+                kind,
+                stream,
+                interval,
+                seed,
+            } => out.push(Source::Polled {
+                sensor: Box::new(Simulated::new(*kind, stream.clone(), *seed)),
+                interval: *interval,
+            }),
+            SensorSpec::Hwmon { interval, sysfs } => {
+                let found = hwmon::discover(sysfs);
+                if found.is_empty() {
+                    info!(
+                        "no hwmon or thermal temperature sensors under {}",
+                        sysfs.display()
+                    );
+                }
+                for h in found {
+                    out.push(Source::Polled {
+                        sensor: Box::new(h),
+                        interval: *interval,
+                    });
+                }
+            }
+            SensorSpec::JsonLines { command } => out.push(Source::Lines {
+                command: command.clone(),
+            }),
+        }
+    }
+    out
+}
+
+/// Drops readings that are not finite numbers, counting them as failed reads.
+async fn forward(r: Reading, what: &str, tx: &mpsc::Sender<Reading>, stats: &Stats) -> bool {
+    if let Value::Scalar { value, .. } = &r.value
+        && !value.is_finite()
+    {
+        stats.read_errors.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            "{what}: dropped a reading of {} that is not a number ({value})",
+            r.stream
+        );
+        return true;
+    }
+    tx.send(r).await.is_ok()
+}
+
+async fn poll(
+    mut sensor: Box<dyn Sensor>,
+    interval: Duration,
+    tx: mpsc::Sender<Reading>,
+    stop: CancellationToken,
+    stats: Arc<Stats>,
+) {
+    let what = sensor.describe();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match sensor.read(now_ms()) {
+            Ok(readings) => {
+                if failures > 0 {
+                    info!("{what}: reading again after {failures} failed reads");
+                    failures = 0;
+                }
+                for r in readings {
+                    if !forward(r, &what, &tx, &stats).await {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                if failures == 1 || failures % 60 == 0 {
+                    warn!("{e} ({failures} failed reads in a row)");
+                }
+            }
+        }
+    }
+}
+
+async fn read_lines<R: AsyncBufRead + Unpin>(
+    reader: R,
+    what: &str,
+    tx: &mpsc::Sender<Reading>,
+    stop: &CancellationToken,
+    stats: &Stats,
+) {
+    let mut lines = reader.lines();
+    let mut n = 0u64;
+    loop {
+        let line = tokio::select! {
+            _ = stop.cancelled() => return,
+            l = lines.next_line() => l,
+        };
+        match line {
+            Ok(Some(l)) => {
+                n += 1;
+                if l.trim().is_empty() {
+                    continue;
+                }
+                match parse_line(&l, n, now_ms()) {
+                    Ok(r) => {
+                        if !forward(r, what, tx, stats).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!("{what}: {e}");
+                    }
+                }
+            }
+            Ok(None) => {
+                info!("{what}: end of input after {n} lines");
+                return;
+            }
+            Err(e) => {
+                warn!("{what}: cannot read: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Runs a command and reads JSON lines from its output, restarting it with backoff when it exits.
+async fn run_command(
+    command: &str,
+    tx: mpsc::Sender<Reading>,
+    stop: CancellationToken,
+    stats: Arc<Stats>,
+) {
+    let what = format!("`{command}`");
+    let mut backoff = Duration::from_secs(1);
+    while !stop.is_cancelled() {
+        let child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        match child {
+            Ok(mut child) => {
+                if let Some(out) = child.stdout.take() {
+                    read_lines(BufReader::new(out), &what, &tx, &stop, &stats).await;
+                }
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            Err(e) => warn!("{what}: cannot start: {e}"),
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        warn!(
+            "{what} exited; restarting in {}",
+            humantime::format_duration(backoff)
+        );
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Journals readings, cuts batches and seals them into the outbox.
+struct Sealer {
+    local: LocalState,
+    identity: Arc<Identity>,
+    batcher: Batcher,
+    scratch: Vec<u8>,
+    notify: Arc<Notify>,
+    started: Instant,
+    stats: Arc<Stats>,
+}
+
+impl Sealer {
+    fn mono(&self) -> i64 {
+        self.started.elapsed().as_millis() as i64
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Reading>) -> Result<()> {
+        let pending = self.local.pending().await?;
+        if !pending.is_empty() {
+            info!(
+                "resuming {} readings accepted before the last stop",
+                pending.len()
+            );
+        }
+        for (id, r) in pending {
+            if let Some(cut) = self.batcher.push(id, r, self.mono()) {
+                self.seal(cut).await?;
+            }
+        }
+        let mut buf = Vec::with_capacity(256);
+        loop {
+            let deadline = self
+                .batcher
+                .next_deadline()
+                .map(|d| self.started + Duration::from_millis(d.max(0) as u64));
+            tokio::select! {
+                n = rx.recv_many(&mut buf, 256) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.accept(&mut buf).await?;
+                }
+                _ = sleep_until_opt(deadline) => {
+                    for cut in self.batcher.due(self.mono()) {
+                        self.seal(cut).await?;
+                    }
+                }
+            }
+        }
+        for cut in self.batcher.flush() {
+            self.seal(cut).await?;
+        }
+        Ok(())
+    }
+
+    async fn accept(&mut self, buf: &mut Vec<Reading>) -> Result<()> {
+        let ids = self
+            .local
+            .journal(buf)
+            .await
+            .context("cannot journal readings in state.db")?;
+        self.stats
+            .accepted
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        for (id, r) in ids.into_iter().zip(buf.drain(..)) {
+            if let Some(cut) = self.batcher.push(id, r, self.mono()) {
+                self.seal(cut).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn seal(&mut self, cut: Cut) -> Result<()> {
+        for (readings, last) in into_batches(&cut.readings) {
+            let st = self.local.stream_state(&cut.stream).await?;
+            let key = self.identity.epoch_key(&cut.stream, st.epoch);
+            let mut salt = [0u8; 16];
+            getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+            let params = SealParams {
+                device: self.identity.device_id(),
+                stream: cut.stream.clone(),
+                seq: st.next_seq,
+                epoch: st.epoch,
+                prev: st.head,
+                salt,
+            };
+            let sealed = seal(
+                &readings,
+                &params,
+                &key,
+                Some(&self.identity),
+                &mut self.scratch,
+            )
+            .with_context(|| format!("cannot seal a batch of {}", cut.stream))?;
+            let row = BatchRow {
+                device: params.device,
+                stream: cut.stream.clone(),
+                seq: params.seq,
+                first_ts: sealed.header.first_ts,
+                last_ts: sealed.header.last_ts,
+                count: sealed.header.count,
+                epoch: params.epoch,
+                hash: sealed.hash.0,
+                sealed: sealed.bytes,
+            };
+            self.local.commit_sealed(&row, Some(cut.ids[last])).await?;
+            self.stats.sealed.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                "sealed batch {} of {} ({} readings)",
+                row.seq, row.stream, row.count
+            );
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Moves sealed batches from the outbox to the store, and signs checkpoints.
+struct Drainer {
+    local: LocalState,
+    store: AnyStore,
+    identity: Arc<Identity>,
+    device: DeviceId,
+    retry_max: Duration,
+    checkpoint_every: Duration,
+    notify: Arc<Notify>,
+    sqlite_file: Option<PathBuf>,
+    stats: Arc<Stats>,
+}
+
+impl Drainer {
+    async fn run(self, stop: CancellationToken) {
+        let mut ready = false;
+        let mut backoff = Duration::from_millis(250);
+        let mut down_since: Option<Instant> = None;
+        let mut dirty: BTreeSet<StreamName> = BTreeSet::new();
+        let mut last_checkpoint = Instant::now();
+        let mut final_deadline: Option<Instant> = None;
+        loop {
+            let stopping = stop.is_cancelled();
+            if stopping && final_deadline.is_none() {
+                final_deadline = Some(Instant::now() + FINAL_DRAIN);
+            }
+            let mut result = self.pass(&mut ready, &mut dirty).await;
+            if result.is_ok()
+                && !dirty.is_empty()
+                && (stopping || last_checkpoint.elapsed() >= self.checkpoint_every)
+            {
+                result = self.checkpoint(&mut dirty).await;
+                last_checkpoint = Instant::now();
+            }
+            match result {
+                Ok(()) => {
+                    if let Some(since) = down_since.take() {
+                        info!(
+                            "the store is reachable again after {}; the outbox is drained",
+                            humantime::format_duration(Duration::from_secs(
+                                since.elapsed().as_secs()
+                            ))
+                        );
+                    }
+                    backoff = Duration::from_millis(250);
+                    if stopping {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if down_since.is_none() {
+                        warn!(
+                            "cannot store batches: {e}. Keeping them in the local outbox and retrying"
+                        );
+                        down_since = Some(Instant::now());
+                    } else {
+                        debug!("store still unreachable: {e}");
+                    }
+                    if final_deadline.is_some_and(|d| Instant::now() + backoff > d) {
+                        warn!(
+                            "stopping while the store is unreachable; the outbox is sent on the next start"
+                        );
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.retry_max);
+                    continue;
+                }
+            }
+            let until_checkpoint = self
+                .checkpoint_every
+                .saturating_sub(last_checkpoint.elapsed())
+                .max(Duration::from_millis(100));
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(until_checkpoint) => {}
+            }
+        }
+    }
+
+    async fn pass(
+        &self,
+        ready: &mut bool,
+        dirty: &mut BTreeSet<StreamName>,
+    ) -> edgeseal_store::Result<()> {
+        if !*ready {
+            self.store.migrate().await?;
+            if let Some(f) = &self.sqlite_file {
+                keyfile::make_private(f);
+            }
+            *ready = true;
+        }
+        loop {
+            let batch = self.local.outbox(self.device, DRAIN_CHUNK).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let (ids, rows): (Vec<i64>, Vec<BatchRow>) = batch.into_iter().unzip();
+            let report = self.store.put_batches(&rows).await?;
+            let mut rejected = Vec::new();
+            for &i in &report.conflicts {
+                error!(
+                    "the store already holds a different batch {} of {}; this one is kept in state.db (table rejected)",
+                    rows[i].seq, rows[i].stream
+                );
+                rejected.push((
+                    ids[i],
+                    format!("the store holds a different batch {}", rows[i].seq),
+                ));
+            }
+            let stored: Vec<i64> = ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !report.conflicts.contains(i))
+                .map(|(_, &id)| id)
+                .collect();
+            self.local.outbox_done(&stored, &rejected).await?;
+            self.stats
+                .stored
+                .fetch_add(stored.len() as u64, Ordering::Relaxed);
+            let mut heads: HashMap<&StreamName, &BatchRow> = HashMap::new();
+            for (i, r) in rows.iter().enumerate() {
+                if report.conflicts.contains(&i) {
+                    continue;
+                }
+                if heads.get(&r.stream).is_none_or(|h| r.seq > h.seq) {
+                    heads.insert(&r.stream, r);
+                }
+            }
+            for (stream, r) in heads {
+                let head = Head {
+                    seq: r.seq,
+                    hash: edgeseal_core::envelope::BatchHash(r.hash),
+                    ts: r.last_ts,
+                };
+                self.local.remember(self.device, stream, head).await?;
+                dirty.insert(stream.clone());
+            }
+            debug!("stored {} batches", stored.len());
+        }
+    }
+
+    async fn checkpoint(&self, dirty: &mut BTreeSet<StreamName>) -> edgeseal_store::Result<()> {
+        while let Some(stream) = dirty.first().cloned() {
+            if let Some(head) = self.local.remembered(self.device, &stream).await? {
+                let cp = Checkpoint {
+                    device: self.device,
+                    stream: stream.clone(),
+                    seq: head.seq,
+                    head: head.hash,
+                    ts: now_ms(),
+                };
+                let bytes = cp
+                    .sign(&self.identity)
+                    .map_err(|_| edgeseal_store::Error::BadRow("checkpoint signing failed"))?;
+                self.store
+                    .put_checkpoint(self.device, &stream, head.seq, &bytes)
+                    .await?;
+                debug!("checkpoint {} of {stream}", head.seq);
+            }
+            dirty.remove(&stream);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! Configuration in two stages: the raw layers (defaults < TOML file <
+//! `EDGESEAL_*` environment < flags) merged by figment, then a validated,
+//! typed [`Config`]. The defaults are `default.toml`, which is also what
+//! `edgeseal config print-default` prints, so the two cannot drift apart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use edgeseal_core::StreamName;
+use edgeseal_sensors::batcher::Policy;
+use edgeseal_sensors::simulated::Kind;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Keys the environment may set (`EDGESEAL_BATCH__COUNT` → `batch.count`).
+const ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "name",
+    "store",
+    "store_timeout",
+    "log",
+    "batch.count",
+    "batch.interval",
+    "outbox.retry_max",
+    "outbox.checkpoint_every",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    data_dir: PathBuf,
+    name: String,
+    store: String,
+    store_timeout: String,
+    log: String,
+    batch: RawBatch,
+    outbox: RawOutbox,
+    #[serde(default)]
+    streams: BTreeMap<String, RawBatchOverride>,
+    #[serde(default)]
+    sensor: Vec<RawSensor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    count: usize,
+    interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatchOverride {
+    count: Option<usize>,
+    interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    retry_max: String,
+    checkpoint_every: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSensor {
+    kind: String,
+    model: Option<String>,
+    stream: Option<String>,
+    interval: Option<String>,
+    command: Option<String>,
+    seed: Option<u64>,
+    sysfs: Option<PathBuf>,
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchOverrides>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BatchOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+}
+
+/// A sensor to run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SensorSpec {
+    Simulated {
+        kind: Kind,
+        stream: StreamName,
+        interval: Duration,
+        seed: u64,
+    },
+    Hwmon {
+        interval: Duration,
+        sysfs: PathBuf,
+    },
+    JsonLines {
+        command: Option<String>,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub store_url: String,
+    pub store_timeout: Duration,
+    pub log: String,
+    pub batch: Policy,
+    pub per_stream: HashMap<StreamName, Policy>,
+    pub retry_max: Duration,
+    pub checkpoint_every: Duration,
+    pub sensors: Vec<SensorSpec>,
+}
+
+impl Config {
+    pub fn state_path(&self) -> PathBuf {
+        self.data_dir.join("state.db")
+    }
+}
+
+/// Loads the configuration. `file` is `--config`; without it `./edgeseal.toml` is read if present.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+    let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+    match file {
+        Some(f) => {
+            if !f.exists() {
+                bail!(
+                    "config file {} does not exist (see `edgeseal config print-default` for a template)",
+                    f.display()
+                );
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        None => fig = fig.merge(Toml::file("edgeseal.toml")),
+    }
+    fig = fig
+        .merge(
+            Env::prefixed("EDGESEAL_")
+                .split("__")
+                .filter(|k| ENV_KEYS.contains(&k.as_str())),
+        )
+        .merge(Serialized::defaults(overrides));
+    let raw: Raw = fig
+        .extract()
+        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    validate(raw)
+}
+
+fn validate(raw: Raw) -> Result<Config> {
+    let batch = Policy {
+        count: raw.batch.count,
+        interval_ms: optional_duration("batch.interval", &raw.batch.interval)?
+            .map(|d| d.as_millis() as i64),
+    };
+    if batch.count == 0 && batch.interval_ms.is_none() {
+        bail!(
+            "invalid configuration: batch.count = 0 and batch.interval = \"off\" would never cut a batch; set at least one"
+        );
+    }
+    let mut per_stream = HashMap::new();
+    for (name, o) in raw.streams {
+        let stream = StreamName::new(name.clone())
+            .with_context(|| format!("invalid configuration: [streams.{name}]"))?;
+        let interval_ms = match &o.interval {
+            Some(i) => optional_duration(&format!("streams.{name}.interval"), i)?
+                .map(|d| d.as_millis() as i64),
+            None => batch.interval_ms,
+        };
+        per_stream.insert(
+            stream,
+            Policy {
+                count: o.count.unwrap_or(batch.count),
+                interval_ms,
+            },
+        );
+    }
+    let mut sensors = Vec::new();
+    for (i, s) in raw.sensor.into_iter().enumerate() {
+        let at = format!("sensor #{} (kind = {:?})", i + 1, s.kind);
+        let interval = match &s.interval {
+            Some(t) => duration(&format!("{at}: interval"), t)?,
+            None => Duration::from_secs(1),
+        };
+        if interval.is_zero() {
+            bail!("invalid configuration: {at}: interval must be above zero");
+        }
+        sensors.push(match s.kind.as_str() {
+            "simulated" => {
+                let model = s.model.as_deref().unwrap_or("temperature");
+                let kind = Kind::parse(model).ok_or_else(|| {
+                    anyhow!("invalid configuration: {at}: model {model:?} is not one of temperature, humidity, air_quality")
+                })?;
+                let stream = StreamName::new(s.stream.unwrap_or_else(|| kind.name().to_string()))
+                    .with_context(|| format!("invalid configuration: {at}: stream"))?;
+                SensorSpec::Simulated { kind, stream, interval, seed: s.seed.unwrap_or(i as u64 + 1) }
+            }
+            "hwmon" => SensorSpec::Hwmon { interval, sysfs: s.sysfs.unwrap_or_else(|| PathBuf::from("/sys")) },
+            "jsonl" => SensorSpec::JsonLines { command: s.command.filter(|c| !c.trim().is_empty()) },
+            other => bail!("invalid configuration: {at}: unknown kind {other:?} (use simulated, hwmon or jsonl)"),
+        });
+    }
+    let name = if raw.name.trim().is_empty() {
+        host_name()
+    } else {
+        raw.name
+    };
+    let store_url = if raw.store.trim().is_empty() {
+        format!("sqlite://{}", raw.data_dir.join("store.db").display())
+    } else {
+        raw.store
+    };
+    Ok(Config {
+        data_dir: raw.data_dir,
+        name,
+        store_url,
+        store_timeout: duration("store_timeout", &raw.store_timeout)?,
+        log: raw.log,
+        batch,
+        per_stream,
+        retry_max: duration("outbox.retry_max", &raw.outbox.retry_max)?,
+        checkpoint_every: duration("outbox.checkpoint_every", &raw.outbox.checkpoint_every)?,
+        sensors,
+    })
+}
+
+fn duration(key: &str, s: &str) -> Result<Duration> {
+    humantime::parse_duration(s.trim()).map_err(|_| {
+        anyhow!(
+            "invalid configuration: {key} = {s:?} is not a duration (examples: 500ms, 10s, 5m, 1h)"
+        )
+    })
+}
+
+fn optional_duration(key: &str, s: &str) -> Result<Option<Duration>> {
+    if matches!(s.trim(), "off" | "none" | "") {
+        return Ok(None);
+    }
+    let d = duration(key, s)?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    Ok(Some(d))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "edgeseal".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let raw: Raw = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let c = validate(raw).unwrap();
+        assert_eq!(
+            c.batch,
+            Policy {
+                count: 1000,
+                interval_ms: Some(60_000)
+            }
+        );
+        assert_eq!(c.sensors.len(), 4);
+        assert!(c.store_url.ends_with("edgeseal-data/store.db"));
+    }
+}

@@ -1,0 +1,45 @@
+//! `edgeseal`: the agent and its command line. See `README.md` to start and
+//! `docs/` for how it works. Wiring only: the logic lives in the library crates.
+
+mod agent;
+mod bench;
+mod cli;
+mod commands;
+mod config;
+mod keyfile;
+mod timefmt;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes: 0 success, 1 error, 2 usage or configuration error, 3 integrity problems found.
+pub const EXIT_INTEGRITY: u8 = 3;
+
+fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.chain()
+                .any(|c| c.to_string().starts_with("invalid configuration"))
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
