@@ -52,11 +52,7 @@ pub fn unpack(input: &mut &[u8], n: usize, out: &mut Vec<u64>) -> Result<()> {
         }
         let (data, rest) = input.split_at(nbytes);
         *input = rest;
-        let mask: u64 = if width == 64 {
-            u64::MAX
-        } else {
-            (1u64 << width) - 1
-        };
+        let mask: u64 = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
         let mut acc: u128 = 0;
         let mut nbits: u32 = 0;
         let mut pos = 0usize;

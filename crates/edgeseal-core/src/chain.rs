@@ -41,11 +41,7 @@ pub enum RowProblem {
     /// Validly signed by another identity than the device the header names.
     Foreign(DeviceId),
     /// An authentic batch of another device or stream.
-    Moved {
-        device: DeviceId,
-        stream: StreamName,
-        seq: u64,
-    },
+    Moved { device: DeviceId, stream: StreamName, seq: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -57,8 +53,7 @@ pub struct Inspected {
 /// Per-row checks. Independent of other rows, so callers may run them in parallel.
 pub fn inspect(device: DeviceId, stream: &StreamName, row: Row<'_>) -> Inspected {
     let verdict = (|| {
-        let parsed = envelope::parse(row.bytes)
-            .map_err(|_| RowProblem::Tampered("unreadable sealed batch"))?;
+        let parsed = envelope::parse(row.bytes).map_err(|_| RowProblem::Tampered("unreadable sealed batch"))?;
         let hash = parsed.hash();
         let signed = match parsed.authorship(&hash) {
             Authorship::Device => true,
@@ -70,27 +65,14 @@ pub fn inspect(device: DeviceId, stream: &StreamName, row: Row<'_>) -> Inspected
         };
         let h = parsed.header;
         if h.device != device || &h.stream != stream {
-            return Err(RowProblem::Moved {
-                device: h.device,
-                stream: h.stream,
-                seq: h.seq,
-            });
+            return Err(RowProblem::Moved { device: h.device, stream: h.stream, seq: h.seq });
         }
         if h.first_ts != row.first_ts || h.last_ts != row.last_ts {
-            return Err(RowProblem::Tampered(
-                "clear time columns differ from the signed header",
-            ));
+            return Err(RowProblem::Tampered("clear time columns differ from the signed header"));
         }
-        Ok(Good {
-            header: h,
-            hash,
-            signed,
-        })
+        Ok(Good { header: h, hash, signed })
     })();
-    Inspected {
-        row_seq: row.seq,
-        verdict,
-    }
+    Inspected { row_seq: row.seq, verdict }
 }
 
 /// A head of a stream: batch `seq` with `hash`, known as of `ts`.
@@ -111,10 +93,7 @@ pub struct Scope {
 }
 
 impl Scope {
-    pub const WHOLE: Scope = Scope {
-        from_start: true,
-        to_end: true,
-    };
+    pub const WHOLE: Scope = Scope { from_start: true, to_end: true };
 }
 
 /// The state of one row after the audit.
@@ -155,56 +134,19 @@ impl Status {
 /// One problem found, naming sequence numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    Tampered {
-        row_seq: u64,
-        what: &'static str,
-    },
-    Foreign {
-        row_seq: u64,
-        signer: DeviceId,
-    },
-    Moved {
-        row_seq: u64,
-        device: DeviceId,
-        stream: StreamName,
-        seq: u64,
-    },
-    Duplicate {
-        seq: u64,
-        row_seq: u64,
-    },
-    Conflict {
-        seq: u64,
-    },
-    Reordered {
-        seq: u64,
-        row_seq: u64,
-    },
-    Gap {
-        from: u64,
-        to: u64,
-    },
-    ChainBroken {
-        seq: u64,
-    },
-    TruncatedTail {
-        last: Option<u64>,
-        checkpoint: u64,
-    },
-    Rollback {
-        store_head: Option<u64>,
-        seen: u64,
-        seen_ts: i64,
-    },
-    Fork {
-        seq: u64,
-    },
-    BadCheckpoint {
-        seq: u64,
-    },
-    Unsigned {
-        seq: u64,
-    },
+    Tampered { row_seq: u64, what: &'static str },
+    Foreign { row_seq: u64, signer: DeviceId },
+    Moved { row_seq: u64, device: DeviceId, stream: StreamName, seq: u64 },
+    Duplicate { seq: u64, row_seq: u64 },
+    Conflict { seq: u64 },
+    Reordered { seq: u64, row_seq: u64 },
+    Gap { from: u64, to: u64 },
+    ChainBroken { seq: u64 },
+    TruncatedTail { last: Option<u64>, checkpoint: u64 },
+    Rollback { store_head: Option<u64>, seen: u64, seen_ts: i64 },
+    Fork { seq: u64 },
+    BadCheckpoint { seq: u64 },
+    Unsigned { seq: u64 },
 }
 
 impl Finding {
@@ -233,82 +175,46 @@ impl fmt::Display for Finding {
         match self {
             Finding::Tampered { row_seq, what } => write!(f, "batch {row_seq}: tampered ({what})"),
             Finding::Foreign { row_seq, signer } => {
-                write!(
-                    f,
-                    "batch {row_seq}: signed by a different identity (device {signer}), not by this device"
-                )
+                write!(f, "batch {row_seq}: signed by a different identity (device {signer}), not by this device")
             }
-            Finding::Moved {
-                row_seq,
-                device,
-                stream,
-                seq,
-            } => write!(
+            Finding::Moved { row_seq, device, stream, seq } => write!(
                 f,
                 "batch {row_seq}: holds batch {seq} of device {device} stream {stream:?} (moved from another stream or device)"
             ),
             Finding::Duplicate { seq, row_seq } => {
-                write!(
-                    f,
-                    "batch {seq}: appears again as batch {row_seq} (replayed or duplicated)"
-                )
+                write!(f, "batch {seq}: appears again as batch {row_seq} (replayed or duplicated)")
             }
-            Finding::Conflict { seq } => write!(
-                f,
-                "batch {seq}: two different signed batches claim this number"
-            ),
+            Finding::Conflict { seq } => write!(f, "batch {seq}: two different signed batches claim this number"),
             Finding::Reordered { seq, row_seq } => {
-                write!(
-                    f,
-                    "batch {seq}: stored in the place of batch {row_seq} (reordered)"
-                )
+                write!(f, "batch {seq}: stored in the place of batch {row_seq} (reordered)")
             }
             Finding::Gap { from, to } if from == to => write!(f, "batch {from}: missing (gap)"),
             Finding::Gap { from, to } => write!(f, "batches {from}..={to}: missing (gap)"),
             Finding::ChainBroken { seq } => {
-                write!(
-                    f,
-                    "batch {seq}: does not chain to batch {} (its predecessor was replaced)",
-                    seq.wrapping_sub(1)
-                )
+                write!(f, "batch {seq}: does not chain to batch {} (its predecessor was replaced)", seq.wrapping_sub(1))
             }
             Finding::TruncatedTail { last, checkpoint } => match last {
-                Some(l) => write!(
-                    f,
-                    "truncated: the store ends at batch {l} but a signed checkpoint names batch {checkpoint}"
-                ),
-                None => write!(
-                    f,
-                    "truncated: the store holds no batch but a signed checkpoint names batch {checkpoint}"
-                ),
+                Some(l) => {
+                    write!(f, "truncated: the store ends at batch {l} but a signed checkpoint names batch {checkpoint}")
+                }
+                None => {
+                    write!(f, "truncated: the store holds no batch but a signed checkpoint names batch {checkpoint}")
+                }
             },
-            Finding::Rollback {
-                store_head,
-                seen,
-                seen_ts,
-            } => {
+            Finding::Rollback { store_head, seen, seen_ts } => {
                 let at = match store_head {
                     Some(h) => format!("ends at batch {h}"),
                     None => "holds no batch".to_string(),
                 };
-                write!(
-                    f,
-                    "rollback: the store {at}, but batch {seen} was seen before (at {seen_ts} ms)"
-                )
+                write!(f, "rollback: the store {at}, but batch {seen} was seen before (at {seen_ts} ms)")
             }
             Finding::Fork { seq } => {
-                write!(
-                    f,
-                    "batch {seq}: differs from the batch {seq} seen before (the store was rolled back or forked)"
-                )
+                write!(f, "batch {seq}: differs from the batch {seq} seen before (the store was rolled back or forked)")
             }
             Finding::BadCheckpoint { seq } => {
                 write!(f, "checkpoint for batch {seq}: not signed by this device")
             }
-            Finding::Unsigned { seq } => write!(
-                f,
-                "batch {seq}: unsigned and not covered by a signed checkpoint"
-            ),
+            Finding::Unsigned { seq } => write!(f, "batch {seq}: unsigned and not covered by a signed checkpoint"),
         }
     }
 }
@@ -350,26 +256,16 @@ pub fn audit(
             Err(RowProblem::Tampered(what)) => {
                 statuses[i] = Status::Tampered;
                 reported.push(r.row_seq);
-                findings.push(Finding::Tampered {
-                    row_seq: r.row_seq,
-                    what,
-                });
+                findings.push(Finding::Tampered { row_seq: r.row_seq, what });
                 continue;
             }
             Err(RowProblem::Foreign(signer)) => {
                 statuses[i] = Status::Foreign;
                 reported.push(r.row_seq);
-                findings.push(Finding::Foreign {
-                    row_seq: r.row_seq,
-                    signer: *signer,
-                });
+                findings.push(Finding::Foreign { row_seq: r.row_seq, signer: *signer });
                 continue;
             }
-            Err(RowProblem::Moved {
-                device,
-                stream,
-                seq,
-            }) => {
+            Err(RowProblem::Moved { device, stream, seq }) => {
                 statuses[i] = Status::Moved;
                 reported.push(r.row_seq);
                 findings.push(Finding::Moved {
@@ -386,10 +282,7 @@ pub fn audit(
             statuses[i] = Status::Duplicate;
             let same = matches!(&rows[first].verdict, Ok(g) if g.hash == good.hash);
             findings.push(if same {
-                Finding::Duplicate {
-                    seq,
-                    row_seq: r.row_seq,
-                }
+                Finding::Duplicate { seq, row_seq: r.row_seq }
             } else {
                 Finding::Conflict { seq }
             });
@@ -398,10 +291,7 @@ pub fn audit(
         by_seq.insert(seq, i);
         if r.row_seq != seq {
             statuses[i] = Status::Reordered;
-            findings.push(Finding::Reordered {
-                seq,
-                row_seq: r.row_seq,
-            });
+            findings.push(Finding::Reordered { seq, row_seq: r.row_seq });
         }
     }
 
@@ -446,13 +336,9 @@ pub fn audit(
     let mut covered = false;
     for (k, &seq) in order.iter().enumerate().rev() {
         let g = good(by_seq[&seq]);
-        let linked = order
-            .get(k + 1)
-            .is_some_and(|&next| next == seq + 1 && good(by_seq[&next]).header.prev == g.hash);
+        let linked = order.get(k + 1).is_some_and(|&next| next == seq + 1 && good(by_seq[&next]).header.prev == g.hash);
         covered = if order.get(k + 1).is_none() {
-            best_cp
-                .as_ref()
-                .is_some_and(|cp| cp.seq == seq && cp.head == g.hash)
+            best_cp.as_ref().is_some_and(|cp| cp.seq == seq && cp.head == g.hash)
         } else {
             covered && linked
         };
@@ -470,10 +356,7 @@ pub fn audit(
             findings.push(Finding::Fork { seq: cp.seq });
         }
         if scope.to_end && last.is_none_or(|l| l < cp.seq) {
-            findings.push(Finding::TruncatedTail {
-                last,
-                checkpoint: cp.seq,
-            });
+            findings.push(Finding::TruncatedTail { last, checkpoint: cp.seq });
         }
     }
     if let Some(k) = remembered {
@@ -482,57 +365,33 @@ pub fn audit(
         }
         let store_knows = last.max(best_cp.as_ref().map(|c| c.seq));
         if scope.to_end && store_knows.is_none_or(|s| s < k.seq) {
-            findings.push(Finding::Rollback {
-                store_head: last,
-                seen: k.seq,
-                seen_ts: k.ts,
-            });
+            findings.push(Finding::Rollback { store_head: last, seen: k.seq, seen_ts: k.ts });
         }
     }
 
     // The highest authentic head: a signed batch or a device checkpoint.
-    let mut head = order
-        .iter()
-        .rev()
-        .map(|&s| good(by_seq[&s]))
-        .find(|g| g.signed)
-        .map(|g| Head {
-            seq: g.header.seq,
-            hash: g.hash,
-            ts: g.header.last_ts,
-        });
+    let mut head = order.iter().rev().map(|&s| good(by_seq[&s])).find(|g| g.signed).map(|g| Head {
+        seq: g.header.seq,
+        hash: g.hash,
+        ts: g.header.last_ts,
+    });
     if let Some(cp) = best_cp
         && head.is_none_or(|h| cp.seq > h.seq)
     {
-        head = Some(Head {
-            seq: cp.seq,
-            hash: cp.head,
-            ts: cp.ts,
-        });
+        head = Some(Head { seq: cp.seq, hash: cp.head, ts: cp.ts });
     }
-    Audit {
-        statuses,
-        findings,
-        head,
-    }
+    Audit { statuses, findings, head }
 }
 
 /// Reports `from..=to` as missing, less the numbers already reported as bad rows.
 fn push_gap(findings: &mut Vec<Finding>, reported: &[u64], from: u64, to: u64) {
-    let mut inside: Vec<u64> = reported
-        .iter()
-        .copied()
-        .filter(|s| (from..=to).contains(s))
-        .collect();
+    let mut inside: Vec<u64> = reported.iter().copied().filter(|s| (from..=to).contains(s)).collect();
     inside.sort_unstable();
     inside.dedup();
     let mut start = from;
     for s in inside {
         if s > start {
-            findings.push(Finding::Gap {
-                from: start,
-                to: s - 1,
-            });
+            findings.push(Finding::Gap { from: start, to: s - 1 });
         }
         start = s + 1;
     }
@@ -579,58 +438,27 @@ mod tests {
             };
             let s = seal(&r, &p, &key, Some(&id), &mut Vec::new()).unwrap();
             prev = s.hash;
-            heads.push(Head {
-                seq,
-                hash: s.hash,
-                ts: seq as i64 * 10 + 5,
-            });
+            heads.push(Head { seq, hash: s.hash, ts: seq as i64 * 10 + 5 });
             batches.push(s.bytes);
         }
-        Fixture {
-            id,
-            stream,
-            batches,
-            heads,
-        }
+        Fixture { id, stream, batches, heads }
     }
 
     impl Fixture {
         fn rows(&self) -> Vec<(u64, Vec<u8>)> {
-            self.batches
-                .iter()
-                .enumerate()
-                .map(|(i, b)| (i as u64, b.clone()))
-                .collect()
+            self.batches.iter().enumerate().map(|(i, b)| (i as u64, b.clone())).collect()
         }
 
         fn run(&self, rows: &[(u64, Vec<u8>)], cps: &[Vec<u8>], remembered: Option<Head>) -> Audit {
             let inspected: Vec<Inspected> = rows
                 .iter()
                 .map(|(seq, b)| {
-                    let (f, l) = envelope::parse(b)
-                        .map(|p| (p.header.first_ts, p.header.last_ts))
-                        .unwrap_or((0, 0));
-                    inspect(
-                        self.id.device_id(),
-                        &self.stream,
-                        Row {
-                            seq: *seq,
-                            first_ts: f,
-                            last_ts: l,
-                            bytes: b,
-                        },
-                    )
+                    let (f, l) = envelope::parse(b).map(|p| (p.header.first_ts, p.header.last_ts)).unwrap_or((0, 0));
+                    inspect(self.id.device_id(), &self.stream, Row { seq: *seq, first_ts: f, last_ts: l, bytes: b })
                 })
                 .collect();
             let cps: Vec<&[u8]> = cps.iter().map(|c| c.as_slice()).collect();
-            audit(
-                self.id.device_id(),
-                &self.stream,
-                &inspected,
-                &cps,
-                remembered,
-                Scope::WHOLE,
-            )
+            audit(self.id.device_id(), &self.stream, &inspected, &cps, remembered, Scope::WHOLE)
         }
 
         fn checkpoint(&self, seq: u64) -> Vec<u8> {
@@ -685,13 +513,7 @@ mod tests {
         let mut rows = f.rows();
         rows.truncate(4);
         let a = f.run(&rows, &[f.checkpoint(5)], None);
-        assert_eq!(
-            a.findings,
-            [Finding::TruncatedTail {
-                last: Some(3),
-                checkpoint: 5
-            }]
-        );
+        assert_eq!(a.findings, [Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]);
         // rollback: store and checkpoints older than what this reader saw
         let a = f.run(&rows, &[f.checkpoint(3)], Some(f.heads[5]));
         assert_eq!(kinds(&a), ["rollback"]);
@@ -707,10 +529,7 @@ mod tests {
         let a = f.run(&rows, &[], None);
         assert_eq!(kinds(&a), ["moved"]);
         let text = a.findings[0].to_string();
-        assert!(
-            text.contains("humidity") && text.contains("batch 3"),
-            "{text}"
-        );
+        assert!(text.contains("humidity") && text.contains("batch 3"), "{text}");
     }
 
     fn fixture_for(seed: u8, stream: &str) -> Fixture {
@@ -718,12 +537,7 @@ mod tests {
         f.id = Identity::from_secret_bytes(&[seed; 96]);
         f.stream = StreamName::new(stream).unwrap();
         let key = f.id.epoch_key(&f.stream, 0);
-        let r = Readings::Scalar(ScalarBatch {
-            unit: "%".into(),
-            ts: vec![1],
-            values: vec![1.0],
-            labels: vec![],
-        });
+        let r = Readings::Scalar(ScalarBatch { unit: "%".into(), ts: vec![1], values: vec![1.0], labels: vec![] });
         let p = SealParams {
             device: f.id.device_id(),
             stream: f.stream.clone(),
@@ -732,11 +546,7 @@ mod tests {
             prev: BatchHash::default(),
             salt: [0; 16],
         };
-        f.batches = vec![
-            seal(&r, &p, &key, Some(&f.id), &mut Vec::new())
-                .unwrap()
-                .bytes,
-        ];
+        f.batches = vec![seal(&r, &p, &key, Some(&f.id), &mut Vec::new()).unwrap().bytes];
         f
     }
 
@@ -744,12 +554,7 @@ mod tests {
     fn unsigned_batches_need_cover() {
         let f = fixture(1);
         let key = f.id.epoch_key(&f.stream, 0);
-        let r = Readings::Scalar(ScalarBatch {
-            unit: "".into(),
-            ts: vec![100],
-            values: vec![1.0],
-            labels: vec![],
-        });
+        let r = Readings::Scalar(ScalarBatch { unit: "".into(), ts: vec![100], values: vec![1.0], labels: vec![] });
         let p = SealParams {
             device: f.id.device_id(),
             stream: f.stream.clone(),
@@ -762,15 +567,9 @@ mod tests {
         let mut rows = f.rows();
         rows.push((1, unsigned.bytes.clone()));
         assert_eq!(kinds(&f.run(&rows, &[], None)), ["unsigned"]);
-        let cp = Checkpoint {
-            device: f.id.device_id(),
-            stream: f.stream.clone(),
-            seq: 1,
-            head: unsigned.hash,
-            ts: 1,
-        }
-        .sign(&f.id)
-        .unwrap();
+        let cp = Checkpoint { device: f.id.device_id(), stream: f.stream.clone(), seq: 1, head: unsigned.hash, ts: 1 }
+            .sign(&f.id)
+            .unwrap();
         assert!(f.run(&rows, &[cp], None).is_clean());
     }
 }

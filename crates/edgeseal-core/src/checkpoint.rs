@@ -71,8 +71,7 @@ impl Checkpoint {
         }
         let device = DeviceId(take_array(r)?);
         let len = usize::from(take(r, 1)?[0]);
-        let name = std::str::from_utf8(take(r, len)?)
-            .map_err(|_| Error::Invalid("stream name is not UTF-8"))?;
+        let name = std::str::from_utf8(take(r, len)?).map_err(|_| Error::Invalid("stream name is not UTF-8"))?;
         let stream = StreamName::new(name).map_err(|_| Error::Invalid("invalid stream name"))?;
         let seq = u64::from_be_bytes(take_array(r)?);
         let head = BatchHash(take_array(r)?);
@@ -83,13 +82,7 @@ impl Checkpoint {
         if !r.is_empty() {
             return Err(Error::Invalid("trailing bytes after the checkpoint"));
         }
-        let cp = Checkpoint {
-            device,
-            stream,
-            seq,
-            head,
-            ts,
-        };
+        let cp = Checkpoint { device, stream, seq, head, ts };
         let msg = [CONTEXT, &bytes[..body_len]].concat();
         let authorship = if !verify_signature(&pk, &msg, &sig) {
             Authorship::BadSignature

@@ -83,12 +83,7 @@ pub fn decode(mut input: &[u8]) -> Result<Readings> {
             let ts = decode_ts(input, n)?;
             let values = decode_values(input, n)?;
             let labels = decode_labels(input, n)?;
-            Readings::Scalar(ScalarBatch {
-                unit,
-                ts,
-                values,
-                labels,
-            })
+            Readings::Scalar(ScalarBatch { unit, ts, values, labels })
         }
         KIND_BLOB => {
             let n = get_len(input, 0, MAX_READINGS)?;
@@ -102,11 +97,7 @@ pub fn decode(mut input: &[u8]) -> Result<Readings> {
             for len in lens {
                 items.push(take(input, len)?.to_vec());
             }
-            Readings::Blob(BlobBatch {
-                media_type,
-                ts,
-                items,
-            })
+            Readings::Blob(BlobBatch { media_type, ts, items })
         }
         _ => return Err(Error::Invalid("unknown payload kind")),
     };
@@ -118,9 +109,7 @@ pub fn decode(mut input: &[u8]) -> Result<Readings> {
 
 fn check_text(s: &str) -> Result<()> {
     if s.len() > MAX_TEXT {
-        return Err(Error::Unencodable(
-            "unit, media type or label longer than 256 bytes",
-        ));
+        return Err(Error::Unencodable("unit, media type or label longer than 256 bytes"));
     }
     Ok(())
 }
@@ -171,7 +160,8 @@ fn decimal_scale(values: &[f64]) -> Option<usize> {
     'next: for (d, &scale) in POW10.iter().enumerate() {
         for &v in values {
             let i = (v * scale).round();
-            if !(i.abs() < MAX_EXACT) || (i / scale).to_bits() != v.to_bits() {
+            // NaN fails the bit comparison; infinities and huge values fail the bound.
+            if i.is_nan() || i.abs() >= MAX_EXACT || (i / scale).to_bits() != v.to_bits() {
                 continue 'next;
             }
         }
@@ -220,9 +210,7 @@ fn decode_values(input: &mut &[u8], n: usize) -> Result<Vec<f64>> {
     match scheme {
         VALUES_DECIMAL => {
             let d = usize::from(take(input, 1)?[0]);
-            let scale = *POW10
-                .get(d)
-                .ok_or(Error::Invalid("decimal scale above 9"))?;
+            let scale = *POW10.get(d).ok_or(Error::Invalid("decimal scale above 9"))?;
             let mut cur = get_i64(input)?;
             let mut deltas = Vec::with_capacity(n - 1);
             bits::unpack(input, n - 1, &mut deltas)?;
@@ -378,9 +366,7 @@ mod tests {
             values: values.clone(),
             labels: vec![],
         });
-        let Readings::Scalar(b) = round_trip(&r) else {
-            panic!()
-        };
+        let Readings::Scalar(b) = round_trip(&r) else { panic!() };
         assert!(same_bits(&b.values, &values));
     }
 
@@ -389,15 +375,8 @@ mod tests {
         // 1 Hz, 0.1 °C resolution, small noise: well under one byte per reading.
         let n = 1000;
         let ts: Vec<i64> = (0..n).map(|i| 1_700_000_000_000 + i * 1000).collect();
-        let values: Vec<f64> = (0..n)
-            .map(|i| (215 + (i * 7919) % 5 - 2) as f64 / 10.0)
-            .collect();
-        let r = Readings::Scalar(ScalarBatch {
-            unit: "°C".into(),
-            ts,
-            values,
-            labels: vec![],
-        });
+        let values: Vec<f64> = (0..n).map(|i| (215 + (i * 7919) % 5 - 2) as f64 / 10.0).collect();
+        let r = Readings::Scalar(ScalarBatch { unit: "°C".into(), ts, values, labels: vec![] });
         let mut buf = Vec::new();
         encode(&r, &mut buf).unwrap();
         assert!(buf.len() < n as usize * 6 / 10, "{} bytes", buf.len());

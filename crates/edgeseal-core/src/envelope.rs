@@ -119,9 +119,7 @@ pub fn seal(
     signer: Option<&Identity>,
     scratch: &mut Vec<u8>,
 ) -> Result<Sealed> {
-    let (first_ts, last_ts) = readings
-        .time_range()
-        .ok_or(Error::Unencodable("a batch needs at least one reading"))?;
+    let (first_ts, last_ts) = readings.time_range().ok_or(Error::Unencodable("a batch needs at least one reading"))?;
     if let Some(s) = signer
         && s.device_id() != params.device
     {
@@ -159,11 +157,7 @@ pub fn seal(
         bytes.extend_from_slice(&s.ed25519_public());
         bytes.extend_from_slice(&s.sign(&sig_message(&hash)));
     }
-    Ok(Sealed {
-        bytes,
-        hash,
-        header,
-    })
+    Ok(Sealed { bytes, hash, header })
 }
 
 /// Who signed a batch, as far as the bytes alone can tell.
@@ -210,8 +204,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     }
     let device = DeviceId(take_array(r)?);
     let len = usize::from(take(r, 1)?[0]);
-    let name = std::str::from_utf8(take(r, len)?)
-        .map_err(|_| Error::Invalid("stream name is not UTF-8"))?;
+    let name = std::str::from_utf8(take(r, len)?).map_err(|_| Error::Invalid("stream name is not UTF-8"))?;
     let stream = StreamName::new(name).map_err(|_| Error::Invalid("invalid stream name"))?;
     let seq = u64::from_be_bytes(take_array(r)?);
     let first_ts = i64::from_be_bytes(take_array(r)?);
@@ -240,24 +233,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     if !r.is_empty() {
         return Err(Error::Invalid("trailing bytes after the sealed batch"));
     }
-    let header = Header {
-        flags,
-        device,
-        stream,
-        seq,
-        first_ts,
-        last_ts,
-        count,
-        epoch,
-        prev,
-        salt,
-    };
-    Ok(Parsed {
-        header,
-        header_bytes: &bytes[..header_len],
-        ciphertext,
-        signature,
-    })
+    let header = Header { flags, device, stream, seq, first_ts, last_ts, count, epoch, prev, salt };
+    Ok(Parsed { header, header_bytes: &bytes[..header_len], ciphertext, signature })
 }
 
 impl Parsed<'_> {
@@ -274,11 +251,7 @@ impl Parsed<'_> {
             return Authorship::BadSignature;
         }
         let signer = device_id_of(pk);
-        if signer == self.header.device {
-            Authorship::Device
-        } else {
-            Authorship::Foreign(signer)
-        }
+        if signer == self.header.device { Authorship::Device } else { Authorship::Foreign(signer) }
     }
 
     /// Decrypts and decodes the body, checking it against the header.
@@ -289,12 +262,8 @@ impl Parsed<'_> {
             .map_err(|_| Error::CouldNotOpen)?;
         let readings = codec::decode(plain)?;
         let range = readings.time_range();
-        if readings.len() != self.header.count as usize
-            || range != Some((self.header.first_ts, self.header.last_ts))
-        {
-            return Err(Error::Invalid(
-                "body does not match the header's count or time range",
-            ));
+        if readings.len() != self.header.count as usize || range != Some((self.header.first_ts, self.header.last_ts)) {
+            return Err(Error::Invalid("body does not match the header's count or time range"));
         }
         Ok(readings)
     }
@@ -326,11 +295,8 @@ fn batch_key(epoch_key: &EpochKey, h: &Header) -> aead::LessSafeKey {
     info.extend_from_slice(&h.seq.to_be_bytes());
     info.extend_from_slice(&h.epoch.to_be_bytes());
     let mut okm = zeroize::Zeroizing::new([0u8; 32]);
-    hk.expand(&info, okm.as_mut())
-        .expect("32 bytes is a valid HKDF-SHA256 length");
-    aead::LessSafeKey::new(
-        aead::UnboundKey::new(&aead::CHACHA20_POLY1305, okm.as_ref()).expect("32-byte key"),
-    )
+    hk.expand(&info, okm.as_mut()).expect("32 bytes is a valid HKDF-SHA256 length");
+    aead::LessSafeKey::new(aead::UnboundKey::new(&aead::CHACHA20_POLY1305, okm.as_ref()).expect("32-byte key"))
 }
 
 /// Every batch key is used once (fresh salt), so the nonce may be constant.
@@ -367,14 +333,7 @@ mod tests {
             prev: BatchHash([1; 32]),
             salt: [2; 16],
         };
-        seal(
-            &readings(),
-            &params,
-            &id.epoch_key(&stream, 2),
-            signer,
-            &mut Vec::new(),
-        )
-        .unwrap()
+        seal(&readings(), &params, &id.epoch_key(&stream, 2), signer, &mut Vec::new()).unwrap()
     }
 
     #[test]
@@ -427,16 +386,11 @@ mod tests {
         // Append the forger's own signature over the hash.
         let mut b = unsigned.bytes.clone();
         b[4] = FLAG_SIGNED;
-        let p = parse(&[&b[..], &[0u8; 96]].concat())
-            .map(|p| p.hash())
-            .unwrap();
+        let p = parse(&[&b[..], &[0u8; 96]].concat()).map(|p| p.hash()).unwrap();
         b.extend_from_slice(&forger.ed25519_public());
         b.extend_from_slice(&forger.sign(&sig_message(&p)));
         let parsed = parse(&b).unwrap();
-        assert_eq!(
-            parsed.authorship(&parsed.hash()),
-            Authorship::Foreign(forger.device_id())
-        );
+        assert_eq!(parsed.authorship(&parsed.hash()), Authorship::Foreign(forger.device_id()));
     }
 
     #[test]

@@ -26,8 +26,7 @@ impl FromStr for DeviceId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         let mut b = [0u8; 16];
-        hex::decode_to_slice(s, &mut b)
-            .map_err(|_| Error::Invalid("a device id is 32 hex digits"))?;
+        hex::decode_to_slice(s, &mut b).map_err(|_| Error::Invalid("a device id is 32 hex digits"))?;
         Ok(DeviceId(b))
     }
 }
@@ -44,13 +43,8 @@ impl StreamName {
         let s = s.into();
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
-            Ok(StreamName(s))
-        } else {
-            Err(Error::InvalidStreamName(s))
-        }
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok { Ok(StreamName(s)) } else { Err(Error::InvalidStreamName(s)) }
     }
 
     pub fn as_str(&self) -> &str {

@@ -85,8 +85,7 @@ pub fn verify_signature(public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
     let Ok(vk) = VerifyingKey::from_bytes(public) else {
         return false;
     };
-    vk.verify(msg, &ed25519_dalek::Signature::from_bytes(sig))
-        .is_ok()
+    vk.verify(msg, &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
 }
 
 /// An agent's secret identity.
@@ -98,9 +97,7 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("device", &self.device_id())
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("device", &self.device_id()).finish_non_exhaustive()
     }
 }
 
@@ -157,8 +154,7 @@ impl Identity {
         info.extend_from_slice(&epoch.to_be_bytes());
         info.extend_from_slice(stream.as_str().as_bytes());
         let mut okm = [0u8; 32];
-        hk.expand(&info, &mut okm)
-            .expect("32 bytes is a valid HKDF-SHA256 length");
+        hk.expand(&info, &mut okm).expect("32 bytes is a valid HKDF-SHA256 length");
         let key = EpochKey(SecretBytes(okm));
         okm.zeroize();
         key

@@ -23,11 +23,7 @@ pub struct KdfParams {
 
 impl Default for KdfParams {
     fn default() -> Self {
-        KdfParams {
-            m_kib: 64 * 1024,
-            t: 3,
-            p: 1,
-        }
+        KdfParams { m_kib: 64 * 1024, t: 3, p: 1 }
     }
 }
 
@@ -77,11 +73,7 @@ pub fn encode(
             seal_key(&key)
                 .seal_in_place_append_tag(zero_nonce(), aead::Aad::from(aad(&public)), &mut buf)
                 .map_err(|_| Error::Unencodable("keystore sealing failed"))?;
-            let kdf = Kdf {
-                alg: "argon2id".into(),
-                params,
-                salt: B64.encode(salt),
-            };
+            let kdf = Kdf { alg: "argon2id".into(), params, salt: B64.encode(salt) };
             (Some(kdf), B64.encode(&buf))
         }
     };
@@ -101,10 +93,7 @@ pub fn encode(
 /// Reads the clear part of a keystore.
 pub fn summary(text: &str) -> Result<Summary> {
     let file = parse(text)?;
-    Ok(Summary {
-        name: file.name,
-        protected: file.kdf.is_some(),
-    })
+    Ok(Summary { name: file.name, protected: file.kdf.is_some() })
 }
 
 /// The name and public identity, readable without the passphrase.
@@ -123,10 +112,7 @@ pub fn decode(text: &str, passphrase: Option<&[u8]>) -> Result<(String, Identity
     let ed25519 = b64_array::<32>(&file.ed25519)?;
     let x25519 = b64_array::<32>(&file.x25519)?;
     let public = crate::keys::PublicIdentity { ed25519, x25519 };
-    let raw = Zeroizing::new(
-        B64.decode(&file.secret)
-            .map_err(|_| Error::CorruptKeystore("secret is not base64"))?,
-    );
+    let raw = Zeroizing::new(B64.decode(&file.secret).map_err(|_| Error::CorruptKeystore("secret is not base64"))?);
     let mut secret = Zeroizing::new([0u8; 96]);
     match file.kdf {
         None => {
@@ -154,16 +140,13 @@ pub fn decode(text: &str, passphrase: Option<&[u8]>) -> Result<(String, Identity
     }
     let identity = Identity::from_secret_bytes(&secret);
     if identity.public() != public {
-        return Err(Error::CorruptKeystore(
-            "secret keys do not match the public keys",
-        ));
+        return Err(Error::CorruptKeystore("secret keys do not match the public keys"));
     }
     Ok((file.name, identity))
 }
 
 fn parse(text: &str) -> Result<File> {
-    let file: File = serde_json::from_str(text)
-        .map_err(|_| Error::CorruptKeystore("not a keystore JSON document"))?;
+    let file: File = serde_json::from_str(text).map_err(|_| Error::CorruptKeystore("not a keystore JSON document"))?;
     if file.format != FORMAT {
         return Err(Error::CorruptKeystore("not an edgeseal keystore"));
     }
@@ -185,9 +168,7 @@ fn derive(pass: &[u8], salt: &[u8; 16], p: KdfParams) -> Result<Zeroizing<[u8; 3
 }
 
 fn seal_key(key: &[u8; 32]) -> aead::LessSafeKey {
-    aead::LessSafeKey::new(
-        aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key).expect("32-byte key"),
-    )
+    aead::LessSafeKey::new(aead::UnboundKey::new(&aead::CHACHA20_POLY1305, key).expect("32-byte key"))
 }
 
 /// The key is unique per salt, so a fixed nonce never repeats under one key.
@@ -206,20 +187,14 @@ fn b64_array<const N: usize>(s: &str) -> Result<[u8; N]> {
     B64.decode(s)
         .ok()
         .and_then(|v| <[u8; N]>::try_from(v).ok())
-        .ok_or(Error::CorruptKeystore(
-            "a key has the wrong encoding or length",
-        ))
+        .ok_or(Error::CorruptKeystore("a key has the wrong encoding or length"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const CHEAP: KdfParams = KdfParams {
-        m_kib: 64,
-        t: 1,
-        p: 1,
-    };
+    const CHEAP: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
 
     #[test]
     fn plain_round_trip() {
@@ -236,14 +211,8 @@ mod tests {
         let id = Identity::from_secret_bytes(&[4; 96]);
         let text = encode(&id, "pi", Some(b"correct horse"), CHEAP, [9; 16]).unwrap();
         assert!(summary(&text).unwrap().protected);
-        assert_eq!(
-            decode(&text, Some(b"correct horse")).unwrap().1.public(),
-            id.public()
-        );
-        assert_eq!(
-            decode(&text, Some(b"wrong")).unwrap_err(),
-            Error::WrongPassphrase
-        );
+        assert_eq!(decode(&text, Some(b"correct horse")).unwrap().1.public(), id.public());
+        assert_eq!(decode(&text, Some(b"wrong")).unwrap_err(), Error::WrongPassphrase);
         assert_eq!(decode(&text, None).unwrap_err(), Error::PassphraseRequired);
         // The secret never appears in clear in a protected file.
         assert!(!text.contains(&B64.encode(&id.expose_secret_bytes()[..])));
@@ -255,13 +224,7 @@ mod tests {
         let id = Identity::from_secret_bytes(&[5; 96]);
         let other = Identity::from_secret_bytes(&[6; 96]);
         let text = encode(&id, "pi", None, CHEAP, [0; 16]).unwrap();
-        let swapped = text.replace(
-            &B64.encode(id.public().ed25519),
-            &B64.encode(other.public().ed25519),
-        );
-        assert!(matches!(
-            decode(&swapped, None),
-            Err(Error::CorruptKeystore(_))
-        ));
+        let swapped = text.replace(&B64.encode(id.public().ed25519), &B64.encode(other.public().ed25519));
+        assert!(matches!(decode(&swapped, None), Err(Error::CorruptKeystore(_))));
     }
 }

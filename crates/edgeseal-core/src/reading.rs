@@ -47,18 +47,14 @@ impl Readings {
     pub fn time_range(&self) -> Option<(i64, i64)> {
         let ts = self.ts();
         let first = *ts.first()?;
-        Some(
-            ts.iter()
-                .fold((first, first), |(lo, hi), &t| (lo.min(t), hi.max(t))),
-        )
+        Some(ts.iter().fold((first, first), |(lo, hi), &t| (lo.min(t), hi.max(t))))
     }
 
     /// Checks that the columns have matching lengths.
     pub fn is_consistent(&self) -> bool {
         match self {
             Readings::Scalar(b) => {
-                b.values.len() == b.ts.len()
-                    && (b.labels.is_empty() || b.labels.len() == b.ts.len())
+                b.values.len() == b.ts.len() && (b.labels.is_empty() || b.labels.len() == b.ts.len())
             }
             Readings::Blob(b) => b.items.len() == b.ts.len(),
         }
@@ -76,15 +72,8 @@ pub struct Reading {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    Scalar {
-        value: f64,
-        unit: String,
-        label: Option<String>,
-    },
-    Blob {
-        media_type: String,
-        data: Vec<u8>,
-    },
+    Scalar { value: f64, unit: String, label: Option<String> },
+    Blob { media_type: String, data: Vec<u8> },
 }
 
 /// Turns readings of one stream, in order, into batches: a new batch starts
@@ -95,27 +84,17 @@ pub fn into_batches(readings: &[Reading]) -> Vec<(Readings, usize)> {
     for (i, r) in readings.iter().enumerate() {
         let fits = match (out.last_mut().map(|(b, _)| b), &r.value) {
             (Some(Readings::Scalar(b)), Value::Scalar { unit, .. }) => &b.unit == unit,
-            (Some(Readings::Blob(b)), Value::Blob { media_type, .. }) => {
-                &b.media_type == media_type
-            }
+            (Some(Readings::Blob(b)), Value::Blob { media_type, .. }) => &b.media_type == media_type,
             _ => false,
         };
         if !fits {
             out.push(match &r.value {
-                Value::Scalar { unit, .. } => (
-                    Readings::Scalar(ScalarBatch {
-                        unit: unit.clone(),
-                        ..Default::default()
-                    }),
-                    i,
-                ),
-                Value::Blob { media_type, .. } => (
-                    Readings::Blob(BlobBatch {
-                        media_type: media_type.clone(),
-                        ..Default::default()
-                    }),
-                    i,
-                ),
+                Value::Scalar { unit, .. } => {
+                    (Readings::Scalar(ScalarBatch { unit: unit.clone(), ..Default::default() }), i)
+                }
+                Value::Blob { media_type, .. } => {
+                    (Readings::Blob(BlobBatch { media_type: media_type.clone(), ..Default::default() }), i)
+                }
             });
         }
         let (batch, last) = out.last_mut().expect("a batch was just ensured");
@@ -149,33 +128,20 @@ mod tests {
         Reading {
             stream: crate::StreamName::new("s").unwrap(),
             ts,
-            value: Value::Scalar {
-                value: ts as f64,
-                unit: unit.into(),
-                label: label.map(Into::into),
-            },
+            value: Value::Scalar { value: ts as f64, unit: unit.into(), label: label.map(Into::into) },
         }
     }
 
     #[test]
     fn batches_split_on_unit_change_and_keep_labels_aligned() {
-        let rs = vec![
-            scalar(1, "C", None),
-            scalar(2, "C", Some("hot")),
-            scalar(3, "F", None),
-            scalar(4, "F", None),
-        ];
+        let rs = vec![scalar(1, "C", None), scalar(2, "C", Some("hot")), scalar(3, "F", None), scalar(4, "F", None)];
         let b = into_batches(&rs);
         assert_eq!(b.len(), 2);
         assert_eq!(b[0].1, 1);
         assert_eq!(b[1].1, 3);
-        let Readings::Scalar(s) = &b[0].0 else {
-            panic!()
-        };
+        let Readings::Scalar(s) = &b[0].0 else { panic!() };
         assert_eq!(s.labels, vec![None, Some("hot".to_string())]);
-        let Readings::Scalar(s) = &b[1].0 else {
-            panic!()
-        };
+        let Readings::Scalar(s) = &b[1].0 else { panic!() };
         assert!(s.labels.is_empty());
     }
 }

@@ -23,11 +23,7 @@ pub fn get_u64(input: &mut &[u8]) -> Result<u64> {
             return Ok(v);
         }
     }
-    if input.len() >= 10 {
-        Err(Error::Invalid("varint longer than 10 bytes"))
-    } else {
-        Err(Error::Truncated)
-    }
+    if input.len() >= 10 { Err(Error::Invalid("varint longer than 10 bytes")) } else { Err(Error::Truncated) }
 }
 
 pub fn zigzag(v: i64) -> u64 {

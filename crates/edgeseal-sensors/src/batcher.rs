@@ -18,10 +18,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy {
-            count: 1000,
-            interval_ms: Some(60_000),
-        }
+        Policy { count: 1000, interval_ms: Some(60_000) }
     }
 }
 
@@ -50,11 +47,7 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(default: Policy, per_stream: HashMap<StreamName, Policy>) -> Batcher {
-        Batcher {
-            default,
-            per_stream,
-            open: BTreeMap::new(),
-        }
+        Batcher { default, per_stream, open: BTreeMap::new() }
     }
 
     pub fn policy(&self, stream: &StreamName) -> Policy {
@@ -83,11 +76,7 @@ impl Batcher {
         let due: Vec<StreamName> = self
             .open
             .iter()
-            .filter(|(s, o)| {
-                self.policy(s)
-                    .interval_ms
-                    .is_some_and(|i| now - o.opened_at >= i)
-            })
+            .filter(|(s, o)| self.policy(s).interval_ms.is_some_and(|i| now - o.opened_at >= i))
             .map(|(s, _)| s.clone())
             .collect();
         due.iter().filter_map(|s| self.cut(s)).collect()
@@ -95,10 +84,7 @@ impl Batcher {
 
     /// The earliest monotonic time at which [`Batcher::due`] will cut something.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.open
-            .iter()
-            .filter_map(|(s, o)| self.policy(s).interval_ms.map(|i| o.opened_at + i))
-            .min()
+        self.open.iter().filter_map(|(s, o)| self.policy(s).interval_ms.map(|i| o.opened_at + i)).min()
     }
 
     /// Cuts everything (on shutdown, or "store now").
@@ -114,11 +100,7 @@ impl Batcher {
 
     fn cut(&mut self, stream: &StreamName) -> Option<Cut> {
         let open = self.open.remove(stream)?;
-        Some(Cut {
-            stream: stream.clone(),
-            readings: open.readings,
-            ids: open.ids,
-        })
+        Some(Cut { stream: stream.clone(), readings: open.readings, ids: open.ids })
     }
 }
 
@@ -131,31 +113,15 @@ mod tests {
         Reading {
             stream: StreamName::new(stream).unwrap(),
             ts,
-            value: Value::Scalar {
-                value: 1.0,
-                unit: String::new(),
-                label: None,
-            },
+            value: Value::Scalar { value: 1.0, unit: String::new(), label: None },
         }
     }
 
     #[test]
     fn count_interval_or_both() {
         let mut per = HashMap::new();
-        per.insert(
-            StreamName::new("slow").unwrap(),
-            Policy {
-                count: 0,
-                interval_ms: Some(100),
-            },
-        );
-        let mut b = Batcher::new(
-            Policy {
-                count: 3,
-                interval_ms: Some(1000),
-            },
-            per,
-        );
+        per.insert(StreamName::new("slow").unwrap(), Policy { count: 0, interval_ms: Some(100) });
+        let mut b = Batcher::new(Policy { count: 3, interval_ms: Some(1000) }, per);
         assert!(b.push(1, r("fast", 0), 0).is_none());
         assert!(b.push(2, r("fast", 1), 1).is_none());
         let cut = b.push(3, r("fast", 2), 2).unwrap();
@@ -173,13 +139,7 @@ mod tests {
 
     #[test]
     fn flush_cuts_everything() {
-        let mut b = Batcher::new(
-            Policy {
-                count: 100,
-                interval_ms: None,
-            },
-            HashMap::new(),
-        );
+        let mut b = Batcher::new(Policy { count: 100, interval_ms: None }, HashMap::new());
         b.push(1, r("a", 0), 0);
         b.push(2, r("b", 0), 0);
         assert_eq!(b.next_deadline(), None);

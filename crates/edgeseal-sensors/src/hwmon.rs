@@ -28,28 +28,16 @@ impl Sensor for Hwmon {
 
     fn read(&mut self, now_ms: i64) -> Result<Vec<Reading>, Error> {
         let what = || self.path.display().to_string();
-        let text = std::fs::read_to_string(&self.path).map_err(|e| Error::Io {
-            what: what(),
-            why: e.to_string(),
-        })?;
-        let milli: i64 = text.trim().parse().map_err(|_| Error::BadValue {
-            what: what(),
-            why: format!("{:?}", text.trim()),
-        })?;
+        let text = std::fs::read_to_string(&self.path).map_err(|e| Error::Io { what: what(), why: e.to_string() })?;
+        let milli: i64 =
+            text.trim().parse().map_err(|_| Error::BadValue { what: what(), why: format!("{:?}", text.trim()) })?;
         if !(-60_000..=200_000).contains(&milli) {
-            return Err(Error::BadValue {
-                what: what(),
-                why: format!("{milli} m°C is out of range"),
-            });
+            return Err(Error::BadValue { what: what(), why: format!("{milli} m°C is out of range") });
         }
         Ok(vec![Reading {
             stream: self.stream.clone(),
             ts: now_ms,
-            value: Value::Scalar {
-                value: milli as f64 / 1000.0,
-                unit: "°C".into(),
-                label: None,
-            },
+            value: Value::Scalar { value: milli as f64 / 1000.0, unit: "°C".into(), label: None },
         }])
     }
 }
@@ -58,33 +46,21 @@ impl Sensor for Hwmon {
 pub fn discover(sys: &Path) -> Vec<Hwmon> {
     let mut found = Vec::new();
     for dir in sorted_dirs(&sys.join("class/hwmon")) {
-        let chip = std::fs::read_to_string(dir.join("name"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
+        let chip = std::fs::read_to_string(dir.join("name")).map(|s| s.trim().to_string()).unwrap_or_default();
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         let mut inputs: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("temp") && n.ends_with("_input"))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("temp") && n.ends_with("_input"))
             })
             .collect();
         inputs.sort();
         for input in inputs {
-            let sensor = input
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("temp")
-                .trim_end_matches("_input")
-                .to_string();
-            let hw = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("hwmon")
-                .to_string();
+            let sensor =
+                input.file_name().and_then(|n| n.to_str()).unwrap_or("temp").trim_end_matches("_input").to_string();
+            let hw = dir.file_name().and_then(|n| n.to_str()).unwrap_or("hwmon").to_string();
             if let Ok(stream) = StreamName::new(sanitize(&format!(
                 "hwmon.{}.{hw}.{sensor}",
                 if chip.is_empty() { "chip" } else { &chip }
@@ -95,22 +71,12 @@ pub fn discover(sys: &Path) -> Vec<Hwmon> {
     }
     if found.is_empty() {
         for dir in sorted_dirs(&sys.join("class/thermal")) {
-            let name = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if !name.starts_with("thermal_zone") || !dir.join("temp").exists() {
                 continue;
             }
-            let kind = std::fs::read_to_string(dir.join("type"))
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            let label = if kind.is_empty() {
-                format!("thermal.{name}")
-            } else {
-                format!("thermal.{kind}.{name}")
-            };
+            let kind = std::fs::read_to_string(dir.join("type")).map(|s| s.trim().to_string()).unwrap_or_default();
+            let label = if kind.is_empty() { format!("thermal.{name}") } else { format!("thermal.{kind}.{name}") };
             if let Ok(stream) = StreamName::new(sanitize(&label)) {
                 found.push(Hwmon::new(stream, dir.join("temp")));
             }
@@ -120,25 +86,16 @@ pub fn discover(sys: &Path) -> Vec<Hwmon> {
 }
 
 fn sorted_dirs(path: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(path)
-        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(path).map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
     dirs.sort();
     dirs
 }
 
 /// Keeps the characters stream names allow; truncates to the limit.
 fn sanitize(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let mut out: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect();
     out.truncate(StreamName::MAX_LEN);
     out
 }
@@ -162,14 +119,7 @@ mod tests {
         assert_eq!(found.len(), 2, "thermal zones are only a fallback");
         assert_eq!(found[0].stream.as_str(), "hwmon.coretemp.hwmon0.temp1");
         let r = found[0].read(5).unwrap();
-        assert_eq!(
-            r[0].value,
-            Value::Scalar {
-                value: 45.0,
-                unit: "°C".into(),
-                label: None
-            }
-        );
+        assert_eq!(r[0].value, Value::Scalar { value: 45.0, unit: "°C".into(), label: None });
         assert!(matches!(found[1].read(5), Err(Error::BadValue { .. })));
         std::fs::remove_dir_all(chip).unwrap();
         let found = discover(&root);

@@ -41,50 +41,33 @@ pub fn parse_line(text: &str, line_no: u64, now_ms: i64) -> Result<Reading, Erro
     let stream = StreamName::new(normalise_stream(&line.stream)).map_err(|e| bad(e.to_string()))?;
     let ts = match &line.ts {
         None | Some(serde_json::Value::Null) => now_ms,
-        Some(serde_json::Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| bad("ts must be whole milliseconds".into()))?,
+        Some(serde_json::Value::Number(n)) => n.as_i64().ok_or_else(|| bad("ts must be whole milliseconds".into()))?,
         Some(serde_json::Value::String(s)) => {
             parse_rfc3339_ms(s).ok_or_else(|| bad(format!("ts {s:?} is not RFC 3339")))?
         }
         Some(other) => {
-            return Err(bad(format!(
-                "ts {other} is neither RFC 3339 nor milliseconds"
-            )));
+            return Err(bad(format!("ts {other} is neither RFC 3339 nor milliseconds")));
         }
     };
     let value = match (&line.blob, &line.value) {
         (Some(b64), None) => Value::Blob {
-            media_type: line
-                .media_type
-                .clone()
-                .unwrap_or_else(|| "application/octet-stream".into()),
+            media_type: line.media_type.clone().unwrap_or_else(|| "application/octet-stream".into()),
             data: base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|e| bad(format!("blob is not base64: {e}")))?,
         },
         (None, Some(v)) => {
             let value = match v {
-                serde_json::Value::Number(n) => n
-                    .as_f64()
-                    .ok_or_else(|| bad("value is not a number".into()))?,
+                serde_json::Value::Number(n) => n.as_f64().ok_or_else(|| bad("value is not a number".into()))?,
                 serde_json::Value::Bool(b) => f64::from(u8::from(*b)),
                 other => {
-                    return Err(bad(format!(
-                        "value {other} is not a number (NaN or a failed read?)"
-                    )));
+                    return Err(bad(format!("value {other} is not a number (NaN or a failed read?)")));
                 }
             };
-            Value::Scalar {
-                value,
-                unit: line.unit.clone().unwrap_or_default(),
-                label: line.label.clone(),
-            }
+            Value::Scalar { value, unit: line.unit.clone().unwrap_or_default(), label: line.label.clone() }
         }
         (Some(_), Some(_)) => {
-            return Err(bad(
-                "a line has either \"value\" or \"blob\", not both".into()
-            ));
+            return Err(bad("a line has either \"value\" or \"blob\", not both".into()));
         }
         (None, None) => return Err(bad("a line needs \"value\" or \"blob\"".into())),
     };
@@ -114,37 +97,18 @@ mod tests {
 
     #[test]
     fn scalars_blobs_and_the_original_shape() {
+        let r = parse_line(r#"{"stream":"soil","value":41.5,"unit":"%","ts":1000}"#, 1, 0).unwrap();
+        assert_eq!(r.ts, 1000);
+        assert_eq!(r.value, Value::Scalar { value: 41.5, unit: "%".into(), label: None });
+        let r = parse_line(r#"{"stream":"cam","blob":"aGk=","media_type":"image/jpeg"}"#, 1, 7).unwrap();
+        assert_eq!(r.value, Value::Blob { media_type: "image/jpeg".into(), data: b"hi".to_vec() });
+        assert_eq!(r.ts, 7);
         let r = parse_line(
-            r#"{"stream":"soil","value":41.5,"unit":"%","ts":1000}"#,
+            r#"{"sensor_type":"Air Quality","value":310,"description":"Low pollution","time":"2026-01-01T00:00:00Z"}"#,
             1,
             0,
         )
         .unwrap();
-        assert_eq!(r.ts, 1000);
-        assert_eq!(
-            r.value,
-            Value::Scalar {
-                value: 41.5,
-                unit: "%".into(),
-                label: None
-            }
-        );
-        let r = parse_line(
-            r#"{"stream":"cam","blob":"aGk=","media_type":"image/jpeg"}"#,
-            1,
-            7,
-        )
-        .unwrap();
-        assert_eq!(
-            r.value,
-            Value::Blob {
-                media_type: "image/jpeg".into(),
-                data: b"hi".to_vec()
-            }
-        );
-        assert_eq!(r.ts, 7);
-        let r = parse_line(r#"{"sensor_type":"Air Quality","value":310,"description":"Low pollution","time":"2026-01-01T00:00:00Z"}"#, 1, 0)
-            .unwrap();
         assert_eq!(r.stream.as_str(), "air_quality");
         assert_eq!(r.ts, 1_767_225_600_000);
     }
@@ -161,10 +125,7 @@ mod tests {
             (r#"{"stream":"t","value":1,"extra":2}"#, "unknown field"),
         ] {
             let e = parse_line(line, 42, 0).unwrap_err().to_string();
-            assert!(
-                e.starts_with("line 42:") && e.contains(needle),
-                "{line}: {e}"
-            );
+            assert!(e.starts_with("line 42:") && e.contains(needle), "{line}: {e}");
         }
     }
 }

@@ -87,12 +87,7 @@ pub struct Model {
 
 impl Model {
     pub fn new(kind: Kind, seed: u64) -> Model {
-        Model {
-            kind,
-            rng: Rng::new(seed ^ kind as u64),
-            drift: 0.0,
-            spike: 0.0,
-        }
+        Model { kind, rng: Rng::new(seed ^ kind as u64), drift: 0.0, spike: 0.0 }
     }
 
     /// The value at `now_ms`, quantised to the device's resolution.
@@ -104,10 +99,7 @@ impl Model {
         let noise = self.rng.normal();
         match self.kind {
             Kind::Temperature => round_to(21.0 + 4.0 * cycle + self.drift + 0.04 * noise, 10.0),
-            Kind::Humidity => round_to(
-                (55.0 - 12.0 * cycle + 3.0 * self.drift + 0.1 * noise).clamp(0.0, 100.0),
-                10.0,
-            ),
+            Kind::Humidity => round_to((55.0 - 12.0 * cycle + 3.0 * self.drift + 0.1 * noise).clamp(0.0, 100.0), 10.0),
             Kind::AirQuality => {
                 // Occasional pollution events (cooking, traffic) that decay.
                 if self.rng.uniform() < 0.0005 {
@@ -134,10 +126,7 @@ pub struct Simulated {
 
 impl Simulated {
     pub fn new(kind: Kind, stream: StreamName, seed: u64) -> Simulated {
-        Simulated {
-            stream,
-            model: Model::new(kind, seed),
-        }
+        Simulated { stream, model: Model::new(kind, seed) }
     }
 }
 
@@ -151,11 +140,7 @@ impl Sensor for Simulated {
         Ok(vec![Reading {
             stream: self.stream.clone(),
             ts: now_ms,
-            value: Value::Scalar {
-                value,
-                unit: self.model.kind.unit().into(),
-                label: None,
-            },
+            value: Value::Scalar { value, unit: self.model.kind.unit().into(), label: None },
         }])
     }
 }
@@ -173,11 +158,7 @@ mod tests {
                 let v = m.sample(1_700_000_000_000 + i * 1000);
                 lo = lo.min(v);
                 hi = hi.max(v);
-                let scaled = if kind == Kind::AirQuality {
-                    v
-                } else {
-                    v * 10.0
-                };
+                let scaled = if kind == Kind::AirQuality { v } else { v * 10.0 };
                 assert!((scaled - scaled.round()).abs() < 1e-6, "{kind:?} {v}");
             }
             let (min, max) = match kind {
@@ -185,10 +166,7 @@ mod tests {
                 Kind::Humidity => (30.0, 80.0),
                 Kind::AirQuality => (50.0, 1023.0),
             };
-            assert!(
-                lo >= min && hi <= max && hi - lo > 2.0,
-                "{kind:?} {lo}..{hi}"
-            );
+            assert!(lo >= min && hi <= max && hi - lo > 2.0, "{kind:?} {lo}..{hi}");
         }
     }
 }

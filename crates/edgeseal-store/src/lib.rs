@@ -26,12 +26,10 @@ pub use url::redact_url;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "cannot reach the store at {url}: {source}. Check that the database is running and that --store / EDGESEAL_STORE is right"
+        "cannot reach the store at {url}: {cause}. Check that the database is running and that --store / EDGESEAL_STORE is right"
     )]
-    Unreachable { url: String, source: sqlx::Error },
-    #[error(
-        "unsupported store URL {0:?}: use sqlite://PATH, postgres://USER@HOST/DB or mysql://USER@HOST/DB"
-    )]
+    Unreachable { url: String, cause: sqlx::Error },
+    #[error("unsupported store URL {0:?}: use sqlite://PATH, postgres://USER@HOST/DB or mysql://USER@HOST/DB")]
     BadUrl(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
@@ -49,10 +47,7 @@ impl Error {
             Error::Query(e) => {
                 matches!(
                     e,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::Tls(_)
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
                 ) || matches!(e, sqlx::Error::Database(d) if d.message().contains("locked"))
             }
             _ => false,
@@ -197,9 +192,7 @@ const MYSQL: Dialect = Dialect {
 };
 
 fn device_from(bytes: &[u8]) -> Result<DeviceId> {
-    <[u8; 16]>::try_from(bytes)
-        .map(DeviceId)
-        .map_err(|_| Error::BadRow("device id is not 16 bytes"))
+    <[u8; 16]>::try_from(bytes).map(DeviceId).map_err(|_| Error::BadRow("device id is not 16 bytes"))
 }
 
 fn u64_from(v: i64, what: &'static str) -> Result<u64> {
@@ -365,10 +358,7 @@ pub struct ConnectOptions {
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions {
-            lazy: false,
-            timeout: Duration::from_secs(5),
-        }
+        ConnectOptions { lazy: false, timeout: Duration::from_secs(5) }
     }
 }
 
@@ -381,32 +371,19 @@ pub enum AnyStore {
 }
 
 /// Opens a SQLite pool tuned for an append-mostly workload (WAL, synchronous=NORMAL).
-pub(crate) async fn sqlite_pool(
-    url: &str,
-    lazy: bool,
-    timeout: Duration,
-) -> Result<sqlx::SqlitePool> {
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
+pub(crate) async fn sqlite_pool(url: &str, lazy: bool, timeout: Duration) -> Result<sqlx::SqlitePool> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
     let opts = SqliteConnectOptions::from_str(url)
         .map_err(|_| Error::BadUrl(redact_url(url)))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(timeout);
+    let pool = SqlitePoolOptions::new().max_connections(4).acquire_timeout(timeout);
     if lazy {
         Ok(pool.connect_lazy_with(opts))
     } else {
-        pool.connect_with(opts)
-            .await
-            .map_err(|source| Error::Unreachable {
-                url: redact_url(url),
-                source,
-            })
+        pool.connect_with(opts).await.map_err(|cause| Error::Unreachable { url: redact_url(url), cause })
     }
 }
 
@@ -414,41 +391,25 @@ impl AnyStore {
     /// Connects to `sqlite://PATH`, `postgres://…` or `mysql://…` (also `mariadb://…`).
     pub async fn connect(url: &str, opts: ConnectOptions) -> Result<AnyStore> {
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
-        let unreachable = |source| Error::Unreachable {
-            url: redact_url(url),
-            source,
-        };
         match scheme {
-            "sqlite" => Ok(AnyStore::Sqlite(SqliteStore::new(
-                sqlite_pool(url, opts.lazy, opts.timeout).await?,
-                url,
-            ))),
+            "sqlite" => Ok(AnyStore::Sqlite(SqliteStore::new(sqlite_pool(url, opts.lazy, opts.timeout).await?, url))),
             "postgres" | "postgresql" => {
-                let co = sqlx::postgres::PgConnectOptions::from_str(url)
-                    .map_err(|_| Error::BadUrl(redact_url(url)))?;
-                let po = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(opts.timeout);
-                let pool = if opts.lazy {
-                    po.connect_lazy_with(co)
-                } else {
-                    po.connect_with(co).await.map_err(unreachable)?
-                };
-                Ok(AnyStore::Postgres(PgStore::new(pool, url)))
+                let co = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact_url(url)))?;
+                if !opts.lazy {
+                    probe::<sqlx::PgConnection>(&co, url, opts.timeout).await?;
+                }
+                let po = sqlx::postgres::PgPoolOptions::new().max_connections(4).acquire_timeout(opts.timeout);
+                Ok(AnyStore::Postgres(PgStore::new(po.connect_lazy_with(co), url)))
             }
             "mysql" | "mariadb" => {
                 let fixed = url.replacen("mariadb:", "mysql:", 1);
-                let co = sqlx::mysql::MySqlConnectOptions::from_str(&fixed)
-                    .map_err(|_| Error::BadUrl(redact_url(url)))?;
-                let po = sqlx::mysql::MySqlPoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(opts.timeout);
-                let pool = if opts.lazy {
-                    po.connect_lazy_with(co)
-                } else {
-                    po.connect_with(co).await.map_err(unreachable)?
-                };
-                Ok(AnyStore::MySql(MySqlStore::new(pool, url)))
+                let co =
+                    sqlx::mysql::MySqlConnectOptions::from_str(&fixed).map_err(|_| Error::BadUrl(redact_url(url)))?;
+                if !opts.lazy {
+                    probe::<sqlx::MySqlConnection>(&co, url, opts.timeout).await?;
+                }
+                let po = sqlx::mysql::MySqlPoolOptions::new().max_connections(4).acquire_timeout(opts.timeout);
+                Ok(AnyStore::MySql(MySqlStore::new(po.connect_lazy_with(co), url)))
             }
             _ => Err(Error::BadUrl(redact_url(url))),
         }
@@ -461,6 +422,19 @@ impl AnyStore {
             AnyStore::Postgres(_) => "postgres",
             AnyStore::MySql(_) => "mysql",
         }
+    }
+}
+
+/// One connection attempt, so an unreachable server is reported with its real cause.
+async fn probe<C: sqlx::Connection>(co: &C::Options, url: &str, timeout: Duration) -> Result<()> {
+    let unreachable = |cause| Error::Unreachable { url: redact_url(url), cause };
+    match tokio::time::timeout(timeout, C::connect_with(co)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(unreachable(e)),
+        Err(_) => Err(unreachable(sqlx::Error::PoolTimedOut)),
     }
 }
 
@@ -481,32 +455,16 @@ impl Store for AnyStore {
     async fn put_batches(&self, rows: &[BatchRow]) -> Result<PutReport> {
         dispatch!(self, s => s.put_batches(rows).await)
     }
-    async fn put_checkpoint(
-        &self,
-        device: DeviceId,
-        stream: &StreamName,
-        seq: u64,
-        sealed: &[u8],
-    ) -> Result<()> {
+    async fn put_checkpoint(&self, device: DeviceId, stream: &StreamName, seq: u64, sealed: &[u8]) -> Result<()> {
         dispatch!(self, s => s.put_checkpoint(device, stream, seq, sealed).await)
     }
     async fn streams(&self) -> Result<Vec<StreamInfo>> {
         dispatch!(self, s => s.streams().await)
     }
-    async fn batches(
-        &self,
-        device: DeviceId,
-        stream: &StreamName,
-        range: TimeRange,
-    ) -> Result<Vec<StoredBatch>> {
+    async fn batches(&self, device: DeviceId, stream: &StreamName, range: TimeRange) -> Result<Vec<StoredBatch>> {
         dispatch!(self, s => s.batches(device, stream, range).await)
     }
-    async fn checkpoints(
-        &self,
-        device: DeviceId,
-        stream: &StreamName,
-        limit: u32,
-    ) -> Result<Vec<Vec<u8>>> {
+    async fn checkpoints(&self, device: DeviceId, stream: &StreamName, limit: u32) -> Result<Vec<Vec<u8>>> {
         dispatch!(self, s => s.checkpoints(device, stream, limit).await)
     }
     fn url(&self) -> &str {

@@ -18,21 +18,11 @@ use sqlx::Row as _;
 use crate::{BatchRow, Error, Result};
 
 /// Per-stream sealing state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StreamState {
     pub next_seq: u64,
     pub head: BatchHash,
     pub epoch: u32,
-}
-
-impl Default for StreamState {
-    fn default() -> Self {
-        StreamState {
-            next_seq: 0,
-            head: BatchHash::default(),
-            epoch: 0,
-        }
-    }
 }
 
 /// Counts of what waits locally, per stream.
@@ -52,9 +42,7 @@ fn seq_i64(seq: u64) -> Result<i64> {
 }
 
 fn hash_from(v: &[u8]) -> Result<BatchHash> {
-    <[u8; 32]>::try_from(v)
-        .map(BatchHash)
-        .map_err(|_| Error::BadRow("hash is not 32 bytes"))
+    <[u8; 32]>::try_from(v).map(BatchHash).map_err(|_| Error::BadRow("hash is not 32 bytes"))
 }
 
 impl LocalState {
@@ -77,18 +65,12 @@ impl LocalState {
             .bind(r.stream.as_str())
             .bind(r.ts);
             let q = match &r.value {
-                Value::Scalar { value, unit, label } => q
-                    .bind(*value)
-                    .bind(unit.as_str())
-                    .bind(label.as_deref())
-                    .bind(None::<&str>)
-                    .bind(None::<&[u8]>),
-                Value::Blob { media_type, data } => q
-                    .bind(None::<f64>)
-                    .bind(None::<&str>)
-                    .bind(None::<&str>)
-                    .bind(media_type.as_str())
-                    .bind(&data[..]),
+                Value::Scalar { value, unit, label } => {
+                    q.bind(*value).bind(unit.as_str()).bind(label.as_deref()).bind(None::<&str>).bind(None::<&[u8]>)
+                }
+                Value::Blob { media_type, data } => {
+                    q.bind(None::<f64>).bind(None::<&str>).bind(None::<&str>).bind(media_type.as_str()).bind(&data[..])
+                }
             };
             ids.push(q.execute(&mut *tx).await?.last_insert_rowid());
         }
@@ -98,19 +80,18 @@ impl LocalState {
 
     /// Every journaled reading, oldest first, with its id.
     pub async fn pending(&self) -> Result<Vec<(i64, Reading)>> {
-        let rows = sqlx::query("SELECT id, stream, ts, value, unit, label, media_type, blob FROM pending_readings ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, stream, ts, value, unit, label, media_type, blob FROM pending_readings ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 let stream: String = r.try_get("stream")?;
-                let stream =
-                    StreamName::new(stream).map_err(|_| Error::BadRow("invalid stream name"))?;
+                let stream = StreamName::new(stream).map_err(|_| Error::BadRow("invalid stream name"))?;
                 let value = match r.try_get::<Option<Vec<u8>>, _>("blob")? {
                     Some(data) => Value::Blob {
-                        media_type: r
-                            .try_get::<Option<String>, _>("media_type")?
-                            .unwrap_or_default(),
+                        media_type: r.try_get::<Option<String>, _>("media_type")?.unwrap_or_default(),
                         data,
                     },
                     None => Value::Scalar {
@@ -119,14 +100,7 @@ impl LocalState {
                         label: r.try_get("label")?,
                     },
                 };
-                Ok((
-                    r.try_get("id")?,
-                    Reading {
-                        stream,
-                        ts: r.try_get("ts")?,
-                        value,
-                    },
-                ))
+                Ok((r.try_get("id")?, Reading { stream, ts: r.try_get("ts")?, value }))
             })
             .collect()
     }
@@ -139,24 +113,20 @@ impl LocalState {
         match row {
             None => Ok(StreamState::default()),
             Some(r) => Ok(StreamState {
-                next_seq: u64::try_from(r.try_get::<i64, _>("next_seq")?)
-                    .map_err(|_| Error::BadRow("negative seq"))?,
+                next_seq: u64::try_from(r.try_get::<i64, _>("next_seq")?).map_err(|_| Error::BadRow("negative seq"))?,
                 head: hash_from(&r.try_get::<Vec<u8>, _>("head")?)?,
-                epoch: u32::try_from(r.try_get::<i64, _>("epoch")?)
-                    .map_err(|_| Error::BadRow("epoch out of range"))?,
+                epoch: u32::try_from(r.try_get::<i64, _>("epoch")?).map_err(|_| Error::BadRow("epoch out of range"))?,
             }),
         }
     }
 
     /// All streams this agent has sealed, with their state.
     pub async fn stream_states(&self) -> Result<Vec<(StreamName, StreamState)>> {
-        let rows = sqlx::query("SELECT stream FROM streams ORDER BY stream")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT stream FROM streams ORDER BY stream").fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let name = StreamName::new(r.try_get::<String, _>("stream")?)
-                .map_err(|_| Error::BadRow("invalid stream name"))?;
+            let name =
+                StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))?;
             let st = self.stream_state(&name).await?;
             out.push((name, st));
         }
@@ -171,12 +141,11 @@ impl LocalState {
             .bind(&[0u8; 32][..])
             .execute(&mut *tx)
             .await?;
-        let epoch: i64 =
-            sqlx::query("UPDATE streams SET epoch = epoch + 1 WHERE stream = ? RETURNING epoch")
-                .bind(stream.as_str())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+        let epoch: i64 = sqlx::query("UPDATE streams SET epoch = epoch + 1 WHERE stream = ? RETURNING epoch")
+            .bind(stream.as_str())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         tx.commit().await?;
         u32::try_from(epoch).map_err(|_| Error::BadRow("epoch out of range"))
     }
@@ -193,19 +162,15 @@ impl LocalState {
             .bind(&[0u8; 32][..])
             .execute(&mut *tx)
             .await?;
-        let updated = sqlx::query(
-            "UPDATE streams SET next_seq = ?, head = ? WHERE stream = ? AND next_seq = ?",
-        )
-        .bind(seq_i64(row.seq + 1)?)
-        .bind(&row.hash[..])
-        .bind(stream)
-        .bind(seq_i64(row.seq)?)
-        .execute(&mut *tx)
-        .await?;
+        let updated = sqlx::query("UPDATE streams SET next_seq = ?, head = ? WHERE stream = ? AND next_seq = ?")
+            .bind(seq_i64(row.seq + 1)?)
+            .bind(&row.hash[..])
+            .bind(stream)
+            .bind(seq_i64(row.seq)?)
+            .execute(&mut *tx)
+            .await?;
         if updated.rows_affected() != 1 {
-            return Err(Error::BadRow(
-                "the stream's sequence number moved on while sealing",
-            ));
+            return Err(Error::BadRow("the stream's sequence number moved on while sealing"));
         }
         sqlx::query(
             "INSERT INTO outbox (stream, seq, first_ts, last_ts, count, epoch, hash, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -248,14 +213,11 @@ impl LocalState {
                         device,
                         stream: StreamName::new(r.try_get::<String, _>("stream")?)
                             .map_err(|_| Error::BadRow("invalid stream name"))?,
-                        seq: u64::try_from(r.try_get::<i64, _>("seq")?)
-                            .map_err(|_| Error::BadRow("negative seq"))?,
+                        seq: u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| Error::BadRow("negative seq"))?,
                         first_ts: r.try_get("first_ts")?,
                         last_ts: r.try_get("last_ts")?,
-                        count: u32::try_from(r.try_get::<i64, _>("count")?)
-                            .map_err(|_| Error::BadRow("count"))?,
-                        epoch: u32::try_from(r.try_get::<i64, _>("epoch")?)
-                            .map_err(|_| Error::BadRow("epoch"))?,
+                        count: u32::try_from(r.try_get::<i64, _>("count")?).map_err(|_| Error::BadRow("count"))?,
+                        epoch: u32::try_from(r.try_get::<i64, _>("epoch")?).map_err(|_| Error::BadRow("epoch"))?,
                         hash: hash_from(&hash)?.0,
                         sealed: r.try_get("sealed")?,
                     },
@@ -275,10 +237,7 @@ impl LocalState {
                 .await?;
         }
         for id in stored.iter().chain(rejected.iter().map(|(id, _)| id)) {
-            sqlx::query("DELETE FROM outbox WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM outbox WHERE id = ?").bind(id).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -291,32 +250,24 @@ impl LocalState {
             .fetch_all(&self.pool)
             .await?
         {
-            out.entry(r.try_get("stream")?)
-                .or_default()
-                .pending_readings = r.try_get::<i64, _>("n")? as u64;
+            out.entry(r.try_get("stream")?).or_default().pending_readings = r.try_get::<i64, _>("n")? as u64;
         }
-        for r in sqlx::query("SELECT stream, COUNT(*) AS n FROM outbox GROUP BY stream")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            out.entry(r.try_get("stream")?).or_default().outbox_batches =
-                r.try_get::<i64, _>("n")? as u64;
+        for r in sqlx::query("SELECT stream, COUNT(*) AS n FROM outbox GROUP BY stream").fetch_all(&self.pool).await? {
+            out.entry(r.try_get("stream")?).or_default().outbox_batches = r.try_get::<i64, _>("n")? as u64;
         }
         Ok(out)
     }
 
     /// The highest head remembered for a stream.
     pub async fn remembered(&self, device: DeviceId, stream: &StreamName) -> Result<Option<Head>> {
-        let row =
-            sqlx::query("SELECT seq, hash, ts FROM seen_heads WHERE device = ? AND stream = ?")
-                .bind(&device.0[..])
-                .bind(stream.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT seq, hash, ts FROM seen_heads WHERE device = ? AND stream = ?")
+            .bind(&device.0[..])
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             Ok(Head {
-                seq: u64::try_from(r.try_get::<i64, _>("seq")?)
-                    .map_err(|_| Error::BadRow("negative seq"))?,
+                seq: u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| Error::BadRow("negative seq"))?,
                 hash: hash_from(&r.try_get::<Vec<u8>, _>("hash")?)?,
                 ts: r.try_get("ts")?,
             })
@@ -332,8 +283,7 @@ impl LocalState {
             .await?;
         rows.iter()
             .map(|r| {
-                StreamName::new(r.try_get::<String, _>("stream")?)
-                    .map_err(|_| Error::BadRow("invalid stream name"))
+                StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))
             })
             .collect()
     }

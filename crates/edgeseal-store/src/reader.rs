@@ -37,25 +37,13 @@ pub async fn read_stream<S: Store>(
 /// Inspects rows in parallel.
 pub fn inspect_all(device: DeviceId, stream: &StreamName, rows: &[StoredBatch]) -> Vec<Inspected> {
     par_map(rows, |r| {
-        chain::inspect(
-            device,
-            stream,
-            Row {
-                seq: r.seq,
-                first_ts: r.first_ts,
-                last_ts: r.last_ts,
-                bytes: &r.sealed,
-            },
-        )
+        chain::inspect(device, stream, Row { seq: r.seq, first_ts: r.first_ts, last_ts: r.last_ts, bytes: &r.sealed })
     })
 }
 
 /// Opens the authentic rows in parallel; `key` gives the key of an epoch
 /// (`None` if this reader does not hold it). Non-authentic rows give `None`.
-pub fn open_all<K>(
-    read: &StreamRead,
-    key: K,
-) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>>
+pub fn open_all<K>(read: &StreamRead, key: K) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>>
 where
     K: Fn(u32) -> Option<EpochKey> + Sync,
 {
@@ -81,13 +69,7 @@ pub fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
     }
     let chunk = items.len().div_ceil(threads);
     std::thread::scope(|s| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("reader threads do not panic"))
-            .collect()
+        let handles: Vec<_> = items.chunks(chunk).map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("reader threads do not panic")).collect()
     })
 }

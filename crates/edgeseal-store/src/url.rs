@@ -38,25 +38,10 @@ mod tests {
 
     #[test]
     fn passwords_never_printed() {
-        assert_eq!(
-            redact_url("postgres://u:s3cret@db:5432/x"),
-            "postgres://u:***@db:5432/x"
-        );
-        assert_eq!(
-            redact_url("mysql://root@127.0.0.1/test"),
-            "mysql://root@127.0.0.1/test"
-        );
-        assert_eq!(
-            redact_url("sqlite://data/store.db"),
-            "sqlite://data/store.db"
-        );
-        assert_eq!(
-            redact_url("postgres://h/x?user=a&password=p"),
-            "postgres://h/x?user=a&password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p@h/x?password=p2"),
-            "postgres://u:***@h/x?password=***"
-        );
+        assert_eq!(redact_url("postgres://u:s3cret@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(redact_url("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert_eq!(redact_url("sqlite://data/store.db"), "sqlite://data/store.db");
+        assert_eq!(redact_url("postgres://h/x?user=a&password=p"), "postgres://h/x?user=a&password=***");
+        assert_eq!(redact_url("postgres://u:p@h/x?password=p2"), "postgres://u:***@h/x?password=***");
     }
 }

@@ -3,6 +3,7 @@
 //! PostgreSQL and MariaDB come from `EDGESEAL_TEST_POSTGRES` / `EDGESEAL_TEST_MYSQL`
 //! (defaults: the local servers `.ci/run` starts). When one is unreachable its
 //! tests skip, unless `EDGESEAL_REQUIRE_SERVICES=1`, where they fail.
+#![allow(clippy::unwrap_used)]
 
 use edgeseal_core::chain::{Finding, Head, Scope};
 use edgeseal_core::checkpoint::Checkpoint;
@@ -25,9 +26,7 @@ fn batch(seq: u64) -> Readings {
     Readings::Scalar(ScalarBatch {
         unit: "°C".into(),
         ts: (0..10).map(|i| base + i * 1000).collect(),
-        values: (0..10)
-            .map(|i| 20.0 + (seq * 10 + i) as f64 / 10.0)
-            .collect(),
+        values: (0..10).map(|i| 20.0 + (seq * 10 + i) as f64 / 10.0).collect(),
         labels: vec![],
     })
 }
@@ -41,30 +40,12 @@ fn chain(id: &Identity, signer: &Identity, stream: &str, n: u64) -> (Vec<BatchRo
     for seq in 0..n {
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).unwrap();
-        let p = SealParams {
-            device: id.device_id(),
-            stream: stream.clone(),
-            seq,
-            epoch: 0,
-            prev,
-            salt,
-        };
+        let p = SealParams { device: id.device_id(), stream: stream.clone(), seq, epoch: 0, prev, salt };
         let r = batch(seq);
         // A foreign signer must claim the victim's device: seal unsigned, then sign by hand below.
-        let s = seal(
-            &r,
-            &p,
-            &key,
-            (signer.device_id() == id.device_id()).then_some(signer),
-            &mut Vec::new(),
-        )
-        .unwrap();
+        let s = seal(&r, &p, &key, (signer.device_id() == id.device_id()).then_some(signer), &mut Vec::new()).unwrap();
         prev = s.hash;
-        heads.push(Head {
-            seq,
-            hash: s.hash,
-            ts: s.header.last_ts,
-        });
+        heads.push(Head { seq, hash: s.hash, ts: s.header.last_ts });
         rows.push(BatchRow {
             device: id.device_id(),
             stream: stream.clone(),
@@ -92,25 +73,9 @@ fn checkpoint(id: &Identity, stream: &str, head: Head) -> Vec<u8> {
     .unwrap()
 }
 
-async fn findings(
-    store: &AnyStore,
-    id: &Identity,
-    stream: &str,
-    remembered: Option<Head>,
-) -> Vec<Finding> {
+async fn findings(store: &AnyStore, id: &Identity, stream: &str, remembered: Option<Head>) -> Vec<Finding> {
     let s = StreamName::new(stream).unwrap();
-    read_stream(
-        store,
-        id.device_id(),
-        &s,
-        TimeRange::default(),
-        remembered,
-        Scope::WHOLE,
-    )
-    .await
-    .unwrap()
-    .audit
-    .findings
+    read_stream(store, id.device_id(), &s, TimeRange::default(), remembered, Scope::WHOLE).await.unwrap().audit.findings
 }
 
 /// Runs one raw SQL statement the way a hostile operator would.
@@ -164,41 +129,17 @@ async fn suite(store: AnyStore) {
     let r = store.put_batches(&rows).await.unwrap();
     assert_eq!((r.inserted, r.already_present), (6, 0));
     let r = store.put_batches(&rows[2..4]).await.unwrap();
-    assert_eq!(
-        (r.inserted, r.already_present, r.conflicts.len()),
-        (0, 2, 0)
-    );
+    assert_eq!((r.inserted, r.already_present, r.conflicts.len()), (0, 2, 0));
     let (other, _) = chain(&id, &id, "temperature", 1);
     assert_eq!(store.put_batches(&other).await.unwrap().conflicts, vec![0]);
-    store
-        .put_checkpoint(
-            id.device_id(),
-            &rows[0].stream,
-            5,
-            &checkpoint(&id, "temperature", heads[5]),
-        )
-        .await
-        .unwrap();
+    store.put_checkpoint(id.device_id(), &rows[0].stream, 5, &checkpoint(&id, "temperature", heads[5])).await.unwrap();
 
-    let info = store
-        .streams()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.device == id.device_id())
-        .unwrap();
+    let info = store.streams().await.unwrap().into_iter().find(|s| s.device == id.device_id()).unwrap();
     assert_eq!((info.batches, info.readings, info.head_seq), (6, 60, 5));
 
-    let read = read_stream(
-        &store,
-        id.device_id(),
-        &rows[0].stream,
-        TimeRange::default(),
-        Some(heads[4]),
-        Scope::WHOLE,
-    )
-    .await
-    .unwrap();
+    let read = read_stream(&store, id.device_id(), &rows[0].stream, TimeRange::default(), Some(heads[4]), Scope::WHOLE)
+        .await
+        .unwrap();
     assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
     assert_eq!(read.audit.head.unwrap().seq, 5);
     let opened = open_all(&read, |e| Some(id.epoch_key(&rows[0].stream, e)));
@@ -207,14 +148,8 @@ async fn suite(store: AnyStore) {
     }
 
     // Range queries return overlapping batches only.
-    let range = TimeRange {
-        from: Some(rows[2].first_ts + 500),
-        to: Some(rows[3].first_ts),
-    };
-    let got = store
-        .batches(id.device_id(), &rows[0].stream, range)
-        .await
-        .unwrap();
+    let range = TimeRange { from: Some(rows[2].first_ts + 500), to: Some(rows[3].first_ts) };
+    let got = store.batches(id.device_id(), &rows[0].stream, range).await.unwrap();
     assert_eq!(got.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![2, 3]);
 
     // Each tamper class, done with SQL against the real database, on its own stream.
@@ -224,15 +159,7 @@ async fn suite(store: AnyStore) {
         let id = &id;
         async move {
             store.put_batches(&rows).await.unwrap();
-            store
-                .put_checkpoint(
-                    id.device_id(),
-                    &rows[0].stream,
-                    5,
-                    &checkpoint(id, name, heads[5]),
-                )
-                .await
-                .unwrap();
+            store.put_checkpoint(id.device_id(), &rows[0].stream, 5, &checkpoint(id, name, heads[5])).await.unwrap();
             (rows, heads)
         }
     };
@@ -249,28 +176,29 @@ async fn suite(store: AnyStore) {
     )
     .await;
     let f = findings(&store, &id, "t-byte", None).await;
-    assert!(
-        matches!(f[..], [Finding::Tampered { row_seq: 2, .. }]),
-        "{f:?}"
-    );
+    assert!(matches!(f[..], [Finding::Tampered { row_seq: 2, .. }]), "{f:?}");
 
     // An edited clear column.
     setup("t-meta").await;
-    sql(&store, "UPDATE batches SET last_ts = last_ts + 1 WHERE device = ? AND stream = 't-meta' AND seq = 1", &[Bind::Bytes(dev)]).await;
+    sql(
+        &store,
+        "UPDATE batches SET last_ts = last_ts + 1 WHERE device = ? AND stream = 't-meta' AND seq = 1",
+        &[Bind::Bytes(dev)],
+    )
+    .await;
     let f = findings(&store, &id, "t-meta", None).await;
-    assert!(
-        matches!(f[..], [Finding::Tampered { row_seq: 1, .. }]),
-        "{f:?}"
-    );
+    assert!(matches!(f[..], [Finding::Tampered { row_seq: 1, .. }]), "{f:?}");
 
     // A batch moved to another stream.
     setup("t-move-a").await;
     setup("t-move-b").await;
-    sql(&store, "UPDATE batches SET stream = 't-move-b', seq = 6 WHERE device = ? AND stream = 't-move-a' AND seq = 3", &[Bind::Bytes(dev)]).await;
-    assert_eq!(
-        findings(&store, &id, "t-move-a", None).await,
-        vec![Finding::Gap { from: 3, to: 3 }]
-    );
+    sql(
+        &store,
+        "UPDATE batches SET stream = 't-move-b', seq = 6 WHERE device = ? AND stream = 't-move-a' AND seq = 3",
+        &[Bind::Bytes(dev)],
+    )
+    .await;
+    assert_eq!(findings(&store, &id, "t-move-a", None).await, vec![Finding::Gap { from: 3, to: 3 }]);
     let f = findings(&store, &id, "t-move-b", None).await;
     assert!(
         matches!(&f[..], [Finding::Moved { row_seq: 6, seq: 3, stream, .. }] if stream.as_str() == "t-move-a"),
@@ -287,10 +215,7 @@ async fn suite(store: AnyStore) {
     )
     .await;
     let f = findings(&store, &other, "t-dev", None).await;
-    assert!(
-        matches!(&f[..], [Finding::Moved { row_seq: 5, .. }]),
-        "{f:?}"
-    );
+    assert!(matches!(&f[..], [Finding::Moved { row_seq: 5, .. }]), "{f:?}");
 
     // A replayed batch.
     let (rows, _) = setup("t-replay").await;
@@ -300,10 +225,7 @@ async fn suite(store: AnyStore) {
         &[Bind::Bytes(dev), Bind::Int(rows[1].first_ts), Bind::Int(rows[1].last_ts), Bind::Bytes(&rows[1].hash), Bind::Bytes(&rows[1].sealed)],
     )
     .await;
-    assert_eq!(
-        findings(&store, &id, "t-replay", None).await,
-        vec![Finding::Duplicate { seq: 1, row_seq: 6 }]
-    );
+    assert_eq!(findings(&store, &id, "t-replay", None).await, vec![Finding::Duplicate { seq: 1, row_seq: 6 }]);
 
     // Reordering.
     let (rows, _) = setup("t-order").await;
@@ -321,67 +243,29 @@ async fn suite(store: AnyStore) {
     .await;
     let f = findings(&store, &id, "t-order", None).await;
     assert!(
-        f.iter()
-            .all(|x| matches!(x, Finding::Reordered { .. } | Finding::Tampered { .. }))
-            && f.len() == 2,
+        f.iter().all(|x| matches!(x, Finding::Reordered { .. } | Finding::Tampered { .. })) && f.len() == 2,
         "{f:?}"
     );
 
     // A gap.
     setup("t-gap").await;
-    sql(
-        &store,
-        "DELETE FROM batches WHERE device = ? AND stream = 't-gap' AND seq = 2",
-        &[Bind::Bytes(dev)],
-    )
-    .await;
-    assert_eq!(
-        findings(&store, &id, "t-gap", None).await,
-        vec![Finding::Gap { from: 2, to: 2 }]
-    );
+    sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-gap' AND seq = 2", &[Bind::Bytes(dev)]).await;
+    assert_eq!(findings(&store, &id, "t-gap", None).await, vec![Finding::Gap { from: 2, to: 2 }]);
 
     // A truncated tail (the checkpoint for 5 remains).
     setup("t-tail").await;
-    sql(
-        &store,
-        "DELETE FROM batches WHERE device = ? AND stream = 't-tail' AND seq >= 4",
-        &[Bind::Bytes(dev)],
-    )
-    .await;
+    sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-tail' AND seq >= 4", &[Bind::Bytes(dev)]).await;
     assert_eq!(
         findings(&store, &id, "t-tail", None).await,
-        vec![Finding::TruncatedTail {
-            last: Some(3),
-            checkpoint: 5
-        }]
+        vec![Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]
     );
 
     // A rollback of the whole stream to an older state: batches and checkpoints.
     let (_, heads) = setup("t-roll").await;
-    sql(
-        &store,
-        "DELETE FROM batches WHERE device = ? AND stream = 't-roll' AND seq >= 3",
-        &[Bind::Bytes(dev)],
-    )
-    .await;
-    sql(
-        &store,
-        "DELETE FROM checkpoints WHERE device = ? AND stream = 't-roll'",
-        &[Bind::Bytes(dev)],
-    )
-    .await;
+    sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-roll' AND seq >= 3", &[Bind::Bytes(dev)]).await;
+    sql(&store, "DELETE FROM checkpoints WHERE device = ? AND stream = 't-roll'", &[Bind::Bytes(dev)]).await;
     let f = findings(&store, &id, "t-roll", Some(heads[5])).await;
-    assert!(
-        matches!(
-            f[..],
-            [Finding::Rollback {
-                store_head: Some(2),
-                seen: 5,
-                ..
-            }]
-        ),
-        "{f:?}"
-    );
+    assert!(matches!(f[..], [Finding::Rollback { store_head: Some(2), seen: 5, .. }]), "{f:?}");
 
     // A batch signed by a different identity.
     setup("t-forge").await;
@@ -394,22 +278,17 @@ async fn suite(store: AnyStore) {
     )
     .await;
     let f = findings(&store, &id, "t-forge", None).await;
-    assert!(
-        matches!(f[..], [Finding::Moved { row_seq: 6, .. }]),
-        "{f:?}"
-    );
+    assert!(matches!(f[..], [Finding::Moved { row_seq: 6, .. }]), "{f:?}");
 }
 
 /// A forged batch that claims our device id but carries the forger's signature.
 #[test]
 fn foreign_signature_is_named_through_a_store() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempdir("foreign");
-        let store = AnyStore::connect(&format!("sqlite://{}/s.db", dir.display()), ConnectOptions::default()).await.unwrap();
+        let store =
+            AnyStore::connect(&format!("sqlite://{}/s.db", dir.display()), ConnectOptions::default()).await.unwrap();
         store.migrate().await.unwrap();
         let id = random_identity();
         let forger = random_identity();
@@ -458,24 +337,16 @@ async fn server(var: &str, default: &str) -> Option<AnyStore> {
 }
 
 fn run(f: impl std::future::Future<Output = ()>) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(f)
 }
 
 #[test]
 fn suite_sqlite() {
     run(async {
         let dir = tempdir("suite");
-        let store = AnyStore::connect(
-            &format!("sqlite://{}/store.db", dir.display()),
-            ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
+        let store = AnyStore::connect(&format!("sqlite://{}/store.db", dir.display()), ConnectOptions::default())
+            .await
+            .unwrap();
         suite(store).await;
     });
 }
@@ -483,12 +354,7 @@ fn suite_sqlite() {
 #[test]
 fn suite_postgres() {
     run(async {
-        if let Some(s) = server(
-            "EDGESEAL_TEST_POSTGRES",
-            "postgres://postgres@127.0.0.1:5432/test",
-        )
-        .await
-        {
+        if let Some(s) = server("EDGESEAL_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test").await {
             suite(s).await;
         }
     });
@@ -506,22 +372,12 @@ fn suite_mariadb() {
 #[test]
 fn unreachable_database_is_named() {
     run(async {
-        let err = AnyStore::connect(
-            "postgres://u:hunter2@127.0.0.1:1/x",
-            ConnectOptions::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = AnyStore::connect("postgres://u:hunter2@127.0.0.1:1/x", ConnectOptions::default()).await.unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.contains("cannot reach the store at postgres://u:***@127.0.0.1:1/x"),
-            "{text}"
-        );
+        assert!(text.contains("cannot reach the store at postgres://u:***@127.0.0.1:1/x"), "{text}");
         assert!(!text.contains("hunter2"));
         assert!(err.is_transient());
-        let err = AnyStore::connect("ftp://x", ConnectOptions::default())
-            .await
-            .unwrap_err();
+        let err = AnyStore::connect("ftp://x", ConnectOptions::default()).await.unwrap_err();
         assert!(err.to_string().contains("unsupported store URL"));
     });
 }
@@ -539,29 +395,19 @@ fn local_state_keeps_everything_across_reopen() {
                 .map(|i| Reading {
                     stream: s.clone(),
                     ts: i,
-                    value: Value::Scalar {
-                        value: i as f64,
-                        unit: "°C".into(),
-                        label: None,
-                    },
+                    value: Value::Scalar { value: i as f64, unit: "°C".into(), label: None },
                 })
                 .collect();
             let ids = local.journal(&pending).await.unwrap();
             let (rows, heads) = chain(&id, &id, "temperature", 1);
             local.commit_sealed(&rows[0], Some(ids[2])).await.unwrap();
-            assert!(
-                local.commit_sealed(&rows[0], None).await.is_err(),
-                "a number is used once"
-            );
+            assert!(local.commit_sealed(&rows[0], None).await.is_err(), "a number is used once");
             local.remember(id.device_id(), &s, heads[0]).await.unwrap();
             local.close().await;
         }
         let local = LocalState::open(&path).await.unwrap();
         let pending = local.pending().await.unwrap();
-        assert_eq!(
-            pending.iter().map(|(_, p)| p.ts).collect::<Vec<_>>(),
-            vec![3, 4]
-        );
+        assert_eq!(pending.iter().map(|(_, p)| p.ts).collect::<Vec<_>>(), vec![3, 4]);
         let st = local.stream_state(&s).await.unwrap();
         assert_eq!(st.next_seq, 1);
         assert_eq!(local.rotate_epoch(&s).await.unwrap(), 1);
@@ -570,14 +416,6 @@ fn local_state_keeps_everything_across_reopen() {
         assert_eq!(out.len(), 1);
         local.outbox_done(&[out[0].0], &[]).await.unwrap();
         assert!(local.outbox(id.device_id(), 10).await.unwrap().is_empty());
-        assert_eq!(
-            local
-                .remembered(id.device_id(), &s)
-                .await
-                .unwrap()
-                .unwrap()
-                .seq,
-            0
-        );
+        assert_eq!(local.remembered(id.device_id(), &s).await.unwrap().unwrap().seq, 0);
     });
 }

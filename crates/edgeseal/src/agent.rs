@@ -53,19 +53,12 @@ struct Stats {
     stored: AtomicU64,
 }
 
-pub async fn up(
-    mut cfg: Config,
-    args: UpArgs,
-    pass: PassphraseSource,
-) -> Result<std::process::ExitCode> {
+pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result<std::process::ExitCode> {
     apply_sensor_flags(&mut cfg, &args.sensors)?;
     let run_for = args
         .run_for
         .as_deref()
-        .map(|s| {
-            humantime::parse_duration(s)
-                .with_context(|| format!("--for {s:?} is not a duration (e.g. 30s, 10m)"))
-        })
+        .map(|s| humantime::parse_duration(s).with_context(|| format!("--for {s:?} is not a duration (e.g. 30s, 10m)")))
         .transpose()?;
 
     let (name, identity) = if keyfile::keystore_path(&cfg.data_dir).exists() {
@@ -81,24 +74,12 @@ pub async fn up(
     };
     let identity = Arc::new(identity);
     let device = identity.device_id();
-    let local = LocalState::open(&cfg.state_path())
-        .await
-        .context("cannot open the local state (state.db)")?;
+    let local = LocalState::open(&cfg.state_path()).await.context("cannot open the local state (state.db)")?;
     keyfile::make_private(&cfg.state_path());
-    let store = AnyStore::connect(
-        &cfg.store_url,
-        ConnectOptions {
-            lazy: true,
-            timeout: cfg.store_timeout,
-        },
-    )
-    .await?;
+    let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: true, timeout: cfg.store_timeout }).await?;
 
     let sensors = build_sensors(&cfg);
-    println!(
-        "edgeseal up: agent {name:?}, device {device}, fingerprint {}",
-        identity.public().fingerprint()
-    );
+    println!("edgeseal up: agent {name:?}, device {device}, fingerprint {}", identity.public().fingerprint());
     println!("  data dir: {}", cfg.data_dir.display());
     println!("  store:    {}", store.url());
     if sensors.is_empty() {
@@ -108,10 +89,7 @@ pub async fn up(
         println!("  sensor:   {}", s.describe());
     }
     let limit = match (cfg.batch.count, cfg.batch.interval_ms) {
-        (0, Some(i)) => format!(
-            "every {}",
-            humantime::format_duration(Duration::from_millis(i as u64))
-        ),
+        (0, Some(i)) => format!("every {}", humantime::format_duration(Duration::from_millis(i as u64))),
         (c, None) => format!("every {c} readings"),
         (c, Some(i)) => format!(
             "{c} readings or {}, whichever comes first",
@@ -170,10 +148,7 @@ pub async fn up(
         None => sealer.await,
     };
     drain_stop.cancel();
-    if tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), drainer)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), drainer).await.is_err() {
         warn!("the store did not answer in time at shutdown; batches wait in the outbox");
     }
     let backlog = local.backlog().await.unwrap_or_default();
@@ -185,11 +160,7 @@ pub async fn up(
         stats.read_errors.load(Ordering::Relaxed),
         stats.sealed.load(Ordering::Relaxed),
         stats.stored.load(Ordering::Relaxed),
-        if waiting > 0 {
-            format!(", {waiting} waiting in the local outbox for the store")
-        } else {
-            String::new()
-        }
+        if waiting > 0 { format!(", {waiting} waiting in the local outbox for the store") } else { String::new() }
     );
     match sealed {
         Ok(Ok(())) => Ok(std::process::ExitCode::SUCCESS),
@@ -221,9 +192,7 @@ async fn shutdown_signal() {
 }
 
 fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     Some(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
 }
 
@@ -236,10 +205,7 @@ fn apply_sensor_flags(cfg: &mut Config, flags: &[String]) -> Result<()> {
     for f in flags {
         match f.as_str() {
             "simulated" => {
-                for (i, kind) in [Kind::Temperature, Kind::Humidity, Kind::AirQuality]
-                    .into_iter()
-                    .enumerate()
-                {
+                for (i, kind) in [Kind::Temperature, Kind::Humidity, Kind::AirQuality].into_iter().enumerate() {
                     sensors.push(SensorSpec::Simulated {
                         kind,
                         stream: StreamName::new(kind.name()).expect("built-in names are valid"),
@@ -248,10 +214,9 @@ fn apply_sensor_flags(cfg: &mut Config, flags: &[String]) -> Result<()> {
                     });
                 }
             }
-            "hwmon" => sensors.push(SensorSpec::Hwmon {
-                interval: Duration::from_secs(10),
-                sysfs: PathBuf::from("/sys"),
-            }),
+            "hwmon" => {
+                sensors.push(SensorSpec::Hwmon { interval: Duration::from_secs(10), sysfs: PathBuf::from("/sys") })
+            }
             "stdin" => sensors.push(SensorSpec::JsonLines { command: None }),
             "none" => {}
             other => bail!("--sensor {other:?}: use simulated, hwmon, stdin or none"),
@@ -263,23 +228,16 @@ fn apply_sensor_flags(cfg: &mut Config, flags: &[String]) -> Result<()> {
 
 /// A running source of readings.
 enum Source {
-    Polled {
-        sensor: Box<dyn Sensor>,
-        interval: Duration,
-    },
-    Lines {
-        command: Option<String>,
-    },
+    Polled { sensor: Box<dyn Sensor>, interval: Duration },
+    Lines { command: Option<String> },
 }
 
 impl Source {
     fn describe(&self) -> String {
         match self {
-            Source::Polled { sensor, interval } => format!(
-                "{} every {}",
-                sensor.describe(),
-                humantime::format_duration(*interval)
-            ),
+            Source::Polled { sensor, interval } => {
+                format!("{} every {}", sensor.describe(), humantime::format_duration(*interval))
+            }
             Source::Lines { command: None } => "JSON lines from standard input".into(),
             Source::Lines { command: Some(c) } => format!("JSON lines from `{c}`"),
         }
@@ -289,14 +247,7 @@ impl Source {
         match self {
             Source::Polled { sensor, interval } => poll(sensor, interval, tx, stop, stats).await,
             Source::Lines { command: None } => {
-                read_lines(
-                    BufReader::new(tokio::io::stdin()),
-                    "standard input",
-                    &tx,
-                    &stop,
-                    &stats,
-                )
-                .await;
+                read_lines(BufReader::new(tokio::io::stdin()), "standard input", &tx, &stop, &stats).await;
             }
             Source::Lines { command: Some(c) } => run_command(&c, tx, stop, stats).await,
         }
@@ -307,33 +258,20 @@ fn build_sensors(cfg: &Config) -> Vec<Source> {
     let mut out = Vec::new();
     for spec in &cfg.sensors {
         match spec {
-            SensorSpec::Simulated {
-                kind,
-                stream,
-                interval,
-                seed,
-            } => out.push(Source::Polled {
+            SensorSpec::Simulated { kind, stream, interval, seed } => out.push(Source::Polled {
                 sensor: Box::new(Simulated::new(*kind, stream.clone(), *seed)),
                 interval: *interval,
             }),
             SensorSpec::Hwmon { interval, sysfs } => {
                 let found = hwmon::discover(sysfs);
                 if found.is_empty() {
-                    info!(
-                        "no hwmon or thermal temperature sensors under {}",
-                        sysfs.display()
-                    );
+                    info!("no hwmon or thermal temperature sensors under {}", sysfs.display());
                 }
                 for h in found {
-                    out.push(Source::Polled {
-                        sensor: Box::new(h),
-                        interval: *interval,
-                    });
+                    out.push(Source::Polled { sensor: Box::new(h), interval: *interval });
                 }
             }
-            SensorSpec::JsonLines { command } => out.push(Source::Lines {
-                command: command.clone(),
-            }),
+            SensorSpec::JsonLines { command } => out.push(Source::Lines { command: command.clone() }),
         }
     }
     out
@@ -345,10 +283,7 @@ async fn forward(r: Reading, what: &str, tx: &mpsc::Sender<Reading>, stats: &Sta
         && !value.is_finite()
     {
         stats.read_errors.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            "{what}: dropped a reading of {} that is not a number ({value})",
-            r.stream
-        );
+        warn!("{what}: dropped a reading of {} that is not a number ({value})", r.stream);
         return true;
     }
     tx.send(r).await.is_ok()
@@ -385,7 +320,7 @@ async fn poll(
             Err(e) => {
                 failures += 1;
                 stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     warn!("{e} ({failures} failed reads in a row)");
                 }
             }
@@ -438,12 +373,7 @@ async fn read_lines<R: AsyncBufRead + Unpin>(
 }
 
 /// Runs a command and reads JSON lines from its output, restarting it with backoff when it exits.
-async fn run_command(
-    command: &str,
-    tx: mpsc::Sender<Reading>,
-    stop: CancellationToken,
-    stats: Arc<Stats>,
-) {
+async fn run_command(command: &str, tx: mpsc::Sender<Reading>, stop: CancellationToken, stats: Arc<Stats>) {
     let what = format!("`{command}`");
     let mut backoff = Duration::from_secs(1);
     while !stop.is_cancelled() {
@@ -467,10 +397,7 @@ async fn run_command(
         if stop.is_cancelled() {
             break;
         }
-        warn!(
-            "{what} exited; restarting in {}",
-            humantime::format_duration(backoff)
-        );
+        warn!("{what} exited; restarting in {}", humantime::format_duration(backoff));
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
@@ -498,10 +425,7 @@ impl Sealer {
     async fn run(mut self, mut rx: mpsc::Receiver<Reading>) -> Result<()> {
         let pending = self.local.pending().await?;
         if !pending.is_empty() {
-            info!(
-                "resuming {} readings accepted before the last stop",
-                pending.len()
-            );
+            info!("resuming {} readings accepted before the last stop", pending.len());
         }
         for (id, r) in pending {
             if let Some(cut) = self.batcher.push(id, r, self.mono()) {
@@ -510,10 +434,7 @@ impl Sealer {
         }
         let mut buf = Vec::with_capacity(256);
         loop {
-            let deadline = self
-                .batcher
-                .next_deadline()
-                .map(|d| self.started + Duration::from_millis(d.max(0) as u64));
+            let deadline = self.batcher.next_deadline().map(|d| self.started + Duration::from_millis(d.max(0) as u64));
             tokio::select! {
                 n = rx.recv_many(&mut buf, 256) => {
                     if n == 0 {
@@ -535,14 +456,8 @@ impl Sealer {
     }
 
     async fn accept(&mut self, buf: &mut Vec<Reading>) -> Result<()> {
-        let ids = self
-            .local
-            .journal(buf)
-            .await
-            .context("cannot journal readings in state.db")?;
-        self.stats
-            .accepted
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let ids = self.local.journal(buf).await.context("cannot journal readings in state.db")?;
+        self.stats.accepted.fetch_add(ids.len() as u64, Ordering::Relaxed);
         for (id, r) in ids.into_iter().zip(buf.drain(..)) {
             if let Some(cut) = self.batcher.push(id, r, self.mono()) {
                 self.seal(cut).await?;
@@ -565,14 +480,8 @@ impl Sealer {
                 prev: st.head,
                 salt,
             };
-            let sealed = seal(
-                &readings,
-                &params,
-                &key,
-                Some(&self.identity),
-                &mut self.scratch,
-            )
-            .with_context(|| format!("cannot seal a batch of {}", cut.stream))?;
+            let sealed = seal(&readings, &params, &key, Some(&self.identity), &mut self.scratch)
+                .with_context(|| format!("cannot seal a batch of {}", cut.stream))?;
             let row = BatchRow {
                 device: params.device,
                 stream: cut.stream.clone(),
@@ -586,10 +495,7 @@ impl Sealer {
             };
             self.local.commit_sealed(&row, Some(cut.ids[last])).await?;
             self.stats.sealed.fetch_add(1, Ordering::Relaxed);
-            debug!(
-                "sealed batch {} of {} ({} readings)",
-                row.seq, row.stream, row.count
-            );
+            debug!("sealed batch {} of {} ({} readings)", row.seq, row.stream, row.count);
             self.notify.notify_one();
         }
         Ok(())
@@ -630,10 +536,7 @@ impl Drainer {
                 final_deadline = Some(Instant::now() + FINAL_DRAIN);
             }
             let mut result = self.pass(&mut ready, &mut dirty).await;
-            if result.is_ok()
-                && !dirty.is_empty()
-                && (stopping || last_checkpoint.elapsed() >= self.checkpoint_every)
-            {
+            if result.is_ok() && !dirty.is_empty() && (stopping || last_checkpoint.elapsed() >= self.checkpoint_every) {
                 result = self.checkpoint(&mut dirty).await;
                 last_checkpoint = Instant::now();
             }
@@ -642,9 +545,7 @@ impl Drainer {
                     if let Some(since) = down_since.take() {
                         info!(
                             "the store is reachable again after {}; the outbox is drained",
-                            humantime::format_duration(Duration::from_secs(
-                                since.elapsed().as_secs()
-                            ))
+                            humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
                         );
                     }
                     backoff = Duration::from_millis(250);
@@ -654,17 +555,13 @@ impl Drainer {
                 }
                 Err(e) => {
                     if down_since.is_none() {
-                        warn!(
-                            "cannot store batches: {e}. Keeping them in the local outbox and retrying"
-                        );
+                        warn!("cannot store batches: {e}. Keeping them in the local outbox and retrying");
                         down_since = Some(Instant::now());
                     } else {
                         debug!("store still unreachable: {e}");
                     }
                     if final_deadline.is_some_and(|d| Instant::now() + backoff > d) {
-                        warn!(
-                            "stopping while the store is unreachable; the outbox is sent on the next start"
-                        );
+                        warn!("stopping while the store is unreachable; the outbox is sent on the next start");
                         return;
                     }
                     tokio::time::sleep(backoff).await;
@@ -672,10 +569,8 @@ impl Drainer {
                     continue;
                 }
             }
-            let until_checkpoint = self
-                .checkpoint_every
-                .saturating_sub(last_checkpoint.elapsed())
-                .max(Duration::from_millis(100));
+            let until_checkpoint =
+                self.checkpoint_every.saturating_sub(last_checkpoint.elapsed()).max(Duration::from_millis(100));
             tokio::select! {
                 _ = self.notify.notified() => {}
                 _ = stop.cancelled() => {}
@@ -684,11 +579,7 @@ impl Drainer {
         }
     }
 
-    async fn pass(
-        &self,
-        ready: &mut bool,
-        dirty: &mut BTreeSet<StreamName>,
-    ) -> edgeseal_store::Result<()> {
+    async fn pass(&self, ready: &mut bool, dirty: &mut BTreeSet<StreamName>) -> edgeseal_store::Result<()> {
         if !*ready {
             self.store.migrate().await?;
             if let Some(f) = &self.sqlite_file {
@@ -709,21 +600,12 @@ impl Drainer {
                     "the store already holds a different batch {} of {}; this one is kept in state.db (table rejected)",
                     rows[i].seq, rows[i].stream
                 );
-                rejected.push((
-                    ids[i],
-                    format!("the store holds a different batch {}", rows[i].seq),
-                ));
+                rejected.push((ids[i], format!("the store holds a different batch {}", rows[i].seq)));
             }
-            let stored: Vec<i64> = ids
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !report.conflicts.contains(i))
-                .map(|(_, &id)| id)
-                .collect();
+            let stored: Vec<i64> =
+                ids.iter().enumerate().filter(|(i, _)| !report.conflicts.contains(i)).map(|(_, &id)| id).collect();
             self.local.outbox_done(&stored, &rejected).await?;
-            self.stats
-                .stored
-                .fetch_add(stored.len() as u64, Ordering::Relaxed);
+            self.stats.stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
             let mut heads: HashMap<&StreamName, &BatchRow> = HashMap::new();
             for (i, r) in rows.iter().enumerate() {
                 if report.conflicts.contains(&i) {
@@ -734,11 +616,7 @@ impl Drainer {
                 }
             }
             for (stream, r) in heads {
-                let head = Head {
-                    seq: r.seq,
-                    hash: edgeseal_core::envelope::BatchHash(r.hash),
-                    ts: r.last_ts,
-                };
+                let head = Head { seq: r.seq, hash: edgeseal_core::envelope::BatchHash(r.hash), ts: r.last_ts };
                 self.local.remember(self.device, stream, head).await?;
                 dirty.insert(stream.clone());
             }
@@ -756,12 +634,9 @@ impl Drainer {
                     head: head.hash,
                     ts: now_ms(),
                 };
-                let bytes = cp
-                    .sign(&self.identity)
-                    .map_err(|_| edgeseal_store::Error::BadRow("checkpoint signing failed"))?;
-                self.store
-                    .put_checkpoint(self.device, &stream, head.seq, &bytes)
-                    .await?;
+                let bytes =
+                    cp.sign(&self.identity).map_err(|_| edgeseal_store::Error::BadRow("checkpoint signing failed"))?;
+                self.store.put_checkpoint(self.device, &stream, head.seq, &bytes).await?;
                 debug!("checkpoint {} of {stream}", head.seq);
             }
             dirty.remove(&stream);

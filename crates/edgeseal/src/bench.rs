@@ -25,11 +25,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("store.db");
     let _ = std::fs::remove_file(&db);
-    let store = AnyStore::connect(
-        &format!("sqlite://{}", db.display()),
-        ConnectOptions::default(),
-    )
-    .await?;
+    let store = AnyStore::connect(&format!("sqlite://{}", db.display()), ConnectOptions::default()).await?;
     store.migrate().await?;
     let mut secret = [0u8; 96];
     getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
@@ -40,10 +36,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
     let per_stream = readings / 3;
     let start_ms = 1_767_225_600_000i64;
     let mut work: Vec<(StreamName, Vec<Readings>)> = Vec::new();
-    for (i, kind) in [Kind::Temperature, Kind::Humidity, Kind::AirQuality]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, kind) in [Kind::Temperature, Kind::Humidity, Kind::AirQuality].into_iter().enumerate() {
         let mut model = Model::new(kind, i as u64 + 1);
         let mut batches = Vec::with_capacity(per_stream.div_ceil(batch));
         let mut t = start_ms;
@@ -62,10 +55,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
             }
             batches.push(Readings::Scalar(b));
         }
-        work.push((
-            StreamName::new(kind.name()).expect("built-in names are valid"),
-            batches,
-        ));
+        work.push((StreamName::new(kind.name()).expect("built-in names are valid"), batches));
     }
     let total = per_stream * 3;
 
@@ -82,14 +72,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
             let s0 = Instant::now();
             let mut salt = [0u8; 16];
             salt[..8].copy_from_slice(&(seq as u64).to_le_bytes());
-            let params = SealParams {
-                device,
-                stream: stream.clone(),
-                seq: seq as u64,
-                epoch: 0,
-                prev,
-                salt,
-            };
+            let params = SealParams { device, stream: stream.clone(), seq: seq as u64, epoch: 0, prev, salt };
             let sealed = seal(r, &params, &key, Some(&identity), &mut scratch)?;
             seal_time += s0.elapsed();
             prev = sealed.hash;
@@ -116,34 +99,18 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
 
     // Bytes at rest: the database file after a WAL checkpoint.
     if let AnyStore::Sqlite(s) = &store {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(s.pool())
-            .await
-            .context("checkpointing the WAL")?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(s.pool()).await.context("checkpointing the WAL")?;
     }
-    let bytes = std::fs::metadata(&db)?.len()
-        + std::fs::metadata(dir.join("store.db-wal"))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    let bytes =
+        std::fs::metadata(&db)?.len() + std::fs::metadata(dir.join("store.db-wal")).map(|m| m.len()).unwrap_or(0);
 
     // Fetch: read, verify (signatures, chain, checkpoints) and open every batch.
     let t1 = Instant::now();
     let mut fetched = 0usize;
     for (stream, _) in &work {
-        let read = read_stream(
-            &store,
-            device,
-            stream,
-            TimeRange::default(),
-            None,
-            Scope::WHOLE,
-        )
-        .await?;
+        let read = read_stream(&store, device, stream, TimeRange::default(), None, Scope::WHOLE).await?;
         if !read.audit.is_clean() {
-            bail!(
-                "the benchmark's own data did not verify: {:?}",
-                read.audit.findings
-            );
+            bail!("the benchmark's own data did not verify: {:?}", read.audit.findings);
         }
         for o in open_all(&read, |e| Some(identity.epoch_key(stream, e))) {
             fetched += o.context("a batch was not authentic")??.len();
@@ -177,28 +144,21 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
             })
         );
     } else {
-        println!(
-            "storage benchmark: {total} readings (3 simulated sensors at 1 Hz), batches of {batch}, SQLite"
-        );
+        println!("storage benchmark: {total} readings (3 simulated sensors at 1 Hz), batches of {batch}, SQLite");
         println!(
             "  in:      {:>7.2} M readings/s  encode+compress+seal+sign+insert ({:.2} s, {:.2} cores busy)",
             ingest_per_s / 1e6,
             ingest.as_secs_f64(),
             ingest_cores
         );
-        println!(
-            "           {:>7.2} M readings/s  of that, sealing alone on one thread",
-            seal_per_s / 1e6
-        );
+        println!("           {:>7.2} M readings/s  of that, sealing alone on one thread", seal_per_s / 1e6);
         println!(
             "  out:     {:>7.2} M readings/s  fetch+verify+open ({:.2} s, {} threads)",
             fetch_per_s / 1e6,
             fetch.as_secs_f64(),
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
-        println!(
-            "  at rest: {bytes_per_reading:>7.3} bytes/reading ({bytes} bytes in the SQLite file)"
-        );
+        println!("  at rest: {bytes_per_reading:>7.3} bytes/reading ({bytes} bytes in the SQLite file)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -212,12 +172,7 @@ fn cpu_seconds() -> f64 {
         return 0.0;
     };
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields 14 and 15 of the line (utime, stime) are 11 and 12 after the command name.
     (ticks(11) + ticks(12)) / 100.0
 }

@@ -20,27 +20,19 @@ use crate::keyfile::{self, PassphraseSource};
 use crate::timefmt::{format_ms, now_ms, parse_time};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Config {
-        command: ConfigCommand::PrintDefault,
-    } = &cli.command
-    {
+    if let Command::Config { command: ConfigCommand::PrintDefault } = &cli.command {
         print!("{}", config::DEFAULT_TOML);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut overrides = Overrides {
-        data_dir: cli.global.data_dir.clone(),
-        store: cli.global.store.clone(),
-        ..Default::default()
-    };
+    let mut overrides =
+        Overrides { data_dir: cli.global.data_dir.clone(), store: cli.global.store.clone(), ..Default::default() };
     match &cli.command {
         Command::Init { name, .. } => overrides.name = name.clone(),
         Command::Up(args) => {
             overrides.name = args.name.clone();
             if args.batch_count.is_some() || args.batch_interval.is_some() {
-                overrides.batch = Some(config::BatchOverrides {
-                    count: args.batch_count,
-                    interval: args.batch_interval.clone(),
-                });
+                overrides.batch =
+                    Some(config::BatchOverrides { count: args.batch_count, interval: args.batch_interval.clone() });
             }
         }
         _ => {}
@@ -48,37 +40,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = config::load(cli.global.config.as_deref(), &overrides)?;
     let agent = matches!(cli.command, Command::Up(_));
     init_logging(if agent { &cfg.log } else { "warn" });
-    let pass = PassphraseSource {
-        file: cli.global.passphrase_file.clone(),
-    };
+    let pass = PassphraseSource { file: cli.global.passphrase_file.clone() };
     match cli.command {
         Command::Init { protect, .. } => init(&cfg, &pass, protect),
         Command::Id { json } => id(&cfg, json),
         Command::Up(args) => crate::agent::up(cfg, args, pass).await,
         Command::Streams { json } => streams(&cfg, &pass, json).await,
         Command::Fetch(args) => fetch(&cfg, &pass, args).await,
-        Command::Verify {
-            stream,
-            device,
-            json,
-        } => verify(&cfg, &pass, stream, device, json).await,
-        Command::Keys {
-            command: KeysCommand::Rotate { stream },
-        } => rotate(&cfg, &stream).await,
-        Command::Config {
-            command: ConfigCommand::Show,
-        } => show_config(&cfg),
-        Command::Config {
-            command: ConfigCommand::PrintDefault,
-        } => unreachable!("handled above"),
-        Command::Bench {
-            command:
-                BenchCommand::Storage {
-                    readings,
-                    batch,
-                    json,
-                },
-        } => crate::bench::storage(readings, batch, json).await,
+        Command::Verify { stream, device, json } => verify(&cfg, &pass, stream, device, json).await,
+        Command::Keys { command: KeysCommand::Rotate { stream } } => rotate(&cfg, &stream).await,
+        Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
+        Command::Config { command: ConfigCommand::PrintDefault } => unreachable!("handled above"),
+        Command::Bench { command: BenchCommand::Storage { readings, batch, json } } => {
+            crate::bench::storage(readings, batch, json).await
+        }
     }
 }
 
@@ -102,21 +77,16 @@ fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode
     println!(
         "  keystore:    {} (mode 0600, {})",
         keyfile::keystore_path(&cfg.data_dir).display(),
-        if protected {
-            "passphrase-protected"
-        } else {
-            "not passphrase-protected"
-        }
+        if protected { "passphrase-protected" } else { "not passphrase-protected" }
     );
     Ok(ExitCode::SUCCESS)
 }
 
 fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
     let path = keyfile::require_initialised(&cfg.data_dir)?;
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let (name, public) = keystore::public(&text)
-        .with_context(|| format!("cannot use the keystore {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (name, public) =
+        keystore::public(&text).with_context(|| format!("cannot use the keystore {}", path.display()))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     if json {
         println!(
@@ -141,26 +111,14 @@ fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
 
 /// Connects to the configured store and makes sure its schema exists.
 async fn open_store(cfg: &Config) -> Result<AnyStore> {
-    let store = AnyStore::connect(
-        &cfg.store_url,
-        ConnectOptions {
-            lazy: false,
-            timeout: cfg.store_timeout,
-        },
-    )
-    .await?;
-    store
-        .migrate()
-        .await
-        .with_context(|| format!("cannot prepare the store at {}", store.url()))?;
+    let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: false, timeout: cfg.store_timeout }).await?;
+    store.migrate().await.with_context(|| format!("cannot prepare the store at {}", store.url()))?;
     Ok(store)
 }
 
 async fn open_local(cfg: &Config) -> Result<LocalState> {
     keyfile::require_initialised(&cfg.data_dir)?;
-    let local = LocalState::open(&cfg.state_path())
-        .await
-        .context("cannot open the local state (state.db)")?;
+    let local = LocalState::open(&cfg.state_path()).await.context("cannot open the local state (state.db)")?;
     keyfile::make_private(&cfg.state_path());
     Ok(local)
 }
@@ -217,16 +175,7 @@ async fn streams(cfg: &Config, pass: &PassphraseSource, json: bool) -> Result<Ex
     }
     println!(
         "{:<24} {:<8} {:>8} {:>10} {:<24} {:<24} {:>6} {:>5} {:>8} {:>7}",
-        "STREAM",
-        "DEVICE",
-        "BATCHES",
-        "READINGS",
-        "FIRST",
-        "LAST",
-        "HEAD",
-        "EPOCH",
-        "PENDING",
-        "OUTBOX"
+        "STREAM", "DEVICE", "BATCHES", "READINGS", "FIRST", "LAST", "HEAD", "EPOCH", "PENDING", "OUTBOX"
     );
     for v in rows.values() {
         let dev = if v["own"] == json!(true) {
@@ -298,16 +247,8 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
     let stream = parse_stream(&args.stream)?;
     let device = parse_device(args.device.as_deref(), identity.device_id())?;
     let now = now_ms();
-    let from = args
-        .from
-        .as_deref()
-        .map(|t| parse_time(t, now).context("--from"))
-        .transpose()?;
-    let to = args
-        .to
-        .as_deref()
-        .map(|t| parse_time(t, now).context("--to"))
-        .transpose()?;
+    let from = args.from.as_deref().map(|t| parse_time(t, now).context("--from")).transpose()?;
+    let to = args.to.as_deref().map(|t| parse_time(t, now).context("--to")).transpose()?;
     if let (Some(f), Some(t)) = (from, to)
         && f > t
     {
@@ -315,19 +256,8 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
     }
     let local = open_local(cfg).await?;
     let store = open_store(cfg).await?;
-    let scope = Scope {
-        from_start: from.is_none(),
-        to_end: to.is_none_or(|t| t >= now),
-    };
-    let read = audited(
-        &store,
-        &local,
-        device,
-        &stream,
-        TimeRange { from, to },
-        scope,
-    )
-    .await?;
+    let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
+    let read = audited(&store, &local, device, &stream, TimeRange { from, to }, scope).await?;
     local.close().await;
     if read.rows.is_empty() && read.audit.is_clean() {
         eprintln!("no batches of {stream} in that range");
@@ -364,18 +294,13 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
         );
     }
     if problems {
-        eprintln!(
-            "warning: printed only the readings of verified batches; see above for what was wrong"
-        );
+        eprintln!("warning: printed only the readings of verified batches; see above for what was wrong");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn report_findings(stream: &StreamName, audit: &Audit) {
-    eprintln!(
-        "warning: {} problem(s) in stream {stream}:",
-        audit.findings.len()
-    );
+    eprintln!("warning: {} problem(s) in stream {stream}:", audit.findings.len());
     for f in &audit.findings {
         eprintln!("  {f}");
     }
@@ -432,36 +357,18 @@ impl<'a> Output<'a> {
         }
         self.wrote_header = true;
         match self.format {
-            Format::Table => writeln!(
-                self.w,
-                "{:<24}  {:>12}  {:<6}  LABEL",
-                "TIME", "VALUE", "UNIT"
-            ),
-            Format::Csv => writeln!(
-                self.w,
-                "stream,time,ts_ms,value,unit,label,media_type,data_base64"
-            ),
+            Format::Table => writeln!(self.w, "{:<24}  {:>12}  {:<6}  LABEL", "TIME", "VALUE", "UNIT"),
+            Format::Csv => writeln!(self.w, "stream,time,ts_ms,value,unit,label,media_type,data_base64"),
             Format::Json => write!(self.w, "["),
         }
     }
 
-    fn scalar(
-        &mut self,
-        ts: i64,
-        value: f64,
-        unit: &str,
-        label: Option<&str>,
-    ) -> std::io::Result<()> {
+    fn scalar(&mut self, ts: i64, value: f64, unit: &str, label: Option<&str>) -> std::io::Result<()> {
         self.header()?;
         match self.format {
-            Format::Table => writeln!(
-                self.w,
-                "{:<24}  {:>12}  {:<6}  {}",
-                format_ms(ts),
-                value,
-                unit,
-                label.unwrap_or("")
-            ),
+            Format::Table => {
+                writeln!(self.w, "{:<24}  {:>12}  {:<6}  {}", format_ms(ts), value, unit, label.unwrap_or(""))
+            }
             Format::Csv => writeln!(
                 self.w,
                 "{},{},{},{},{},{},,",
@@ -473,11 +380,7 @@ impl<'a> Output<'a> {
                 csv(label.unwrap_or(""))
             ),
             Format::Json => {
-                let sep = if std::mem::take(&mut self.first) {
-                    "\n"
-                } else {
-                    ",\n"
-                };
+                let sep = if std::mem::take(&mut self.first) { "\n" } else { ",\n" };
                 let v = json!({"stream": self.stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "value": value, "unit": unit, "label": label});
                 write!(self.w, "{sep}{v}")
             }
@@ -495,21 +398,11 @@ impl<'a> Output<'a> {
                 format!("{} B", data.len()),
                 "blob"
             ),
-            Format::Csv => writeln!(
-                self.w,
-                "{},{},{},,,,{},{}",
-                self.stream,
-                format_ms(ts),
-                ts,
-                csv(media_type),
-                b64.encode(data)
-            ),
+            Format::Csv => {
+                writeln!(self.w, "{},{},{},,,,{},{}", self.stream, format_ms(ts), ts, csv(media_type), b64.encode(data))
+            }
             Format::Json => {
-                let sep = if std::mem::take(&mut self.first) {
-                    "\n"
-                } else {
-                    ",\n"
-                };
+                let sep = if std::mem::take(&mut self.first) { "\n" } else { ",\n" };
                 let v = json!({"stream": self.stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "media_type": media_type, "data_base64": b64.encode(data)});
                 write!(self.w, "{sep}{v}")
             }
@@ -536,11 +429,7 @@ fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<()> {
 }
 
 fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 async fn verify(
@@ -573,15 +462,7 @@ async fn verify(
     let mut reports = Vec::new();
     let mut problems = 0usize;
     for s in &streams {
-        let read = audited(
-            &store,
-            &local,
-            device,
-            s,
-            TimeRange::default(),
-            Scope::WHOLE,
-        )
-        .await?;
+        let read = audited(&store, &local, device, s, TimeRange::default(), Scope::WHOLE).await?;
         problems += read.audit.findings.len();
         reports.push((s.clone(), read));
     }
@@ -602,10 +483,7 @@ async fn verify(
                 })
             })
             .collect();
-        println!(
-            "{}",
-            json!({"ok": problems == 0, "device": device.to_string(), "streams": out})
-        );
+        println!("{}", json!({"ok": problems == 0, "device": device.to_string(), "streams": out}));
     } else {
         if reports.is_empty() {
             println!("no streams of device {device} in {}", store.url());
@@ -627,11 +505,7 @@ async fn verify(
             }
         }
     }
-    Ok(if problems == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(crate::EXIT_INTEGRITY)
-    })
+    Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_INTEGRITY) })
 }
 
 fn finding_json(f: &Finding) -> serde_json::Value {
@@ -640,12 +514,7 @@ fn finding_json(f: &Finding) -> serde_json::Value {
         Finding::Tampered { row_seq, .. } | Finding::Foreign { row_seq, .. } => {
             json!({"seq": row_seq})
         }
-        Finding::Moved {
-            row_seq,
-            seq,
-            stream,
-            device,
-        } => {
+        Finding::Moved { row_seq, seq, stream, device } => {
             json!({"seq": row_seq, "original_seq": seq, "original_stream": stream.as_str(), "original_device": device.to_string()})
         }
         Finding::Duplicate { seq, row_seq } | Finding::Reordered { seq, row_seq } => {
@@ -662,9 +531,7 @@ fn finding_json(f: &Finding) -> serde_json::Value {
         Finding::TruncatedTail { last, checkpoint } => {
             json!({"last": last, "checkpoint": checkpoint})
         }
-        Finding::Rollback {
-            store_head, seen, ..
-        } => json!({"store_head": store_head, "seen": seen}),
+        Finding::Rollback { store_head, seen, .. } => json!({"store_head": store_head, "seen": seen}),
     };
     if let (Some(o), Some(extra)) = (v.as_object_mut(), seqs.as_object()) {
         o.extend(extra.clone());
@@ -687,23 +554,14 @@ fn show_config(cfg: &Config) -> Result<ExitCode> {
     println!("data_dir = {:?}", cfg.data_dir.display().to_string());
     println!("name = {:?}", cfg.name);
     println!("store = {:?}", edgeseal_store::redact_url(&cfg.store_url));
-    println!(
-        "store_timeout = {:?}",
-        humantime::format_duration(cfg.store_timeout).to_string()
-    );
+    println!("store_timeout = {:?}", humantime::format_duration(cfg.store_timeout).to_string());
     println!("log = {:?}", cfg.log);
     println!("batch = {:?}", cfg.batch);
     for (s, p) in &cfg.per_stream {
         println!("streams.{s} = {p:?}");
     }
-    println!(
-        "outbox.retry_max = {:?}",
-        humantime::format_duration(cfg.retry_max).to_string()
-    );
-    println!(
-        "outbox.checkpoint_every = {:?}",
-        humantime::format_duration(cfg.checkpoint_every).to_string()
-    );
+    println!("outbox.retry_max = {:?}", humantime::format_duration(cfg.retry_max).to_string());
+    println!("outbox.checkpoint_every = {:?}", humantime::format_duration(cfg.checkpoint_every).to_string());
     for s in &cfg.sensors {
         println!("sensor = {s:?}");
     }

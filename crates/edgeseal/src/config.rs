@@ -103,19 +103,9 @@ pub struct BatchOverrides {
 /// A sensor to run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SensorSpec {
-    Simulated {
-        kind: Kind,
-        stream: StreamName,
-        interval: Duration,
-        seed: u64,
-    },
-    Hwmon {
-        interval: Duration,
-        sysfs: PathBuf,
-    },
-    JsonLines {
-        command: Option<String>,
-    },
+    Simulated { kind: Kind, stream: StreamName, interval: Duration, seed: u64 },
+    Hwmon { interval: Duration, sysfs: PathBuf },
+    JsonLines { command: Option<String> },
 }
 
 /// The validated configuration.
@@ -155,23 +145,16 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
         None => fig = fig.merge(Toml::file("edgeseal.toml")),
     }
     fig = fig
-        .merge(
-            Env::prefixed("EDGESEAL_")
-                .split("__")
-                .filter(|k| ENV_KEYS.contains(&k.as_str())),
-        )
+        .merge(Env::prefixed("EDGESEAL_").split("__").filter(|k| ENV_KEYS.contains(&k.as_str())))
         .merge(Serialized::defaults(overrides));
-    let raw: Raw = fig
-        .extract()
-        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    let raw: Raw = fig.extract().map_err(|e| anyhow!("invalid configuration: {e}"))?;
     validate(raw)
 }
 
 fn validate(raw: Raw) -> Result<Config> {
     let batch = Policy {
         count: raw.batch.count,
-        interval_ms: optional_duration("batch.interval", &raw.batch.interval)?
-            .map(|d| d.as_millis() as i64),
+        interval_ms: optional_duration("batch.interval", &raw.batch.interval)?.map(|d| d.as_millis() as i64),
     };
     if batch.count == 0 && batch.interval_ms.is_none() {
         bail!(
@@ -180,20 +163,13 @@ fn validate(raw: Raw) -> Result<Config> {
     }
     let mut per_stream = HashMap::new();
     for (name, o) in raw.streams {
-        let stream = StreamName::new(name.clone())
-            .with_context(|| format!("invalid configuration: [streams.{name}]"))?;
+        let stream =
+            StreamName::new(name.clone()).with_context(|| format!("invalid configuration: [streams.{name}]"))?;
         let interval_ms = match &o.interval {
-            Some(i) => optional_duration(&format!("streams.{name}.interval"), i)?
-                .map(|d| d.as_millis() as i64),
+            Some(i) => optional_duration(&format!("streams.{name}.interval"), i)?.map(|d| d.as_millis() as i64),
             None => batch.interval_ms,
         };
-        per_stream.insert(
-            stream,
-            Policy {
-                count: o.count.unwrap_or(batch.count),
-                interval_ms,
-            },
-        );
+        per_stream.insert(stream, Policy { count: o.count.unwrap_or(batch.count), interval_ms });
     }
     let mut sensors = Vec::new();
     for (i, s) in raw.sensor.into_iter().enumerate() {
@@ -209,7 +185,9 @@ fn validate(raw: Raw) -> Result<Config> {
             "simulated" => {
                 let model = s.model.as_deref().unwrap_or("temperature");
                 let kind = Kind::parse(model).ok_or_else(|| {
-                    anyhow!("invalid configuration: {at}: model {model:?} is not one of temperature, humidity, air_quality")
+                    anyhow!(
+                        "invalid configuration: {at}: model {model:?} is not one of temperature, humidity, air_quality"
+                    )
                 })?;
                 let stream = StreamName::new(s.stream.unwrap_or_else(|| kind.name().to_string()))
                     .with_context(|| format!("invalid configuration: {at}: stream"))?;
@@ -220,11 +198,7 @@ fn validate(raw: Raw) -> Result<Config> {
             other => bail!("invalid configuration: {at}: unknown kind {other:?} (use simulated, hwmon or jsonl)"),
         });
     }
-    let name = if raw.name.trim().is_empty() {
-        host_name()
-    } else {
-        raw.name
-    };
+    let name = if raw.name.trim().is_empty() { host_name() } else { raw.name };
     let store_url = if raw.store.trim().is_empty() {
         format!("sqlite://{}", raw.data_dir.join("store.db").display())
     } else {
@@ -245,11 +219,8 @@ fn validate(raw: Raw) -> Result<Config> {
 }
 
 fn duration(key: &str, s: &str) -> Result<Duration> {
-    humantime::parse_duration(s.trim()).map_err(|_| {
-        anyhow!(
-            "invalid configuration: {key} = {s:?} is not a duration (examples: 500ms, 10s, 5m, 1h)"
-        )
-    })
+    humantime::parse_duration(s.trim())
+        .map_err(|_| anyhow!("invalid configuration: {key} = {s:?} is not a duration (examples: 500ms, 10s, 5m, 1h)"))
 }
 
 fn optional_duration(key: &str, s: &str) -> Result<Option<Duration>> {
@@ -279,13 +250,7 @@ mod tests {
     fn defaults_parse() {
         let raw: Raw = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
         let c = validate(raw).unwrap();
-        assert_eq!(
-            c.batch,
-            Policy {
-                count: 1000,
-                interval_ms: Some(60_000)
-            }
-        );
+        assert_eq!(c.batch, Policy { count: 1000, interval_ms: Some(60_000) });
         assert_eq!(c.sensors.len(), 4);
         assert!(c.store_url.ends_with("edgeseal-data/store.db"));
     }

@@ -23,8 +23,7 @@ impl PassphraseSource {
     fn get(&self, prompt: Option<&str>, confirm: bool) -> Result<Option<Zeroizing<String>>> {
         if let Some(f) = &self.file {
             let text = Zeroizing::new(
-                fs::read_to_string(f)
-                    .with_context(|| format!("cannot read the passphrase file {}", f.display()))?,
+                fs::read_to_string(f).with_context(|| format!("cannot read the passphrase file {}", f.display()))?,
             );
             let pass = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
             if pass.is_empty() {
@@ -60,38 +59,25 @@ pub fn keystore_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Creates a new identity in `data_dir`. `protect` asks for a passphrase on a terminal.
-pub fn init(
-    data_dir: &Path,
-    name: &str,
-    pass: &PassphraseSource,
-    protect: bool,
-) -> Result<(Identity, bool)> {
+pub fn init(data_dir: &Path, name: &str, pass: &PassphraseSource, protect: bool) -> Result<(Identity, bool)> {
     let path = keystore_path(data_dir);
     if path.exists() {
         bail!(
-            "{} already holds an agent (keystore {}). Use another --data-dir, or remove it to start over (its data becomes unreadable)",
+            "the data directory {} already holds an agent (keystore {}). Use another --data-dir, or remove the keystore to start over (data sealed with it becomes unreadable)",
             data_dir.display(),
             path.display()
         );
     }
     let passphrase = pass.get(protect.then_some("New keystore passphrase: "), true)?;
     if protect && passphrase.is_none() {
-        bail!(
-            "--protect needs a passphrase: set EDGESEAL_PASSPHRASE, pass --passphrase-file, or run on a terminal"
-        );
+        bail!("--protect needs a passphrase: set EDGESEAL_PASSPHRASE, pass --passphrase-file, or run on a terminal");
     }
     let mut secret = Zeroizing::new([0u8; 96]);
     getrandom::fill(secret.as_mut()).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
     let identity = Identity::from_secret_bytes(&secret);
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
-    let text = keystore::encode(
-        &identity,
-        name,
-        passphrase.as_ref().map(|p| p.as_bytes()),
-        kdf_params(),
-        salt,
-    )?;
+    let text = keystore::encode(&identity, name, passphrase.as_ref().map(|p| p.as_bytes()), kdf_params(), salt)?;
     create_private_dir(data_dir)?;
     let mut f = OpenOptions::new()
         .write(true)
@@ -107,10 +93,7 @@ pub fn init(
 /// Argon2id cost; `EDGESEAL_KDF_MEMORY_KIB` lowers it for tests on slow machines.
 fn kdf_params() -> KdfParams {
     let mut p = KdfParams::default();
-    if let Some(m) = std::env::var("EDGESEAL_KDF_MEMORY_KIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(m) = std::env::var("EDGESEAL_KDF_MEMORY_KIB").ok().and_then(|v| v.parse().ok()) {
         p.m_kib = m;
         p.t = 1;
     }
@@ -120,8 +103,7 @@ fn kdf_params() -> KdfParams {
 /// Creates the data directory with mode 0700 (keeps an existing one).
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
@@ -138,11 +120,7 @@ pub fn require_initialised(data_dir: &Path) -> Result<PathBuf> {
     }
     let path = keystore_path(data_dir);
     if !path.exists() {
-        bail!(
-            "no keystore in {}. Run `edgeseal init --data-dir {}` first",
-            data_dir.display(),
-            data_dir.display()
-        );
+        bail!("no keystore in {}. Run `edgeseal init --data-dir {}` first", data_dir.display(), data_dir.display());
     }
     Ok(path)
 }
@@ -159,15 +137,9 @@ pub async fn load(data_dir: &Path, pass: &PassphraseSource) -> Result<(String, I
             path.display()
         );
     }
-    let text = fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the keystore {}", path.display()))?;
-    let summary = keystore::summary(&text)
-        .with_context(|| format!("cannot use the keystore {}", path.display()))?;
-    let passphrase = if summary.protected {
-        pass.get(Some("Keystore passphrase: "), false)?
-    } else {
-        None
-    };
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read the keystore {}", path.display()))?;
+    let summary = keystore::summary(&text).with_context(|| format!("cannot use the keystore {}", path.display()))?;
+    let passphrase = if summary.protected { pass.get(Some("Keystore passphrase: "), false)? } else { None };
     if summary.protected && passphrase.is_none() {
         bail!(
             "the keystore {} is passphrase-protected: set EDGESEAL_PASSPHRASE, pass --passphrase-file, or run on a terminal",
@@ -175,11 +147,9 @@ pub async fn load(data_dir: &Path, pass: &PassphraseSource) -> Result<(String, I
         );
     }
     let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || {
-        keystore::decode(&text, passphrase.as_ref().map(|p| p.as_bytes()))
-    })
-    .await?
-    .with_context(|| format!("cannot open the keystore {shown}"))
+    tokio::task::spawn_blocking(move || keystore::decode(&text, passphrase.as_ref().map(|p| p.as_bytes())))
+        .await?
+        .with_context(|| format!("cannot open the keystore {shown}"))
 }
 
 /// Sets mode 0600 on a file the agent created (state and SQLite files).

@@ -19,10 +19,7 @@ pub const EXIT_INTEGRITY: u8 = 3;
 fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
     let cli = cli::Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -33,9 +30,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.chain()
-                .any(|c| c.to_string().starts_with("invalid configuration"))
-            {
+            if e.chain().any(|c| c.to_string().starts_with("invalid configuration")) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -5,10 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Result, anyhow};
 
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Parses `now`, RFC 3339 (`2026-11-22T10:00:00Z`), a relative time (`-1h`,
@@ -18,16 +15,11 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64> {
     if s == "now" {
         return Ok(now);
     }
-    if let Some(rel) = s.strip_prefix('-').or_else(|| s.strip_prefix('+')) {
-        if let Ok(d) = humantime::parse_duration(rel) {
-            let ms =
-                i64::try_from(d.as_millis()).map_err(|_| anyhow!("time {s:?} is too far away"))?;
-            return Ok(if s.starts_with('-') {
-                now - ms
-            } else {
-                now + ms
-            });
-        }
+    if let Some(rel) = s.strip_prefix('-').or_else(|| s.strip_prefix('+'))
+        && let Ok(d) = humantime::parse_duration(rel)
+    {
+        let ms = i64::try_from(d.as_millis()).map_err(|_| anyhow!("time {s:?} is too far away"))?;
+        return Ok(if s.starts_with('-') { now - ms } else { now + ms });
     }
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
@@ -67,17 +59,9 @@ mod tests {
         assert_eq!(parse_time("now", now).unwrap(), now);
         assert_eq!(parse_time("-1h", now).unwrap(), now - 3_600_000);
         assert_eq!(parse_time("+5m", now).unwrap(), now + 300_000);
-        assert_eq!(
-            parse_time("2026-01-01T00:00:00Z", now).unwrap(),
-            1_767_225_600_000
-        );
+        assert_eq!(parse_time("2026-01-01T00:00:00Z", now).unwrap(), 1_767_225_600_000);
         assert_eq!(parse_time("1000", now).unwrap(), 1000);
-        assert!(
-            parse_time("yesterday", now)
-                .unwrap_err()
-                .to_string()
-                .contains("RFC 3339")
-        );
+        assert!(parse_time("yesterday", now).unwrap_err().to_string().contains("RFC 3339"));
         assert_eq!(format_ms(1_767_225_600_000), "2026-01-01T00:00:00.000Z");
     }
 }
