@@ -370,14 +370,15 @@ pub enum AnyStore {
     MySql(MySqlStore),
 }
 
-/// Opens a SQLite pool tuned for an append-mostly workload (WAL, synchronous=NORMAL).
+/// Opens a SQLite pool: WAL, and synchronous=FULL so a commit survives power loss (the
+/// outbox deletes a batch once the store committed it, so the store must not lose commits).
 pub(crate) async fn sqlite_pool(url: &str, lazy: bool, timeout: Duration) -> Result<sqlx::SqlitePool> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
     let opts = SqliteConnectOptions::from_str(url)
         .map_err(|_| Error::BadUrl(redact_url(url)))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10));
     let pool = SqlitePoolOptions::new().max_connections(4).acquire_timeout(timeout);
     if lazy {

@@ -1,0 +1,243 @@
+//! Known-answer vectors for format v1 (`tests/vectors/*.json`), checked byte
+//! for byte, and malformed inputs that must be rejected without a panic.
+//! `EDGESEAL_WRITE_VECTORS=1 cargo test -p edgeseal-core --test vectors`
+//! regenerates them (only when the format changes on purpose).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use edgeseal_core::checkpoint::Checkpoint;
+use edgeseal_core::envelope::{self, Authorship, BatchHash, SealParams, seal};
+use edgeseal_core::keys::Identity;
+use edgeseal_core::{BlobBatch, Readings, ScalarBatch, StreamName, codec};
+use serde_json::{Value, json};
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+fn writing() -> bool {
+    std::env::var("EDGESEAL_WRITE_VECTORS").is_ok_and(|v| v == "1")
+}
+
+fn identity_secret() -> [u8; 96] {
+    let mut s = [0u8; 96];
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    s
+}
+
+struct Case {
+    name: &'static str,
+    stream: &'static str,
+    seq: u64,
+    epoch: u32,
+    prev: [u8; 32],
+    salt: [u8; 16],
+    signed: bool,
+    readings: Readings,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "batch-scalar-signed",
+            stream: "temperature",
+            seq: 0,
+            epoch: 0,
+            prev: [0; 32],
+            salt: [0x11; 16],
+            signed: true,
+            readings: Readings::Scalar(ScalarBatch {
+                unit: "°C".into(),
+                ts: vec![1_767_225_600_000, 1_767_225_601_000, 1_767_225_602_000, 1_767_225_603_000],
+                values: vec![21.5, 21.6, 21.6, 21.4],
+                labels: vec![],
+            }),
+        },
+        Case {
+            name: "batch-scalar-labels-raw",
+            stream: "lab.meter",
+            seq: 41,
+            epoch: 3,
+            prev: [0xab; 32],
+            salt: [0x22; 16],
+            signed: true,
+            readings: Readings::Scalar(ScalarBatch {
+                unit: "V".into(),
+                ts: vec![1000, 1500, 1490],
+                values: vec![0.1 + 0.2, f64::NAN, -0.0],
+                labels: vec![Some("Normal".into()), None, Some("Hot".into())],
+            }),
+        },
+        Case {
+            name: "batch-blob-signed",
+            stream: "door.camera",
+            seq: 7,
+            epoch: 1,
+            prev: [0x5a; 32],
+            salt: [0x33; 16],
+            signed: true,
+            readings: Readings::Blob(BlobBatch {
+                media_type: "image/jpeg".into(),
+                ts: vec![1_767_225_600_000, 1_767_225_660_000],
+                items: vec![vec![0xff, 0xd8, 0xff, 0xe0], vec![]],
+            }),
+        },
+        Case {
+            name: "batch-scalar-unsigned",
+            stream: "temperature",
+            seq: 1,
+            epoch: 0,
+            prev: [0x01; 32],
+            salt: [0x44; 16],
+            signed: false,
+            readings: Readings::Scalar(ScalarBatch { unit: "°C".into(), ts: vec![5], values: vec![20.0], labels: vec![] }),
+        },
+    ]
+}
+
+fn readings_json(r: &Readings) -> Value {
+    match r {
+        Readings::Scalar(b) => json!({
+            "kind": "scalar",
+            "unit": b.unit,
+            "ts": b.ts,
+            "value_bits": b.values.iter().map(|v| format!("{:016x}", v.to_bits())).collect::<Vec<_>>(),
+            "labels": b.labels,
+        }),
+        Readings::Blob(b) => json!({
+            "kind": "blob",
+            "media_type": b.media_type,
+            "ts": b.ts,
+            "items": b.items.iter().map(hex::encode).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+#[test]
+fn known_answers() {
+    let id = Identity::from_secret_bytes(&identity_secret());
+    for c in cases() {
+        let stream = StreamName::new(c.stream).unwrap();
+        let key = id.epoch_key(&stream, c.epoch);
+        let params =
+            SealParams { device: id.device_id(), stream: stream.clone(), seq: c.seq, epoch: c.epoch, prev: BatchHash(c.prev), salt: c.salt };
+        let sealed = seal(&c.readings, &params, &key, c.signed.then_some(&id), &mut Vec::new()).unwrap();
+        let mut body = Vec::new();
+        codec::encode(&c.readings, &mut body).unwrap();
+        let vector = json!({
+            "description": "edgeseal sealed batch, format v1, suite 1",
+            "identity_secret": hex::encode(identity_secret()),
+            "device_id": id.device_id().to_string(),
+            "stream": c.stream,
+            "seq": c.seq,
+            "epoch": c.epoch,
+            "prev_hash": hex::encode(c.prev),
+            "salt": hex::encode(c.salt),
+            "signed": c.signed,
+            "readings": readings_json(&c.readings),
+            "epoch_key": hex::encode(key.0.expose_secret()),
+            "body": hex::encode(&body),
+            "hash": sealed.hash.to_string(),
+            "sealed": hex::encode(&sealed.bytes),
+        });
+        let path = dir().join(format!("{}.json", c.name));
+        if writing() {
+            std::fs::write(&path, serde_json::to_string_pretty(&vector).unwrap() + "\n").unwrap();
+            continue;
+        }
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for field in ["device_id", "epoch_key", "body", "hash", "sealed"] {
+            assert_eq!(stored[field], vector[field], "{}: {field} differs", c.name);
+        }
+        // And the stored bytes open back to the readings.
+        let bytes = hex::decode(stored["sealed"].as_str().unwrap()).unwrap();
+        let parsed = envelope::parse(&bytes).unwrap();
+        let want = if c.signed { Authorship::Device } else { Authorship::Unsigned };
+        assert_eq!(parsed.authorship(&parsed.hash()), want);
+        assert_eq!(readings_json(&parsed.open(&key).unwrap()), readings_json(&c.readings), "{}", c.name);
+    }
+
+    let cp = Checkpoint {
+        device: id.device_id(),
+        stream: StreamName::new("temperature").unwrap(),
+        seq: 41,
+        head: BatchHash([0xcd; 32]),
+        ts: 1_767_225_600_000,
+    };
+    let bytes = cp.sign(&id).unwrap();
+    let path = dir().join("checkpoint.json");
+    let vector = json!({
+        "description": "edgeseal checkpoint, format v1",
+        "identity_secret": hex::encode(identity_secret()),
+        "stream": "temperature", "seq": 41, "head": hex::encode([0xcd; 32]), "ts": 1_767_225_600_000i64,
+        "signed": hex::encode(&bytes),
+    });
+    if writing() {
+        std::fs::write(&path, serde_json::to_string_pretty(&vector).unwrap() + "\n").unwrap();
+    } else {
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(stored["signed"], vector["signed"]);
+    }
+}
+
+/// Each file in `malformed/` is a hex line that must be rejected: not parse,
+/// or parse but fail authentication or opening. The file name says why.
+#[test]
+fn malformed_inputs_are_rejected() {
+    let id = Identity::from_secret_bytes(&identity_secret());
+    let mdir = dir().join("malformed");
+    if writing() {
+        write_malformed(&mdir);
+    }
+    let mut n = 0;
+    for entry in std::fs::read_dir(&mdir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let bytes = hex::decode(text.trim()).unwrap();
+        n += 1;
+        let rejected = match envelope::parse(&bytes) {
+            Err(_) => true,
+            Ok(p) => {
+                let key = id.epoch_key(&p.header.stream, p.header.epoch);
+                p.authorship(&p.hash()) != Authorship::Device || p.open(&key).is_err()
+            }
+        };
+        assert!(rejected, "{} was accepted", path.display());
+    }
+    assert!(n >= 8, "expected the malformed vectors, found {n}");
+}
+
+fn write_malformed(mdir: &Path) {
+    std::fs::create_dir_all(mdir).unwrap();
+    let good: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("batch-scalar-signed.json")).unwrap()).unwrap();
+    let good = hex::decode(good["sealed"].as_str().unwrap()).unwrap();
+    let n = good.len();
+    let mut variants: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("truncated-header", good[..20].to_vec()),
+        ("truncated-signature", good[..n - 1].to_vec()),
+        ("trailing-byte", [&good[..], &[0]].concat()),
+        ("bad-magic", [&b"XS"[..], &good[2..]].concat()),
+    ];
+    let mut flip = |name: &'static str, at: usize| {
+        let mut b = good.clone();
+        b[at] ^= 0x01;
+        variants.push((name, b));
+    };
+    flip("version-2", 2);
+    flip("unknown-suite", 3);
+    flip("unknown-flag", 4);
+    flip("device-id-changed", 5);
+    flip("seq-changed", 21 + 1 + 11 + 7);
+    flip("ciphertext-bit", n - 96 - 20);
+    flip("tag-bit", n - 96 - 1);
+    flip("signature-bit", n - 1);
+    flip("signer-key-bit", n - 96);
+    for (name, bytes) in variants {
+        std::fs::write(mdir.join(format!("{name}.hex")), hex::encode(bytes) + "\n").unwrap();
+    }
+}
