@@ -93,7 +93,12 @@ fn cases() -> Vec<Case> {
             prev: [0x01; 32],
             salt: [0x44; 16],
             signed: false,
-            readings: Readings::Scalar(ScalarBatch { unit: "°C".into(), ts: vec![5], values: vec![20.0], labels: vec![] }),
+            readings: Readings::Scalar(ScalarBatch {
+                unit: "°C".into(),
+                ts: vec![5],
+                values: vec![20.0],
+                labels: vec![],
+            }),
         },
     ]
 }
@@ -122,8 +127,14 @@ fn known_answers() {
     for c in cases() {
         let stream = StreamName::new(c.stream).unwrap();
         let key = id.epoch_key(&stream, c.epoch);
-        let params =
-            SealParams { device: id.device_id(), stream: stream.clone(), seq: c.seq, epoch: c.epoch, prev: BatchHash(c.prev), salt: c.salt };
+        let params = SealParams {
+            device: id.device_id(),
+            stream: stream.clone(),
+            seq: c.seq,
+            epoch: c.epoch,
+            prev: BatchHash(c.prev),
+            salt: c.salt,
+        };
         let sealed = seal(&c.readings, &params, &key, c.signed.then_some(&id), &mut Vec::new()).unwrap();
         let mut body = Vec::new();
         codec::encode(&c.readings, &mut body).unwrap();

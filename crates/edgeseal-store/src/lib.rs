@@ -226,8 +226,7 @@ macro_rules! backend {
 
         impl Store for $name {
             async fn migrate(&self) -> Result<()> {
-                sqlx::migrate!($migrations).run(&self.pool).await?;
-                Ok(())
+                retry_busy(|| async { Ok(sqlx::migrate!($migrations).run(&self.pool).await?) }).await
             }
 
             async fn put_batches(&self, rows: &[BatchRow]) -> Result<PutReport> {
@@ -347,6 +346,44 @@ backend!(
     MySqlStore, sqlx::MySqlPool, MYSQL, "./migrations/mysql"
 );
 
+/// Runs `f`, retrying while SQLite reports the database busy. SQLite returns
+/// SQLITE_BUSY at once, without its busy timeout, when a read transaction must
+/// become a write transaction while another process writes (as when two
+/// processes open the same file and check its schema): waiting and retrying is
+/// the documented remedy. Other backends never match.
+pub(crate) async fn retry_busy<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut wait = Duration::from_millis(20);
+    for _ in 0..12 {
+        match f().await {
+            Err(e) if is_busy(&e) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+    f().await
+}
+
+fn is_busy(e: &Error) -> bool {
+    if let Error::Migrate(m) = e
+        && m.to_string().contains("_sqlx_migrations")
+    {
+        // Another process applied the same migration at the same moment; on retry it is seen as applied.
+        return true;
+    }
+    let db = match e {
+        Error::Query(sqlx::Error::Database(d)) | Error::Unreachable { cause: sqlx::Error::Database(d), .. } => d,
+        Error::Migrate(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(d))) => d,
+        _ => return false,
+    };
+    matches!(db.code().as_deref(), Some("5" | "6" | "517" | "261"))
+}
+
 /// How to connect.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions {
@@ -384,8 +421,24 @@ pub(crate) async fn sqlite_pool(url: &str, lazy: bool, timeout: Duration) -> Res
     if lazy {
         Ok(pool.connect_lazy_with(opts))
     } else {
-        pool.connect_with(opts).await.map_err(|cause| Error::Unreachable { url: redact_url(url), cause })
+        retry_busy(|| async {
+            pool.clone()
+                .connect_with(opts.clone())
+                .await
+                .map_err(|cause| Error::Unreachable { url: redact_url(url), cause })
+        })
+        .await
     }
+}
+
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
+            AnyStore::MySql($s) => $e,
+        }
+    };
 }
 
 impl AnyStore {
@@ -416,6 +469,11 @@ impl AnyStore {
         }
     }
 
+    /// Closes the connections (for SQLite this checkpoints the WAL into the database file).
+    pub async fn close(&self) {
+        dispatch!(self, s => s.pool().close().await)
+    }
+
     /// A short name of the backend.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -437,16 +495,6 @@ async fn probe<C: sqlx::Connection>(co: &C::Options, url: &str, timeout: Duratio
         Ok(Err(e)) => Err(unreachable(e)),
         Err(_) => Err(unreachable(sqlx::Error::PoolTimedOut)),
     }
-}
-
-macro_rules! dispatch {
-    ($self:expr, $s:ident => $e:expr) => {
-        match $self {
-            AnyStore::Sqlite($s) => $e,
-            AnyStore::Postgres($s) => $e,
-            AnyStore::MySql($s) => $e,
-        }
-    };
 }
 
 impl Store for AnyStore {

@@ -50,7 +50,7 @@ impl LocalState {
     pub async fn open(path: &Path) -> Result<LocalState> {
         let url = format!("sqlite://{}", path.display());
         let pool = crate::sqlite_pool(&url, false, Duration::from_secs(10)).await?;
-        sqlx::migrate!("./migrations/local").run(&pool).await?;
+        crate::retry_busy(|| async { Ok(sqlx::migrate!("./migrations/local").run(&pool).await?) }).await?;
         Ok(LocalState { pool })
     }
 

@@ -47,12 +47,24 @@ pub fn open_all<K>(read: &StreamRead, key: K) -> Vec<Option<std::result::Result<
 where
     K: Fn(u32) -> Option<EpochKey> + Sync,
 {
-    let items: Vec<(usize, &StoredBatch)> = read.rows.iter().enumerate().collect();
-    par_map(&items, |&(i, row)| {
+    open_rows(read, 0..read.rows.len(), &key)
+}
+
+/// [`open_all`] for the rows in `range` only, so callers can stream large reads.
+pub fn open_rows<K>(
+    read: &StreamRead,
+    range: std::ops::Range<usize>,
+    key: &K,
+) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>>
+where
+    K: Fn(u32) -> Option<EpochKey> + Sync,
+{
+    let indices: Vec<usize> = range.collect();
+    par_map(&indices, |&i| {
         if !read.audit.statuses[i].is_authentic() {
             return None;
         }
-        let parsed = match edgeseal_core::envelope::parse(&row.sealed) {
+        let parsed = match edgeseal_core::envelope::parse(&read.rows[i].sealed) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };

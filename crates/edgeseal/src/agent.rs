@@ -524,6 +524,11 @@ struct Drainer {
 
 impl Drainer {
     async fn run(self, stop: CancellationToken) {
+        self.drain_until_stopped(&stop).await;
+        self.store.close().await;
+    }
+
+    async fn drain_until_stopped(&self, stop: &CancellationToken) {
         let mut ready = false;
         let mut backoff = Duration::from_millis(250);
         let mut down_since: Option<Instant> = None;
@@ -564,7 +569,10 @@ impl Drainer {
                         warn!("stopping while the store is unreachable; the outbox is sent on the next start");
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled(), if !stopping => {}
+                    }
                     backoff = (backoff * 2).min(self.retry_max);
                     continue;
                 }

@@ -10,7 +10,7 @@ use edgeseal_core::chain::{Audit, Finding, Scope};
 use edgeseal_core::keys::Identity;
 use edgeseal_core::{DeviceId, Readings, StreamName, keystore};
 use edgeseal_store::local::LocalState;
-use edgeseal_store::reader::{StreamRead, open_all, read_stream};
+use edgeseal_store::reader::{StreamRead, open_rows, read_stream};
 use edgeseal_store::{AnyStore, ConnectOptions, Store, TimeRange};
 use serde_json::json;
 
@@ -18,6 +18,9 @@ use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, FetchArgs, Format, K
 use crate::config::{self, Config, Overrides};
 use crate::keyfile::{self, PassphraseSource};
 use crate::timefmt::{format_ms, now_ms, parse_time};
+
+/// Batches opened and printed at a time by `fetch`.
+const FETCH_CHUNK: usize = 1024;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Config { command: ConfigCommand::PrintDefault } = &cli.command {
@@ -45,9 +48,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init { protect, .. } => init(&cfg, &pass, protect),
         Command::Id { json } => id(&cfg, json),
         Command::Up(args) => crate::agent::up(cfg, args, pass).await,
-        Command::Streams { json } => streams(&cfg, &pass, json).await,
+        Command::Streams { json } => streams(&cfg, json).await,
         Command::Fetch(args) => fetch(&cfg, &pass, args).await,
-        Command::Verify { stream, device, json } => verify(&cfg, &pass, stream, device, json).await,
+        Command::Verify { stream, device, json } => verify(&cfg, stream, device, json).await,
         Command::Keys { command: KeysCommand::Rotate { stream } } => rotate(&cfg, &stream).await,
         Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
         Command::Config { command: ConfigCommand::PrintDefault } => unreachable!("handled above"),
@@ -123,9 +126,8 @@ async fn open_local(cfg: &Config) -> Result<LocalState> {
     Ok(local)
 }
 
-async fn streams(cfg: &Config, pass: &PassphraseSource, json: bool) -> Result<ExitCode> {
-    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
-    let device = identity.device_id();
+async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let device = keyfile::load_public(&cfg.data_dir)?.1.device_id();
     let local = open_local(cfg).await?;
     let store = open_store(cfg).await?;
     let mut rows: BTreeMap<(String, bool, DeviceId), serde_json::Value> = BTreeMap::new();
@@ -270,22 +272,28 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
             return Ok(ExitCode::from(crate::EXIT_INTEGRITY));
         }
     }
-    let bar = (std::io::stdout().is_terminal() && read.rows.len() > 200).then(|| {
+    let bar = (std::io::stdout().is_terminal() && read.rows.len() > 1000).then(|| {
         let b = indicatif::ProgressBar::new(read.rows.len() as u64);
         b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         b
     });
-    let opened = open_all(&read, key_for(&identity, device, &stream));
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    let key = key_for(&identity, device, &stream);
     let mut out = Output::new(args.format, &stream);
     let mut unreadable = 0usize;
-    for o in opened.into_iter().flatten() {
-        match o {
-            Ok(r) => out.batch(&r, from, to)?,
-            Err(_) => unreadable += 1,
+    for start in (0..read.rows.len()).step_by(FETCH_CHUNK) {
+        let end = (start + FETCH_CHUNK).min(read.rows.len());
+        for o in open_rows(&read, start..end, &key).into_iter().flatten() {
+            match o {
+                Ok(r) => out.batch(&r, from, to)?,
+                Err(_) => unreadable += 1,
+            }
         }
+        if let Some(b) = &bar {
+            b.set_position(end as u64);
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
     }
     out.finish()?;
     if unreadable > 0 {
@@ -367,7 +375,8 @@ impl<'a> Output<'a> {
         self.header()?;
         match self.format {
             Format::Table => {
-                writeln!(self.w, "{:<24}  {:>12}  {:<6}  {}", format_ms(ts), value, unit, label.unwrap_or(""))
+                let row = format!("{:<24}  {:>12}  {:<6}  {}", format_ms(ts), value, unit, label.unwrap_or(""));
+                writeln!(self.w, "{}", row.trim_end())
             }
             Format::Csv => writeln!(
                 self.w,
@@ -432,15 +441,9 @@ fn csv(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
-async fn verify(
-    cfg: &Config,
-    pass: &PassphraseSource,
-    stream: Option<String>,
-    device: Option<String>,
-    json: bool,
-) -> Result<ExitCode> {
-    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
-    let device = parse_device(device.as_deref(), identity.device_id())?;
+async fn verify(cfg: &Config, stream: Option<String>, device: Option<String>, json: bool) -> Result<ExitCode> {
+    let own = keyfile::load_public(&cfg.data_dir)?.1.device_id();
+    let device = parse_device(device.as_deref(), own)?;
     let local = open_local(cfg).await?;
     let store = open_store(cfg).await?;
     let streams: Vec<StreamName> = match stream {

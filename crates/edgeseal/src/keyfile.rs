@@ -122,12 +122,6 @@ pub fn require_initialised(data_dir: &Path) -> Result<PathBuf> {
     if !path.exists() {
         bail!("no keystore in {}. Run `edgeseal init --data-dir {}` first", data_dir.display(), data_dir.display());
     }
-    Ok(path)
-}
-
-/// Loads the agent's identity. Argon2id runs on a blocking thread.
-pub async fn load(data_dir: &Path, pass: &PassphraseSource) -> Result<(String, Identity)> {
-    let path = require_initialised(data_dir)?;
     let mode = fs::metadata(&path)?.permissions().mode();
     if mode & 0o077 != 0 {
         bail!(
@@ -137,6 +131,19 @@ pub async fn load(data_dir: &Path, pass: &PassphraseSource) -> Result<(String, I
             path.display()
         );
     }
+    Ok(path)
+}
+
+/// The agent's name and public identity; needs no passphrase.
+pub fn load_public(data_dir: &Path) -> Result<(String, edgeseal_core::keys::PublicIdentity)> {
+    let path = require_initialised(data_dir)?;
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read the keystore {}", path.display()))?;
+    keystore::public(&text).with_context(|| format!("cannot use the keystore {}", path.display()))
+}
+
+/// Loads the agent's identity. Argon2id runs on a blocking thread.
+pub async fn load(data_dir: &Path, pass: &PassphraseSource) -> Result<(String, Identity)> {
+    let path = require_initialised(data_dir)?;
     let text = fs::read_to_string(&path).with_context(|| format!("cannot read the keystore {}", path.display()))?;
     let summary = keystore::summary(&text).with_context(|| format!("cannot use the keystore {}", path.display()))?;
     let passphrase = if summary.protected { pass.get(Some("Keystore passphrase: "), false)? } else { None };
