@@ -11,8 +11,8 @@
 use crate::envelope::{Authorship, BatchHash};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, StreamName};
-use crate::keys::{Identity, device_id_of, verify_signature};
-use crate::varint::{take, take_array};
+use crate::keys::Identity;
+use crate::varint::{take, take_array, take_stream_name};
 
 const MAGIC: [u8; 2] = *b"EC";
 const CONTEXT: &[u8] = b"edgeseal/v1/checkpoint";
@@ -70,9 +70,7 @@ impl Checkpoint {
             return Err(Error::Invalid("unknown checkpoint flags"));
         }
         let device = DeviceId(take_array(r)?);
-        let len = usize::from(take(r, 1)?[0]);
-        let name = std::str::from_utf8(take(r, len)?).map_err(|_| Error::Invalid("stream name is not UTF-8"))?;
-        let stream = StreamName::new(name).map_err(|_| Error::Invalid("invalid stream name"))?;
+        let stream = take_stream_name(r)?;
         let seq = u64::from_be_bytes(take_array(r)?);
         let head = BatchHash(take_array(r)?);
         let ts = i64::from_be_bytes(take_array(r)?);
@@ -84,14 +82,7 @@ impl Checkpoint {
         }
         let cp = Checkpoint { device, stream, seq, head, ts };
         let msg = [CONTEXT, &bytes[..body_len]].concat();
-        let authorship = if !verify_signature(&pk, &msg, &sig) {
-            Authorship::BadSignature
-        } else if device_id_of(&pk) != device {
-            Authorship::Foreign(device_id_of(&pk))
-        } else {
-            Authorship::Device
-        };
-        Ok((cp, authorship))
+        Ok((cp, Authorship::of(device, &pk, &msg, &sig)))
     }
 }
 

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::id::{DeviceId, StreamName};
 use crate::keys::{EpochKey, Identity, device_id_of, verify_signature};
 use crate::reading::Readings;
-use crate::varint::{take, take_array};
+use crate::varint::{take, take_array, take_stream_name};
 
 pub const MAGIC: [u8; 2] = *b"ES";
 pub const VERSION: u8 = 1;
@@ -173,6 +173,17 @@ pub enum Authorship {
     Unsigned,
 }
 
+impl Authorship {
+    /// Who signed `msg`: `claimed` must be the device id of the signer key `pk`.
+    pub fn of(claimed: DeviceId, pk: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> Authorship {
+        if !verify_signature(pk, msg, sig) {
+            return Authorship::BadSignature;
+        }
+        let signer = device_id_of(pk);
+        if signer == claimed { Authorship::Device } else { Authorship::Foreign(signer) }
+    }
+}
+
 /// A parsed, not yet opened, sealed batch borrowing its bytes.
 #[derive(Debug, Clone)]
 pub struct Parsed<'a> {
@@ -203,9 +214,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
         return Err(Error::Invalid("unknown flags"));
     }
     let device = DeviceId(take_array(r)?);
-    let len = usize::from(take(r, 1)?[0]);
-    let name = std::str::from_utf8(take(r, len)?).map_err(|_| Error::Invalid("stream name is not UTF-8"))?;
-    let stream = StreamName::new(name).map_err(|_| Error::Invalid("invalid stream name"))?;
+    let stream = take_stream_name(r)?;
     let seq = u64::from_be_bytes(take_array(r)?);
     let first_ts = i64::from_be_bytes(take_array(r)?);
     let last_ts = i64::from_be_bytes(take_array(r)?);
@@ -244,14 +253,10 @@ impl Parsed<'_> {
 
     /// Checks the signature given the batch's hash.
     pub fn authorship(&self, hash: &BatchHash) -> Authorship {
-        let Some((pk, sig)) = self.signature else {
-            return Authorship::Unsigned;
-        };
-        if !verify_signature(pk, &sig_message(hash), sig) {
-            return Authorship::BadSignature;
+        match self.signature {
+            None => Authorship::Unsigned,
+            Some((pk, sig)) => Authorship::of(self.header.device, pk, &sig_message(hash), sig),
         }
-        let signer = device_id_of(pk);
-        if signer == self.header.device { Authorship::Device } else { Authorship::Foreign(signer) }
     }
 
     /// Decrypts and decodes the body, checking it against the header.

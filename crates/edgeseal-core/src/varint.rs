@@ -85,6 +85,13 @@ pub fn take_array<const N: usize>(input: &mut &[u8]) -> Result<[u8; N]> {
     Ok(a)
 }
 
+/// A stream name as the envelope and checkpoints carry it: one length byte, then the name.
+pub fn take_stream_name(input: &mut &[u8]) -> Result<crate::StreamName> {
+    let len = usize::from(take(input, 1)?[0]);
+    let name = std::str::from_utf8(take(input, len)?).map_err(|_| Error::Invalid("stream name is not UTF-8"))?;
+    crate::StreamName::new(name).map_err(|_| Error::Invalid("invalid stream name"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

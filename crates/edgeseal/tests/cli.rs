@@ -76,6 +76,14 @@ impl Agent {
             .unwrap()
     }
 
+    /// Runs `up` over the given lines of `stream` until their end.
+    fn run_lines(&self, stream: &str, range: std::ops::Range<i64>, extra: &[&str]) {
+        let mut up = self.spawn_stdin(extra);
+        feed(&mut up, stream, range);
+        drop(up.stdin.take());
+        assert!(up.wait().unwrap().success(), "{}", self.logs());
+    }
+
     fn logs(&self) -> String {
         let log = self.dir.parent().unwrap();
         format!(
@@ -217,12 +225,7 @@ fn rollback_of_the_whole_database_is_detected() {
     let a = Agent::new("rollback");
     let db = a.dir.join("store.db");
     let backup = a.dir.parent().unwrap().join("store.db.old");
-    let run_batch = |range: std::ops::Range<i64>| {
-        let mut up = a.spawn_stdin(&["--batch-count", "10"]);
-        feed(&mut up, "r", range);
-        drop(up.stdin.take());
-        assert!(up.wait().unwrap().success(), "{}", a.logs());
-    };
+    let run_batch = |range| a.run_lines("r", range, &["--batch-count", "10"]);
     run_batch(0..30);
     std::fs::copy(&db, &backup).unwrap();
     run_batch(30..60);
@@ -249,12 +252,7 @@ fn rollback_of_the_whole_database_is_detected() {
 #[test]
 fn key_rotation_keeps_old_batches_readable() {
     let a = Agent::new("rotate");
-    let run_batch = |range: std::ops::Range<i64>| {
-        let mut up = a.spawn_stdin(&["--batch-count", "5"]);
-        feed(&mut up, "s", range);
-        drop(up.stdin.take());
-        assert!(up.wait().unwrap().success(), "{}", a.logs());
-    };
+    let run_batch = |range| a.run_lines("s", range, &["--batch-count", "5"]);
     run_batch(0..10);
     assert!(a.ok(&["keys", "rotate", "--stream", "s"]).contains("key epoch 1"));
     run_batch(10..20);
