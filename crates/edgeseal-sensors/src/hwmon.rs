@@ -19,6 +19,10 @@ impl Hwmon {
     pub fn new(stream: StreamName, path: PathBuf) -> Hwmon {
         Hwmon { stream, path }
     }
+
+    pub fn stream(&self) -> &StreamName {
+        &self.stream
+    }
 }
 
 impl Sensor for Hwmon {

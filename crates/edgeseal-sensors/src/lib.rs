@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batcher;
+pub mod grovepi;
 pub mod hwmon;
 pub mod jsonl;
 pub mod simulated;

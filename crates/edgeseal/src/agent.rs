@@ -12,7 +12,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +25,9 @@ use edgeseal_core::reading::into_batches;
 use edgeseal_core::{DeviceId, Reading, StreamName, Value};
 use edgeseal_sensors::Sensor;
 use edgeseal_sensors::batcher::{Batcher, Cut};
+use edgeseal_sensors::grovepi::bus::{Answer, Bus, Op};
+use edgeseal_sensors::grovepi::lcd::WIDTH;
+use edgeseal_sensors::grovepi::sensor::GroveSensor;
 use edgeseal_sensors::hwmon;
 use edgeseal_sensors::jsonl::parse_line;
 use edgeseal_sensors::simulated::{Kind, Simulated};
@@ -51,6 +55,10 @@ struct Stats {
     read_errors: AtomicU64,
     sealed: AtomicU64,
     stored: AtomicU64,
+    /// The store is failing (shown on the LCD).
+    store_down: AtomicBool,
+    /// The newest value of each scalar stream (shown on the LCD).
+    latest: Mutex<HashMap<StreamName, (f64, String)>>,
 }
 
 pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result<std::process::ExitCode> {
@@ -78,10 +86,21 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     keyfile::make_private(&cfg.state_path());
     let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: true, timeout: cfg.store_timeout }).await?;
 
-    let sensors = build_sensors(&cfg);
+    let bus = if cfg.uses_grovepi() {
+        let spec = cfg.grovepi_bus.clone();
+        Some(tokio::task::spawn_blocking(move || Bus::open(&spec)).await??)
+    } else {
+        None
+    };
+    let sensors = build_sensors(&cfg, bus.as_ref())?;
     println!("edgeseal up: agent {name:?}, device {device}, fingerprint {}", identity.public().fingerprint());
     println!("  data dir: {}", cfg.data_dir.display());
     println!("  store:    {}", store.url());
+    if let Some(bus) = &bus
+        && let Ok(Answer::Version(a, b, c)) = bus.call(Op::Version)
+    {
+        println!("  grovepi:  firmware {a}.{b}.{c} on {}", bus.name());
+    }
     if sensors.is_empty() {
         println!("  sensors:  none");
     }
@@ -109,6 +128,10 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     sensor_tasks.close();
     drop(tx);
 
+    if let (Some(bus), true) = (&bus, cfg.lcd.enabled) {
+        println!("  lcd:      {} every {}", lcd_streams(&cfg), humantime::format_duration(cfg.lcd.refresh));
+        sensor_tasks.spawn(drive_lcd(bus.clone(), cfg.lcd.clone(), stop.clone(), stats.clone()));
+    }
     let notify = Arc::new(Notify::new());
     let sealer = Sealer {
         local: local.clone(),
@@ -254,7 +277,11 @@ impl Source {
     }
 }
 
-fn build_sensors(cfg: &Config) -> Vec<Source> {
+fn lcd_streams(cfg: &Config) -> String {
+    cfg.lcd.streams.iter().map(StreamName::as_str).collect::<Vec<_>>().join(", ")
+}
+
+fn build_sensors(cfg: &Config, bus: Option<&Bus>) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     for spec in &cfg.sensors {
         match spec {
@@ -272,19 +299,71 @@ fn build_sensors(cfg: &Config) -> Vec<Source> {
                 }
             }
             SensorSpec::JsonLines { command } => out.push(Source::Lines { command: command.clone() }),
+            SensorSpec::Grove { kind, port, interval, stream } => {
+                let bus = bus.context("a GrovePi sensor is configured but the bus is not open")?;
+                let sensor =
+                    GroveSensor::new(bus.clone(), *kind, *port, stream.as_deref()).map_err(anyhow::Error::msg)?;
+                out.push(Source::Polled { sensor: Box::new(sensor), interval: *interval });
+            }
         }
     }
-    out
+    Ok(out)
 }
 
-/// Drops readings that are not finite numbers, counting them as failed reads.
+/// Shows the latest readings on the Grove LCD, two streams at a time, and the
+/// agent's state as the backlight colour: green running, red store down.
+async fn drive_lcd(bus: Bus, cfg: crate::config::LcdConfig, stop: CancellationToken, stats: Arc<Stats>) {
+    let mut tick = tokio::time::interval(cfg.refresh);
+    let mut page = 0usize;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let lines = lcd_lines(&cfg.streams, page, &stats);
+        page += 1;
+        let rgb = if stats.store_down.load(Ordering::Relaxed) { (255, 0, 0) } else { (0, 160, 0) };
+        let bus = bus.clone();
+        match tokio::task::spawn_blocking(move || bus.call(Op::Lcd { lines, rgb })).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => debug!("lcd: {e}"),
+            Err(e) => debug!("lcd: {e}"),
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        bus.call(Op::Lcd { lines: ["edgeseal".into(), "stopped".into()], rgb: (0, 0, 60) })
+    })
+    .await;
+}
+
+/// Two 16-character lines for page `page` of the streams.
+fn lcd_lines(streams: &[StreamName], page: usize, stats: &Stats) -> [String; 2] {
+    let latest = stats.latest.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lines = [String::new(), String::new()];
+    let n = streams.len().max(1);
+    for (row, line) in lines.iter_mut().enumerate() {
+        let Some(stream) = streams.get((page * 2 + row) % n) else { continue };
+        let value = match latest.get(stream) {
+            Some((v, unit)) => format!("{v}{}", unit.replace("°", "")),
+            None => "-".to_string(),
+        };
+        let room = WIDTH.saturating_sub(value.len() + 1);
+        let name: String = stream.as_str().chars().take(room).collect();
+        *line = format!("{name:<room$} {value}");
+    }
+    lines
+}
+
+/// Drops readings that are not finite numbers, counting them as failed reads;
+/// notes the latest value of each stream.
 async fn forward(r: Reading, what: &str, tx: &mpsc::Sender<Reading>, stats: &Stats) -> bool {
-    if let Value::Scalar { value, .. } = &r.value
-        && !value.is_finite()
-    {
-        stats.read_errors.fetch_add(1, Ordering::Relaxed);
-        warn!("{what}: dropped a reading of {} that is not a number ({value})", r.stream);
-        return true;
+    if let Value::Scalar { value, unit, .. } = &r.value {
+        if !value.is_finite() {
+            stats.read_errors.fetch_add(1, Ordering::Relaxed);
+            warn!("{what}: dropped a reading of {} that is not a number ({value})", r.stream);
+            return true;
+        }
+        stats.latest.lock().unwrap_or_else(|p| p.into_inner()).insert(r.stream.clone(), (*value, unit.clone()));
     }
     tx.send(r).await.is_ok()
 }
@@ -305,7 +384,21 @@ async fn poll(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match sensor.read(now_ms()) {
+        // Hardware reads block (a DHT read takes tens of ms): off the async runtime.
+        let (back, result) = match tokio::task::spawn_blocking(move || {
+            let r = sensor.read(now_ms());
+            (sensor, r)
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                error!("{what}: the sensor stopped: {e}");
+                return;
+            }
+        };
+        sensor = back;
+        match result {
             Ok(readings) => {
                 if failures > 0 {
                     info!("{what}: reading again after {failures} failed reads");
@@ -547,6 +640,7 @@ impl Drainer {
             }
             match result {
                 Ok(()) => {
+                    self.stats.store_down.store(false, Ordering::Relaxed);
                     if let Some(since) = down_since.take() {
                         info!(
                             "the store is reachable again after {}; the outbox is drained",
@@ -559,6 +653,7 @@ impl Drainer {
                     }
                 }
                 Err(e) => {
+                    self.stats.store_down.store(true, Ordering::Relaxed);
                     if down_since.is_none() {
                         warn!("cannot store batches: {e}. Keeping them in the local outbox and retrying");
                         down_since = Some(Instant::now());

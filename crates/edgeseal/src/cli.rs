@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Configured sensors and the GrovePi bus
+    Sensors {
+        #[command(subcommand)]
+        command: SensorsCommand,
+    },
     /// Measure performance
     Bench {
         #[command(subcommand)]
@@ -148,6 +153,21 @@ pub enum ConfigCommand {
     PrintDefault,
     /// Print the effective configuration (passwords hidden)
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SensorsCommand {
+    /// What is configured, and each stream's last reading
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scan an I²C bus for a GrovePi and the Grove LCD
+    Probe {
+        /// The bus [default: the [grovepi] bus setting]; `emulated` for the emulated board
+        #[arg(long)]
+        bus: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

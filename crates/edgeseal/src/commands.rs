@@ -14,7 +14,7 @@ use edgeseal_store::reader::{StreamRead, open_rows, read_stream};
 use edgeseal_store::{AnyStore, ConnectOptions, Store, TimeRange};
 use serde_json::json;
 
-use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, FetchArgs, Format, KeysCommand};
+use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, FetchArgs, Format, KeysCommand, SensorsCommand};
 use crate::config::{self, Config, Overrides};
 use crate::keyfile::{self, PassphraseSource};
 use crate::timefmt::{format_ms, now_ms, parse_time};
@@ -54,6 +54,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys { command: KeysCommand::Rotate { stream } } => rotate(&cfg, &stream).await,
         Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
         Command::Config { command: ConfigCommand::PrintDefault } => unreachable!("handled above"),
+        Command::Sensors { command: SensorsCommand::List { json } } => {
+            crate::sensors_cmd::list(&cfg, &pass, json).await
+        }
+        Command::Sensors { command: SensorsCommand::Probe { bus } } => crate::sensors_cmd::probe(&cfg, bus).await,
         Command::Bench { command: BenchCommand::Storage { readings, batch, json } } => {
             crate::bench::storage(readings, batch, json).await
         }

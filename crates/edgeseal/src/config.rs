@@ -10,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use edgeseal_core::StreamName;
 use edgeseal_sensors::batcher::Policy;
+use edgeseal_sensors::grovepi::Port;
+use edgeseal_sensors::grovepi::sensor::{GroveKind, GroveSensor};
 use edgeseal_sensors::simulated::Kind;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -28,6 +30,9 @@ const ENV_KEYS: &[&str] = &[
     "batch.interval",
     "outbox.retry_max",
     "outbox.checkpoint_every",
+    "grovepi.bus",
+    "lcd.enabled",
+    "lcd.refresh",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -44,6 +49,22 @@ struct Raw {
     streams: BTreeMap<String, RawBatchOverride>,
     #[serde(default)]
     sensor: Vec<RawSensor>,
+    grovepi: RawGrovePi,
+    lcd: RawLcd,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrovePi {
+    bus: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLcd {
+    enabled: bool,
+    streams: Vec<String>,
+    refresh: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +98,7 @@ struct RawSensor {
     command: Option<String>,
     seed: Option<u64>,
     sysfs: Option<PathBuf>,
+    port: Option<String>,
 }
 
 /// Values given on the command line; `None` leaves the lower layers alone.
@@ -106,6 +128,15 @@ pub enum SensorSpec {
     Simulated { kind: Kind, stream: StreamName, interval: Duration, seed: u64 },
     Hwmon { interval: Duration, sysfs: PathBuf },
     JsonLines { command: Option<String> },
+    Grove { kind: GroveKind, port: Port, interval: Duration, stream: Option<String> },
+}
+
+/// The Grove LCD as an output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LcdConfig {
+    pub enabled: bool,
+    pub streams: Vec<StreamName>,
+    pub refresh: Duration,
 }
 
 /// The validated configuration.
@@ -121,9 +152,17 @@ pub struct Config {
     pub retry_max: Duration,
     pub checkpoint_every: Duration,
     pub sensors: Vec<SensorSpec>,
+    /// `/dev/i2c-N`, or `emulated`.
+    pub grovepi_bus: String,
+    pub lcd: LcdConfig,
 }
 
 impl Config {
+    /// Whether anything needs the GrovePi bus.
+    pub fn uses_grovepi(&self) -> bool {
+        self.lcd.enabled || self.sensors.iter().any(|s| matches!(s, SensorSpec::Grove { .. }))
+    }
+
     pub fn state_path(&self) -> PathBuf {
         self.data_dir.join("state.db")
     }
@@ -132,7 +171,7 @@ impl Config {
 /// Loads the configuration. `file` is `--config`; without it `./edgeseal.toml` is read if present.
 pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
     let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
-    match file {
+    let path = match file {
         Some(f) => {
             if !f.exists() {
                 bail!(
@@ -140,18 +179,36 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
                     f.display()
                 );
             }
-            fig = fig.merge(Toml::file_exact(f));
+            f.to_path_buf()
         }
-        None => fig = fig.merge(Toml::file("edgeseal.toml")),
+        None => PathBuf::from("edgeseal.toml"),
+    };
+    let text = std::fs::read_to_string(&path).ok();
+    if text.is_some() {
+        fig = fig.merge(Toml::file_exact(&path));
     }
     fig = fig
         .merge(Env::prefixed("EDGESEAL_").split("__").filter(|k| ENV_KEYS.contains(&k.as_str())))
         .merge(Serialized::defaults(overrides));
     let raw: Raw = fig.extract().map_err(|e| anyhow!("invalid configuration: {e}"))?;
-    validate(raw)
+    validate(raw, text.as_deref().map(|t| (path.as_path(), t)))
 }
 
-fn validate(raw: Raw) -> Result<Config> {
+/// "sensor #N", with the file and line of its `[[sensor]]` when the file declares it.
+fn sensor_at(i: usize, kind: &str, file: Option<(&Path, &str)>) -> String {
+    let line = file.and_then(|(path, text)| {
+        let headers: Vec<usize> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim_start().starts_with("[[sensor]]"))
+            .map(|(n, _)| n + 1)
+            .collect();
+        headers.get(i).map(|n| format!(", {} line {n}", path.display()))
+    });
+    format!("sensor #{} (kind = {kind:?}{})", i + 1, line.unwrap_or_default())
+}
+
+fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
     let batch = Policy {
         count: raw.batch.count,
         interval_ms: optional_duration("batch.interval", &raw.batch.interval)?.map(|d| d.as_millis() as i64),
@@ -173,7 +230,7 @@ fn validate(raw: Raw) -> Result<Config> {
     }
     let mut sensors = Vec::new();
     for (i, s) in raw.sensor.into_iter().enumerate() {
-        let at = format!("sensor #{} (kind = {:?})", i + 1, s.kind);
+        let at = sensor_at(i, &s.kind, file);
         let interval = match &s.interval {
             Some(t) => duration(&format!("{at}: interval"), t)?,
             None => Duration::from_secs(1),
@@ -195,9 +252,32 @@ fn validate(raw: Raw) -> Result<Config> {
             }
             "hwmon" => SensorSpec::Hwmon { interval, sysfs: s.sysfs.unwrap_or_else(|| PathBuf::from("/sys")) },
             "jsonl" => SensorSpec::JsonLines { command: s.command.filter(|c| !c.trim().is_empty()) },
-            other => bail!("invalid configuration: {at}: unknown kind {other:?} (use simulated, hwmon or jsonl)"),
+            "grovepi" => {
+                let model = s.model.as_deref().unwrap_or("");
+                let kind = GroveKind::parse(model).ok_or_else(|| {
+                    anyhow!("invalid configuration: {at}: model {model:?} is not one of {}", GroveKind::MODELS)
+                })?;
+                let port: Port =
+                    s.port.as_deref().unwrap_or("").parse().map_err(|e| anyhow!("invalid configuration: {at}: {e}"))?;
+                GroveSensor::check(kind, port, s.stream.as_deref())
+                    .map_err(|e| anyhow!("invalid configuration: {at}: {e}"))?;
+                SensorSpec::Grove { kind, port, interval, stream: s.stream }
+            }
+            other => {
+                bail!("invalid configuration: {at}: unknown kind {other:?} (use simulated, hwmon, jsonl or grovepi)")
+            }
         });
     }
+    let lcd = LcdConfig {
+        enabled: raw.lcd.enabled,
+        streams: raw
+            .lcd
+            .streams
+            .iter()
+            .map(|s| StreamName::new(s.clone()).with_context(|| format!("invalid configuration: lcd.streams: {s:?}")))
+            .collect::<Result<_>>()?,
+        refresh: duration("lcd.refresh", &raw.lcd.refresh)?,
+    };
     let name = if raw.name.trim().is_empty() { host_name() } else { raw.name };
     let store_url = if raw.store.trim().is_empty() {
         format!("sqlite://{}", raw.data_dir.join("store.db").display())
@@ -215,6 +295,8 @@ fn validate(raw: Raw) -> Result<Config> {
         retry_max: duration("outbox.retry_max", &raw.outbox.retry_max)?,
         checkpoint_every: duration("outbox.checkpoint_every", &raw.outbox.checkpoint_every)?,
         sensors,
+        grovepi_bus: raw.grovepi.bus,
+        lcd,
     })
 }
 
@@ -249,7 +331,7 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let raw: Raw = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
-        let c = validate(raw).unwrap();
+        let c = validate(raw, None).unwrap();
         assert_eq!(c.batch, Policy { count: 1000, interval_ms: Some(60_000) });
         assert_eq!(c.sensors.len(), 4);
         assert!(c.store_url.ends_with("edgeseal-data/store.db"));

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod config;
 mod keyfile;
+mod sensors_cmd;
 mod timefmt;
 
 use std::process::ExitCode;

@@ -422,3 +422,61 @@ fn secrets_stay_out_of_files_and_output() {
     let out = a.run(&["streams"]);
     assert!(text(&out.stderr).contains("chmod 600"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn grovepi_sensors_against_the_emulated_board() {
+    let a = Agent::new("grove");
+    let config = a.dir.parent().unwrap().join("grove.toml");
+    std::fs::write(
+        &config,
+        r#"
+[batch]
+count = 5
+
+[[sensor]]
+kind = "grovepi"
+model = "dht22"
+port = "D4"
+interval = "100ms"
+
+[[sensor]]
+kind = "grovepi"
+model = "air_quality"
+port = "A0"
+interval = "100ms"
+
+[grovepi]
+bus = "emulated"
+
+[lcd]
+enabled = true
+streams = ["temperature", "air_quality"]
+refresh = "200ms"
+"#,
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let out = a.run(&["--config", cfg, "up", "--for", "3500ms"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("grovepi:  firmware 1.3.0 on emulated"), "{stdout}");
+    assert!(stdout.contains("sensor:   grovepi dht22 on D4 → temperature, humidity every 100ms"), "{stdout}");
+    assert!(stdout.contains("lcd:      temperature, air_quality"), "{stdout}");
+    // The emulated DHT fails now and then, as the real one does: counted and logged, never fatal.
+    assert!(stderr.contains("dht22 on D4 returned an unusable value (the DHT read failed (NaN))"), "{stderr}");
+    assert!(!stdout.contains(" 0 read errors"), "{stdout}");
+
+    let report = a.ok(&["verify"]);
+    for s in ["air_quality: ok", "humidity: ok", "temperature: ok"] {
+        assert!(report.contains(s), "{report}");
+    }
+    let temps = a.fetch("temperature");
+    assert!(temps.len() >= 20, "{}", temps.len());
+    assert!(temps.iter().all(|(_, t)| (10.0..35.0).contains(t) && ((t * 10.0).round() - t * 10.0).abs() < 1e-9));
+    let aq = a.fetch("air_quality");
+    assert!(aq.iter().all(|(_, v)| v.fract() == 0.0 && (0.0..=1023.0).contains(v)));
+
+    let listing = a.ok(&["--config", cfg, "sensors", "list"]);
+    assert!(listing.contains("grovepi dht22 on D4"), "{listing}");
+    assert!(listing.lines().any(|l| l.contains("humidity") && l.contains("%RH at ")), "{listing}");
+}
