@@ -416,7 +416,10 @@ pub(crate) async fn sqlite_pool(url: &str, lazy: bool, timeout: Duration) -> Res
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(Duration::from_secs(10))
+        // 1 MiB of page cache per connection (SQLite's default is 2 MiB): this is an
+        // append-mostly workload, and the agent must stay small on a 1 GB Pi.
+        .pragma("cache_size", "-1024");
     let pool = SqlitePoolOptions::new().max_connections(4).acquire_timeout(timeout);
     if lazy {
         Ok(pool.connect_lazy_with(opts))

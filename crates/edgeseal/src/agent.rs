@@ -48,6 +48,11 @@ use crate::timefmt::now_ms;
 const FINAL_DRAIN: Duration = Duration::from_secs(10);
 /// Batches per store transaction.
 const DRAIN_CHUNK: u32 = 256;
+/// Readings are journaled (accepted) at most this long after they were read,
+/// in one transaction, so a busy agent commits a few times a second rather than per reading.
+const JOURNAL_WINDOW: Duration = Duration::from_millis(250);
+/// Most readings journaled in one transaction.
+const JOURNAL_MAX: usize = 1024;
 
 #[derive(Debug, Default)]
 struct Stats {
@@ -525,15 +530,28 @@ impl Sealer {
                 self.seal(cut).await?;
             }
         }
-        let mut buf = Vec::with_capacity(256);
+        let mut buf = Vec::with_capacity(JOURNAL_MAX);
         loop {
             let deadline = self.batcher.next_deadline().map(|d| self.started + Duration::from_millis(d.max(0) as u64));
             tokio::select! {
-                n = rx.recv_many(&mut buf, 256) => {
+                n = rx.recv_many(&mut buf, JOURNAL_MAX) => {
                     if n == 0 {
                         break;
                     }
+                    // Gather what else arrives shortly, so one commit journals many readings.
+                    let window = tokio::time::Instant::now() + JOURNAL_WINDOW;
+                    let mut closed = false;
+                    while buf.len() < JOURNAL_MAX {
+                        let room = JOURNAL_MAX - buf.len();
+                        tokio::select! {
+                            n = rx.recv_many(&mut buf, room) => if n == 0 { closed = true; break },
+                            _ = tokio::time::sleep_until(window) => break,
+                        }
+                    }
                     self.accept(&mut buf).await?;
+                    if closed {
+                        break;
+                    }
                 }
                 _ = sleep_until_opt(deadline) => {
                     for cut in self.batcher.due(self.mono()) {
@@ -745,5 +763,25 @@ impl Drainer {
             dirty.remove(&stream);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lcd_pages_fit_sixteen_columns() {
+        let stats = Stats::default();
+        let s = |n: &str| StreamName::new(n).unwrap();
+        stats.latest.lock().unwrap().insert(s("temperature"), (21.5, "°C".into()));
+        stats.latest.lock().unwrap().insert(s("a_very_long_stream_name"), (1023.0, "adc".into()));
+        let streams = [s("temperature"), s("a_very_long_stream_name"), s("humidity")];
+        let page0 = lcd_lines(&streams, 0, &stats);
+        // The value is kept whole; the name gives way.
+        assert_eq!(page0, ["temperatur 21.5C".to_string(), "a_very_l 1023adc".to_string()]);
+        let page1 = lcd_lines(&streams, 1, &stats);
+        assert!(page1[0].starts_with("humidity") && page1[0].ends_with(" -"), "{page1:?}");
+        assert!(page0.iter().chain(page1.iter()).all(|l| l.chars().count() <= 16), "{page0:?} {page1:?}");
     }
 }

@@ -158,6 +158,16 @@ pub struct GrovePi<I, P> {
 
 const POLL: Duration = Duration::from_millis(2);
 
+/// How long the board takes for a command at least (a DHT exchange is about
+/// 20 ms of start signal and 40 bits; the ranger waits for its echo).
+fn expected_time(cmd: u8) -> Duration {
+    match cmd {
+        CMD_DHT => Duration::from_millis(22),
+        CMD_ULTRASONIC => Duration::from_millis(3),
+        _ => Duration::ZERO,
+    }
+}
+
 impl<I: I2c, P: Pause> GrovePi<I, P> {
     pub fn new(i2c: I, pause: P, bus_name: &str) -> Self {
         GrovePi { i2c, pause, bus_name: bus_name.to_string(), attempts: 4 }
@@ -181,7 +191,7 @@ impl<I: I2c, P: Pause> GrovePi<I, P> {
         let mut backoff = Duration::from_millis(5);
         let mut last = None;
         for _ in 0..self.attempts {
-            match self.request_once(cmd, reply, budget) {
+            match self.request_once(cmd, reply, budget, expected_time(cmd[0])) {
                 Ok(v) => return Ok(v),
                 Err(e @ BusError::Io { .. }) => {
                     last = Some(e);
@@ -194,13 +204,21 @@ impl<I: I2c, P: Pause> GrovePi<I, P> {
         Err(last.unwrap_or(BusError::Closed))
     }
 
-    fn request_once(&mut self, cmd: [u8; 4], reply: usize, budget: Duration) -> Result<[u8; 8], BusError> {
+    fn request_once(
+        &mut self,
+        cmd: [u8; 4],
+        reply: usize,
+        budget: Duration,
+        expected: Duration,
+    ) -> Result<[u8; 8], BusError> {
         self.i2c.write(ADDRESS, &cmd).map_err(|e| self.io(e))?;
         let mut out = [0u8; 8];
         if reply == 0 {
             return Ok(out);
         }
-        let mut waited = Duration::ZERO;
+        // Give the board the time the command needs before polling it.
+        self.pause.pause(expected);
+        let mut waited = expected;
         loop {
             let mut buf = [0u8; 9];
             self.i2c.read(ADDRESS, &mut buf[..=reply]).map_err(|e| self.io(e))?;
