@@ -133,10 +133,14 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     sensor_tasks.close();
     drop(tx);
 
-    if let (Some(bus), true) = (&bus, cfg.lcd.enabled) {
+    if bus.is_some() && cfg.lcd.enabled {
         println!("  lcd:      {} every {}", lcd_streams(&cfg), humantime::format_duration(cfg.lcd.refresh));
-        sensor_tasks.spawn(drive_lcd(bus.clone(), cfg.lcd.clone(), stop.clone(), stats.clone()));
     }
+    // The LCD is an output, not a sensor: it runs until the agent stops, not until the sensors finish.
+    let lcd = match (&bus, cfg.lcd.enabled) {
+        (Some(bus), true) => Some(tokio::spawn(drive_lcd(bus.clone(), cfg.lcd.clone(), stop.clone(), stats.clone()))),
+        _ => None,
+    };
     let notify = Arc::new(Notify::new());
     let sealer = Sealer {
         local: local.clone(),
@@ -171,6 +175,9 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     }
     stop.cancel();
     sensor_tasks.wait().await;
+    if let Some(lcd) = lcd {
+        let _ = lcd.await;
+    }
     let sealed = match sealer_result {
         Some(r) => r,
         None => sealer.await,

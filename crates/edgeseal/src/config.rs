@@ -190,7 +190,10 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
     fig = fig
         .merge(Env::prefixed("EDGESEAL_").split("__").filter(|k| ENV_KEYS.contains(&k.as_str())))
         .merge(Serialized::defaults(overrides));
-    let raw: Raw = fig.extract().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    // figment names keys with its profile ("default.batch.count"); users wrote "batch.count".
+    let raw: Raw = fig
+        .extract()
+        .map_err(|e| anyhow!("invalid configuration: {}", e.to_string().replace("key \"default.", "key \"")))?;
     validate(raw, text.as_deref().map(|t| (path.as_path(), t)))
 }
 

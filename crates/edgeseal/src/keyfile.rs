@@ -77,7 +77,8 @@ pub fn init(data_dir: &Path, name: &str, pass: &PassphraseSource, protect: bool)
     let identity = Identity::from_secret_bytes(&secret);
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
-    let text = keystore::encode(&identity, name, passphrase.as_ref().map(|p| p.as_bytes()), kdf_params(), salt)?;
+    let text =
+        keystore::encode(&identity, name, passphrase.as_ref().map(|p| p.as_bytes()), KdfParams::default(), salt)?;
     create_private_dir(data_dir)?;
     let mut f = OpenOptions::new()
         .write(true)
@@ -88,16 +89,6 @@ pub fn init(data_dir: &Path, name: &str, pass: &PassphraseSource, protect: bool)
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok((identity, passphrase.is_some()))
-}
-
-/// Argon2id cost; `EDGESEAL_KDF_MEMORY_KIB` lowers it for tests on slow machines.
-fn kdf_params() -> KdfParams {
-    let mut p = KdfParams::default();
-    if let Some(m) = std::env::var("EDGESEAL_KDF_MEMORY_KIB").ok().and_then(|v| v.parse().ok()) {
-        p.m_kib = m;
-        p.t = 1;
-    }
-    p
 }
 
 /// Creates the data directory with mode 0700 (keeps an existing one).
