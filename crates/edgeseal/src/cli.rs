@@ -80,6 +80,16 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Certificates for brokers and agents (replaces the manual openssl steps)
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Broker set-up
+    Broker {
+        #[command(subcommand)]
+        command: BrokerCommand,
+    },
     /// Configured sensors and the GrovePi bus
     Sensors {
         #[command(subcommand)]
@@ -153,6 +163,78 @@ pub enum ConfigCommand {
     PrintDefault,
     /// Print the effective configuration (passwords hidden)
     Show,
+}
+
+#[derive(Debug, Args)]
+pub struct PkiOut {
+    /// Directory for the PEM files [default: <data dir>/pki]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Validity in days
+    #[arg(long, default_value_t = 825)]
+    pub days: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create a CA: ca.pem and ca-key.pem (0600)
+    Ca {
+        #[command(flatten)]
+        out: PkiOut,
+        /// The CA's common name
+        #[arg(long, default_value = "edgeseal CA")]
+        name: String,
+        /// Replace an existing CA (certificates it signed stop verifying)
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a broker certificate: server.pem and server-key.pem
+    Server {
+        #[command(flatten)]
+        out: PkiOut,
+        /// DNS names the broker is reached by (repeatable)
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses the broker is reached by (repeatable)
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+    },
+    /// Issue a client certificate NAME.pem and NAME-key.pem (NAME is the MQTT user under mutual TLS)
+    Client {
+        name: String,
+        #[command(flatten)]
+        out: PkiOut,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Write a mosquitto.conf (and certificates, password file) for a security level
+    MosquittoConfig {
+        /// 1 = anonymous on 1883, 2 = TLS on 8883, 3 = TLS and passwords
+        #[arg(long)]
+        level: u8,
+        /// Also require client certificates (levels 2 and 3)
+        #[arg(long)]
+        mutual_tls: bool,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Listener port [default: 1883 for level 1, 8883 otherwise]
+        #[arg(long)]
+        port: Option<u16>,
+        /// Listener address
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: String,
+        /// Users for level 3 or mutual TLS (repeatable) [default: edgeseal]
+        #[arg(long)]
+        user: Vec<String>,
+        /// DNS names in the broker certificate (repeatable) [default: localhost]
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses in the broker certificate (repeatable) [default: 127.0.0.1]
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

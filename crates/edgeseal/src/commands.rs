@@ -54,6 +54,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keys { command: KeysCommand::Rotate { stream } } => rotate(&cfg, &stream).await,
         Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
         Command::Config { command: ConfigCommand::PrintDefault } => unreachable!("handled above"),
+        Command::Pki { command } => crate::pki_cmd::pki(&cfg, command),
+        Command::Broker { command } => crate::pki_cmd::broker(command),
         Command::Sensors { command: SensorsCommand::List { json } } => {
             crate::sensors_cmd::list(&cfg, &pass, json).await
         }

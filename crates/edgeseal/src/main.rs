@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod config;
 mod keyfile;
+mod pki_cmd;
 mod sensors_cmd;
 mod timefmt;
 

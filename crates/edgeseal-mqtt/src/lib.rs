@@ -1,0 +1,16 @@
+//! edgeseal's MQTT side. For now: the PKI that brokers and agents need
+//! ([`pki`]) and configuration for a real mosquitto at each of the original
+//! CloudSync security levels ([`mosquitto`]), replacing its openssl walkthrough.
+
+#![forbid(unsafe_code)]
+
+pub mod mosquitto;
+pub mod pki;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("certificate generation failed: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,135 @@
+//! mosquitto 2 configuration for the original CloudSync security levels:
+//!
+//! | level | listener | clients authenticate with |
+//! |---|---|---|
+//! | 1 | 1883, plain | nothing (anonymous) |
+//! | 2 | 8883, TLS | nothing (anonymous), the broker by its certificate |
+//! | 3 | 8883, TLS | user name and password (mosquitto's password file) |
+//!
+//! and, with `mutual_tls`, client certificates whose common name is the user name.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::Error;
+
+/// PBKDF2 rounds in the password file, as `mosquitto_passwd` writes them.
+pub const PASSWORD_ITERATIONS: u32 = 101;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Anonymous,
+    Tls,
+    TlsPassword,
+}
+
+impl Level {
+    pub fn from_number(n: u8) -> Result<Level, Error> {
+        match n {
+            1 => Ok(Level::Anonymous),
+            2 => Ok(Level::Tls),
+            3 => Ok(Level::TlsPassword),
+            _ => Err(Error::Invalid(format!(
+                "security level {n} does not exist: 1 = anonymous on 1883, 2 = TLS on 8883, 3 = TLS and passwords"
+            ))),
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        if self == Level::Anonymous { 1883 } else { 8883 }
+    }
+
+    pub fn uses_tls(self) -> bool {
+        self != Level::Anonymous
+    }
+}
+
+/// What goes into a `mosquitto.conf`.
+#[derive(Debug, Clone)]
+pub struct Settings<'a> {
+    pub level: Level,
+    pub port: u16,
+    pub bind: &'a str,
+    pub mutual_tls: bool,
+    /// Directory holding ca.pem, server.pem, server-key.pem and passwd.
+    pub dir: &'a Path,
+}
+
+/// The text of `mosquitto.conf`.
+pub fn config(s: &Settings<'_>) -> Result<String, Error> {
+    if s.mutual_tls && !s.level.uses_tls() {
+        return Err(Error::Invalid("mutual TLS needs TLS: use level 2 or 3".into()));
+    }
+    let path = |f: &str| s.dir.join(f).display().to_string();
+    let mut c = String::new();
+    let _ = writeln!(c, "# mosquitto 2 configuration written by `edgeseal broker mosquitto-config`.");
+    let _ = writeln!(c, "# Security level {:?}{}.", s.level, if s.mutual_tls { ", mutual TLS" } else { "" });
+    let _ = writeln!(c, "per_listener_settings true");
+    let _ = writeln!(c, "persistence false");
+    let _ = writeln!(c, "listener {} {}", s.port, s.bind);
+    if s.level.uses_tls() {
+        let _ = writeln!(c, "cafile {}", path("ca.pem"));
+        let _ = writeln!(c, "certfile {}", path("server.pem"));
+        let _ = writeln!(c, "keyfile {}", path("server-key.pem"));
+        let _ = writeln!(c, "tls_version tlsv1.2");
+    }
+    if s.mutual_tls {
+        let _ = writeln!(c, "require_certificate true");
+        let _ = writeln!(c, "use_identity_as_username true");
+    }
+    match (s.level, s.mutual_tls) {
+        (Level::TlsPassword, _) => {
+            let _ = writeln!(c, "allow_anonymous false");
+            let _ = writeln!(c, "password_file {}", path("passwd"));
+        }
+        (_, true) => {
+            let _ = writeln!(c, "allow_anonymous false");
+        }
+        _ => {
+            let _ = writeln!(c, "allow_anonymous true");
+        }
+    }
+    Ok(c)
+}
+
+/// One line of a mosquitto password file: `user:$7$iterations$salt$hash`,
+/// PBKDF2-HMAC-SHA512 over the password (as `mosquitto_passwd` writes it).
+pub fn password_line(user: &str, password: &str, salt: [u8; 12]) -> Result<String, Error> {
+    if user.is_empty() || user.contains([':', '\n']) {
+        return Err(Error::Invalid(format!("{user:?} is not a valid user name for a password file")));
+    }
+    let mut hash = [0u8; 64];
+    pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, PASSWORD_ITERATIONS, &mut hash);
+    Ok(format!("{user}:$7${PASSWORD_ITERATIONS}${}${}", B64.encode(salt), B64.encode(hash)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_mosquitto_passwd() {
+        // Written by `mosquitto_passwd -b pw alice secret` (mosquitto 2.0.11).
+        let line = "alice:$7$101$BLDSleXMMn2K0epy$3TSdyp0pqPnlR2DCK+nfOolz0kXdlyHETR7dHoS+G7GJTfBbF+Us76GRgX5a51Ug2qeKj+0IEXnvqtc5pcmPEg==";
+        let salt: [u8; 12] = B64.decode("BLDSleXMMn2K0epy").unwrap().try_into().unwrap();
+        assert_eq!(password_line("alice", "secret", salt).unwrap(), line);
+    }
+
+    #[test]
+    fn levels() {
+        let dir = Path::new("/etc/edgeseal/broker");
+        let s = |level, mutual_tls| Settings { level, port: level.default_port(), bind: "0.0.0.0", mutual_tls, dir };
+        let c1 = config(&s(Level::Anonymous, false)).unwrap();
+        assert!(c1.contains("listener 1883 0.0.0.0") && c1.contains("allow_anonymous true") && !c1.contains("cafile"));
+        let c3 = config(&s(Level::TlsPassword, false)).unwrap();
+        assert!(c3.contains("listener 8883") && c3.contains("password_file /etc/edgeseal/broker/passwd"));
+        assert!(c3.contains("allow_anonymous false"));
+        let m = config(&s(Level::Tls, true)).unwrap();
+        assert!(m.contains("require_certificate true") && m.contains("use_identity_as_username true"));
+        assert!(config(&s(Level::Anonymous, true)).is_err());
+        assert!(Level::from_number(4).is_err());
+    }
+}
