@@ -9,12 +9,17 @@
 //! and, with `mutual_tls`, client certificates whose common name is the user name.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
+use time::OffsetDateTime;
+
 use crate::Error;
+use crate::pki::{self, Issued, KeyPem, Leaf};
 
 /// PBKDF2 rounds in the password file, as `mosquitto_passwd` writes them.
 pub const PASSWORD_ITERATIONS: u32 = 101;
@@ -104,6 +109,112 @@ pub fn password_line(user: &str, password: &str, salt: [u8; 12]) -> Result<Strin
     let mut hash = [0u8; 64];
     pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, PASSWORD_ITERATIONS, &mut hash);
     Ok(format!("{user}:$7${PASSWORD_ITERATIONS}${}${}", B64.encode(salt), B64.encode(hash)))
+}
+
+/// What [`write_setup`] wrote.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Every file, and whether it is private (0600).
+    pub files: Vec<(PathBuf, bool)>,
+    /// Files the broker itself must be able to read (its key, the password file).
+    pub broker_secrets: Vec<PathBuf>,
+    /// Those were handed to the `mosquitto` user (we run as root and it exists).
+    pub handed_to_broker_user: bool,
+}
+
+/// Writes everything a mosquitto needs for `s` into `s.dir`: a CA (kept if
+/// present), the broker certificate for `dns`/`ips` (default localhost and
+/// 127.0.0.1), client certificates for `users` under mutual TLS, generated
+/// passwords (`USER.password`, 0600) and the password file for level 3, and
+/// `mosquitto.conf`.
+pub fn write_setup(s: &Settings<'_>, users: &[String], dns: &[String], ips: &[IpAddr]) -> Result<Written, Error> {
+    let conf = config(s)?;
+    let mut w = Written::default();
+    let now = OffsetDateTime::now_utc();
+    let days = 825;
+    if s.level.uses_tls() {
+        let ca = match (fs::read_to_string(s.dir.join("ca.pem")), fs::read_to_string(s.dir.join("ca-key.pem"))) {
+            (Ok(cert), Ok(key)) => Issued { cert, key: KeyPem::new(key) },
+            _ => {
+                let ca = pki::new_ca("edgeseal CA", now, days)?;
+                save(&mut w, s.dir, "ca", &ca)?;
+                ca
+            }
+        };
+        let dns = if dns.is_empty() && ips.is_empty() { vec!["localhost".to_string()] } else { dns.to_vec() };
+        let ips = if ips.is_empty() { vec![IpAddr::from([127, 0, 0, 1])] } else { ips.to_vec() };
+        save(&mut w, s.dir, "server", &pki::issue(&ca, &Leaf::Server { dns, ips }, now, days)?)?;
+        w.broker_secrets.push(s.dir.join("server-key.pem"));
+        if s.mutual_tls {
+            for u in users {
+                save(&mut w, s.dir, u, &pki::issue(&ca, &Leaf::Client { name: u.clone() }, now, days)?)?;
+            }
+        }
+    }
+    if s.level == Level::TlsPassword {
+        let mut lines = String::new();
+        for u in users {
+            let mut secret = [0u8; 18];
+            let mut salt = [0u8; 12];
+            random(&mut secret)?;
+            random(&mut salt)?;
+            let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+            lines.push_str(&password_line(u, &password, salt)?);
+            lines.push('\n');
+            write(&mut w, &s.dir.join(format!("{u}.password")), &format!("{password}\n"), true)?;
+        }
+        write(&mut w, &s.dir.join("passwd"), &lines, true)?;
+        w.broker_secrets.push(s.dir.join("passwd"));
+    }
+    write(&mut w, &s.dir.join("mosquitto.conf"), &conf, false)?;
+    // mosquitto started as root drops to its own user before reading these.
+    if running_as_root()
+        && let Some((uid, gid)) = system_user("mosquitto")
+    {
+        for f in &w.broker_secrets {
+            std::os::unix::fs::chown(f, Some(uid), Some(gid))
+                .map_err(|e| Error::Invalid(format!("cannot hand {} to the mosquitto user: {e}", f.display())))?;
+        }
+        w.handed_to_broker_user = true;
+    }
+    Ok(w)
+}
+
+fn random(buf: &mut [u8]) -> Result<(), Error> {
+    use ring::rand::SecureRandom as _;
+    ring::rand::SystemRandom::new().fill(buf).map_err(|_| Error::Invalid("no system randomness".into()))
+}
+
+fn save(w: &mut Written, dir: &Path, stem: &str, issued: &Issued) -> Result<(), Error> {
+    let [cert, key] = pki::save(dir, stem, issued)?;
+    w.files.push((cert, false));
+    w.files.push((key, true));
+    Ok(())
+}
+
+fn write(w: &mut Written, path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+    pki::write_file(path, contents, private)?;
+    w.files.push((path.to_path_buf(), private));
+    Ok(())
+}
+
+fn running_as_root() -> bool {
+    // The effective uid is the second number of the Uid: line.
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// uid and gid of a user in /etc/passwd.
+fn system_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name)).then(|| Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?)))?
+    })
 }
 
 #[cfg(test)]

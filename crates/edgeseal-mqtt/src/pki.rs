@@ -3,7 +3,11 @@
 //! under mosquitto's `use_identity_as_username`). Keys are ECDSA P-256.
 
 use std::fmt;
+use std::fs;
+use std::io::Write as _;
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -102,6 +106,28 @@ pub fn issue(ca: &Issued, leaf: &Leaf, now: OffsetDateTime, days: i64) -> Result
     validity(&mut params, now, days);
     let cert = params.signed_by(&key, &issuer)?;
     Ok(Issued { cert: cert.pem(), key: KeyPem(key.serialize_pem()) })
+}
+
+/// Writes `STEM.pem` (0644) and `STEM-key.pem` (0600) into `dir`, replacing old ones.
+pub fn save(dir: &Path, stem: &str, issued: &Issued) -> Result<[PathBuf; 2], Error> {
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}-key.pem"));
+    write_file(&cert, &issued.cert, false)?;
+    write_file(&key, issued.key.expose_secret(), true)?;
+    Ok([cert, key])
+}
+
+/// Writes a file afresh, mode 0600 when `private` (0644 otherwise).
+pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", path.display()));
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(io)?;
+    f.write_all(contents.as_bytes()).map_err(io)
 }
 
 #[cfg(test)]
