@@ -74,6 +74,7 @@ pub fn broker(command: BrokerCommand) -> Result<ExitCode> {
     let dir = fs::canonicalize(&out)?;
     let users = if user.is_empty() { vec!["edgeseal".to_string()] } else { user };
     let settings = Settings { level, port: port.unwrap_or(level.default_port()), bind: &bind, mutual_tls, dir: &dir };
+    mosquitto::config(&settings)?; // reject impossible combinations before writing anything
     println!(
         "mosquitto security level {level:?}{} in {}:",
         if mutual_tls { " with mutual TLS" } else { "" },
