@@ -1,9 +1,10 @@
-//! edgeseal's MQTT side. For now: the PKI that brokers and agents need
+//! edgeseal's MQTT side: the [`link`] to a broker, the PKI that brokers and agents need
 //! ([`pki`]) and configuration for a real mosquitto at each of the original
 //! CloudSync security levels ([`mosquitto`]), replacing its openssl walkthrough.
 
 #![forbid(unsafe_code)]
 
+pub mod link;
 pub mod mosquitto;
 pub mod pki;
 
@@ -13,4 +14,6 @@ pub enum Error {
     Cert(#[from] rcgen::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("the broker {broker} did not acknowledge the message within {after:?}; it was not confirmed as delivered")]
+    NotAcknowledged { broker: String, after: std::time::Duration },
 }

@@ -1,0 +1,312 @@
+//! The MQTT link: one connection to any MQTT 3.1.1 broker over `mqtt://` or
+//! `mqtts://` (server-authenticated or mutual TLS), with user name and
+//! password, QoS 1, keep-alive, reconnection with exponential backoff, and
+//! every subscription restored after each reconnect (a clean session forgets
+//! them).
+//!
+//! A publish completes only when the broker's PUBACK for it arrives: the
+//! original CloudSync reported QoS 0 messages dropped during a reconnect as
+//! sent. rumqttc numbers publishes in the order they are requested and keeps
+//! the number when it retransmits, so the first sighting of a packet id is
+//! matched to the oldest publisher still waiting for one.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Error;
+
+/// `mqtt://host[:1883]` or `mqtts://host[:8883]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for BrokerUrl {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<BrokerUrl, Error> {
+        let bad = || Error::Invalid(format!("broker URL {s:?}: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"));
+        let (tls, rest) = match s.split_once("://") {
+            Some(("mqtt", r)) => (false, r),
+            Some(("mqtts", r)) => (true, r),
+            _ => return Err(bad()),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains(['/', '@', '?']) {
+            return Err(bad());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !h.ends_with(':') => (h, p.parse().map_err(|_| bad())?),
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        Ok(BrokerUrl { tls, host: host.trim_matches(['[', ']']).to_string(), port })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}:{}", if self.tls { "mqtts" } else { "mqtt" }, self.host, self.port)
+    }
+}
+
+/// A password that never prints.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(p: String) -> Self {
+        Password(p)
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub url: BrokerUrl,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Password>,
+    /// PEM of the CA that signed the broker's certificate (`mqtts://`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key for mutual TLS.
+    pub client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    pub keep_alive: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+    /// How long a publish may wait for its PUBACK.
+    pub ack_timeout: Duration,
+}
+
+impl LinkOptions {
+    pub fn new(url: BrokerUrl, client_id: impl Into<String>) -> Self {
+        LinkOptions {
+            url,
+            client_id: client_id.into(),
+            username: None,
+            password: None,
+            ca_pem: None,
+            client_cert: None,
+            keep_alive: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A message received on a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Publishers whose packet has no id yet, oldest first.
+    queued: VecDeque<oneshot::Sender<()>>,
+    /// Publishers waiting for the PUBACK of a packet id.
+    inflight: HashMap<u16, oneshot::Sender<()>>,
+}
+
+struct Shared {
+    /// Keeps "queue the waiter" and "queue the publish" in the same order.
+    order: tokio::sync::Mutex<()>,
+    waiting: Mutex<Waiting>,
+    subscriptions: Mutex<Vec<String>>,
+    connected: watch::Sender<bool>,
+}
+
+/// A handle on the link; cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    client: AsyncClient,
+    shared: Arc<Shared>,
+    ack_timeout: Duration,
+    url: BrokerUrl,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    /// Starts the connection task; it runs until `stop` is cancelled. Messages
+    /// on subscribed topics arrive on the returned receiver.
+    pub fn start(opts: LinkOptions, stop: CancellationToken) -> Result<(Link, mpsc::Receiver<Message>), Error> {
+        // rustls needs a process-wide crypto provider; edgeseal uses ring throughout.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut mo = MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
+        mo.set_keep_alive(opts.keep_alive);
+        mo.set_clean_session(true);
+        mo.set_max_packet_size(16 << 20, 16 << 20);
+        if let Some(user) = &opts.username {
+            mo.set_credentials(user, opts.password.as_ref().map(|p| p.0.as_str()).unwrap_or(""));
+        }
+        if opts.url.tls {
+            let ca = opts
+                .ca_pem
+                .clone()
+                .ok_or_else(|| Error::Invalid(format!("{} needs the CA certificate of the broker", opts.url)))?;
+            mo.set_transport(Transport::Tls(TlsConfiguration::Simple {
+                ca,
+                alpn: None,
+                client_auth: opts.client_cert.clone(),
+            }));
+        } else if opts.client_cert.is_some() {
+            return Err(Error::Invalid("a client certificate needs an mqtts:// broker URL".into()));
+        }
+        let (client, mut eventloop) = AsyncClient::new(mo, 1024);
+        let (connected, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            order: tokio::sync::Mutex::new(()),
+            waiting: Mutex::new(Waiting::default()),
+            subscriptions: Mutex::new(Vec::new()),
+            connected,
+        });
+        let (tx, rx) = mpsc::channel(1024);
+        let link = Link {
+            client: client.clone(),
+            shared: shared.clone(),
+            ack_timeout: opts.ack_timeout,
+            url: opts.url.clone(),
+        };
+        let url = opts.url.clone();
+        let max_backoff = opts.max_backoff;
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            let mut down_logged = false;
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    e = eventloop.poll() => e,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff = Duration::from_millis(100);
+                        if down_logged {
+                            info!("connected to {url} again");
+                            down_logged = false;
+                        } else {
+                            debug!("connected to {url}");
+                        }
+                        shared.connected.send_replace(true);
+                        let subs = shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        for f in subs {
+                            if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                                warn!("cannot resubscribe to {f}: {e}");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let m = Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
+                        if tx.send(m).await.is_err() {
+                            debug!("nobody reads messages from {url}");
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        let done = shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).inflight.remove(&ack.pkid);
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        if !w.inflight.contains_key(&pkid)
+                            && let Some(waiter) = w.queued.pop_front()
+                        {
+                            w.inflight.insert(pkid, waiter);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        shared.connected.send_replace(false);
+                        if !down_logged {
+                            warn!("broker {url} unreachable: {e}; retrying with backoff");
+                            down_logged = true;
+                        } else {
+                            debug!("broker {url} still unreachable: {e}");
+                        }
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(max_backoff);
+                    }
+                }
+            }
+            shared.connected.send_replace(false);
+        });
+        Ok((link, rx))
+    }
+
+    /// Publishes at QoS 1 and returns once the broker acknowledged it.
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), Error> {
+        let (done, acked) = oneshot::channel();
+        {
+            let _order = self.shared.order.lock().await;
+            self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.push_back(done);
+            if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await {
+                // Nothing was queued: take our waiter back out.
+                self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.pop_back();
+                return Err(Error::Invalid(format!("cannot publish to {topic:?}: {e}")));
+            }
+        }
+        match tokio::time::timeout(self.ack_timeout, acked).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Error::NotAcknowledged { broker: self.url.to_string(), after: self.ack_timeout }),
+        }
+    }
+
+    /// Subscribes (QoS 1) now and after every reconnect.
+    pub async fn subscribe(&self, filter: &str) -> Result<(), Error> {
+        self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).push(filter.to_string());
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| Error::Invalid(format!("cannot subscribe to {filter:?}: {e}")))
+    }
+
+    /// Whether the link is connected now, and changes to it.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.shared.connected.subscribe()
+    }
+
+    pub fn url(&self) -> &BrokerUrl {
+        &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!("mqtt://h".parse::<BrokerUrl>().unwrap(), BrokerUrl { tls: false, host: "h".into(), port: 1883 });
+        assert_eq!("mqtts://h:1".parse::<BrokerUrl>().unwrap().port, 1);
+        assert_eq!("mqtts://h".parse::<BrokerUrl>().unwrap().port, 8883);
+        assert_eq!("mqtt://[::1]:99".parse::<BrokerUrl>().unwrap().host, "::1");
+        for bad in ["h:1883", "http://h", "mqtt://", "mqtt://u:p@h", "mqtt://h:port"] {
+            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
+        }
+        assert_eq!(format!("{:?}", Password::new("hunter2".into())), "[redacted]");
+    }
+}

@@ -1,0 +1,170 @@
+//! The MQTT link against a real mosquitto 2, configured by `write_setup` at
+//! each security level. Skips when mosquitto is not installed, unless
+//! `EDGESEAL_REQUIRE_SERVICES=1`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use edgeseal_mqtt::Error;
+use edgeseal_mqtt::link::{BrokerUrl, Link, LinkOptions, Message, Password};
+use edgeseal_mqtt::mosquitto::{Level, Settings, write_setup};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn have_mosquitto() -> bool {
+    let ok = Command::new("sh").arg("-c").arg("command -v mosquitto").output().is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("mosquitto is required but not installed");
+    }
+    if !ok {
+        eprintln!("skipping: mosquitto not installed");
+    }
+    ok
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    let dir = std::env::temp_dir().join(format!("edgeseal-link-{tag}-{:x}", u64::from_le_bytes(b)));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn setup(dir: &Path, level: Level, mutual_tls: bool, port: u16) {
+    let s = Settings { level, port, bind: "127.0.0.1", mutual_tls, dir };
+    write_setup(&s, &["edgeseal".to_string()], &[], &[]).unwrap();
+}
+
+async fn start_broker(dir: &Path, port: u16) -> Child {
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("mosquitto did not start on {port}");
+}
+
+fn options(dir: &Path, level: Level, mutual_tls: bool, port: u16) -> LinkOptions {
+    let scheme = if level == Level::Anonymous { "mqtt" } else { "mqtts" };
+    let url: BrokerUrl = format!("{scheme}://localhost:{port}").parse().unwrap();
+    let mut o = LinkOptions::new(url, format!("edgeseal-test-{port}"));
+    o.max_backoff = Duration::from_millis(300);
+    o.ack_timeout = Duration::from_secs(3);
+    if level != Level::Anonymous {
+        o.ca_pem = Some(std::fs::read(dir.join("ca.pem")).unwrap());
+    }
+    if level == Level::TlsPassword {
+        o.username = Some("edgeseal".into());
+        let p = std::fs::read_to_string(dir.join("edgeseal.password")).unwrap();
+        o.password = Some(Password::new(p.trim().to_string()));
+    }
+    if mutual_tls {
+        o.client_cert = Some((
+            std::fs::read(dir.join("edgeseal.pem")).unwrap(),
+            std::fs::read(dir.join("edgeseal-key.pem")).unwrap(),
+        ));
+    }
+    o
+}
+
+async fn next(rx: &mut mpsc::Receiver<Message>, payload: &[u8]) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let m = rx.recv().await.unwrap();
+            if m.payload == payload {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("the message arrived")
+}
+
+async fn wait_connected(link: &Link) {
+    let mut c = link.connected();
+    tokio::time::timeout(Duration::from_secs(10), c.wait_for(|up| *up)).await.expect("connected").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_security_level_round_trips() {
+    if !have_mosquitto() {
+        return;
+    }
+    for (level, mutual) in
+        [(Level::Anonymous, false), (Level::Tls, false), (Level::TlsPassword, false), (Level::Tls, true)]
+    {
+        let dir = tempdir("level");
+        let port = free_port();
+        setup(&dir, level, mutual, port);
+        let mut broker = start_broker(&dir, port).await;
+        let stop = CancellationToken::new();
+        let (link, mut rx) = Link::start(options(&dir, level, mutual, port), stop.clone()).unwrap();
+        link.subscribe("edgeseal/test/#").await.unwrap();
+        wait_connected(&link).await;
+        link.publish("edgeseal/test/dev/stream/batch", b"sealed bytes".to_vec(), false).await.unwrap();
+        let m = next(&mut rx, b"sealed bytes").await;
+        assert_eq!(m.topic, "edgeseal/test/dev/stream/batch", "{level:?}");
+
+        if level == Level::TlsPassword {
+            // A wrong password never connects, and its publish is never reported as done.
+            let mut bad = options(&dir, level, mutual, port);
+            bad.password = Some(Password::new("wrong".into()));
+            bad.client_id = "edgeseal-test-bad".into();
+            bad.ack_timeout = Duration::from_secs(1);
+            let (bad, _rx) = Link::start(bad, stop.clone()).unwrap();
+            let e = bad.publish("edgeseal/test/x", b"x".to_vec(), false).await.unwrap_err();
+            assert!(matches!(e, Error::NotAcknowledged { .. }), "{e}");
+            assert!(!*bad.connected().borrow());
+        }
+        stop.cancel();
+        broker.kill().unwrap();
+        broker.wait().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_broker_restart_and_restores_subscriptions() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempdir("restart");
+    let port = free_port();
+    setup(&dir, Level::Anonymous, false, port);
+    let mut broker = start_broker(&dir, port).await;
+    let stop = CancellationToken::new();
+    let mut opts = options(&dir, Level::Anonymous, false, port);
+    opts.ack_timeout = Duration::from_secs(1);
+    let (link, mut rx) = Link::start(opts, stop.clone()).unwrap();
+    link.subscribe("edgeseal/test/+/batch").await.unwrap();
+    wait_connected(&link).await;
+    link.publish("edgeseal/test/a/batch", b"before".to_vec(), false).await.unwrap();
+    next(&mut rx, b"before").await;
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let e = link.publish("edgeseal/test/a/batch", b"during".to_vec(), false).await.unwrap_err();
+    assert!(matches!(e, Error::NotAcknowledged { .. }), "a publish to a dead broker is not reported as sent: {e}");
+
+    let mut broker = start_broker(&dir, port).await;
+    wait_connected(&link).await;
+    link.publish("edgeseal/test/a/batch", b"after".to_vec(), false).await.unwrap();
+    // Received only because the subscription was restored on the new session.
+    next(&mut rx, b"after").await;
+    stop.cancel();
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
