@@ -121,6 +121,9 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         ),
     };
     println!("  batches:  {limit}");
+    if bus.is_some() && cfg.lcd.enabled {
+        println!("  lcd:      {} every {}", lcd_streams(&cfg), humantime::format_duration(cfg.lcd.refresh));
+    }
     println!("Stop with Ctrl-C: every reading taken is sealed and stored first.");
 
     let stats = Arc::new(Stats::default());
@@ -133,9 +136,6 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     sensor_tasks.close();
     drop(tx);
 
-    if bus.is_some() && cfg.lcd.enabled {
-        println!("  lcd:      {} every {}", lcd_streams(&cfg), humantime::format_duration(cfg.lcd.refresh));
-    }
     // The LCD is an output, not a sensor: it runs until the agent stops, not until the sensors finish.
     let lcd = match (&bus, cfg.lcd.enabled) {
         (Some(bus), true) => Some(tokio::spawn(drive_lcd(bus.clone(), cfg.lcd.clone(), stop.clone(), stats.clone()))),
