@@ -4,11 +4,13 @@
 //! every subscription restored after each reconnect (a clean session forgets
 //! them).
 //!
-//! A publish completes only when the broker's PUBACK for it arrives: the
-//! original CloudSync reported QoS 0 messages dropped during a reconnect as
-//! sent. rumqttc numbers publishes in the order they are requested and keeps
-//! the number when it retransmits, so the first sighting of a packet id is
-//! matched to the oldest publisher still waiting for one.
+//! A publish completes only when the broker's PUBACK for it arrives, and fails
+//! (never "succeeds") when the connection drops first: the original CloudSync
+//! reported QoS 0 messages dropped during a reconnect as sent. rumqttc numbers
+//! publishes in the order they are requested and keeps the number when it
+//! retransmits, so the first sighting of a packet id is matched to the oldest
+//! publisher still waiting for one; publishers keep their place in that queue
+//! even after timing out, so the matching never shifts.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -16,7 +18,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -207,13 +209,15 @@ impl Link {
                         } else {
                             debug!("connected to {url}");
                         }
-                        shared.connected.send_replace(true);
+                        // Restore the subscriptions before saying "connected", so anything published
+                        // after that is queued behind them (the broker handles packets in order).
                         let subs = shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
                         for f in subs {
                             if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
                                 warn!("cannot resubscribe to {f}: {e}");
                             }
                         }
+                        shared.connected.send_replace(true);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let m = Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
@@ -237,6 +241,23 @@ impl Link {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        // With a clean session rumqttc drops, at the next CONNACK, every publish
+                        // that was in flight or still queued when the connection broke (they are in
+                        // `pending` now). Fail exactly those waiters: the ones in flight, and the
+                        // oldest queued ones, one per publish in `pending` that has no packet id yet.
+                        let unsent = eventloop
+                            .pending
+                            .iter()
+                            .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+                            .count();
+                        eventloop.pending.retain(|r| !matches!(r, Request::Publish(_)));
+                        {
+                            let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                            w.inflight.clear();
+                            for _ in 0..unsent {
+                                w.queued.pop_front();
+                            }
+                        }
                         shared.connected.send_replace(false);
                         if !down_logged {
                             warn!("broker {url} unreachable: {e}; retrying with backoff");
@@ -269,6 +290,7 @@ impl Link {
                 return Err(Error::Invalid(format!("cannot publish to {topic:?}: {e}")));
             }
         }
+        // On time-out our waiter stays queued (its request may still go out); only the answer is dropped.
         match tokio::time::timeout(self.ack_timeout, acked).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Error::NotAcknowledged { broker: self.url.to_string(), after: self.ack_timeout }),
