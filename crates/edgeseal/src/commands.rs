@@ -136,7 +136,8 @@ async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
     let device = keyfile::load_public(&cfg.data_dir)?.1.device_id();
     let local = open_local(cfg).await?;
     let store = open_store(cfg).await?;
-    let mut rows: BTreeMap<(String, bool, DeviceId), serde_json::Value> = BTreeMap::new();
+    type Rows = BTreeMap<(String, bool, DeviceId), serde_json::Value>;
+    let mut rows: Rows = BTreeMap::new();
     for s in store.streams().await? {
         let own = s.device == device;
         rows.insert(
@@ -148,29 +149,26 @@ async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
             }),
         );
     }
-    let backlog = local.backlog().await?;
-    for (name, st) in local.stream_states().await? {
-        let entry = rows.entry((name.to_string(), false, device)).or_insert_with(|| {
-            json!({"stream": name.as_str(), "device": device.to_string(), "own": true, "batches": 0, "readings": 0,
+    // This agent's own streams: sealed, or with readings and batches still waiting locally.
+    fn own<'a>(rows: &'a mut Rows, device: DeviceId, name: &str) -> &'a mut serde_json::Value {
+        rows.entry((name.to_string(), false, device)).or_insert_with(|| {
+            json!({"stream": name, "device": device.to_string(), "own": true, "batches": 0, "readings": 0,
                    "first": null, "last": null, "head_seq": null})
-        });
-        let b = backlog.get(name.as_str()).copied().unwrap_or_default();
-        entry["epoch"] = json!(st.epoch);
-        entry["pending_readings"] = json!(b.pending_readings);
-        entry["outbox_batches"] = json!(b.outbox_batches);
+        })
     }
-    for (name, b) in &backlog {
-        if let Some(entry) = rows.get_mut(&(name.clone(), false, device)) {
-            entry["pending_readings"] = json!(b.pending_readings);
-            entry["outbox_batches"] = json!(b.outbox_batches);
-        } else {
-            rows.insert(
-                (name.clone(), false, device),
-                json!({"stream": name, "device": device.to_string(), "own": true, "batches": 0, "readings": 0,
-                       "first": null, "last": null, "head_seq": null, "epoch": 0,
-                       "pending_readings": b.pending_readings, "outbox_batches": b.outbox_batches}),
-            );
+    for (name, st) in local.stream_states().await? {
+        let e = own(&mut rows, device, name.as_str());
+        e["epoch"] = json!(st.epoch);
+        e["pending_readings"] = json!(0);
+        e["outbox_batches"] = json!(0);
+    }
+    for (name, b) in local.backlog().await? {
+        let e = own(&mut rows, device, &name);
+        if e["epoch"].is_null() {
+            e["epoch"] = json!(0);
         }
+        e["pending_readings"] = json!(b.pending_readings);
+        e["outbox_batches"] = json!(b.outbox_batches);
     }
     local.close().await;
     if json {
@@ -189,7 +187,7 @@ async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
         let dev = if v["own"] == json!(true) {
             "this".to_string()
         } else {
-            v["device"].as_str().unwrap_or("")[..8].to_string()
+            v["device"].as_str().and_then(|d| d.get(..8)).unwrap_or("?").to_string()
         };
         let text = |k: &str| {
             v[k].as_str()
