@@ -133,6 +133,22 @@ impl LocalState {
         Ok(out)
     }
 
+    /// Records where a stream stands when this agent has no record of it (its
+    /// state.db was lost): the next batch follows `head`. Returns false if the
+    /// stream was already known.
+    pub async fn seed_stream(&self, stream: &StreamName, next_seq: u64, head: BatchHash, epoch: u32) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(stream.as_str())
+        .bind(seq_i64(next_seq)?)
+        .bind(&head.0[..])
+        .bind(i64::from(epoch))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Starts a new key epoch for a stream; returns it.
     pub async fn rotate_epoch(&self, stream: &StreamName) -> Result<u32> {
         let mut tx = self.pool.begin().await?;

@@ -91,6 +91,8 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     keyfile::make_private(&cfg.state_path());
     let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: true, timeout: cfg.store_timeout }).await?;
 
+    resume_from_store(&store, &local, device, cfg.store_timeout).await;
+
     let bus = if cfg.uses_grovepi() {
         let spec = cfg.grovepi_bus.clone();
         Some(tokio::task::spawn_blocking(move || Bus::open(&spec)).await??)
@@ -201,6 +203,55 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         Ok(Ok(())) => Ok(std::process::ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e.context("sealing failed")),
         Err(e) => bail!("the sealer stopped unexpectedly: {e}"),
+    }
+}
+
+/// Streams the store holds for this device but state.db does not know (it was
+/// lost or the data directory restored without it) continue after the store's
+/// newest authentic batch, instead of starting again at 0 and colliding with
+/// what is stored. Best effort: an unreachable store is reported, not fatal.
+async fn resume_from_store(store: &AnyStore, local: &LocalState, device: DeviceId, timeout: Duration) {
+    let known: Vec<StreamName> = match local.stream_states().await {
+        Ok(s) => s.into_iter().map(|(name, _)| name).collect(),
+        Err(e) => return warn!("cannot read the local stream state: {e}"),
+    };
+    let work = async {
+        store.migrate().await?;
+        let mut resumed = Vec::new();
+        for s in store.streams().await?.into_iter().filter(|s| s.device == device) {
+            let Ok(stream) = StreamName::new(s.stream.clone()) else { continue };
+            if known.contains(&stream) {
+                continue;
+            }
+            let range = edgeseal_store::TimeRange { from: Some(s.last_ts), to: None };
+            for row in store.batches(device, &stream, range).await?.iter().rev() {
+                let Ok(p) = edgeseal_core::envelope::parse(&row.sealed) else { continue };
+                let hash = p.hash();
+                let ours = p.authorship(&hash) == edgeseal_core::envelope::Authorship::Device
+                    && p.header.device == device
+                    && p.header.stream == stream;
+                if ours && p.header.seq == s.head_seq {
+                    if local.seed_stream(&stream, p.header.seq + 1, hash, p.header.epoch).await? {
+                        resumed.push((stream.clone(), p.header.seq));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok::<_, edgeseal_store::Error>(resumed)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(resumed)) => {
+            for (stream, seq) in resumed {
+                info!("{stream}: state.db had no record of it; continuing after batch {seq} found in the store");
+            }
+        }
+        Ok(Err(e)) => warn!(
+            "cannot check the store for streams sealed before ({e}); if state.db was lost, new batches may collide"
+        ),
+        Err(_) => warn!(
+            "the store did not answer in time to check streams sealed before; if state.db was lost, new batches may collide"
+        ),
     }
 }
 

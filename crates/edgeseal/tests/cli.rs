@@ -590,3 +590,16 @@ fn generated_mosquitto_configs_work_with_a_real_mosquitto() {
         assert!(refused, "level {level} mutual {mutual}: a client without credentials got through\n{log}");
     }
 }
+
+#[test]
+fn a_lost_state_db_resumes_after_the_stored_head() {
+    let a = Agent::new("resume");
+    a.run_lines("s", 0..20, &["--batch-count", "5"]);
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(a.dir.join(f));
+    }
+    a.run_lines("s", 20..40, &["--batch-count", "5"]);
+    assert!(a.logs().contains("continuing after batch 3 found in the store"), "{}", a.logs());
+    assert!(a.ok(&["verify"]).contains("s: ok (8 batches verified, head 7)"));
+    assert_eq!(a.fetch("s"), expected(0..40));
+}
