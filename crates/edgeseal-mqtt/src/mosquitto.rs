@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use time::OffsetDateTime;
 
 use crate::Error;
-use crate::pki::{self, Issued, KeyPem, Leaf};
+use crate::pki::{self, Issued, Leaf};
 
 /// PBKDF2 rounds in the password file, as `mosquitto_passwd` writes them.
 pub const PASSWORD_ITERATIONS: u32 = 101;
@@ -133,9 +133,9 @@ pub fn write_setup(s: &Settings<'_>, users: &[String], dns: &[String], ips: &[Ip
     let now = OffsetDateTime::now_utc();
     let days = 825;
     if s.level.uses_tls() {
-        let ca = match (fs::read_to_string(s.dir.join("ca.pem")), fs::read_to_string(s.dir.join("ca-key.pem"))) {
-            (Ok(cert), Ok(key)) => Issued { cert, key: KeyPem::new(key) },
-            _ => {
+        let ca = match pki::load(s.dir, "ca") {
+            Ok(ca) => ca,
+            Err(_) => {
                 let ca = pki::new_ca("edgeseal CA", now, days)?;
                 save(&mut w, s.dir, "ca", &ca)?;
                 ca

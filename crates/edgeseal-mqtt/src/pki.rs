@@ -108,6 +108,14 @@ pub fn issue(ca: &Issued, leaf: &Leaf, now: OffsetDateTime, days: i64) -> Result
     Ok(Issued { cert: cert.pem(), key: KeyPem(key.serialize_pem()) })
 }
 
+/// Reads `STEM.pem` and `STEM-key.pem` from `dir` (as [`save`] wrote them).
+pub fn load(dir: &Path, stem: &str) -> std::io::Result<Issued> {
+    Ok(Issued {
+        cert: fs::read_to_string(dir.join(format!("{stem}.pem")))?,
+        key: KeyPem(fs::read_to_string(dir.join(format!("{stem}-key.pem")))?),
+    })
+}
+
 /// Writes `STEM.pem` (0644) and `STEM-key.pem` (0600) into `dir`, replacing old ones.
 pub fn save(dir: &Path, stem: &str, issued: &Issued) -> Result<[PathBuf; 2], Error> {
     let cert = dir.join(format!("{stem}.pem"));

@@ -71,6 +71,24 @@ pub struct BatchRow {
     pub sealed: Vec<u8>,
 }
 
+impl From<edgeseal_core::envelope::Sealed> for BatchRow {
+    /// The row for a freshly sealed batch: its clear columns come from its own header.
+    fn from(s: edgeseal_core::envelope::Sealed) -> BatchRow {
+        let h = s.header;
+        BatchRow {
+            device: h.device,
+            stream: h.stream,
+            seq: h.seq,
+            first_ts: h.first_ts,
+            last_ts: h.last_ts,
+            count: h.count,
+            epoch: h.epoch,
+            hash: s.hash.0,
+            sealed: s.bytes,
+        }
+    }
+}
+
 /// A batch as read back: the clear columns (untrusted) and the sealed bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBatch {

@@ -46,17 +46,7 @@ fn chain(id: &Identity, signer: &Identity, stream: &str, n: u64) -> (Vec<BatchRo
         let s = seal(&r, &p, &key, (signer.device_id() == id.device_id()).then_some(signer), &mut Vec::new()).unwrap();
         prev = s.hash;
         heads.push(Head { seq, hash: s.hash, ts: s.header.last_ts });
-        rows.push(BatchRow {
-            device: id.device_id(),
-            stream: stream.clone(),
-            seq,
-            first_ts: s.header.first_ts,
-            last_ts: s.header.last_ts,
-            count: s.header.count,
-            epoch: 0,
-            hash: s.hash.0,
-            sealed: s.bytes,
-        });
+        rows.push(BatchRow::from(s));
     }
     (rows, heads)
 }

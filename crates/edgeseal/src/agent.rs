@@ -224,18 +224,16 @@ async fn resume_from_store(store: &AnyStore, local: &LocalState, device: DeviceI
                 continue;
             }
             let range = edgeseal_store::TimeRange { from: Some(s.last_ts), to: None };
-            for row in store.batches(device, &stream, range).await?.iter().rev() {
-                let Ok(p) = edgeseal_core::envelope::parse(&row.sealed) else { continue };
-                let hash = p.hash();
-                let ours = p.authorship(&hash) == edgeseal_core::envelope::Authorship::Device
-                    && p.header.device == device
-                    && p.header.stream == stream;
-                if ours && p.header.seq == s.head_seq {
-                    if local.seed_stream(&stream, p.header.seq + 1, hash, p.header.epoch).await? {
-                        resumed.push((stream.clone(), p.header.seq));
-                    }
-                    break;
-                }
+            let rows = store.batches(device, &stream, range).await?;
+            // The same per-row check a reader applies: authentic, signed, and where it claims to be.
+            let head = edgeseal_store::reader::inspect_all(device, &stream, &rows)
+                .into_iter()
+                .filter_map(|i| i.verdict.ok())
+                .find(|g| g.signed && g.header.seq == s.head_seq);
+            if let Some(g) = head
+                && local.seed_stream(&stream, g.header.seq + 1, g.hash, g.header.epoch).await?
+            {
+                resumed.push((stream.clone(), g.header.seq));
             }
         }
         Ok::<_, edgeseal_store::Error>(resumed)
@@ -651,17 +649,7 @@ impl Sealer {
             };
             let sealed = seal(&readings, &params, &key, Some(&self.identity), &mut self.scratch)
                 .with_context(|| format!("cannot seal a batch of {}", cut.stream))?;
-            let row = BatchRow {
-                device: params.device,
-                stream: cut.stream.clone(),
-                seq: params.seq,
-                first_ts: sealed.header.first_ts,
-                last_ts: sealed.header.last_ts,
-                count: sealed.header.count,
-                epoch: params.epoch,
-                hash: sealed.hash.0,
-                sealed: sealed.bytes,
-            };
+            let row = BatchRow::from(sealed);
             self.local.commit_sealed(&row, Some(cut.ids[last])).await?;
             self.stats.sealed.fetch_add(1, Ordering::Relaxed);
             debug!("sealed batch {} of {} ({} readings)", row.seq, row.stream, row.count);

@@ -76,17 +76,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
             let sealed = seal(r, &params, &key, Some(&identity), &mut scratch)?;
             seal_time += s0.elapsed();
             prev = sealed.hash;
-            chunk.push(BatchRow {
-                device,
-                stream: stream.clone(),
-                seq: seq as u64,
-                first_ts: sealed.header.first_ts,
-                last_ts: sealed.header.last_ts,
-                count: sealed.header.count,
-                epoch: 0,
-                hash: sealed.hash.0,
-                sealed: sealed.bytes,
-            });
+            chunk.push(BatchRow::from(sealed));
             if chunk.len() == INSERT_CHUNK {
                 store.put_batches(&chunk).await?;
                 chunk.clear();

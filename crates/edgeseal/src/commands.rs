@@ -119,7 +119,7 @@ fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
 }
 
 /// Connects to the configured store and makes sure its schema exists.
-async fn open_store(cfg: &Config) -> Result<AnyStore> {
+pub(crate) async fn open_store(cfg: &Config) -> Result<AnyStore> {
     let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: false, timeout: cfg.store_timeout }).await?;
     store.migrate().await.with_context(|| format!("cannot prepare the store at {}", store.url()))?;
     Ok(store)

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use edgeseal_mqtt::mosquitto::{self, Level, Settings};
-use edgeseal_mqtt::pki::{self, Issued, KeyPem, Leaf};
+use edgeseal_mqtt::pki::{self, Issued, Leaf};
 use time::OffsetDateTime;
 
 use crate::cli::{BrokerCommand, PkiCommand, PkiOut};
@@ -20,12 +20,10 @@ fn out_dir(cfg: &Config, out: &PkiOut) -> Result<PathBuf> {
 }
 
 fn load_ca(dir: &Path) -> Result<Issued> {
-    let read = |f: &str| {
-        fs::read_to_string(dir.join(f)).with_context(|| {
-            format!("no CA in {} (missing {f}): run `edgeseal pki ca --out {}` first", dir.display(), dir.display())
-        })
-    };
-    Ok(Issued { cert: read("ca.pem")?, key: KeyPem::new(read("ca-key.pem")?) })
+    pki::load(dir, "ca").with_context(|| {
+        let missing = ["ca.pem", "ca-key.pem"].into_iter().find(|f| !dir.join(f).exists()).unwrap_or("ca.pem");
+        format!("no CA in {} (missing {missing}): run `edgeseal pki ca --out {}` first", dir.display(), dir.display())
+    })
 }
 
 fn save(dir: &Path, stem: &str, issued: &Issued) -> Result<()> {

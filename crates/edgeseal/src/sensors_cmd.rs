@@ -8,7 +8,7 @@ use edgeseal_core::{Readings, StreamName, Value};
 use edgeseal_sensors::grovepi::bus::{Answer, Bus, Op, device_name};
 use edgeseal_store::local::LocalState;
 use edgeseal_store::reader::{open_all, read_stream};
-use edgeseal_store::{AnyStore, ConnectOptions, Store, TimeRange};
+use edgeseal_store::{Store, TimeRange};
 use serde_json::json;
 
 use crate::config::{Config, SensorSpec};
@@ -69,8 +69,7 @@ async fn last_readings(
         return Ok(out);
     }
     let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
-    let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: false, timeout: cfg.store_timeout }).await?;
-    store.migrate().await?;
+    let store = crate::commands::open_store(cfg).await?;
     let device = identity.device_id();
     let info = store.streams().await?;
     for name in missing {
