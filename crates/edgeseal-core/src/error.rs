@@ -28,6 +28,9 @@ pub enum Error {
     /// The keystore is protected and no passphrase was given.
     #[error("the keystore is passphrase-protected and no passphrase was given")]
     PassphraseRequired,
+    /// Pairing did not complete; the message says why.
+    #[error("pairing failed: {0}")]
+    PairingFailed(&'static str),
     /// The keystore file is damaged.
     #[error("the keystore is damaged: {0}")]
     CorruptKeystore(&'static str),

@@ -141,6 +141,11 @@ impl Identity {
         self.signing.verifying_key().to_bytes()
     }
 
+    /// The X25519 secret, for key wrapping (HPKE) only.
+    pub(crate) fn agreement_secret(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.agreement.to_bytes())
+    }
+
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
         self.signing.sign(msg).to_bytes()
     }

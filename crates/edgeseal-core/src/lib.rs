@@ -14,9 +14,11 @@ pub mod checkpoint;
 pub mod codec;
 pub mod envelope;
 mod error;
+pub mod grant;
 pub mod id;
 pub mod keys;
 pub mod keystore;
+pub mod pairing;
 pub mod reading;
 mod varint;
 

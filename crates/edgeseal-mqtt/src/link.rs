@@ -92,6 +92,9 @@ pub struct LinkOptions {
     pub max_backoff: Duration,
     /// How long a publish may wait for its PUBACK.
     pub ack_timeout: Duration,
+    /// Ask the broker to keep the session (subscriptions, and QoS 1 messages
+    /// that arrive while this client is away) under `client_id`.
+    pub persistent_session: bool,
 }
 
 impl LinkOptions {
@@ -106,6 +109,7 @@ impl LinkOptions {
             keep_alive: Duration::from_secs(30),
             max_backoff: Duration::from_secs(30),
             ack_timeout: Duration::from_secs(10),
+            persistent_session: false,
         }
     }
 }
@@ -157,7 +161,7 @@ impl Link {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut mo = MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
         mo.set_keep_alive(opts.keep_alive);
-        mo.set_clean_session(true);
+        mo.set_clean_session(!opts.persistent_session);
         mo.set_max_packet_size(16 << 20, 16 << 20);
         if let Some(user) = &opts.username {
             mo.set_credentials(user, opts.password.as_ref().map(|p| p.0.as_str()).unwrap_or(""));

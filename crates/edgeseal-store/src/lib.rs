@@ -71,10 +71,9 @@ pub struct BatchRow {
     pub sealed: Vec<u8>,
 }
 
-impl From<edgeseal_core::envelope::Sealed> for BatchRow {
-    /// The row for a freshly sealed batch: its clear columns come from its own header.
-    fn from(s: edgeseal_core::envelope::Sealed) -> BatchRow {
-        let h = s.header;
+impl BatchRow {
+    /// The row for a sealed batch: its clear columns come from its own header.
+    pub fn new(h: edgeseal_core::envelope::Header, hash: edgeseal_core::envelope::BatchHash, sealed: Vec<u8>) -> Self {
         BatchRow {
             device: h.device,
             stream: h.stream,
@@ -83,9 +82,15 @@ impl From<edgeseal_core::envelope::Sealed> for BatchRow {
             last_ts: h.last_ts,
             count: h.count,
             epoch: h.epoch,
-            hash: s.hash.0,
-            sealed: s.bytes,
+            hash: hash.0,
+            sealed,
         }
+    }
+}
+
+impl From<edgeseal_core::envelope::Sealed> for BatchRow {
+    fn from(s: edgeseal_core::envelope::Sealed) -> BatchRow {
+        BatchRow::new(s.header, s.hash, s.bytes)
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use edgeseal_core::chain::Head;
 use edgeseal_core::envelope::BatchHash;
+use edgeseal_core::keys::PublicIdentity;
 use edgeseal_core::{DeviceId, Reading, StreamName, Value};
 use sqlx::Row as _;
 
@@ -35,10 +36,36 @@ pub struct Backlog {
 #[derive(Debug, Clone)]
 pub struct LocalState {
     pool: sqlx::SqlitePool,
+    publishing: bool,
+}
+
+/// A paired peer as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    pub device: DeviceId,
+    pub name: String,
+    pub public: PublicIdentity,
+    pub paired_ms: i64,
+}
+
+/// A grant this agent gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantOut {
+    pub peer: DeviceId,
+    pub stream: StreamName,
+    pub from_ms: i64,
+    pub first_epoch: u32,
+    pub revoked: bool,
+    pub grant: Vec<u8>,
+    pub published: bool,
 }
 
 fn seq_i64(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| Error::BadRow("sequence number above 2^63"))
+}
+
+fn stream_from(r: &sqlx::sqlite::SqliteRow) -> Result<StreamName> {
+    StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))
 }
 
 fn hash_from(v: &[u8]) -> Result<BatchHash> {
@@ -51,7 +78,12 @@ impl LocalState {
         let url = format!("sqlite://{}", path.display());
         let pool = crate::sqlite_pool(&url, false, Duration::from_secs(10)).await?;
         crate::retry_busy(|| async { Ok(sqlx::migrate!("./migrations/local").run(&pool).await?) }).await?;
-        Ok(LocalState { pool })
+        Ok(LocalState { pool, publishing: false })
+    }
+
+    /// From now on every sealed batch also joins the publish queue.
+    pub fn enable_publishing(&mut self) {
+        self.publishing = true;
     }
 
     /// Journals accepted readings in one transaction; returns their ids.
@@ -149,8 +181,8 @@ impl LocalState {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Starts a new key epoch for a stream; returns it.
-    pub async fn rotate_epoch(&self, stream: &StreamName) -> Result<u32> {
+    /// Starts a new key epoch for a stream at `now_ms`; returns it.
+    pub async fn rotate_epoch(&self, stream: &StreamName, now_ms: i64) -> Result<u32> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING")
             .bind(stream.as_str())
@@ -162,8 +194,25 @@ impl LocalState {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
+        sqlx::query("INSERT OR REPLACE INTO epochs (stream, epoch, started_ms) VALUES (?, ?, ?)")
+            .bind(stream.as_str())
+            .bind(epoch)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         u32::try_from(epoch).map_err(|_| Error::BadRow("epoch out of range"))
+    }
+
+    /// The epoch that was current at `at_ms` (0 if the stream had no rotation by then).
+    pub async fn epoch_at(&self, stream: &StreamName, at_ms: i64) -> Result<u32> {
+        let row = sqlx::query("SELECT MAX(epoch) FROM epochs WHERE stream = ? AND started_ms <= ?")
+            .bind(stream.as_str())
+            .bind(at_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        let e: Option<i64> = row.try_get(0)?;
+        u32::try_from(e.unwrap_or(0)).map_err(|_| Error::BadRow("epoch out of range"))
     }
 
     /// Records a sealed batch: the outbox gains it, the journal loses the
@@ -201,6 +250,14 @@ impl LocalState {
         .bind(&row.sealed[..])
         .execute(&mut *tx)
         .await?;
+        if self.publishing {
+            sqlx::query("INSERT INTO publish_queue (stream, seq, sealed) VALUES (?, ?, ?)")
+                .bind(stream)
+                .bind(seq_i64(row.seq)?)
+                .bind(&row.sealed[..])
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(id) = last_reading_id {
             sqlx::query("DELETE FROM pending_readings WHERE stream = ? AND id <= ?")
                 .bind(stream)
@@ -215,7 +272,7 @@ impl LocalState {
     /// The oldest `limit` batches waiting for the store, with their outbox ids.
     pub async fn outbox(&self, device: DeviceId, limit: u32) -> Result<Vec<(i64, BatchRow)>> {
         let rows = sqlx::query(
-            "SELECT id, stream, seq, first_ts, last_ts, count, epoch, hash, sealed FROM outbox ORDER BY id LIMIT ?",
+            "SELECT id, device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed FROM outbox ORDER BY id LIMIT ?",
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -223,6 +280,10 @@ impl LocalState {
         rows.iter()
             .map(|r| {
                 let hash: Vec<u8> = r.try_get("hash")?;
+                let device = match r.try_get::<Option<Vec<u8>>, _>("device")? {
+                    None => device,
+                    Some(d) => DeviceId(d.try_into().map_err(|_| Error::BadRow("device id is not 16 bytes"))?),
+                };
                 Ok((
                     r.try_get("id")?,
                     BatchRow {
@@ -319,6 +380,175 @@ impl LocalState {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Queues a batch received from a peer for the store (the outbox keeps it until the store acked).
+    pub async fn commit_received(&self, row: &BatchRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO outbox (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.device.0[..])
+        .bind(row.stream.as_str())
+        .bind(seq_i64(row.seq)?)
+        .bind(row.first_ts)
+        .bind(row.last_ts)
+        .bind(i64::from(row.count))
+        .bind(i64::from(row.epoch))
+        .bind(&row.hash[..])
+        .bind(&row.sealed[..])
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The oldest `limit` batches waiting to be published: (queue id, stream, sealed bytes).
+    pub async fn publish_queue(&self, limit: u32) -> Result<Vec<(i64, StreamName, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT id, stream, sealed FROM publish_queue ORDER BY id LIMIT ?")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, stream_from(r)?, r.try_get("sealed")?))).collect()
+    }
+
+    /// Removes published batches from the queue.
+    pub async fn published(&self, ids: &[i64]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM publish_queue WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a paired peer (replacing an earlier pairing with the same device).
+    pub async fn add_peer(&self, peer: &PeerRow) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO peers (device, name, ed25519, x25519, paired_ms) VALUES (?, ?, ?, ?, ?)")
+            .bind(&peer.device.0[..])
+            .bind(&peer.name)
+            .bind(&peer.public.ed25519[..])
+            .bind(&peer.public.x25519[..])
+            .bind(peer.paired_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every paired peer, oldest pairing first.
+    pub async fn peers(&self) -> Result<Vec<PeerRow>> {
+        let rows = sqlx::query("SELECT device, name, ed25519, x25519, paired_ms FROM peers ORDER BY paired_ms, name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let key = |c: &str| -> Result<[u8; 32]> {
+                    r.try_get::<Vec<u8>, _>(c)?.try_into().map_err(|_| Error::BadRow("peer key is not 32 bytes"))
+                };
+                let public = PublicIdentity { ed25519: key("ed25519")?, x25519: key("x25519")? };
+                let device = public.device_id();
+                if r.try_get::<Vec<u8>, _>("device")? != device.0 {
+                    return Err(Error::BadRow("a peer's device id does not match its key"));
+                }
+                Ok(PeerRow { device, name: r.try_get("name")?, public, paired_ms: r.try_get("paired_ms")? })
+            })
+            .collect()
+    }
+
+    /// Stores the latest grant given to a peer for a stream (not yet published).
+    pub async fn put_grant_out(&self, g: &GrantOut) -> Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO grants_out (peer, stream, from_ms, first_epoch, revoked, grant, published) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&g.peer.0[..])
+        .bind(g.stream.as_str())
+        .bind(g.from_ms)
+        .bind(i64::from(g.first_epoch))
+        .bind(g.revoked)
+        .bind(&g.grant[..])
+        .bind(g.published)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every grant given, by stream then peer.
+    pub async fn grants_out(&self) -> Result<Vec<GrantOut>> {
+        let rows = sqlx::query(
+            "SELECT peer, stream, from_ms, first_epoch, revoked, grant, published FROM grants_out ORDER BY stream, peer",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(GrantOut {
+                    peer: DeviceId(
+                        r.try_get::<Vec<u8>, _>("peer")?.try_into().map_err(|_| Error::BadRow("device id size"))?,
+                    ),
+                    stream: stream_from(r)?,
+                    from_ms: r.try_get("from_ms")?,
+                    first_epoch: u32::try_from(r.try_get::<i64, _>("first_epoch")?)
+                        .map_err(|_| Error::BadRow("epoch out of range"))?,
+                    revoked: r.try_get("revoked")?,
+                    grant: r.try_get("grant")?,
+                    published: r.try_get("published")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a grant as published, unless it was replaced meanwhile.
+    pub async fn grant_published(&self, peer: DeviceId, stream: &StreamName, grant: &[u8]) -> Result<()> {
+        sqlx::query("UPDATE grants_out SET published = 1 WHERE peer = ? AND stream = ? AND grant = ?")
+            .bind(&peer.0[..])
+            .bind(stream.as_str())
+            .bind(grant)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps a verified grant received from `owner`: a newer grant with keys
+    /// replaces the stored one; a revocation only marks it (the keys it held
+    /// still open what was sealed before). Returns false for a stale grant.
+    pub async fn put_grant_in(
+        &self,
+        owner: DeviceId,
+        stream: &StreamName,
+        issued_ms: i64,
+        grant: &[u8],
+        revocation: bool,
+    ) -> Result<bool> {
+        let q = if revocation {
+            "UPDATE grants_in SET revoked_ms = ?3 WHERE owner = ?1 AND stream = ?2 AND issued_ms < ?3"
+        } else {
+            "INSERT INTO grants_in (owner, stream, issued_ms, grant, revoked_ms) VALUES (?1, ?2, ?3, ?4, NULL) \
+             ON CONFLICT (owner, stream) DO UPDATE SET issued_ms = excluded.issued_ms, grant = excluded.grant, \
+             revoked_ms = NULL WHERE excluded.issued_ms > grants_in.issued_ms \
+             AND excluded.issued_ms > COALESCE(grants_in.revoked_ms, 0)"
+        };
+        let done = sqlx::query(q)
+            .bind(&owner.0[..])
+            .bind(stream.as_str())
+            .bind(issued_ms)
+            .bind(grant)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every grant received: (owner, stream, grant bytes, revoked at).
+    pub async fn grants_in(&self) -> Result<Vec<(DeviceId, StreamName, Vec<u8>, Option<i64>)>> {
+        let rows = sqlx::query("SELECT owner, stream, grant, revoked_ms FROM grants_in ORDER BY owner, stream")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let owner =
+                    r.try_get::<Vec<u8>, _>("owner")?.try_into().map_err(|_| Error::BadRow("device id size"))?;
+                Ok((DeviceId(owner), stream_from(r)?, r.try_get("grant")?, r.try_get("revoked_ms")?))
+            })
+            .collect()
     }
 
     /// Closes the pool, checkpointing the WAL.

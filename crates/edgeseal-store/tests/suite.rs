@@ -400,7 +400,7 @@ fn local_state_keeps_everything_across_reopen() {
         assert_eq!(pending.iter().map(|(_, p)| p.ts).collect::<Vec<_>>(), vec![3, 4]);
         let st = local.stream_state(&s).await.unwrap();
         assert_eq!(st.next_seq, 1);
-        assert_eq!(local.rotate_epoch(&s).await.unwrap(), 1);
+        assert_eq!(local.rotate_epoch(&s, 1).await.unwrap(), 1);
         assert_eq!(local.stream_state(&s).await.unwrap().epoch, 1);
         let out = local.outbox(id.device_id(), 10).await.unwrap();
         assert_eq!(out.len(), 1);

@@ -42,12 +42,18 @@ use tracing::{debug, error, info, warn};
 use crate::cli::UpArgs;
 use crate::config::{Config, SensorSpec};
 use crate::keyfile::{self, PassphraseSource};
+use crate::share::{Event, Grants, Inbox, Topics, log_event};
 use crate::timefmt::now_ms;
+use edgeseal_mqtt::link::{Link, Message};
 
 /// How long the last attempt to store the outbox may take at shutdown.
 const FINAL_DRAIN: Duration = Duration::from_secs(10);
 /// Batches per store transaction.
 const DRAIN_CHUNK: u32 = 256;
+/// Batches published (in flight together) per round.
+const PUBLISH_CHUNK: u32 = 256;
+/// How often an idle publisher looks for grants to publish (`share` and `revoke` store them).
+const GRANT_POLL: Duration = Duration::from_secs(1);
 /// Readings are journaled (accepted) at most this long after they were read,
 /// in one transaction, so a busy agent commits a few times a second rather than per reading.
 const JOURNAL_WINDOW: Duration = Duration::from_millis(250);
@@ -62,6 +68,10 @@ struct Stats {
     stored: AtomicU64,
     /// The store is failing (shown on the LCD).
     store_down: AtomicBool,
+    /// The broker is configured but unreachable (shown on the LCD).
+    broker_down: AtomicBool,
+    published: AtomicU64,
+    received: AtomicU64,
     /// The newest value of each scalar stream (shown on the LCD).
     latest: Mutex<HashMap<StreamName, (f64, String)>>,
 }
@@ -87,8 +97,11 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     };
     let identity = Arc::new(identity);
     let device = identity.device_id();
-    let local = LocalState::open(&cfg.state_path()).await.context("cannot open the local state (state.db)")?;
+    let mut local = LocalState::open(&cfg.state_path()).await.context("cannot open the local state (state.db)")?;
     keyfile::make_private(&cfg.state_path());
+    if cfg.mqtt.broker.is_some() {
+        local.enable_publishing();
+    }
     let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: true, timeout: cfg.store_timeout }).await?;
 
     resume_from_store(&store, &local, device, cfg.store_timeout).await;
@@ -100,6 +113,8 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         None
     };
     let sensors = build_sensors(&cfg, bus.as_ref())?;
+    // An agent that only receives from peers runs until stopped, not until its (no) sensors finish.
+    let stop_when_sensors_end = !sensors.is_empty() || cfg.mqtt.broker.is_none();
     println!("edgeseal up: agent {name:?}, device {device}, fingerprint {}", identity.public().fingerprint());
     println!("  data dir: {}", cfg.data_dir.display());
     println!("  store:    {}", store.url());
@@ -123,6 +138,9 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         ),
     };
     println!("  batches:  {limit}");
+    if let Some(url) = &cfg.mqtt.broker {
+        println!("  sharing:  {url}, topics {}/{device}/<stream>/batch", cfg.mqtt.prefix);
+    }
     if bus.is_some() && cfg.lcd.enabled {
         println!("  lcd:      {} every {}", lcd_streams(&cfg), humantime::format_duration(cfg.lcd.refresh));
     }
@@ -144,7 +162,9 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         _ => None,
     };
     let notify = Arc::new(Notify::new());
+    let publish_notify = Arc::new(Notify::new());
     let sealer = Sealer {
+        publish_notify: publish_notify.clone(),
         local: local.clone(),
         identity: identity.clone(),
         batcher: Batcher::new(cfg.batch, cfg.per_stream.clone()),
@@ -162,18 +182,33 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         device,
         retry_max: cfg.retry_max,
         checkpoint_every: cfg.checkpoint_every,
-        notify,
+        notify: notify.clone(),
         sqlite_file: sqlite_file(&cfg.store_url),
         stats: stats.clone(),
     };
     let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
+    let sharing = match cfg.mqtt.broker.is_some() {
+        true => Some(
+            start_sharing(
+                &cfg,
+                identity.clone(),
+                local.clone(),
+                notify.clone(),
+                publish_notify.clone(),
+                stats.clone(),
+                drain_stop.clone(),
+            )
+            .await?,
+        ),
+        false => None,
+    };
 
     let mut sealer_result = None;
     tokio::select! {
         _ = shutdown_signal() => info!("signal received; stopping"),
         _ = sleep_opt(run_for) => info!("--for elapsed; stopping"),
-        _ = sensor_tasks.wait() => info!("every sensor has finished; stopping"),
-        r = &mut sealer => sealer_result = Some(r),
+        _ = sensor_tasks.wait(), if stop_when_sensors_end => info!("every sensor has finished; stopping"),
+        r = &mut sealer, if stop_when_sensors_end => sealer_result = Some(r),
     }
     stop.cancel();
     sensor_tasks.wait().await;
@@ -188,11 +223,25 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     if tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), drainer).await.is_err() {
         warn!("the store did not answer in time at shutdown; batches wait in the outbox");
     }
+    if let Some(tasks) = sharing {
+        tasks.close();
+        if tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), tasks.wait()).await.is_err() {
+            warn!("the broker did not acknowledge in time at shutdown; batches wait in the publish queue");
+        }
+    }
     let backlog = local.backlog().await.unwrap_or_default();
     local.close().await;
     let waiting: u64 = backlog.values().map(|b| b.outbox_batches).sum();
+    let shared = match cfg.mqtt.broker {
+        Some(_) => format!(
+            ", {} published, {} received from peers",
+            stats.published.load(Ordering::Relaxed),
+            stats.received.load(Ordering::Relaxed)
+        ),
+        None => String::new(),
+    };
     println!(
-        "stopped: {} readings accepted, {} read errors, {} batches sealed, {} stored{}",
+        "stopped: {} readings accepted, {} read errors, {} batches sealed, {} stored{shared}{}",
         stats.accepted.load(Ordering::Relaxed),
         stats.read_errors.load(Ordering::Relaxed),
         stats.sealed.load(Ordering::Relaxed),
@@ -383,7 +432,13 @@ async fn drive_lcd(bus: Bus, cfg: crate::config::LcdConfig, stop: CancellationTo
         }
         let lines = lcd_lines(&cfg.streams, page, &stats);
         page += 1;
-        let rgb = if stats.store_down.load(Ordering::Relaxed) { (255, 0, 0) } else { (0, 160, 0) };
+        let rgb = if stats.store_down.load(Ordering::Relaxed) {
+            (255, 0, 0)
+        } else if stats.broker_down.load(Ordering::Relaxed) {
+            (255, 120, 0)
+        } else {
+            (0, 160, 0)
+        };
         let bus = bus.clone();
         match tokio::task::spawn_blocking(move || bus.call(Op::Lcd { lines, rgb })).await {
             Ok(Ok(_)) => {}
@@ -562,6 +617,7 @@ async fn run_command(command: &str, tx: mpsc::Sender<Reading>, stop: Cancellatio
 
 /// Journals readings, cuts batches and seals them into the outbox.
 struct Sealer {
+    publish_notify: Arc<Notify>,
     local: LocalState,
     identity: Arc<Identity>,
     batcher: Batcher,
@@ -654,8 +710,173 @@ impl Sealer {
             self.stats.sealed.fetch_add(1, Ordering::Relaxed);
             debug!("sealed batch {} of {} ({} readings)", row.seq, row.stream, row.count);
             self.notify.notify_one();
+            self.publish_notify.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Publish queue → broker (and grants), broker → inbox → outbox. The tasks end
+/// when `stop` is cancelled, after a last attempt to publish what is queued.
+async fn start_sharing(
+    cfg: &Config,
+    identity: Arc<Identity>,
+    local: LocalState,
+    notify: Arc<Notify>,
+    publish_notify: Arc<Notify>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> Result<TaskTracker> {
+    let device = identity.device_id();
+    let mut opts = cfg.mqtt.link_options(&format!("edgeseal-{device}"))?;
+    opts.persistent_session = true;
+    let link_stop = CancellationToken::new();
+    let (link, rx) = Link::start(opts, link_stop.clone())?;
+    let topics = Topics::new(&cfg.mqtt.prefix);
+    let mut inbox = Inbox::new(identity.clone(), local.clone(), topics.clone()).await?;
+    inbox.store = true;
+    inbox.subscribe(&link).await?;
+    let tasks = TaskTracker::new();
+    let publisher = Publisher {
+        sealed: publish_notify,
+        local: local.clone(),
+        link: link.clone(),
+        topics,
+        identity,
+        stats: stats.clone(),
+    };
+    let publish_done = tasks.spawn(publisher.run(stop.clone()));
+    tasks.spawn(receive(inbox, link.clone(), rx, notify, stats.clone(), stop.clone()));
+    let mut connected = link.connected();
+    tasks.spawn(async move {
+        let watch_stop = stop.clone();
+        loop {
+            stats.broker_down.store(!*connected.borrow_and_update(), Ordering::Relaxed);
+            tokio::select! {
+                r = connected.changed() => if r.is_err() { break },
+                _ = watch_stop.cancelled() => break,
+            }
+        }
+        // The link lives until the publisher's last attempt is over.
+        let _ = publish_done.await;
+        link_stop.cancel();
+    });
+    Ok(tasks)
+}
+
+/// Publishes sealed batches from the durable publish queue, in order, each
+/// removed only once the broker acknowledged it; and pending grants (retained).
+struct Publisher {
+    /// Woken by the sealer for each sealed batch.
+    sealed: Arc<Notify>,
+    local: LocalState,
+    link: Link,
+    topics: Topics,
+    identity: Arc<Identity>,
+    stats: Arc<Stats>,
+}
+
+impl Publisher {
+    async fn run(self, stop: CancellationToken) {
+        let device = self.identity.device_id();
+        let mut backoff = Duration::from_millis(250);
+        let mut final_deadline: Option<Instant> = None;
+        let mut connected = self.link.connected();
+        loop {
+            if stop.is_cancelled() && final_deadline.is_none() {
+                final_deadline = Some(Instant::now() + FINAL_DRAIN);
+            }
+            if final_deadline.is_some_and(|d| Instant::now() > d) {
+                return;
+            }
+            if !*connected.borrow_and_update() {
+                tokio::select! {
+                    _ = connected.changed() => {}
+                    _ = stop.cancelled(), if final_deadline.is_none() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)), if final_deadline.is_some() => {}
+                }
+                continue;
+            }
+            let grants = Grants { identity: &self.identity, local: &self.local };
+            if let Err(e) = grants.publish(&self.link, &self.topics).await {
+                debug!("grants wait: {e:#}");
+            }
+            let queue = match self.local.publish_queue(PUBLISH_CHUNK).await {
+                Ok(q) => q,
+                Err(e) => {
+                    error!("cannot read the publish queue: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if queue.is_empty() {
+                if final_deadline.is_some() {
+                    return;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = self.sealed.notified() => {}
+                    _ = tokio::time::sleep(GRANT_POLL) => {}
+                }
+                continue;
+            }
+            // In order: join_all polls each publish first in sequence, so they reach the broker in order.
+            let sends = queue.iter().map(|(_, stream, sealed)| {
+                let topic = self.topics.batch(device, stream);
+                let link = &self.link;
+                async move { link.publish(&topic, sealed.clone(), false).await }
+            });
+            let results = futures_util::future::join_all(sends).await;
+            // Only the acknowledged prefix leaves the queue, so a peer never sees a later batch twice
+            // before an earlier one.
+            let done: Vec<i64> =
+                queue.iter().zip(&results).take_while(|(_, r)| r.is_ok()).map(|((id, ..), _)| *id).collect();
+            if let Err(e) = self.local.published(&done).await {
+                error!("cannot update the publish queue: {e}");
+            }
+            self.stats.published.fetch_add(done.len() as u64, Ordering::Relaxed);
+            if done.len() < queue.len() {
+                if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+                    debug!("publishing waits: {e}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            } else {
+                backoff = Duration::from_millis(250);
+            }
+        }
+    }
+}
+
+/// Verifies, opens and queues for the store what peers publish.
+async fn receive(
+    mut inbox: Inbox,
+    link: Link,
+    mut rx: mpsc::Receiver<Message>,
+    notify: Arc<Notify>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut refresh = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = refresh.tick() => {
+                if let Err(e) = inbox.refresh_peers(&link).await {
+                    warn!("cannot reload peers: {e:#}");
+                }
+            }
+            m = rx.recv() => {
+                let Some(m) = m else { return };
+                for ev in inbox.handle(&m).await {
+                    if matches!(ev, Event::Readings { .. } | Event::Locked { .. }) {
+                        stats.received.fetch_add(1, Ordering::Relaxed);
+                        notify.notify_one();
+                    }
+                    log_event(&ev);
+                }
+            }
+        }
     }
 }
 
@@ -773,9 +994,10 @@ impl Drainer {
                 ids.iter().enumerate().filter(|(i, _)| !report.conflicts.contains(i)).map(|(_, &id)| id).collect();
             self.local.outbox_done(&stored, &rejected).await?;
             self.stats.stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
+            // Heads of this agent's streams (received batches were remembered on arrival).
             let mut heads: HashMap<&StreamName, &BatchRow> = HashMap::new();
             for (i, r) in rows.iter().enumerate() {
-                if report.conflicts.contains(&i) {
+                if report.conflicts.contains(&i) || r.device != self.device {
                     continue;
                 }
                 if heads.get(&r.stream).is_none_or(|h| r.seq > h.seq) {

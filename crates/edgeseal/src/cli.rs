@@ -29,6 +29,9 @@ pub struct Global {
     /// Store URL: sqlite://PATH, postgres://… or mysql://… [env: EDGESEAL_STORE]
     #[arg(long, global = true, value_name = "URL")]
     pub store: Option<String>,
+    /// MQTT broker for sharing and pairing: mqtt://HOST[:PORT] or mqtts://… [env: EDGESEAL_MQTT__BROKER]
+    #[arg(long, global = true, value_name = "URL")]
+    pub broker: Option<String>,
     /// Read the keystore passphrase from this file (else EDGESEAL_PASSPHRASE, else a prompt)
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
@@ -69,6 +72,47 @@ pub enum Command {
         device: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Pair with another agent through the broker: without CODE, show a code and wait; with it, join
+    Pair(PairArgs),
+    /// List paired peers and the grants given to them
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grant a paired peer a stream: live from now, or also from a past time
+    Share {
+        /// The stream to share
+        stream: String,
+        /// The peer: its name, device id (or its first 6+ hex digits) or fingerprint
+        #[arg(long = "with", value_name = "PEER")]
+        peer: String,
+        /// Also grant what was sealed since then: RFC 3339 or relative (-1h) [default: live only]
+        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+        from: Option<String>,
+    },
+    /// Revoke a peer: it can open nothing sealed afterwards
+    Revoke {
+        /// The peer: its name, device id (or a prefix) or fingerprint
+        peer: String,
+        /// Only this stream [default: every stream granted to the peer]
+        #[arg(long)]
+        stream: Option<String>,
+    },
+    /// Show what peers share, live: verified, checked for replay and gaps, decrypted
+    Watch {
+        /// Only this peer
+        #[arg(long)]
+        peer: Option<String>,
+        /// Only this stream
+        #[arg(long)]
+        stream: Option<String>,
+        /// One JSON object per reading
+        #[arg(long)]
+        json: bool,
+        /// Stop after this long (e.g. 30s) [default: until Ctrl-C]
+        #[arg(long = "for", value_name = "DURATION")]
+        run_for: Option<String>,
     },
     /// Manage stream keys
     Keys {
@@ -119,6 +163,21 @@ pub struct UpArgs {
     /// The agent's name, used when `up` creates a new agent
     #[arg(long)]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PairArgs {
+    /// The code the other agent shows (e.g. 7-amber-tiger; with --sas only its number)
+    pub code: Option<String>,
+    /// No code to type: both sides show a six-digit comparison code to confirm instead
+    #[arg(long)]
+    pub sas: bool,
+    /// How long to wait for the other agent (e.g. 5m)
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub timeout: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use edgeseal_core::chain::{Audit, Finding, Scope};
-use edgeseal_core::keys::Identity;
 use edgeseal_core::{DeviceId, Readings, StreamName, keystore};
 use edgeseal_store::local::LocalState;
 use edgeseal_store::reader::{StreamRead, open_rows, read_stream};
@@ -29,6 +28,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
     let mut overrides =
         Overrides { data_dir: cli.global.data_dir.clone(), store: cli.global.store.clone(), ..Default::default() };
+    overrides.broker(cli.global.broker.clone());
     match &cli.command {
         Command::Init { name, .. } => overrides.name = name.clone(),
         Command::Up(args) => {
@@ -51,7 +51,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Streams { json } => streams(&cfg, json).await,
         Command::Fetch(args) => fetch(&cfg, &pass, args).await,
         Command::Verify { stream, device, json } => verify(&cfg, stream, device, json).await,
-        Command::Keys { command: KeysCommand::Rotate { stream } } => rotate(&cfg, &stream).await,
+        Command::Keys { command: KeysCommand::Rotate { stream } } => {
+            crate::share_cmd::rotate(&cfg, &pass, &stream).await
+        }
+        Command::Pair(args) => crate::share_cmd::pair(&cfg, &pass, args).await,
+        Command::Peers { json } => crate::share_cmd::peers(&cfg, json).await,
+        Command::Share { stream, peer, from } => crate::share_cmd::share(&cfg, &pass, &stream, &peer, from).await,
+        Command::Revoke { peer, stream } => crate::share_cmd::revoke(&cfg, &pass, &peer, stream).await,
+        Command::Watch { peer, stream, json, run_for } => {
+            crate::share_cmd::watch(&cfg, &pass, peer, stream, json, run_for).await
+        }
         Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
         Command::Config { command: ConfigCommand::PrintDefault } => unreachable!("handled above"),
         Command::Pki { command } => crate::pki_cmd::pki(&cfg, command),
@@ -125,7 +134,7 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<AnyStore> {
     Ok(store)
 }
 
-async fn open_local(cfg: &Config) -> Result<LocalState> {
+pub(crate) async fn open_local(cfg: &Config) -> Result<LocalState> {
     keyfile::require_initialised(&cfg.data_dir)?;
     let local = LocalState::open(&cfg.state_path()).await.context("cannot open the local state (state.db)")?;
     keyfile::make_private(&cfg.state_path());
@@ -219,7 +228,7 @@ fn parse_device(arg: Option<&str>, own: DeviceId) -> Result<DeviceId> {
     }
 }
 
-fn parse_stream(s: &str) -> Result<StreamName> {
+pub(crate) fn parse_stream(s: &str) -> Result<StreamName> {
     StreamName::new(s).with_context(|| format!("--stream {s:?}"))
 }
 
@@ -240,14 +249,6 @@ async fn audited(
     Ok(read)
 }
 
-fn key_for<'a>(
-    identity: &'a Identity,
-    device: DeviceId,
-    stream: &'a StreamName,
-) -> impl Fn(u32) -> Option<edgeseal_core::keys::EpochKey> + Sync + 'a {
-    move |epoch| (identity.device_id() == device).then(|| identity.epoch_key(stream, epoch))
-}
-
 async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result<ExitCode> {
     let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
     let stream = parse_stream(&args.stream)?;
@@ -264,7 +265,6 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
     let store = open_store(cfg).await?;
     let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
     let read = audited(&store, &local, device, &stream, TimeRange { from, to }, scope).await?;
-    local.close().await;
     if read.rows.is_empty() && read.audit.is_clean() {
         eprintln!("no batches of {stream} in that range");
     }
@@ -281,7 +281,9 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
         b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         b
     });
-    let key = key_for(&identity, device, &stream);
+    let ring = crate::share::KeyRing::load(std::sync::Arc::new(identity), &local).await?;
+    local.close().await;
+    let key = |epoch| ring.key(device, &stream, epoch);
     let mut out = Output::new(args.format, &stream);
     let mut unreadable = 0usize;
     for start in (0..read.rows.len()).step_by(FETCH_CHUNK) {
@@ -302,7 +304,7 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
     out.finish()?;
     if unreadable > 0 {
         eprintln!(
-            "warning: {unreadable} authentic batches could not be opened (no key for their epoch on this agent, or damaged)"
+            "warning: {unreadable} authentic batches could not be opened (no key for their epoch on this agent: not granted, or damaged)"
         );
     }
     if problems {
@@ -544,17 +546,6 @@ fn finding_json(f: &Finding) -> serde_json::Value {
         o.extend(extra.clone());
     }
     v
-}
-
-async fn rotate(cfg: &Config, stream: &str) -> Result<ExitCode> {
-    let stream = parse_stream(stream)?;
-    let local = open_local(cfg).await?;
-    let epoch = local.rotate_epoch(&stream).await?;
-    local.close().await;
-    println!(
-        "{stream} now seals under key epoch {epoch}; batches sealed before stay readable with their own epoch's key"
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 fn show_config(cfg: &Config) -> Result<ExitCode> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use edgeseal_core::StreamName;
+use edgeseal_mqtt::link::{BrokerUrl, LinkOptions, Password};
 use edgeseal_sensors::batcher::Policy;
 use edgeseal_sensors::grovepi::Port;
 use edgeseal_sensors::grovepi::sensor::{GroveKind, GroveSensor};
@@ -33,6 +34,13 @@ const ENV_KEYS: &[&str] = &[
     "grovepi.bus",
     "lcd.enabled",
     "lcd.refresh",
+    "mqtt.broker",
+    "mqtt.prefix",
+    "mqtt.username",
+    "mqtt.password",
+    "mqtt.ca",
+    "mqtt.client_cert",
+    "mqtt.client_key",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +59,26 @@ struct Raw {
     sensor: Vec<RawSensor>,
     grovepi: RawGrovePi,
     lcd: RawLcd,
+    mqtt: RawMqtt,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    broker: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    prefix: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    username: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    password: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    ca: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    client_cert: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    client_key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +140,50 @@ pub struct Overrides {
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<RawMqtt>,
+}
+
+impl Overrides {
+    /// `--broker URL` on the command line.
+    pub fn broker(&mut self, url: Option<String>) {
+        if let Some(url) = url {
+            self.mqtt = Some(RawMqtt { broker: url, ..Default::default() });
+        }
+    }
+}
+
+/// How to reach the MQTT broker.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub broker: Option<BrokerUrl>,
+    pub prefix: String,
+    pub username: Option<String>,
+    pub password: Option<Password>,
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl MqttConfig {
+    /// Link options for `client_id`, reading the TLS files. Fails when no broker is configured.
+    pub fn link_options(&self, client_id: &str) -> Result<LinkOptions> {
+        let Some(url) = self.broker.clone() else {
+            bail!("no MQTT broker is configured: set mqtt.broker in edgeseal.toml, EDGESEAL_MQTT__BROKER or --broker")
+        };
+        let mut o = LinkOptions::new(url, client_id);
+        o.username = self.username.clone();
+        o.password = self.password.clone();
+        let read = |p: &Path, what: &str| {
+            std::fs::read(p).with_context(|| format!("cannot read the {what} {} (mqtt settings)", p.display()))
+        };
+        if let Some(ca) = &self.ca {
+            o.ca_pem = Some(read(ca, "CA certificate")?);
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            o.client_cert = Some((read(cert, "client certificate")?, read(key, "client key")?));
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -155,6 +227,7 @@ pub struct Config {
     /// `/dev/i2c-N`, or `emulated`.
     pub grovepi_bus: String,
     pub lcd: LcdConfig,
+    pub mqtt: MqttConfig,
 }
 
 impl Config {
@@ -188,7 +261,11 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
         fig = fig.merge(Toml::file_exact(&path));
     }
     fig = fig
-        .merge(Env::prefixed("EDGESEAL_").split("__").filter(|k| ENV_KEYS.contains(&k.as_str())))
+        .merge(
+            Env::prefixed("EDGESEAL_")
+                .split("__")
+                .filter(|k| ENV_KEYS.iter().any(|e| k.as_str().eq_ignore_ascii_case(e))),
+        )
         .merge(Serialized::defaults(overrides));
     // figment names keys with its profile ("default.batch.count"); users wrote "batch.count".
     let raw: Raw = fig
@@ -281,6 +358,7 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
             .collect::<Result<_>>()?,
         refresh: duration("lcd.refresh", &raw.lcd.refresh)?,
     };
+    let mqtt = validate_mqtt(raw.mqtt)?;
     let name = if raw.name.trim().is_empty() { host_name() } else { raw.name };
     let store_url = if raw.store.trim().is_empty() {
         format!("sqlite://{}", raw.data_dir.join("store.db").display())
@@ -300,6 +378,32 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         sensors,
         grovepi_bus: raw.grovepi.bus,
         lcd,
+        mqtt,
+    })
+}
+
+fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {
+    let some = |s: String| Some(s).filter(|s| !s.trim().is_empty());
+    let broker = match some(m.broker) {
+        None => None,
+        Some(u) => Some(u.trim().parse::<BrokerUrl>().map_err(|e| anyhow!("invalid configuration: mqtt.broker: {e}"))?),
+    };
+    let prefix = m.prefix.trim().trim_end_matches('/').to_string();
+    if prefix.is_empty() || prefix.contains(['+', '#']) || prefix.starts_with('/') {
+        bail!("invalid configuration: mqtt.prefix = {prefix:?}: use topic levels without wildcards, e.g. edgeseal/v1");
+    }
+    let client_cert = match (some(m.client_cert), some(m.client_key)) {
+        (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+        (None, None) => None,
+        _ => bail!("invalid configuration: mqtt.client_cert and mqtt.client_key go together (mutual TLS)"),
+    };
+    Ok(MqttConfig {
+        broker,
+        prefix,
+        username: some(m.username),
+        password: some(m.password).map(Password::new),
+        ca: some(m.ca).map(PathBuf::from),
+        client_cert,
     })
 }
 

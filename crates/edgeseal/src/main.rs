@@ -9,6 +9,8 @@ mod config;
 mod keyfile;
 mod pki_cmd;
 mod sensors_cmd;
+mod share;
+mod share_cmd;
 mod timefmt;
 
 use std::process::ExitCode;

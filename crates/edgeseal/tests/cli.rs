@@ -12,6 +12,9 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_edgeseal");
 const BASE_TS: i64 = 1_767_225_600_000;
 
+#[path = "cli/sharing.rs"]
+mod sharing;
+
 #[test]
 fn cli_transcripts() {
     trycmd::TestCases::new().register_bin("edgeseal", std::path::Path::new(BIN)).case("tests/cmd/*.md");
@@ -29,12 +32,13 @@ fn tempdir(tag: &str) -> PathBuf {
 struct Agent {
     dir: PathBuf,
     store: Option<String>,
+    broker: Option<String>,
 }
 
 impl Agent {
     fn new(tag: &str) -> Agent {
         let dir = tempdir(tag).join("data");
-        let a = Agent { dir, store: None };
+        let a = Agent { dir, store: None, broker: None };
         a.ok(&["init", "--name", tag]);
         a
     }
@@ -44,6 +48,9 @@ impl Agent {
         c.arg("--data-dir").arg(&self.dir);
         if let Some(s) = &self.store {
             c.arg("--store").arg(s);
+        }
+        if let Some(b) = &self.broker {
+            c.arg("--broker").arg(b);
         }
         c.args(args)
             .env_remove("EDGESEAL_PASSPHRASE")
@@ -108,7 +115,16 @@ impl Agent {
 
     /// Every reading of a stream as (ts, value), after verification.
     fn fetch(&self, stream: &str) -> Vec<(i64, f64)> {
-        let out = self.ok(&["fetch", "--stream", stream, "--format", "json"]);
+        self.fetch_from(stream, None)
+    }
+
+    /// Every reading of a stream of `device` (default: this agent) as (ts, value), after verification.
+    fn fetch_from(&self, stream: &str, device: Option<&str>) -> Vec<(i64, f64)> {
+        let mut args = vec!["fetch", "--stream", stream, "--format", "json"];
+        if let Some(d) = device {
+            args.extend(["--device", d]);
+        }
+        let out = self.ok(&args);
         let v: Value = serde_json::from_str(&out).unwrap();
         v.as_array().unwrap().iter().map(|r| (r["ts_ms"].as_i64().unwrap(), r["value"].as_f64().unwrap())).collect()
     }
@@ -364,7 +380,7 @@ fn database_outage_loses_nothing_and_duplicates_nothing() {
     let mut a = Agent::new("outage");
     a.store = Some(via(&direct, relay.port));
     let mut up = a.spawn_stdin(&["--batch-count", "10", "--batch-interval", "off"]);
-    let watch = Agent { dir: a.dir.clone(), store: Some(direct.clone()) };
+    let watch = Agent { dir: a.dir.clone(), store: Some(direct.clone()), broker: None };
 
     feed(&mut up, "o", 0..50);
     wait_until("50 readings stored", Duration::from_secs(30), || watch.counts("o") == (50, 0, 0));

@@ -1,0 +1,277 @@
+//! Grants: a stream's epoch keys wrapped to one peer and signed by the owner.
+//!
+//! The keys are encrypted with HPKE (RFC 9180) in *auth* mode
+//! (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305): only the
+//! peer's X25519 key opens them, and opening proves the owner's X25519 key
+//! made them. The owner's Ed25519 signature covers the whole grant, so the
+//! broker that carries it (retained, for peers that are offline) cannot alter,
+//! re-address or forge one. A grant lists every epoch key the peer holds for
+//! the stream and replaces the previous grant; a grant with no keys is a
+//! revocation: the peer keeps what it had but gets nothing sealed afterwards.
+//!
+//! Layout: `b"EG"`, version 1, owner Ed25519 key (32), peer device (16),
+//! stream (length byte + bytes), issued and from (i64 BE, Unix ms), HPKE
+//! encapsulated key (32), ciphertext length (u16 BE) and ciphertext of
+//! `n × (epoch u32 BE ‖ key 32)`, then the Ed25519 signature (64) over
+//! `"edgeseal/v1/grant-sig" ‖` everything before it.
+
+use hpke::aead::ChaCha20Poly1305;
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::rand_core::CryptoRng;
+use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
+use zeroize::Zeroizing;
+
+use crate::error::Error;
+use crate::id::{DeviceId, StreamName};
+use crate::keys::{EpochKey, Identity, PublicIdentity, SecretBytes, device_id_of, verify_signature};
+
+const MAGIC: &[u8; 2] = b"EG";
+const VERSION: u8 = 1;
+const INFO: &[u8] = b"edgeseal/v1/grant";
+const SIG_DOMAIN: &[u8] = b"edgeseal/v1/grant-sig";
+const MAX_EPOCHS: usize = 1024;
+
+type KemT = X25519HkdfSha256;
+
+/// The clear part of a grant: who gives what to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantInfo {
+    pub owner: DeviceId,
+    pub owner_ed25519: [u8; 32],
+    pub peer: DeviceId,
+    pub stream: StreamName,
+    /// When the owner issued it (Unix ms): a later grant replaces an earlier one.
+    pub issued_ms: i64,
+    /// Readings before this time are not part of the grant (Unix ms).
+    pub from_ms: i64,
+}
+
+/// An opened grant.
+#[derive(Debug)]
+pub struct Grant {
+    pub info: GrantInfo,
+    pub keys: Vec<(u32, EpochKey)>,
+}
+
+impl Grant {
+    /// A grant with no keys revokes the peer.
+    pub fn is_revocation(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Issues a grant of `keys` (epoch, key) of `stream` to `peer`.
+pub fn issue(
+    owner: &Identity,
+    peer: &PublicIdentity,
+    stream: &StreamName,
+    issued_ms: i64,
+    from_ms: i64,
+    keys: &[(u32, EpochKey)],
+    rng: &mut impl CryptoRng,
+) -> Result<Vec<u8>, Error> {
+    if keys.len() > MAX_EPOCHS {
+        return Err(Error::Unencodable("a grant holds at most 1024 epoch keys"));
+    }
+    let mut out = Vec::with_capacity(200 + keys.len() * 52);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&owner.ed25519_public());
+    out.extend_from_slice(&peer.device_id().0);
+    out.push(stream.as_str().len() as u8);
+    out.extend_from_slice(stream.as_str().as_bytes());
+    out.extend_from_slice(&issued_ms.to_be_bytes());
+    out.extend_from_slice(&from_ms.to_be_bytes());
+    let aad_len = out.len();
+    let mut plain = Zeroizing::new(Vec::with_capacity(keys.len() * 36));
+    for (epoch, key) in keys {
+        plain.extend_from_slice(&epoch.to_be_bytes());
+        plain.extend_from_slice(key.0.expose_secret());
+    }
+    let secret = owner.agreement_secret();
+    let sk = <KemT as Kem>::PrivateKey::from_bytes(secret.as_ref()).map_err(|_| Error::Unencodable("owner key"))?;
+    let pk_own = <KemT as Kem>::sk_to_pk(&sk);
+    let pk = <KemT as Kem>::PublicKey::from_bytes(&peer.x25519).map_err(|_| Error::Unencodable("peer key"))?;
+    let mode = OpModeS::Auth((sk, pk_own));
+    let (enc, ct) = hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, KemT>(
+        &mode,
+        &pk,
+        INFO,
+        &plain,
+        &out[..aad_len],
+        rng,
+    )
+    .map_err(|_| Error::Unencodable("the peer's X25519 key is not usable"))?;
+    out.extend_from_slice(&enc.to_bytes());
+    out.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+    out.extend_from_slice(&ct);
+    let sig = owner.sign(&sig_message(&out));
+    out.extend_from_slice(&sig);
+    Ok(out)
+}
+
+struct Parsed<'a> {
+    info: GrantInfo,
+    aad: &'a [u8],
+    enc: &'a [u8],
+    ct: &'a [u8],
+    signed: &'a [u8],
+    sig: [u8; 64],
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed<'_>, Error> {
+    let mut r = Reader(bytes, 0);
+    if r.take(2)? != MAGIC {
+        return Err(Error::Invalid("not a grant"));
+    }
+    let version = r.take(1)?[0];
+    if version != VERSION {
+        return Err(Error::UnsupportedVersion(version));
+    }
+    let owner_ed25519: [u8; 32] = r.array()?;
+    let peer = DeviceId(r.array()?);
+    let n = r.take(1)?[0] as usize;
+    let stream = std::str::from_utf8(r.take(n)?).map_err(|_| Error::Invalid("grant stream name is not UTF-8"))?;
+    let stream = StreamName::new(stream)?;
+    let issued_ms = i64::from_be_bytes(r.array()?);
+    let from_ms = i64::from_be_bytes(r.array()?);
+    let aad = &bytes[..r.1];
+    let enc = r.take(32)?;
+    let ct_len = u16::from_be_bytes(r.array()?) as usize;
+    let ct = r.take(ct_len)?;
+    let signed = &bytes[..r.1];
+    let sig: [u8; 64] = r.array()?;
+    if r.1 != bytes.len() {
+        return Err(Error::Invalid("trailing bytes after the grant"));
+    }
+    let info = GrantInfo { owner: device_id_of(&owner_ed25519), owner_ed25519, peer, stream, issued_ms, from_ms };
+    Ok(Parsed { info, aad, enc, ct, signed, sig })
+}
+
+/// Reads the clear part without checking anything: for routing only.
+pub fn peek(bytes: &[u8]) -> Result<GrantInfo, Error> {
+    Ok(parse(bytes)?.info)
+}
+
+/// Verifies and opens a grant addressed to `me` from `owner`.
+pub fn open(bytes: &[u8], me: &Identity, owner: &PublicIdentity) -> Result<Grant, Error> {
+    let p = parse(bytes)?;
+    if p.info.owner_ed25519 != owner.ed25519 || !verify_signature(&owner.ed25519, &sig_message(p.signed), &p.sig) {
+        return Err(Error::Invalid("the grant is not signed by the peer it claims to come from"));
+    }
+    if p.info.peer != me.device_id() {
+        return Err(Error::Invalid("the grant is addressed to another device"));
+    }
+    let secret = me.agreement_secret();
+    let sk = <KemT as Kem>::PrivateKey::from_bytes(secret.as_ref()).map_err(|_| Error::CouldNotOpen)?;
+    let owner_pk = <KemT as Kem>::PublicKey::from_bytes(&owner.x25519).map_err(|_| Error::CouldNotOpen)?;
+    let enc = <KemT as Kem>::EncappedKey::from_bytes(p.enc).map_err(|_| Error::CouldNotOpen)?;
+    let plain = Zeroizing::new(
+        hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, KemT>(
+            &OpModeR::Auth(owner_pk),
+            &sk,
+            &enc,
+            INFO,
+            p.ct,
+            p.aad,
+        )
+        .map_err(|_| Error::CouldNotOpen)?,
+    );
+    if plain.len() % 36 != 0 || plain.len() / 36 > MAX_EPOCHS {
+        return Err(Error::Invalid("grant key list has the wrong size"));
+    }
+    let keys = plain
+        .chunks_exact(36)
+        .map(|c| {
+            let epoch = u32::from_be_bytes(c[..4].try_into().expect("4 bytes"));
+            let key: [u8; 32] = c[4..].try_into().expect("32 bytes");
+            (epoch, EpochKey(SecretBytes::new(key)))
+        })
+        .collect();
+    Ok(Grant { info: p.info, keys })
+}
+
+fn sig_message(signed: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIG_DOMAIN.len() + signed.len());
+    m.extend_from_slice(SIG_DOMAIN);
+    m.extend_from_slice(signed);
+    m
+}
+
+struct Reader<'a>(&'a [u8], usize);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self.1.checked_add(n).filter(|e| *e <= self.0.len()).ok_or(Error::Truncated)?;
+        let s = &self.0[self.1..end];
+        self.1 = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spake2::{SysRng, UnwrapErr};
+
+    fn id(seed: u8) -> Identity {
+        Identity::from_secret_bytes(&[seed; 96])
+    }
+
+    fn grant(owner: &Identity, peer: &Identity, epochs: &[u32]) -> Vec<u8> {
+        let s = StreamName::new("temperature").unwrap();
+        let keys: Vec<_> = epochs.iter().map(|e| (*e, owner.epoch_key(&s, *e))).collect();
+        issue(owner, &peer.public(), &s, 1_000, 500, &keys, &mut UnwrapErr(SysRng)).unwrap()
+    }
+
+    #[test]
+    fn the_peer_opens_exactly_the_granted_keys() {
+        let (owner, peer) = (id(1), id(2));
+        let g = open(&grant(&owner, &peer, &[0, 3]), &peer, &owner.public()).unwrap();
+        let s = StreamName::new("temperature").unwrap();
+        assert_eq!(g.keys.len(), 2);
+        assert_eq!(g.keys[1].0, 3);
+        assert_eq!(g.keys[1].1, owner.epoch_key(&s, 3));
+        assert_eq!(g.info.stream, s);
+        assert_eq!((g.info.issued_ms, g.info.from_ms), (1_000, 500));
+        assert_eq!(g.info.owner, owner.device_id());
+        assert!(!g.is_revocation());
+        assert!(open(&grant(&owner, &peer, &[]), &peer, &owner.public()).unwrap().is_revocation());
+    }
+
+    #[test]
+    fn another_device_cannot_open_it() {
+        let (owner, peer, other) = (id(1), id(2), id(3));
+        let g = grant(&owner, &peer, &[0]);
+        assert!(open(&g, &other, &owner.public()).is_err());
+        // Nor does it open when someone else claims to be the owner.
+        assert!(open(&g, &peer, &other.public()).is_err());
+    }
+
+    #[test]
+    fn every_altered_byte_is_refused() {
+        let (owner, peer) = (id(1), id(2));
+        let g = grant(&owner, &peer, &[0, 1]);
+        for i in 0..g.len() {
+            let mut bad = g.clone();
+            bad[i] ^= 1;
+            assert!(open(&bad, &peer, &owner.public()).is_err(), "byte {i}");
+        }
+        for cut in 0..g.len() {
+            assert!(open(&g[..cut], &peer, &owner.public()).is_err());
+        }
+    }
+
+    #[test]
+    fn a_grant_claiming_another_owner_is_refused() {
+        let (owner, peer, mallory) = (id(1), id(2), id(3));
+        let mut forged = grant(&mallory, &peer, &[0]);
+        forged[3..35].copy_from_slice(&owner.ed25519_public());
+        assert!(open(&forged, &peer, &owner.public()).is_err());
+    }
+}

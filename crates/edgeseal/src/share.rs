@@ -1,0 +1,461 @@
+//! Sharing: topics, grants given and received, and the receiving side
+//! (`watch` and the inbox of `up`).
+//!
+//! Topics, under the configured prefix (default `edgeseal/v1`):
+//! - `PREFIX/<device>/<stream>/batch`: every sealed batch, QoS 1, the same bytes the store holds;
+//! - `PREFIX/<owner>/<stream>/grant/<peer>`: the owner's latest grant to that peer, retained;
+//! - `PREFIX/pair/<channel>/<host|joiner>`: pairing messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use edgeseal_core::chain::Head;
+use edgeseal_core::envelope::{self, Authorship};
+use edgeseal_core::grant;
+use edgeseal_core::keys::{EpochKey, Identity};
+use edgeseal_core::{DeviceId, Readings, StreamName};
+use edgeseal_mqtt::link::{Link, Message};
+use edgeseal_store::BatchRow;
+use edgeseal_store::local::{GrantOut, LocalState, PeerRow};
+use tracing::{debug, info, warn};
+
+use crate::timefmt::now_ms;
+
+/// Topic names under one prefix.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+/// What a topic carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Topic {
+    Batch { device: DeviceId, stream: StreamName },
+    Grant { owner: DeviceId, stream: StreamName, peer: DeviceId },
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Topics {
+        Topics { prefix: prefix.to_string() }
+    }
+
+    pub fn batch(&self, device: DeviceId, stream: &StreamName) -> String {
+        format!("{}/{device}/{stream}/batch", self.prefix)
+    }
+
+    pub fn grant(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
+        format!("{}/{owner}/{stream}/grant/{peer}", self.prefix)
+    }
+
+    pub fn pair(&self, channel: u16, side: &str) -> String {
+        format!("{}/pair/{channel}/{side}", self.prefix)
+    }
+
+    /// The filters a receiver subscribes to for one peer.
+    pub fn peer_filters(&self, peer: DeviceId, me: DeviceId) -> [String; 2] {
+        [format!("{}/{peer}/+/batch", self.prefix), format!("{}/{peer}/+/grant/{me}", self.prefix)]
+    }
+
+    pub fn parse(&self, topic: &str) -> Option<Topic> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [device, stream, "batch"] => {
+                Some(Topic::Batch { device: device.parse().ok()?, stream: StreamName::new(*stream).ok()? })
+            }
+            [owner, stream, "grant", peer] => Some(Topic::Grant {
+                owner: owner.parse().ok()?,
+                stream: StreamName::new(*stream).ok()?,
+                peer: peer.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Finds a peer by name, device id (or a prefix of at least 6 hex digits) or fingerprint.
+pub fn find_peer<'a>(peers: &'a [PeerRow], what: &str) -> Result<&'a PeerRow> {
+    let w = what.trim().to_ascii_lowercase();
+    let hits: Vec<&PeerRow> = peers
+        .iter()
+        .filter(|p| {
+            p.name.to_ascii_lowercase() == w
+                || (w.len() >= 6 && p.device.to_string().starts_with(&w))
+                || p.public.fingerprint() == w
+        })
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] if peers.is_empty() => bail!("no peer {what:?}: this agent has no peers yet (pair with `edgeseal pair`)"),
+        [] => bail!(
+            "no peer {what:?}; peers: {}",
+            peers.iter().map(|p| format!("{} ({})", p.name, &p.device.to_string()[..8])).collect::<Vec<_>>().join(", ")
+        ),
+        _ => bail!("{what:?} names more than one peer: use its device id"),
+    }
+}
+
+fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
+    spake2::UnwrapErr(spake2::SysRng)
+}
+
+/// Grants given by this agent: issuing, re-issuing on a new epoch, revoking.
+pub struct Grants<'a> {
+    pub identity: &'a Identity,
+    pub local: &'a LocalState,
+}
+
+impl Grants<'_> {
+    /// Issues (and stores, unpublished) a grant of epochs `first_epoch..=current` to `peer`.
+    async fn issue(&self, peer: &PeerRow, stream: &StreamName, from_ms: i64, first_epoch: u32) -> Result<GrantOut> {
+        let current = self.local.stream_state(stream).await?.epoch;
+        let first = first_epoch.max(current.saturating_sub(1023));
+        let keys: Vec<(u32, EpochKey)> = (first..=current).map(|e| (e, self.identity.epoch_key(stream, e))).collect();
+        let bytes = grant::issue(self.identity, &peer.public, stream, now_ms(), from_ms, &keys, &mut rng())?;
+        let g = GrantOut {
+            peer: peer.device,
+            stream: stream.clone(),
+            from_ms,
+            first_epoch,
+            revoked: false,
+            grant: bytes,
+            published: false,
+        };
+        self.local.put_grant_out(&g).await?;
+        Ok(g)
+    }
+
+    /// Grants `stream` to `peer`: from `from_ms` on (the epochs covering it), or
+    /// live only (a new epoch starts now, so nothing sealed before opens).
+    pub async fn share(&self, peer: &PeerRow, stream: &StreamName, from_ms: Option<i64>) -> Result<u32> {
+        let first_epoch = match from_ms {
+            Some(t) => self.local.epoch_at(stream, t).await?,
+            None => self.rotate(stream).await?,
+        };
+        let g = self.issue(peer, stream, from_ms.unwrap_or_else(now_ms), first_epoch).await?;
+        Ok(self.local.stream_state(&g.stream).await?.epoch)
+    }
+
+    /// Starts a new epoch of `stream` and re-issues every live grant of it, so
+    /// the remaining peers receive the new key. Returns the new epoch.
+    pub async fn rotate(&self, stream: &StreamName) -> Result<u32> {
+        let epoch = self.local.rotate_epoch(stream, now_ms()).await?;
+        let peers = self.local.peers().await?;
+        for g in self.local.grants_out().await? {
+            if g.stream == *stream
+                && !g.revoked
+                && let Some(p) = peers.iter().find(|p| p.device == g.peer)
+            {
+                self.issue(p, stream, g.from_ms, g.first_epoch).await?;
+            }
+        }
+        Ok(epoch)
+    }
+
+    /// Revokes `peer` from `streams` (every stream granted to it when empty):
+    /// a signed empty grant replaces its grant and each stream moves to a new
+    /// epoch that only the remaining peers receive. Returns the streams revoked.
+    pub async fn revoke(&self, peer: &PeerRow, streams: &[StreamName]) -> Result<Vec<StreamName>> {
+        let mut done = Vec::new();
+        for g in self.local.grants_out().await? {
+            if g.peer != peer.device || g.revoked || !(streams.is_empty() || streams.contains(&g.stream)) {
+                continue;
+            }
+            let bytes = grant::issue(self.identity, &peer.public, &g.stream, now_ms(), g.from_ms, &[], &mut rng())?;
+            self.local.put_grant_out(&GrantOut { revoked: true, grant: bytes, published: false, ..g.clone() }).await?;
+            self.rotate(&g.stream).await?;
+            done.push(g.stream);
+        }
+        Ok(done)
+    }
+
+    /// Publishes (retained) every grant not yet published. Returns how many went out.
+    pub async fn publish(&self, link: &Link, topics: &Topics) -> Result<usize> {
+        let me = self.identity.device_id();
+        let mut n = 0;
+        for g in self.local.grants_out().await? {
+            if g.published {
+                continue;
+            }
+            link.publish(&topics.grant(me, &g.stream, g.peer), g.grant.clone(), true)
+                .await
+                .with_context(|| format!("cannot publish the grant of {} to the broker", g.stream))?;
+            self.local.grant_published(g.peer, &g.stream, &g.grant).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Every key this agent can open batches with: its own streams' and those granted to it.
+#[derive(Default)]
+pub struct KeyRing {
+    own: Option<(DeviceId, Arc<Identity>)>,
+    granted: HashMap<(DeviceId, StreamName), BTreeMap<u32, EpochKey>>,
+}
+
+impl KeyRing {
+    /// Own keys plus every stored grant (verified again against the peer's key).
+    pub async fn load(identity: Arc<Identity>, local: &LocalState) -> Result<KeyRing> {
+        let mut ring = KeyRing { own: Some((identity.device_id(), identity.clone())), granted: HashMap::new() };
+        let peers = local.peers().await?;
+        for (owner, stream, bytes, _) in local.grants_in().await? {
+            let Some(p) = peers.iter().find(|p| p.device == owner) else { continue };
+            match grant::open(&bytes, &identity, &p.public) {
+                Ok(g) => ring.add(&g),
+                Err(e) => warn!("a stored grant of {stream} from {} does not open: {e}", p.name),
+            }
+        }
+        Ok(ring)
+    }
+
+    fn add(&mut self, g: &grant::Grant) {
+        let slot = self.granted.entry((g.info.owner, g.info.stream.clone())).or_default();
+        for (e, k) in &g.keys {
+            slot.insert(*e, k.clone());
+        }
+    }
+
+    pub fn key(&self, device: DeviceId, stream: &StreamName, epoch: u32) -> Option<EpochKey> {
+        match &self.own {
+            Some((me, id)) if *me == device => Some(id.epoch_key(stream, epoch)),
+            _ => self.granted.get(&(device, stream.clone()))?.get(&epoch).cloned(),
+        }
+    }
+}
+
+/// How a received batch relates to what came before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// The first batch seen of this stream.
+    First,
+    /// Follows the previous batch (number and hash).
+    InOrder,
+    /// Batches were missed (e.g. sent while this agent was offline and the broker kept no session).
+    Gap { missing: u64 },
+}
+
+/// What the inbox made of a message.
+#[derive(Debug)]
+pub enum Event {
+    /// A verified batch, opened.
+    Readings {
+        peer: String,
+        device: DeviceId,
+        stream: StreamName,
+        seq: u64,
+        readings: Readings,
+        arrival: Arrival,
+    },
+    /// A verified batch this agent has no key for (yet): kept, opened when a grant arrives.
+    Locked {
+        peer: String,
+        stream: StreamName,
+        seq: u64,
+        epoch: u32,
+    },
+    /// A grant arrived: `epochs` keys, or a revocation.
+    Granted {
+        peer: String,
+        stream: StreamName,
+        epochs: usize,
+    },
+    Revoked {
+        peer: String,
+        stream: StreamName,
+    },
+    /// Something on a peer's topic that does not verify, or a replay: dropped.
+    Refused {
+        topic: String,
+        reason: String,
+    },
+}
+
+/// Verified batches without a key yet, kept per stream for when the grant arrives.
+const LOCKED_MAX: usize = 1000;
+
+/// The receiving side: verifies, checks order and replay, opens, and queues for the store.
+pub struct Inbox {
+    identity: Arc<Identity>,
+    local: LocalState,
+    topics: Topics,
+    peers: HashMap<DeviceId, PeerRow>,
+    keys: KeyRing,
+    from_ms: HashMap<(DeviceId, StreamName), i64>,
+    locked: HashMap<(DeviceId, StreamName), Vec<Vec<u8>>>,
+    /// Queue received batches for the store (the agent); `watch` only shows them.
+    pub store: bool,
+}
+
+impl Inbox {
+    pub async fn new(identity: Arc<Identity>, local: LocalState, topics: Topics) -> Result<Inbox> {
+        let peers = local.peers().await?.into_iter().map(|p| (p.device, p)).collect();
+        let keys = KeyRing::load(identity.clone(), &local).await?;
+        Ok(Inbox {
+            identity,
+            local,
+            topics,
+            peers,
+            keys,
+            from_ms: HashMap::new(),
+            locked: HashMap::new(),
+            store: false,
+        })
+    }
+
+    /// Picks up peers paired since the inbox started (subscribing to them) and their grants.
+    pub async fn refresh_peers(&mut self, link: &Link) -> Result<()> {
+        let me = self.identity.device_id();
+        for p in self.local.peers().await? {
+            if self.peers.contains_key(&p.device) {
+                continue;
+            }
+            for f in self.topics.peer_filters(p.device, me) {
+                link.subscribe(&f).await?;
+            }
+            info!("now receiving from {}", p.name);
+            self.peers.insert(p.device, p);
+        }
+        Ok(())
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &PeerRow> {
+        self.peers.values()
+    }
+
+    /// Subscribes to every peer's batches and grants to this agent.
+    pub async fn subscribe(&self, link: &Link) -> Result<()> {
+        let me = self.identity.device_id();
+        for p in self.peers.values() {
+            for f in self.topics.peer_filters(p.device, me) {
+                link.subscribe(&f).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn handle(&mut self, msg: &Message) -> Vec<Event> {
+        let refused = |reason: String| vec![Event::Refused { topic: msg.topic.clone(), reason }];
+        match self.topics.parse(&msg.topic) {
+            Some(Topic::Batch { device, stream }) => match self.batch(device, &stream, &msg.payload).await {
+                Ok(ev) => ev,
+                Err(e) => refused(format!("{e:#}")),
+            },
+            Some(Topic::Grant { owner, stream, peer }) if peer == self.identity.device_id() => {
+                if msg.payload.is_empty() {
+                    return Vec::new(); // a cleared retained message
+                }
+                match self.grant(owner, &stream, &msg.payload).await {
+                    Ok(ev) => ev,
+                    Err(e) => refused(format!("{e:#}")),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    async fn grant(&mut self, owner: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
+        let peer = self.peers.get(&owner).ok_or_else(|| anyhow!("a grant from {owner}, which is not a peer"))?;
+        let g = grant::open(bytes, &self.identity, &peer.public).context("grant refused")?;
+        if g.info.stream != *stream || g.info.owner != owner {
+            bail!("grant refused: it is for {} of {}, not this topic", g.info.stream, g.info.owner);
+        }
+        let name = peer.name.clone();
+        let fresh = self.local.put_grant_in(owner, stream, g.info.issued_ms, bytes, g.is_revocation()).await?;
+        if !fresh {
+            debug!("an older or repeated grant of {stream} from {name}");
+            return Ok(Vec::new());
+        }
+        if g.is_revocation() {
+            return Ok(vec![Event::Revoked { peer: name, stream: stream.clone() }]);
+        }
+        self.keys.add(&g);
+        self.from_ms.insert((owner, stream.clone()), g.info.from_ms);
+        let mut events = vec![Event::Granted { peer: name, stream: stream.clone(), epochs: g.keys.len() }];
+        // Batches that arrived before their key: open them now.
+        for bytes in self.locked.remove(&(owner, stream.clone())).unwrap_or_default() {
+            events.extend(self.open_verified(owner, stream, &bytes, Arrival::InOrder)?);
+        }
+        Ok(events)
+    }
+
+    async fn batch(&mut self, device: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
+        let peer = self.peers.get(&device).ok_or_else(|| anyhow!("a batch from {device}, which is not a peer"))?;
+        let p = envelope::parse(bytes).context("not a sealed batch")?;
+        let h = &p.header;
+        if h.device != device || h.stream != *stream {
+            bail!(
+                "batch {} of {} of {} was published on another device's or stream's topic",
+                h.seq,
+                h.stream,
+                h.device
+            );
+        }
+        let hash = p.hash();
+        match p.authorship(&hash) {
+            // The device id is a hash of the signer's key: this is the paired peer's key.
+            Authorship::Device => {}
+            Authorship::Unsigned => bail!("batch {} of {stream} is not signed", h.seq),
+            _ => bail!("batch {} of {stream} is not signed by {} (forged or altered)", h.seq, peer.name),
+        }
+        let head = self.local.remembered(device, stream).await?;
+        let arrival = match head {
+            None => Arrival::First,
+            Some(last) if h.seq <= last.seq => {
+                bail!("batch {} of {stream} replayed or out of order (already have up to {})", h.seq, last.seq)
+            }
+            Some(last) if h.seq == last.seq + 1 => {
+                if h.prev != last.hash {
+                    bail!("batch {} of {stream} does not follow batch {} (a fork or a forgery)", h.seq, last.seq);
+                }
+                Arrival::InOrder
+            }
+            Some(last) => Arrival::Gap { missing: h.seq - last.seq - 1 },
+        };
+        let row = BatchRow::new(h.clone(), hash, bytes.to_vec());
+        self.local.remember(device, stream, Head { seq: h.seq, hash, ts: h.last_ts }).await?;
+        if self.store {
+            self.local.commit_received(&row).await?;
+        }
+        self.open_verified(device, stream, bytes, arrival)
+    }
+
+    fn open_verified(
+        &mut self,
+        device: DeviceId,
+        stream: &StreamName,
+        bytes: &[u8],
+        arrival: Arrival,
+    ) -> Result<Vec<Event>> {
+        let p = envelope::parse(bytes).context("not a sealed batch")?;
+        let peer = self.peers.get(&device).map(|p| p.name.clone()).unwrap_or_default();
+        let Some(key) = self.keys.key(device, stream, p.header.epoch) else {
+            let slot = self.locked.entry((device, stream.clone())).or_default();
+            if slot.len() < LOCKED_MAX {
+                slot.push(bytes.to_vec());
+            }
+            return Ok(vec![Event::Locked { peer, stream: stream.clone(), seq: p.header.seq, epoch: p.header.epoch }]);
+        };
+        let readings = p.open(&key).with_context(|| format!("batch {} of {stream} does not open", p.header.seq))?;
+        Ok(vec![Event::Readings { peer, device, stream: stream.clone(), seq: p.header.seq, readings, arrival }])
+    }
+}
+
+/// Logs what the agent's inbox did.
+pub fn log_event(e: &Event) {
+    match e {
+        Event::Readings { peer, stream, seq, readings, arrival, .. } => {
+            if let Arrival::Gap { missing } = arrival {
+                warn!("{missing} batch(es) of {peer}/{stream} before batch {seq} never arrived");
+            }
+            debug!("received batch {seq} of {peer}/{stream} ({} readings)", readings.len());
+        }
+        Event::Locked { peer, stream, seq, epoch } => {
+            info!("batch {seq} of {peer}/{stream} is sealed under epoch {epoch}, which {peer} has not granted (yet)")
+        }
+        Event::Granted { peer, stream, epochs } => info!("{peer} granted {stream} ({epochs} key epoch(s))"),
+        Event::Revoked { peer, stream } => info!("{peer} revoked this agent's access to {stream}"),
+        Event::Refused { topic, reason } => warn!("refused a message on {topic}: {reason}"),
+    }
+}

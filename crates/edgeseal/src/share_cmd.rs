@@ -1,0 +1,431 @@
+//! `pair`, `peers`, `share`, `revoke`, `keys rotate` and `watch`.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use edgeseal_core::pairing::{Host, Joiner, PairCode, Peer};
+use edgeseal_core::{Readings, StreamName};
+use edgeseal_mqtt::link::{Link, Message};
+use edgeseal_store::local::{LocalState, PeerRow};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::PairArgs;
+use crate::commands::{open_local, parse_stream};
+use crate::config::Config;
+use crate::keyfile::{self, PassphraseSource};
+use crate::share::{Arrival, Event, Grants, Inbox, Topics, find_peer};
+use crate::timefmt::{format_ms, now_ms, parse_time};
+
+/// How long a command waits for the broker to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each step after the first message may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
+    spake2::UnwrapErr(spake2::SysRng)
+}
+
+fn client_id(kind: &str) -> String {
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    format!("edgeseal-{kind}-{}", hex::encode(r))
+}
+
+/// Connects for a short command; waits (up to `timeout`) until the broker answers.
+async fn connect(cfg: &Config, kind: &str, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
+    let opts = cfg.mqtt.link_options(&client_id(kind))?;
+    let url = opts.url.clone();
+    let (link, rx) = Link::start(opts, stop.clone())?;
+    let mut up = link.connected();
+    tokio::time::timeout(CONNECT_TIMEOUT, up.wait_for(|c| *c))
+        .await
+        .map_err(|_| anyhow!("cannot reach the MQTT broker {url} (waited {}s)", CONNECT_TIMEOUT.as_secs()))?
+        .map_err(|_| anyhow!("the connection to {url} ended"))?;
+    Ok((link, rx))
+}
+
+/// The next non-empty message on `topic`, or a clear error after `timeout`.
+async fn next_on(
+    rx: &mut mpsc::Receiver<Message>,
+    topic: &str,
+    timeout: Duration,
+    waiting_for: &str,
+) -> Result<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => bail!(
+                "pairing failed: timed out after {} waiting for {waiting_for}",
+                humantime::format_duration(timeout)
+            ),
+            Ok(None) => bail!("pairing failed: the broker connection closed"),
+            Ok(Some(m)) if m.topic == topic && !m.payload.is_empty() => return Ok(m.payload),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+fn confirm(code: String, peer: &Peer) -> Result<()> {
+    eprintln!(
+        "Comparison code: {code}  (the other agent must show the same; it is {}, fingerprint {})",
+        peer.name,
+        peer.public.fingerprint()
+    );
+    eprint!("Do both agents show this code? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the answer")?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        bail!("pairing cancelled: the comparison codes were not confirmed");
+    }
+    Ok(())
+}
+
+pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Result<ExitCode> {
+    let timeout = humantime::parse_duration(&args.timeout).map_err(|_| anyhow!("--timeout {:?}", args.timeout))?;
+    let joining: Option<PairCode> = match &args.code {
+        None => None,
+        Some(text) if args.sas => {
+            Some(PairCode::sas(text.trim().parse().map_err(|_| anyhow!("with --sas the code is the channel number"))?))
+        }
+        Some(text) => Some(text.parse().map_err(|e| anyhow!("{e}"))?),
+    };
+    cfg.mqtt.link_options("check")?;
+    let (name, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+    let local = open_local(cfg).await?;
+    let topics = Topics::new(&cfg.mqtt.prefix);
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    let (link, mut rx) = connect(cfg, "pair", &stop).await?;
+    let start = std::time::Instant::now();
+    let paired = match joining {
+        None => {
+            let code = if args.sas {
+                let mut b = [0u8; 2];
+                getrandom::fill(&mut b).map_err(|e| anyhow!("no system randomness: {e}"))?;
+                PairCode::sas(1 + u16::from_le_bytes(b) % 999)
+            } else {
+                PairCode::random(&mut rng())
+            };
+            let (mine, theirs) = (topics.pair(code.channel, "host"), topics.pair(code.channel, "joiner"));
+            link.subscribe(&theirs).await?;
+            // Once this is acknowledged the broker has handled the subscription before it.
+            link.publish(&mine, Vec::new(), false).await?;
+            let host = Host::new(code, &mut rng());
+            if args.sas {
+                println!("Pairing channel: {}   on the other agent run: edgeseal pair --sas {}", code, code);
+            } else {
+                println!("Pairing code: {code}   on the other agent run: edgeseal pair {code}");
+            }
+            let _ = std::io::stdout().flush();
+            let m1 = next_on(&mut rx, &theirs, timeout, "the other agent to enter the code").await?;
+            let (host, m2) = host.answer(&m1, &identity, &name)?;
+            link.publish(&mine, m2, false).await?;
+            let m3 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the other agent's identity").await?;
+            let (paired, m4) = host.finish(&m3)?;
+            if code.is_sas() {
+                confirm(paired.comparison_code(), &paired.peer)?;
+            }
+            link.publish(&mine, m4, false).await?;
+            paired
+        }
+        Some(code) => {
+            let (mine, theirs) = (topics.pair(code.channel, "joiner"), topics.pair(code.channel, "host"));
+            link.subscribe(&theirs).await?;
+            let (joiner, m1) = Joiner::new(code, &mut rng());
+            link.publish(&mine, m1, false).await?;
+            let m2 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the agent that showed the code").await?;
+            let (joiner, m3) = joiner.confirm(&m2, &identity, &name)?;
+            if code.is_sas() {
+                confirm(joiner.comparison_code(), joiner.peer())?;
+            }
+            link.publish(&mine, m3, false).await?;
+            let m4 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the other agent to accept").await?;
+            joiner.finish(&m4)?
+        }
+    };
+    let pair_ms = start.elapsed().as_millis();
+    let peer = PeerRow {
+        device: paired.peer.public.device_id(),
+        name: paired.peer.name.clone(),
+        public: paired.peer.public,
+        paired_ms: now_ms(),
+    };
+    local.add_peer(&peer).await?;
+    local.close().await;
+    if args.json {
+        println!("{}", peer_json(&peer, &[]));
+    } else {
+        println!(
+            "Paired with {} (device {}, fingerprint {}) in {pair_ms} ms",
+            peer.name,
+            peer.device,
+            peer.public.fingerprint()
+        );
+        println!("Share a stream with it: edgeseal share STREAM --with {}", peer.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peer_json(p: &PeerRow, grants: &[serde_json::Value]) -> serde_json::Value {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    json!({
+        "name": p.name,
+        "device_id": p.device.to_string(),
+        "fingerprint": p.public.fingerprint(),
+        "ed25519": b64.encode(p.public.ed25519),
+        "x25519": b64.encode(p.public.x25519),
+        "paired": format_ms(p.paired_ms),
+        "grants": grants,
+    })
+}
+
+pub async fn peers(cfg: &Config, json_out: bool) -> Result<ExitCode> {
+    keyfile::require_initialised(&cfg.data_dir)?;
+    let local = open_local(cfg).await?;
+    let peers = local.peers().await?;
+    let grants = local.grants_out().await?;
+    let received = local.grants_in().await?;
+    local.close().await;
+    let grants_of = |p: &PeerRow| -> Vec<serde_json::Value> {
+        let given = grants.iter().filter(|g| g.peer == p.device).map(|g| {
+            json!({"direction": "given", "stream": g.stream.as_str(), "from": format_ms(g.from_ms),
+                   "revoked": g.revoked, "published": g.published})
+        });
+        let got = received.iter().filter(|(o, ..)| *o == p.device).map(
+            |(_, s, _, revoked)| json!({"direction": "received", "stream": s.as_str(), "revoked": revoked.is_some()}),
+        );
+        given.chain(got).collect()
+    };
+    if json_out {
+        let v: Vec<_> = peers.iter().map(|p| peer_json(p, &grants_of(p))).collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if peers.is_empty() {
+        println!("no peers yet: pair with `edgeseal pair` (shows a code) and `edgeseal pair CODE` on the other agent");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<16}  {:<32}  {:<29}  GRANTS", "NAME", "DEVICE", "FINGERPRINT");
+    for p in &peers {
+        let g: Vec<String> = grants_of(p)
+            .iter()
+            .map(|g| {
+                let arrow = if g["direction"] == "given" { "→" } else { "←" };
+                let revoked = if g["revoked"] == true { " (revoked)" } else { "" };
+                format!("{arrow}{}{revoked}", g["stream"].as_str().unwrap_or_default())
+            })
+            .collect();
+        println!("{:<16}  {}  {}  {}", p.name, p.device, p.public.fingerprint(), g.join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes pending grants when a broker is configured and reachable; says what happened.
+async fn publish_grants(cfg: &Config, grants: &Grants<'_>) {
+    if cfg.mqtt.broker.is_none() {
+        eprintln!("no MQTT broker configured: the grant is stored and `edgeseal up` publishes it once one is set");
+        return;
+    }
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    let res = async {
+        let (link, _rx) = connect(cfg, "grant", &stop).await?;
+        grants.publish(&link, &Topics::new(&cfg.mqtt.prefix)).await
+    }
+    .await;
+    match res {
+        Ok(n) => eprintln!("published {n} grant(s) (retained: peers that are offline get them when they connect)"),
+        Err(e) => {
+            eprintln!("warning: {e:#}; the grant is stored and `edgeseal up` publishes it when the broker is back")
+        }
+    }
+}
+
+pub async fn share(
+    cfg: &Config,
+    pass: &PassphraseSource,
+    stream: &str,
+    peer: &str,
+    from: Option<String>,
+) -> Result<ExitCode> {
+    let stream = parse_stream(stream)?;
+    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+    let local = open_local(cfg).await?;
+    let peers = local.peers().await?;
+    let peer = find_peer(&peers, peer)?;
+    let from_ms = from.as_deref().map(|t| parse_time(t, now_ms()).context("--from")).transpose()?;
+    let grants = Grants { identity: &identity, local: &local };
+    let epoch = grants.share(peer, &stream, from_ms).await?;
+    match from_ms {
+        Some(t) => println!("{} may read {stream} from {} on (key epochs up to {epoch})", peer.name, format_ms(t)),
+        None => println!("{} may read {stream} from now on (key epoch {epoch})", peer.name),
+    }
+    publish_grants(cfg, &grants).await;
+    local.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn revoke(cfg: &Config, pass: &PassphraseSource, peer: &str, stream: Option<String>) -> Result<ExitCode> {
+    let streams: Vec<StreamName> = stream.as_deref().map(parse_stream).transpose()?.into_iter().collect();
+    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+    let local = open_local(cfg).await?;
+    let peers = local.peers().await?;
+    let peer = find_peer(&peers, peer)?;
+    let grants = Grants { identity: &identity, local: &local };
+    let done = grants.revoke(peer, &streams).await?;
+    if done.is_empty() {
+        bail!("{} holds no grant{}", peer.name, stream.map(|s| format!(" of {s}")).unwrap_or_default());
+    }
+    for s in &done {
+        println!("revoked {} from {s}: it opens nothing sealed from now on", peer.name);
+    }
+    publish_grants(cfg, &grants).await;
+    local.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rotate(cfg: &Config, pass: &PassphraseSource, stream: &str) -> Result<ExitCode> {
+    let stream = parse_stream(stream)?;
+    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+    let local = open_local(cfg).await?;
+    let grants = Grants { identity: &identity, local: &local };
+    let epoch = grants.rotate(&stream).await?;
+    println!(
+        "{stream} now seals under key epoch {epoch}; batches sealed before stay readable with their own epoch's key"
+    );
+    if local.grants_out().await?.iter().any(|g| !g.published) {
+        publish_grants(cfg, &grants).await;
+    }
+    local.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn watch(
+    cfg: &Config,
+    pass: &PassphraseSource,
+    peer: Option<String>,
+    stream: Option<String>,
+    json_out: bool,
+    run_for: Option<String>,
+) -> Result<ExitCode> {
+    let run_for = run_for
+        .map(|d| humantime::parse_duration(&d).map_err(|_| anyhow!("--for {d:?} is not a duration")))
+        .transpose()?;
+    let stream = stream.as_deref().map(parse_stream).transpose()?;
+    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+    let local: LocalState = open_local(cfg).await?;
+    let mut inbox = Inbox::new(Arc::new(identity), local.clone(), Topics::new(&cfg.mqtt.prefix)).await?;
+    let peers: Vec<PeerRow> = inbox.peers().cloned().collect();
+    if peers.is_empty() {
+        bail!("this agent has no peers yet: pair with `edgeseal pair` first");
+    }
+    let only = peer.as_deref().map(|p| find_peer(&peers, p)).transpose()?.map(|p| p.device);
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    let (link, mut rx) = connect(cfg, "watch", &stop).await?;
+    inbox.subscribe(&link).await?;
+    eprintln!("watching {} peer(s) on {}; Ctrl-C to stop", peers.len(), link.url());
+    let deadline = run_for.map(|d| tokio::time::Instant::now() + d);
+    let mut out = std::io::stdout().lock();
+    // "Not granted" is said once per stream, not once per batch.
+    let mut locked_said = std::collections::HashSet::new();
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => match m { Some(m) => m, None => break },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        };
+        for ev in inbox.handle(&msg).await {
+            if let Event::Locked { peer, stream, epoch, .. } = &ev
+                && !locked_said.insert((peer.clone(), stream.clone(), *epoch))
+            {
+                continue;
+            }
+            print_event(&mut out, &ev, only, stream.as_ref(), json_out)?;
+        }
+        out.flush()?;
+    }
+    local.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_event(
+    out: &mut impl Write,
+    ev: &Event,
+    only: Option<edgeseal_core::DeviceId>,
+    stream: Option<&StreamName>,
+    json_out: bool,
+) -> Result<()> {
+    match ev {
+        Event::Readings { peer, device, stream: s, seq, readings, arrival } => {
+            if only.is_some_and(|d| d != *device) || stream.is_some_and(|x| x != s) {
+                return Ok(());
+            }
+            if let Arrival::Gap { missing } = arrival {
+                eprintln!("warning: {missing} batch(es) of {peer}/{s} before batch {seq} did not arrive");
+            }
+            let status = match arrival {
+                Arrival::Gap { .. } => "verified, after a gap",
+                _ => "verified",
+            };
+            match readings {
+                Readings::Scalar(b) => {
+                    for i in 0..b.ts.len() {
+                        let label = b.labels.get(i).cloned().flatten();
+                        if json_out {
+                            let v = json!({"peer": peer, "device": device.to_string(), "stream": s.as_str(), "seq": seq,
+                                "time": format_ms(b.ts[i]), "ts_ms": b.ts[i], "value": b.values[i], "unit": b.unit,
+                                "label": label, "status": status});
+                            writeln!(out, "{v}")?;
+                        } else {
+                            let row = format!(
+                                "{:<24}  {:<24}  {:>12} {:<6} {}",
+                                format_ms(b.ts[i]),
+                                format!("{peer}/{s}"),
+                                b.values[i],
+                                b.unit,
+                                label.unwrap_or_default()
+                            );
+                            writeln!(out, "{}", row.trim_end())?;
+                        }
+                    }
+                }
+                Readings::Blob(b) => {
+                    for i in 0..b.ts.len() {
+                        if json_out {
+                            let v = json!({"peer": peer, "device": device.to_string(), "stream": s.as_str(), "seq": seq,
+                                "time": format_ms(b.ts[i]), "ts_ms": b.ts[i], "media_type": b.media_type,
+                                "bytes": b.items[i].len(), "status": status});
+                            writeln!(out, "{v}")?;
+                        } else {
+                            let size = format!("{} B", b.items[i].len());
+                            writeln!(
+                                out,
+                                "{:<24}  {:<24}  {size:>12} {}",
+                                format_ms(b.ts[i]),
+                                format!("{peer}/{s}"),
+                                b.media_type
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        Event::Locked { peer, stream, seq, epoch } => {
+            eprintln!(
+                "{peer}/{stream} from batch {seq}: verified, but sealed under key epoch {epoch}, not granted to this agent"
+            )
+        }
+        Event::Granted { peer, stream, epochs } => eprintln!("{peer} granted {stream} ({epochs} key epoch(s))"),
+        Event::Revoked { peer, stream } => eprintln!("{peer} revoked this agent's access to {stream}"),
+        Event::Refused { topic, reason } => eprintln!("refused a message on {topic}: {reason}"),
+    }
+    Ok(())
+}

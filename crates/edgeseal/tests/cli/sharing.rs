@@ -1,0 +1,242 @@
+//! Pairing, grants, revocation and live sharing through a real mosquitto.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Agent, BASE_TS, feed, free_port, mosquitto_tools, tempdir, text, wait_until};
+
+/// A mosquitto of the test's own on a free port (its own retained messages), stopped on drop.
+struct Broker {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(port: u16) -> Broker {
+        let dir = tempdir("broker");
+        let conf = dir.join("mosquitto.conf");
+        let log = dir.join("mosquitto.log");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type all\n"),
+        )
+        .unwrap();
+        // The log goes through a file the test opens: mosquitto may drop root and not reach the temp dir.
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_until("mosquitto to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Broker { child, port, log }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn with_broker(tag: &str, url: &str) -> Agent {
+    let mut a = Agent::new(tag);
+    a.broker = Some(url.to_string());
+    a
+}
+
+fn device_of(a: &Agent) -> String {
+    let v: Value = serde_json::from_str(&a.ok(&["id", "--json"])).unwrap();
+    v["device_id"].as_str().unwrap().to_string()
+}
+
+/// `host` shows a code, `joiner` enters it; returns both outputs.
+fn pair(host: &Agent, joiner: &Agent) -> (std::process::Output, std::process::Output) {
+    let out = host.dir.parent().unwrap().join(format!("pair-{}.out", std::process::id()));
+    let mut h = host
+        .cmd(&["pair", "--timeout", "20s"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut code = String::new();
+    wait_until("the pairing code", Duration::from_secs(15), || {
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        match t.split("edgeseal pair ").nth(1) {
+            Some(c) => {
+                code = c.split_whitespace().next().unwrap_or("").to_string();
+                !code.is_empty()
+            }
+            None => false,
+        }
+    });
+    let j = joiner.run(&["pair", &code]);
+    let status = h.wait().unwrap();
+    let mut err = String::new();
+    h.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let hout = std::process::Output { status, stdout: std::fs::read(&out).unwrap(), stderr: err.into_bytes() };
+    (hout, j)
+}
+
+fn peers(a: &Agent) -> Vec<Value> {
+    serde_json::from_str::<Value>(&a.ok(&["peers", "--json"])).unwrap().as_array().unwrap().clone()
+}
+
+fn lines(stream: &str, range: std::ops::Range<i64>) -> Vec<String> {
+    range.map(|i| super::line(stream, i)).collect()
+}
+
+#[test]
+fn pair_share_watch_store_and_revoke_through_mosquitto() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let url = broker.url();
+    let pi = with_broker("pi", &url);
+    let laptop = with_broker("laptop", &url);
+    let phone = with_broker("phone", &url);
+
+    // Pairing: both sides learn each other's verified identity.
+    for other in [&laptop, &phone] {
+        let (h, j) = pair(&pi, other);
+        assert!(h.status.success() && j.status.success(), "{}{}{}", text(&h.stderr), text(&j.stdout), text(&j.stderr));
+        assert!(text(&j.stdout).contains("Paired with pi"), "{}", text(&j.stdout));
+    }
+    let pi_peers = peers(&pi);
+    assert_eq!(pi_peers.len(), 2);
+    assert_eq!(peers(&laptop)[0]["device_id"], device_of(&pi));
+    let pi_id: Value = serde_json::from_str(&pi.ok(&["id", "--json"])).unwrap();
+    assert_eq!(peers(&laptop)[0]["fingerprint"], pi_id["fingerprint"]);
+    assert_eq!(peers(&laptop)[0]["ed25519"], pi_id["ed25519"]);
+
+    // Everything the broker carries, raw.
+    let capture = pi.dir.parent().unwrap().join("everything.bin");
+    let mut sniffer = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "#", "-v", "-F", "%t %x"])
+        .stdout(std::fs::File::create(&capture).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    pi.ok(&["share", "temperature", "--with", "laptop"]);
+    pi.ok(&["share", "temperature", "--with", "phone"]);
+    // The laptop runs an agent (it stores what it receives); the phone only watches.
+    let mut laptop_up = laptop
+        .cmd(&["up", "--sensor", "none", "--for", "60s"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(laptop.dir.parent().unwrap().join("up.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let phone_out = phone.dir.parent().unwrap().join("watch.out");
+    let phone_err = phone.dir.parent().unwrap().join("watch.err");
+    let mut watch = phone
+        .cmd(&["watch", "--json", "--for", "60s"])
+        .stdout(std::fs::File::create(&phone_out).unwrap())
+        .stderr(std::fs::File::create(&phone_err).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until("the phone to watch", Duration::from_secs(10), || {
+        std::fs::read_to_string(&phone_err).unwrap_or_default().contains("granted temperature")
+    });
+
+    let mut up = pi.spawn_stdin(&["--batch-count", "5"]);
+    let value_lines = |range| lines("temperature", range).concat();
+    std::io::Write::write_all(up.stdin.as_mut().unwrap(), value_lines(0..20).as_bytes()).unwrap();
+    let phone_readings = || {
+        std::fs::read_to_string(&phone_out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    wait_until("the phone to see 20 live readings", Duration::from_secs(20), || phone_readings().len() >= 20);
+
+    // Revoke the phone: a new epoch only the laptop receives.
+    let out = pi.ok(&["revoke", "phone"]);
+    assert!(out.contains("revoked phone from temperature"), "{out}");
+    wait_until("the phone to learn of it", Duration::from_secs(10), || {
+        std::fs::read_to_string(&phone_err).unwrap_or_default().contains("revoked this agent's access to temperature")
+    });
+    // The running agent picks up the new epoch for the next batches.
+    feed(&mut up, "temperature", 20..40);
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", pi.logs());
+    wait_until("the phone to be told it cannot open the rest", Duration::from_secs(10), || {
+        std::fs::read_to_string(&phone_err).unwrap_or_default().contains("not granted to this agent")
+    });
+    let seen = phone_readings();
+    assert_eq!(seen.len(), 20, "the revoked phone saw readings sealed after the revocation");
+    for (i, r) in seen.iter().enumerate() {
+        assert_eq!(r["ts_ms"].as_i64().unwrap(), BASE_TS + i as i64 * 1000);
+        assert_eq!(r["peer"], "pi");
+        assert_eq!(r["status"], "verified");
+    }
+
+    // The laptop stored all 40 (both epochs) and can fetch and verify them later.
+    let pi_dev = device_of(&pi);
+    wait_until("the laptop to store 40 readings", Duration::from_secs(20), || {
+        let out = laptop.run(&["fetch", "--stream", "temperature", "--device", &pi_dev, "--format", "json"]);
+        out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v.as_array().unwrap().len() == 40)
+    });
+    let got = laptop.fetch_from("temperature", Some(&pi_dev));
+    assert_eq!(got, super::expected(0..40));
+    let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
+    assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
+    for c in [&mut laptop_up, &mut watch] {
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let _ = c.wait();
+    }
+
+    // The broker carried no reading, unit or key in the clear.
+    let _ = sniffer.kill();
+    let _ = sniffer.wait();
+    let carried = std::fs::read_to_string(&capture).unwrap();
+    assert!(carried.contains("/temperature/batch "), "the sniffer saw nothing: {carried:.200}");
+    assert!(carried.contains("/temperature/grant/"), "{carried:.200}");
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    for secret in ["\"value\"", "\"unit\"", "1.5", "3.9", "\"u\""] {
+        assert!(!carried.contains(&hex(secret)), "the broker carried {secret:?} in the clear");
+    }
+}
+
+#[test]
+fn sealed_batches_wait_in_the_outbox_while_the_broker_is_down() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let port = free_port();
+    let pi = with_broker("offline", &format!("mqtt://127.0.0.1:{port}"));
+    let mut up = pi.spawn_stdin(&["--batch-count", "2"]);
+    feed(&mut up, "temperature", 0..10);
+    wait_until("5 sealed batches", Duration::from_secs(20), || pi.counts("temperature").0 == 10);
+    // Nothing could be published: now the broker comes.
+    let broker = Broker::start(port);
+    let dev = device_of(&pi);
+    wait_until("the queue to drain to the broker", Duration::from_secs(40), || {
+        broker.log().matches(&format!("/{dev}/temperature/batch")).count() >= 5
+    });
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", pi.logs());
+    let logs = pi.logs();
+    assert!(logs.contains("5 published"), "{logs}");
+    let published = broker.log().matches(&format!("/{dev}/temperature/batch")).count();
+    assert_eq!(published, 5, "{}", broker.log());
+}
