@@ -282,6 +282,19 @@ const T_HOST: u8 = 2;
 const T_JOINER_ID: u8 = 3;
 const T_ACCEPT: u8 = 4;
 
+const T_ABORT: u8 = 0xff;
+
+/// "I give up": sent by a side whose pairing failed so the other stops
+/// waiting. Unauthenticated on purpose: it only ends a pairing early, which a
+/// broker could do anyway by dropping messages.
+pub fn abort_message() -> Vec<u8> {
+    frame(T_ABORT)
+}
+
+pub fn is_abort(msg: &[u8]) -> bool {
+    msg == abort_message().as_slice()
+}
+
 fn nonce(counter: u8) -> aead::Nonce {
     let mut n = [0u8; 12];
     n[11] = counter;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use edgeseal_core::pairing::{Host, Joiner, PairCode, Peer};
+use edgeseal_core::pairing::{self, Host, Joiner, PairCode, Peer};
 use edgeseal_core::{Readings, StreamName};
 use edgeseal_mqtt::link::{Link, Message};
 use edgeseal_store::local::{LocalState, PeerRow};
@@ -64,6 +64,9 @@ async fn next_on(
                 humantime::format_duration(timeout)
             ),
             Ok(None) => bail!("pairing failed: the broker connection closed"),
+            Ok(Some(m)) if m.topic == topic && pairing::is_abort(&m.payload) => {
+                bail!("pairing failed: the other agent gave up (a different code, or the messages were altered)")
+            }
             Ok(Some(m)) if m.topic == topic && !m.payload.is_empty() => return Ok(m.payload),
             Ok(Some(_)) => {}
         }
@@ -103,50 +106,68 @@ pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Resu
     let _guard = stop.clone().drop_guard();
     let (link, mut rx) = connect(cfg, "pair", &stop).await?;
     let start = std::time::Instant::now();
-    let paired = match joining {
-        None => {
-            let code = if args.sas {
-                let mut b = [0u8; 2];
-                getrandom::fill(&mut b).map_err(|e| anyhow!("no system randomness: {e}"))?;
-                PairCode::sas(1 + u16::from_le_bytes(b) % 999)
-            } else {
-                PairCode::random(&mut rng())
-            };
-            let (mine, theirs) = (topics.pair(code.channel, "host"), topics.pair(code.channel, "joiner"));
-            link.subscribe(&theirs).await?;
-            // Once this is acknowledged the broker has handled the subscription before it.
-            link.publish(&mine, Vec::new(), false).await?;
-            let host = Host::new(code, &mut rng());
-            if args.sas {
-                println!("Pairing channel: {}   on the other agent run: edgeseal pair --sas {}", code, code);
-            } else {
-                println!("Pairing code: {code}   on the other agent run: edgeseal pair {code}");
+    let mut abort_on: Option<String> = None;
+    let result: Result<pairing::Paired> = async {
+        let paired = match joining {
+            None => {
+                let code = if args.sas {
+                    let mut b = [0u8; 2];
+                    getrandom::fill(&mut b).map_err(|e| anyhow!("no system randomness: {e}"))?;
+                    PairCode::sas(1 + u16::from_le_bytes(b) % 999)
+                } else {
+                    PairCode::random(&mut rng())
+                };
+                let (mine, theirs) = (topics.pair(code.channel, "host"), topics.pair(code.channel, "joiner"));
+                abort_on = Some(mine.clone());
+                link.subscribe(&theirs).await?;
+                // Once this is acknowledged the broker has handled the subscription before it.
+                link.publish(&mine, Vec::new(), false).await?;
+                let host = Host::new(code, &mut rng());
+                if args.sas {
+                    println!("Pairing channel: {}   on the other agent run: edgeseal pair --sas {}", code, code);
+                } else {
+                    println!("Pairing code: {code}   on the other agent run: edgeseal pair {code}");
+                }
+                let _ = std::io::stdout().flush();
+                let m1 = next_on(&mut rx, &theirs, timeout, "the other agent to enter the code").await?;
+                let (host, m2) = host.answer(&m1, &identity, &name)?;
+                link.publish(&mine, m2, false).await?;
+                let m3 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the other agent's identity").await?;
+                let (paired, m4) = host.finish(&m3)?;
+                if code.is_sas() {
+                    confirm(paired.comparison_code(), &paired.peer)?;
+                }
+                link.publish(&mine, m4, false).await?;
+                paired
             }
-            let _ = std::io::stdout().flush();
-            let m1 = next_on(&mut rx, &theirs, timeout, "the other agent to enter the code").await?;
-            let (host, m2) = host.answer(&m1, &identity, &name)?;
-            link.publish(&mine, m2, false).await?;
-            let m3 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the other agent's identity").await?;
-            let (paired, m4) = host.finish(&m3)?;
-            if code.is_sas() {
-                confirm(paired.comparison_code(), &paired.peer)?;
+            Some(code) => {
+                let (mine, theirs) = (topics.pair(code.channel, "joiner"), topics.pair(code.channel, "host"));
+                abort_on = Some(mine.clone());
+                link.subscribe(&theirs).await?;
+                let (joiner, m1) = Joiner::new(code, &mut rng());
+                link.publish(&mine, m1, false).await?;
+                let m2 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the agent that showed the code").await?;
+                let (joiner, m3) = joiner.confirm(&m2, &identity, &name)?;
+                if code.is_sas() {
+                    confirm(joiner.comparison_code(), joiner.peer())?;
+                }
+                link.publish(&mine, m3, false).await?;
+                let m4 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the other agent to accept").await?;
+                joiner.finish(&m4)?
             }
-            link.publish(&mine, m4, false).await?;
-            paired
-        }
-        Some(code) => {
-            let (mine, theirs) = (topics.pair(code.channel, "joiner"), topics.pair(code.channel, "host"));
-            link.subscribe(&theirs).await?;
-            let (joiner, m1) = Joiner::new(code, &mut rng());
-            link.publish(&mine, m1, false).await?;
-            let m2 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the agent that showed the code").await?;
-            let (joiner, m3) = joiner.confirm(&m2, &identity, &name)?;
-            if code.is_sas() {
-                confirm(joiner.comparison_code(), joiner.peer())?;
+        };
+        Ok(paired)
+    }
+    .await;
+    let paired = match result {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(topic) = abort_on {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), link.publish(&topic, pairing::abort_message(), false))
+                        .await;
             }
-            link.publish(&mine, m3, false).await?;
-            let m4 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the other agent to accept").await?;
-            joiner.finish(&m4)?
+            return Err(e);
         }
     };
     let pair_ms = start.elapsed().as_millis();

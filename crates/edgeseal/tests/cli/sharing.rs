@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::{Agent, BASE_TS, feed, free_port, mosquitto_tools, tempdir, text, wait_until};
 
@@ -70,7 +71,7 @@ fn device_of(a: &Agent) -> String {
 fn pair(host: &Agent, joiner: &Agent) -> (std::process::Output, std::process::Output) {
     let out = host.dir.parent().unwrap().join(format!("pair-{}.out", std::process::id()));
     let mut h = host
-        .cmd(&["pair", "--timeout", "20s"])
+        .cmd(&["pair", "--timeout", "8s"])
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(Stdio::piped())
         .spawn()
@@ -239,4 +240,94 @@ fn sealed_batches_wait_in_the_outbox_while_the_broker_is_down() {
     assert!(logs.contains("5 published"), "{logs}");
     let published = broker.log().matches(&format!("/{dev}/temperature/batch")).count();
     assert_eq!(published, 5, "{}", broker.log());
+}
+
+/// Relays pairing messages between two brokers: host side on `a`, joiner side
+/// on `b`, rewriting each with `tamper` (message number, bytes).
+fn relay(
+    a: &Broker,
+    b: &Broker,
+    tamper: fn(usize, Vec<u8>) -> Vec<u8>,
+) -> (tokio::runtime::Runtime, CancellationToken) {
+    use edgeseal_mqtt::link::{Link, LinkOptions};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = CancellationToken::new();
+    let (ua, ub) = (a.url().parse().unwrap(), b.url().parse().unwrap());
+    let s = stop.clone();
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = ready.clone();
+    rt.spawn(async move {
+        let (la, mut ra) = Link::start(LinkOptions::new(ua, "relay-a"), s.clone()).unwrap();
+        let (lb, mut rb) = Link::start(LinkOptions::new(ub, "relay-b"), s.clone()).unwrap();
+        la.subscribe("edgeseal/v1/pair/+/host").await.unwrap();
+        lb.subscribe("edgeseal/v1/pair/+/joiner").await.unwrap();
+        la.publish("relay/ready", vec![1], false).await.unwrap();
+        lb.publish("relay/ready", vec![1], false).await.unwrap();
+        r.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut n = 0;
+        loop {
+            let (m, to) = tokio::select! {
+                _ = s.cancelled() => break,
+                Some(m) = ra.recv() => (m, &lb),
+                Some(m) = rb.recv() => (m, &la),
+            };
+            if m.payload.is_empty() {
+                continue;
+            }
+            n += 1;
+            let _ = to.publish(&m.topic, tamper(n, m.payload), false).await;
+        }
+    });
+    wait_until("the relay", Duration::from_secs(10), || ready.load(std::sync::atomic::Ordering::SeqCst));
+    (rt, stop)
+}
+
+#[test]
+fn a_broker_that_alters_pairing_messages_makes_pairing_fail() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let (a, b) = (Broker::start(free_port()), Broker::start(free_port()));
+    // An honest relay: pairing works across the two brokers.
+    {
+        let (_rt, stop) = relay(&a, &b, |_, m| m);
+        let (pi, laptop) = (with_broker("mitm-pi", &a.url()), with_broker("mitm-laptop", &b.url()));
+        let (h, j) = pair(&pi, &laptop);
+        assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
+        stop.cancel();
+    }
+    // Each message altered in turn (one flipped bit), or replaced by garbage of the same size:
+    // neither side ever pairs.
+    let tampers: [fn(usize, Vec<u8>) -> Vec<u8>; 4] = [
+        |n, mut m| {
+            if n == 1 {
+                let last = m.len() - 1;
+                m[last] ^= 1;
+            }
+            m
+        },
+        |n, mut m| {
+            if n == 2 {
+                m[40] ^= 1;
+            }
+            m
+        },
+        |n, mut m| {
+            if n == 3 {
+                m[10] ^= 0x80;
+            }
+            m
+        },
+        |n, m| if n == 2 { vec![0x45; m.len()] } else { m },
+    ];
+    for (i, tamper) in tampers.into_iter().enumerate() {
+        let (_rt, stop) = relay(&a, &b, tamper);
+        let (pi, laptop) = (with_broker(&format!("t{i}-pi"), &a.url()), with_broker(&format!("t{i}-laptop"), &b.url()));
+        let (h, j) = pair(&pi, &laptop);
+        let said = format!("{}{}", text(&h.stderr), text(&j.stderr));
+        assert!(!j.status.success(), "case {i}: the joiner paired through a tampering broker");
+        assert!(said.contains("pairing failed"), "case {i}: {said}");
+        assert!(peers(&pi).is_empty() && peers(&laptop).is_empty(), "case {i}: a peer was stored");
+        stop.cancel();
+    }
 }
