@@ -313,6 +313,15 @@ pub enum SensorsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Live sharing through the broker given by --broker (or mqtt.broker): sealed vs plaintext
+    /// messages/s, latency, losses, pairing time
+    Sharing {
+        /// Messages per throughput run
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Seal+store and fetch+verify+open throughput, and bytes at rest, on SQLite
     Storage {
         /// Readings in total (spread over the three simulated sensors at 1 Hz)

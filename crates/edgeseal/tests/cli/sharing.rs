@@ -242,6 +242,9 @@ fn sealed_batches_wait_in_the_outbox_while_the_broker_is_down() {
     assert_eq!(published, 5, "{}", broker.log());
 }
 
+/// Rewrites the n-th relayed message.
+type Tamper = fn(usize, Vec<u8>) -> Vec<u8>;
+
 /// Relays pairing messages between two brokers: host side on `a`, joiner side
 /// on `b`, rewriting each with `tamper` (message number, bytes).
 fn relay(
@@ -298,7 +301,7 @@ fn a_broker_that_alters_pairing_messages_makes_pairing_fail() {
     }
     // Each message altered in turn (one flipped bit), or replaced by garbage of the same size:
     // neither side ever pairs.
-    let tampers: [fn(usize, Vec<u8>) -> Vec<u8>; 4] = [
+    let tampers: [Tamper; 4] = [
         |n, mut m| {
             if n == 1 {
                 let last = m.len() - 1;
