@@ -68,6 +68,10 @@ fn stream_from(r: &sqlx::sqlite::SqliteRow) -> Result<StreamName> {
     StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))
 }
 
+fn device_from(v: Vec<u8>) -> Result<DeviceId> {
+    v.try_into().map(DeviceId).map_err(|_| Error::BadRow("device id is not 16 bytes"))
+}
+
 fn hash_from(v: &[u8]) -> Result<BatchHash> {
     <[u8; 32]>::try_from(v).map(BatchHash).map_err(|_| Error::BadRow("hash is not 32 bytes"))
 }
@@ -157,8 +161,7 @@ impl LocalState {
         let rows = sqlx::query("SELECT stream FROM streams ORDER BY stream").fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let name =
-                StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))?;
+            let name = stream_from(&r)?;
             let st = self.stream_state(&name).await?;
             out.push((name, st));
         }
@@ -282,14 +285,13 @@ impl LocalState {
                 let hash: Vec<u8> = r.try_get("hash")?;
                 let device = match r.try_get::<Option<Vec<u8>>, _>("device")? {
                     None => device,
-                    Some(d) => DeviceId(d.try_into().map_err(|_| Error::BadRow("device id is not 16 bytes"))?),
+                    Some(d) => device_from(d)?,
                 };
                 Ok((
                     r.try_get("id")?,
                     BatchRow {
                         device,
-                        stream: StreamName::new(r.try_get::<String, _>("stream")?)
-                            .map_err(|_| Error::BadRow("invalid stream name"))?,
+                        stream: stream_from(r)?,
                         seq: u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| Error::BadRow("negative seq"))?,
                         first_ts: r.try_get("first_ts")?,
                         last_ts: r.try_get("last_ts")?,
@@ -358,11 +360,7 @@ impl LocalState {
             .bind(&device.0[..])
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                StreamName::new(r.try_get::<String, _>("stream")?).map_err(|_| Error::BadRow("invalid stream name"))
-            })
-            .collect()
+        rows.iter().map(stream_from).collect()
     }
 
     /// Remembers `head` if it is higher than what is remembered.
@@ -482,9 +480,7 @@ impl LocalState {
         rows.iter()
             .map(|r| {
                 Ok(GrantOut {
-                    peer: DeviceId(
-                        r.try_get::<Vec<u8>, _>("peer")?.try_into().map_err(|_| Error::BadRow("device id size"))?,
-                    ),
+                    peer: device_from(r.try_get("peer")?)?,
                     stream: stream_from(r)?,
                     from_ms: r.try_get("from_ms")?,
                     first_epoch: u32::try_from(r.try_get::<i64, _>("first_epoch")?)
@@ -544,9 +540,7 @@ impl LocalState {
             .await?;
         rows.iter()
             .map(|r| {
-                let owner =
-                    r.try_get::<Vec<u8>, _>("owner")?.try_into().map_err(|_| Error::BadRow("device id size"))?;
-                Ok((DeviceId(owner), stream_from(r)?, r.try_get("grant")?, r.try_get("revoked_ms")?))
+                Ok((device_from(r.try_get("owner")?)?, stream_from(r)?, r.try_get("grant")?, r.try_get("revoked_ms")?))
             })
             .collect()
     }

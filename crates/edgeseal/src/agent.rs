@@ -782,6 +782,7 @@ impl Publisher {
         let mut backoff = Duration::from_millis(250);
         let mut final_deadline: Option<Instant> = None;
         let mut connected = self.link.connected();
+        let mut last_grants: Option<Instant> = None;
         loop {
             if stop.is_cancelled() && final_deadline.is_none() {
                 final_deadline = Some(Instant::now() + FINAL_DRAIN);
@@ -797,9 +798,13 @@ impl Publisher {
                 }
                 continue;
             }
-            let grants = Grants { identity: &self.identity, local: &self.local };
-            if let Err(e) = grants.publish(&self.link, &self.topics).await {
-                debug!("grants wait: {e:#}");
+            // Grants change rarely (`share`, `revoke`): look for new ones now and then, not every round.
+            if last_grants.is_none_or(|t| t.elapsed() >= GRANT_POLL) {
+                let grants = Grants { identity: &self.identity, local: &self.local };
+                if let Err(e) = grants.publish(&self.link, &self.topics).await {
+                    debug!("grants wait: {e:#}");
+                }
+                last_grants = Some(Instant::now());
             }
             let queue = match self.local.publish_queue(PUBLISH_CHUNK).await {
                 Ok(q) => q,

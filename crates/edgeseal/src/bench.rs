@@ -17,6 +17,13 @@ use serde_json::json;
 /// Batches per insert transaction, as the agent's drainer does.
 const INSERT_CHUNK: usize = 256;
 
+/// A throwaway identity for a benchmark.
+pub(crate) fn random_identity() -> Result<Identity> {
+    let mut secret = [0u8; 96];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    Ok(Identity::from_secret_bytes(&secret))
+}
+
 pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<ExitCode> {
     if batch == 0 || readings < 3 {
         bail!("--batch must be above 0 and --readings at least 3");
@@ -27,9 +34,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
     let _ = std::fs::remove_file(&db);
     let store = AnyStore::connect(&format!("sqlite://{}", db.display()), ConnectOptions::default()).await?;
     store.migrate().await?;
-    let mut secret = [0u8; 96];
-    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
-    let identity = Identity::from_secret_bytes(&secret);
+    let identity = random_identity()?;
     let device = identity.device_id();
 
     // The readings, generated before timing: three sensors at 1 Hz.

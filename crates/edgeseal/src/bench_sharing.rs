@@ -18,18 +18,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::random_identity;
+use crate::share::rng;
+
 /// Messages in flight at once (published, not yet received).
 const WINDOW: usize = 512;
-
-fn identity() -> Result<Identity> {
-    let mut secret = [0u8; 96];
-    getrandom::fill(&mut secret).map_err(|e| anyhow!("no system randomness: {e}"))?;
-    Ok(Identity::from_secret_bytes(&secret))
-}
-
-fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
-    spake2::UnwrapErr(spake2::SysRng)
-}
 
 struct Run {
     per_s: f64,
@@ -107,11 +100,7 @@ impl Ends {
 async fn link(url: &BrokerUrl, name: &str, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
     let mut o = LinkOptions::new(url.clone(), format!("edgeseal-bench-{name}-{}", std::process::id()));
     o.ack_timeout = Duration::from_secs(60);
-    let (l, rx) = Link::start(o, stop.clone())?;
-    tokio::time::timeout(Duration::from_secs(5), l.connected().wait_for(|c| *c))
-        .await
-        .map_err(|_| anyhow!("cannot reach the broker {url}"))??;
-    Ok((l, rx))
+    crate::share_cmd::connected(o, stop).await
 }
 
 /// Sends `n` messages (at `rate` per second, or as fast as the broker takes them) and measures the receiver.
@@ -216,7 +205,7 @@ async fn run(url: &BrokerUrl, ends: Arc<Ends>, mode: Mode, n: usize, rate: Optio
 async fn pair_once(url: &BrokerUrl) -> Result<f64> {
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
-    let (a, b) = (identity()?, identity()?);
+    let (a, b) = (random_identity()?, random_identity()?);
     let (la, mut ra) = link(url, "pair-a", &stop).await?;
     let (lb, mut rb) = link(url, "pair-b", &stop).await?;
     let code = PairCode::random(&mut rng());
@@ -253,7 +242,7 @@ pub async fn sharing(cfg: &crate::config::Config, messages: usize, json_out: boo
     if messages == 0 {
         bail!("--messages must be above 0");
     }
-    let ends = Arc::new(Ends { id: Arc::new(identity()?), stream: StreamName::new("temperature")? });
+    let ends = Arc::new(Ends { id: Arc::new(random_identity()?), stream: StreamName::new("temperature")? });
     let plain = run(&url, ends.clone(), Mode::Plain, messages, None).await?;
     let sealed = run(&url, ends.clone(), Mode::Sealed, messages, None).await?;
     let paced_n = 3000.min(messages.max(1000));

@@ -96,7 +96,8 @@ pub fn find_peer<'a>(peers: &'a [PeerRow], what: &str) -> Result<&'a PeerRow> {
     }
 }
 
-fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
+/// The system's cryptographic random number generator, for the core's key exchanges.
+pub(crate) fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
     spake2::UnwrapErr(spake2::SysRng)
 }
 
@@ -282,7 +283,6 @@ pub struct Inbox {
     topics: Topics,
     peers: HashMap<DeviceId, PeerRow>,
     keys: KeyRing,
-    from_ms: HashMap<(DeviceId, StreamName), i64>,
     locked: HashMap<(DeviceId, StreamName), Vec<Vec<u8>>>,
     /// Queue received batches for the store (the agent); `watch` only shows them.
     pub store: bool,
@@ -292,16 +292,7 @@ impl Inbox {
     pub async fn new(identity: Arc<Identity>, local: LocalState, topics: Topics) -> Result<Inbox> {
         let peers = local.peers().await?.into_iter().map(|p| (p.device, p)).collect();
         let keys = KeyRing::load(identity.clone(), &local).await?;
-        Ok(Inbox {
-            identity,
-            local,
-            topics,
-            peers,
-            keys,
-            from_ms: HashMap::new(),
-            locked: HashMap::new(),
-            store: false,
-        })
+        Ok(Inbox { identity, local, topics, peers, keys, locked: HashMap::new(), store: false })
     }
 
     /// Picks up peers paired since the inbox started (subscribing to them) and their grants.
@@ -371,11 +362,11 @@ impl Inbox {
             return Ok(vec![Event::Revoked { peer: name, stream: stream.clone() }]);
         }
         self.keys.add(&g);
-        self.from_ms.insert((owner, stream.clone()), g.info.from_ms);
         let mut events = vec![Event::Granted { peer: name, stream: stream.clone(), epochs: g.keys.len() }];
         // Batches that arrived before their key: open them now.
         for bytes in self.locked.remove(&(owner, stream.clone())).unwrap_or_default() {
-            events.extend(self.open_verified(owner, stream, &bytes, Arrival::InOrder)?);
+            let p = envelope::parse(&bytes).context("not a sealed batch")?;
+            events.extend(self.open_verified(&p, &bytes, Arrival::InOrder)?);
         }
         Ok(events)
     }
@@ -418,17 +409,12 @@ impl Inbox {
         if self.store {
             self.local.commit_received(&row).await?;
         }
-        self.open_verified(device, stream, bytes, arrival)
+        self.open_verified(&p, bytes, arrival)
     }
 
-    fn open_verified(
-        &mut self,
-        device: DeviceId,
-        stream: &StreamName,
-        bytes: &[u8],
-        arrival: Arrival,
-    ) -> Result<Vec<Event>> {
-        let p = envelope::parse(bytes).context("not a sealed batch")?;
+    /// Opens a batch already verified (`p` is `bytes` parsed), or keeps it until its key arrives.
+    fn open_verified(&mut self, p: &envelope::Parsed<'_>, bytes: &[u8], arrival: Arrival) -> Result<Vec<Event>> {
+        let (device, stream) = (p.header.device, &p.header.stream);
         let peer = self.peers.get(&device).map(|p| p.name.clone()).unwrap_or_default();
         let Some(key) = self.keys.key(device, stream, p.header.epoch) else {
             let slot = self.locked.entry((device, stream.clone())).or_default();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use edgeseal_core::pairing::{self, Host, Joiner, PairCode, Peer};
 use edgeseal_core::{Readings, StreamName};
-use edgeseal_mqtt::link::{Link, Message};
+use edgeseal_mqtt::link::{Link, LinkOptions, Message};
 use edgeseal_store::local::{LocalState, PeerRow};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -18,7 +18,7 @@ use crate::cli::PairArgs;
 use crate::commands::{open_local, parse_stream};
 use crate::config::Config;
 use crate::keyfile::{self, PassphraseSource};
-use crate::share::{Arrival, Event, Grants, Inbox, Topics, find_peer};
+use crate::share::{Arrival, Event, Grants, Inbox, Topics, find_peer, rng};
 use crate::timefmt::{format_ms, now_ms, parse_time};
 
 /// How long a command waits for the broker to answer.
@@ -26,19 +26,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long each step after the first message may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
-    spake2::UnwrapErr(spake2::SysRng)
-}
-
 fn client_id(kind: &str) -> String {
     let mut r = [0u8; 4];
     let _ = getrandom::fill(&mut r);
     format!("edgeseal-{kind}-{}", hex::encode(r))
 }
 
-/// Connects for a short command; waits (up to `timeout`) until the broker answers.
+/// Connects for a short command; waits (up to `CONNECT_TIMEOUT`) until the broker answers.
 async fn connect(cfg: &Config, kind: &str, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
-    let opts = cfg.mqtt.link_options(&client_id(kind))?;
+    connected(cfg.mqtt.link_options(&client_id(kind))?, stop).await
+}
+
+/// Starts a link and waits (up to `CONNECT_TIMEOUT`) until the broker answers.
+pub(crate) async fn connected(opts: LinkOptions, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
     let url = opts.url.clone();
     let (link, rx) = Link::start(opts, stop.clone())?;
     let mut up = link.connected();
