@@ -399,6 +399,13 @@ fn is_busy(e: &Error) -> bool {
         // Another process applied the same migration at the same moment; on retry it is seen as applied.
         return true;
     }
+    if let Error::Migrate(sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(d), _)) = e
+        && (d.message().contains("duplicate column") || d.message().contains("already exists"))
+    {
+        // Another process ran this migration's schema change after we read the list of applied
+        // migrations (SQLite has no ADD COLUMN IF NOT EXISTS); on retry it is seen as applied.
+        return true;
+    }
     let db = match e {
         Error::Query(sqlx::Error::Database(d)) | Error::Unreachable { cause: sqlx::Error::Database(d), .. } => d,
         Error::Migrate(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(d))) => d,

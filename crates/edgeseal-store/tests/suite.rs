@@ -373,6 +373,23 @@ fn unreachable_database_is_named() {
 }
 
 #[test]
+fn local_state_opens_while_others_create_it() {
+    // As `up` and `streams` do on a fresh data directory: every opener sees the whole schema.
+    run(async {
+        let dir = tempdir("local-race");
+        for round in 0..10 {
+            let path = dir.join(format!("state{round}.db"));
+            let opens: Vec<_> = (0..6).map(|_| LocalState::open(&path)).collect();
+            for r in futures_util::future::join_all(opens).await {
+                let local = r.unwrap();
+                local.peers().await.unwrap();
+                local.close().await;
+            }
+        }
+    });
+}
+
+#[test]
 fn local_state_keeps_everything_across_reopen() {
     run(async {
         let dir = tempdir("local");
