@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod link;
 pub mod mosquitto;
 pub mod pki;
@@ -14,6 +15,8 @@ pub enum Error {
     Cert(#[from] rcgen::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0} is already in use (is another MQTT broker, such as mosquitto, running?)")]
+    PortTaken(std::net::SocketAddr),
     #[error("the broker {broker} did not acknowledge the message within {after:?}; it was not confirmed as delivered")]
     NotAcknowledged { broker: String, after: std::time::Duration },
 }

@@ -47,6 +47,15 @@ impl Level {
         if self == Level::Anonymous { 1883 } else { 8883 }
     }
 
+    /// "1 (anonymous)", "2 (TLS)", "3 (TLS and passwords)".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Level::Anonymous => "1 (anonymous)",
+            Level::Tls => "2 (TLS)",
+            Level::TlsPassword => "3 (TLS and passwords)",
+        }
+    }
+
     pub fn uses_tls(self) -> bool {
         self != Level::Anonymous
     }
@@ -126,8 +135,15 @@ pub struct Written {
 /// present), the broker certificate for `dns`/`ips` (default localhost and
 /// 127.0.0.1), client certificates for `users` under mutual TLS, generated
 /// passwords (`USER.password`, 0600) and the password file for level 3, and
-/// `mosquitto.conf`.
-pub fn write_setup(s: &Settings<'_>, users: &[String], dns: &[String], ips: &[IpAddr]) -> Result<Written, Error> {
+/// `mosquitto.conf`. With `for_mosquitto`, the files the broker reads are
+/// handed to the `mosquitto` user when we run as root (it drops to that user).
+pub fn write_setup(
+    s: &Settings<'_>,
+    users: &[String],
+    dns: &[String],
+    ips: &[IpAddr],
+    for_mosquitto: bool,
+) -> Result<Written, Error> {
     let conf = config(s)?;
     let mut w = Written::default();
     let now = OffsetDateTime::now_utc();
@@ -168,7 +184,8 @@ pub fn write_setup(s: &Settings<'_>, users: &[String], dns: &[String], ips: &[Ip
     }
     write(&mut w, &s.dir.join("mosquitto.conf"), &conf, false)?;
     // mosquitto started as root drops to its own user before reading these.
-    if running_as_root()
+    if for_mosquitto
+        && running_as_root()
         && let Some((uid, gid)) = system_user("mosquitto")
     {
         for f in &w.broker_secrets {

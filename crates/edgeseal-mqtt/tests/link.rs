@@ -38,7 +38,7 @@ fn free_port() -> u16 {
 
 fn setup(dir: &Path, level: Level, mutual_tls: bool, port: u16) {
     let s = Settings { level, port, bind: "127.0.0.1", mutual_tls, dir };
-    write_setup(&s, &["edgeseal".to_string()], &[], &[]).unwrap();
+    write_setup(&s, &["edgeseal".to_string()], &[], &[], true).unwrap();
 }
 
 async fn start_broker(dir: &Path, port: u16) -> Child {

@@ -99,6 +99,7 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let device = identity.device_id();
     let mut local = LocalState::open(&cfg.state_path()).await.context("cannot open the local state (state.db)")?;
     keyfile::make_private(&cfg.state_path());
+    let embedded = start_embedded(&mut cfg).await?;
     if cfg.mqtt.broker.is_some() {
         local.enable_publishing();
     }
@@ -138,6 +139,14 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         ),
     };
     println!("  batches:  {limit}");
+    if let (Some(b), Some(e)) = (&embedded, &cfg.embedded) {
+        println!(
+            "  broker:   embedded, MQTT 3.1.1/5 on {}, security level {}, files in {}",
+            b.local_addr(),
+            e.level.describe(),
+            e.dir.display()
+        );
+    }
     if let Some(url) = &cfg.mqtt.broker {
         println!("  sharing:  {url}, topics {}/{device}/<stream>/batch", cfg.mqtt.prefix);
     }
@@ -229,6 +238,9 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
             warn!("the broker did not acknowledge in time at shutdown; batches wait in the publish queue");
         }
     }
+    if let Some(b) = embedded {
+        let _ = tokio::time::timeout(Duration::from_secs(10), b.stop()).await;
+    }
     let backlog = local.backlog().await.unwrap_or_default();
     local.close().await;
     let waiting: u64 = backlog.values().map(|b| b.outbox_batches).sum();
@@ -252,6 +264,29 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         Ok(Ok(())) => Ok(std::process::ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e.context("sealing failed")),
         Err(e) => bail!("the sealer stopped unexpectedly: {e}"),
+    }
+}
+
+/// Starts the embedded broker when `[broker]` asks for one and no other is
+/// configured, and points `cfg.mqtt` at it. A taken port is reported, with
+/// what to do, and the agent runs on without sharing.
+async fn start_embedded(cfg: &mut Config) -> Result<Option<Box<dyn edgeseal_mqtt::broker::Broker>>> {
+    let Some(e) = cfg.embedded.clone().filter(|_| cfg.mqtt.broker.is_none()) else {
+        return Ok(None);
+    };
+    match crate::embedded::start(&e).await {
+        Ok(b) => {
+            cfg.mqtt = cfg.mqtt.for_embedded(b.url(), &e);
+            Ok(Some(b))
+        }
+        Err(err) if crate::embedded::is_port_taken(&err) => {
+            eprintln!(
+                "warning: the embedded broker did not start: {err}. This agent stores but does not share; {}.",
+                crate::embedded::port_taken_help(&e)
+            );
+            Ok(None)
+        }
+        Err(err) => Err(err),
     }
 }
 
@@ -302,14 +337,14 @@ async fn resume_from_store(store: &AnyStore, local: &LocalState, device: DeviceI
     }
 }
 
-async fn sleep_opt(d: Option<Duration>) {
+pub(crate) async fn sleep_opt(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -238,7 +238,7 @@ async fn pair_once(url: &BrokerUrl) -> Result<f64> {
 }
 
 pub async fn sharing(cfg: &crate::config::Config, messages: usize, json_out: bool) -> Result<ExitCode> {
-    let url: BrokerUrl = cfg.mqtt.link_options("bench")?.url;
+    let url: BrokerUrl = cfg.link_options("bench")?.url;
     if messages == 0 {
         bail!("--messages must be above 0");
     }

@@ -129,10 +129,13 @@ pub enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
-    /// Broker set-up
+    /// Run the embedded MQTT broker alone (as inside `up`), or write a mosquitto set-up
+    #[command(args_conflicts_with_subcommands = true)]
     Broker {
         #[command(subcommand)]
-        command: BrokerCommand,
+        command: Option<BrokerCommand>,
+        #[command(flatten)]
+        run: BrokerArgs,
     },
     /// Configured sensors and the GrovePi bus
     Sensors {
@@ -264,6 +267,25 @@ pub enum PkiCommand {
         #[command(flatten)]
         out: PkiOut,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// ADDRESS[:PORT] to listen on [default: broker.listen, 127.0.0.1]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// 1 = anonymous (port 1883), 2 = TLS (8883), 3 = TLS and passwords [default: broker.level, 1]
+    #[arg(long)]
+    pub level: Option<u8>,
+    /// Also require client certificates (levels 2 and 3)
+    #[arg(long)]
+    pub mutual_tls: bool,
+    /// Certificates, password file and persistent sessions [default: <data dir>/broker]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Stop after this long (e.g. 10m) [default: until SIGINT/SIGTERM]
+    #[arg(long = "for", value_name = "DURATION")]
+    pub run_for: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,6 +31,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     overrides.broker(cli.global.broker.clone());
     match &cli.command {
         Command::Init { name, .. } => overrides.name = name.clone(),
+        Command::Broker { run, .. } => {
+            overrides.broker = Some(config::BrokerOverrides {
+                listen: run.listen.clone(),
+                level: run.level,
+                mutual_tls: run.mutual_tls,
+                dir: run.dir.clone(),
+            })
+        }
         Command::Up(args) => {
             overrides.name = args.name.clone();
             if args.batch_count.is_some() || args.batch_interval.is_some() {
@@ -41,7 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         _ => {}
     }
     let cfg = config::load(cli.global.config.as_deref(), &overrides)?;
-    let agent = matches!(cli.command, Command::Up(_));
+    let agent = matches!(cli.command, Command::Up(_) | Command::Broker { command: None, .. });
     init_logging(if agent { &cfg.log } else { "warn" });
     let pass = PassphraseSource { file: cli.global.passphrase_file.clone() };
     match cli.command {
@@ -64,7 +72,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
         Command::Config { command: ConfigCommand::PrintDefault } => unreachable!("handled above"),
         Command::Pki { command } => crate::pki_cmd::pki(&cfg, command),
-        Command::Broker { command } => crate::pki_cmd::broker(command),
+        Command::Broker { command: Some(command), .. } => crate::pki_cmd::broker(command),
+        Command::Broker { command: None, run } => crate::embedded::run(&cfg, run.run_for.as_deref()).await,
         Command::Sensors { command: SensorsCommand::List { json } } => {
             crate::sensors_cmd::list(&cfg, &pass, json).await
         }
@@ -80,7 +89,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,mqtt5=warn")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use edgeseal_core::StreamName;
+use edgeseal_mqtt::broker::{self, AGENT_USER};
 use edgeseal_mqtt::link::{BrokerUrl, LinkOptions, Password};
+use edgeseal_mqtt::mosquitto::Level;
 use edgeseal_sensors::batcher::Policy;
 use edgeseal_sensors::grovepi::Port;
 use edgeseal_sensors::grovepi::sensor::{GroveKind, GroveSensor};
@@ -41,6 +43,10 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.ca",
     "mqtt.client_cert",
     "mqtt.client_key",
+    "broker.listen",
+    "broker.level",
+    "broker.mutual_tls",
+    "broker.dir",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +66,16 @@ struct Raw {
     grovepi: RawGrovePi,
     lcd: RawLcd,
     mqtt: RawMqtt,
+    broker: RawBroker,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    listen: String,
+    level: u8,
+    mutual_tls: bool,
+    dir: String,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]
@@ -142,6 +158,21 @@ pub struct Overrides {
     pub batch: Option<BatchOverrides>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<RawMqtt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerOverrides>,
+}
+
+/// `edgeseal broker` flags over `[broker]`.
+#[derive(Debug, Default, Serialize)]
+pub struct BrokerOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<u8>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mutual_tls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -165,6 +196,29 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
+    /// These settings for the embedded broker at `url`: what is not set here
+    /// comes from the broker's directory (its CA, the `edgeseal` user's
+    /// password and client certificate, where present).
+    pub fn for_embedded(&self, url: BrokerUrl, e: &broker::Settings) -> MqttConfig {
+        let file = |f: &str| Some(e.dir.join(f)).filter(|p| p.exists());
+        let mut m = self.clone();
+        m.broker = Some(url);
+        if e.level.uses_tls() && m.ca.is_none() {
+            m.ca = file("ca.pem");
+        }
+        if e.level == Level::TlsPassword && m.username.is_none() {
+            let password = file(&format!("{AGENT_USER}.password")).and_then(|p| std::fs::read_to_string(p).ok());
+            if let Some(p) = password {
+                m.username = Some(AGENT_USER.to_string());
+                m.password = Some(Password::new(p.trim().to_string()));
+            }
+        }
+        if e.mutual_tls && m.client_cert.is_none() {
+            m.client_cert = file(&format!("{AGENT_USER}.pem")).zip(file(&format!("{AGENT_USER}-key.pem")));
+        }
+        m
+    }
+
     /// Link options for `client_id`, reading the TLS files. Fails when no broker is configured.
     pub fn link_options(&self, client_id: &str) -> Result<LinkOptions> {
         let Some(url) = self.broker.clone() else {
@@ -228,6 +282,8 @@ pub struct Config {
     pub grovepi_bus: String,
     pub lcd: LcdConfig,
     pub mqtt: MqttConfig,
+    /// The embedded broker `up` starts (`[broker]`); `None` when `broker.listen` is empty.
+    pub embedded: Option<broker::Settings>,
 }
 
 impl Config {
@@ -238,6 +294,26 @@ impl Config {
 
     pub fn state_path(&self) -> PathBuf {
         self.data_dir.join("state.db")
+    }
+
+    /// Whether sharing has a broker: `mqtt.broker` or the embedded one.
+    pub fn has_broker(&self) -> bool {
+        self.mqtt.broker.is_some() || self.embedded.is_some()
+    }
+
+    /// Link options for `client_id`: to `mqtt.broker`, or else to the embedded
+    /// broker at `broker.listen` (`up` running it on this machine).
+    pub fn link_options(&self, client_id: &str) -> Result<LinkOptions> {
+        match (&self.mqtt.broker, &self.embedded) {
+            (Some(_), _) => self.mqtt.link_options(client_id),
+            (None, Some(e)) => {
+                let url = broker::local_url(e.listen, e.level.uses_tls());
+                self.mqtt.for_embedded(url, e).link_options(client_id)
+            }
+            (None, None) => bail!(
+                "no MQTT broker is configured: set mqtt.broker (or --broker URL), or broker.listen for the embedded broker"
+            ),
+        }
     }
 }
 
@@ -359,6 +435,7 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         refresh: duration("lcd.refresh", &raw.lcd.refresh)?,
     };
     let mqtt = validate_mqtt(raw.mqtt)?;
+    let embedded = validate_broker(raw.broker, &raw.data_dir)?;
     let name = if raw.name.trim().is_empty() { host_name() } else { raw.name };
     let store_url = if raw.store.trim().is_empty() {
         format!("sqlite://{}", raw.data_dir.join("store.db").display())
@@ -379,7 +456,23 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         grovepi_bus: raw.grovepi.bus,
         lcd,
         mqtt,
+        embedded,
     })
+}
+
+fn validate_broker(b: RawBroker, data_dir: &Path) -> Result<Option<broker::Settings>> {
+    let level = Level::from_number(b.level).map_err(|e| anyhow!("invalid configuration: broker.level: {e}"))?;
+    if b.mutual_tls && !level.uses_tls() {
+        bail!("invalid configuration: broker.mutual_tls needs TLS: set broker.level to 2 or 3");
+    }
+    let listen = b.listen.trim();
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let listen = broker::parse_listen(listen, level.default_port())
+        .map_err(|e| anyhow!("invalid configuration: broker.listen: {e}"))?;
+    let dir = if b.dir.trim().is_empty() { data_dir.join("broker") } else { PathBuf::from(b.dir.trim()) };
+    Ok(Some(broker::Settings { listen, level, mutual_tls: b.mutual_tls, dir }))
 }
 
 fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {

@@ -7,6 +7,7 @@ mod bench_sharing;
 mod cli;
 mod commands;
 mod config;
+mod embedded;
 mod keyfile;
 mod pki_cmd;
 mod sensors_cmd;

@@ -78,7 +78,7 @@ pub fn broker(command: BrokerCommand) -> Result<ExitCode> {
         if mutual_tls { " with mutual TLS" } else { "" },
         dir.display()
     );
-    let written = mosquitto::write_setup(&settings, &users, &dns, &ip)?;
+    let written = mosquitto::write_setup(&settings, &users, &dns, &ip, true)?;
     for (path, private) in &written.files {
         println!("  wrote {}{}", path.display(), if *private { " (0600)" } else { "" });
     }

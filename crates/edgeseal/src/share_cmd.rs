@@ -34,7 +34,7 @@ fn client_id(kind: &str) -> String {
 
 /// Connects for a short command; waits (up to `CONNECT_TIMEOUT`) until the broker answers.
 async fn connect(cfg: &Config, kind: &str, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
-    connected(cfg.mqtt.link_options(&client_id(kind))?, stop).await
+    connected(cfg.link_options(&client_id(kind))?, stop).await
 }
 
 /// Starts a link and waits (up to `CONNECT_TIMEOUT`) until the broker answers.
@@ -98,7 +98,7 @@ pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Resu
         }
         Some(text) => Some(text.parse().map_err(|e| anyhow!("{e}"))?),
     };
-    cfg.mqtt.link_options("check")?;
+    cfg.link_options("check")?;
     let (name, identity) = keyfile::load(&cfg.data_dir, pass).await?;
     let local = open_local(cfg).await?;
     let topics = Topics::new(&cfg.mqtt.prefix);
@@ -250,7 +250,7 @@ pub async fn peers(cfg: &Config, json_out: bool) -> Result<ExitCode> {
 
 /// Publishes pending grants when a broker is configured and reachable; says what happened.
 async fn publish_grants(cfg: &Config, grants: &Grants<'_>) {
-    if cfg.mqtt.broker.is_none() {
+    if !cfg.has_broker() {
         eprintln!("no MQTT broker configured: the grant is stored and `edgeseal up` publishes it once one is set");
         return;
     }

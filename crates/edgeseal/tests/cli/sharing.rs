@@ -334,3 +334,254 @@ fn a_broker_that_alters_pairing_messages_makes_pairing_fail() {
         stop.cancel();
     }
 }
+
+/// Which broker a security-level test runs against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Mosquitto,
+    Embedded,
+}
+
+/// A broker at a security level, set up by `edgeseal broker mosquitto-config`
+/// (mosquitto) or by `edgeseal broker` itself (embedded), on a free port.
+struct Secured {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+    level: u8,
+    mutual: bool,
+}
+
+impl Secured {
+    fn start(kind: Kind, level: u8, mutual: bool) -> Secured {
+        let dir = tempdir(&format!("{kind:?}-l{level}{}", if mutual { "-mtls" } else { "" })).join("broker");
+        let port = free_port();
+        let mut flags = vec!["--level".to_string(), level.to_string()];
+        if mutual {
+            flags.push("--mutual-tls".into());
+        }
+        let log = std::fs::File::create(dir.with_extension("log")).unwrap();
+        let child = match kind {
+            Kind::Mosquitto => {
+                let out = Command::new(super::BIN)
+                    .args(["broker", "mosquitto-config", "--bind", "127.0.0.1", "--port", &port.to_string(), "--out"])
+                    .arg(&dir)
+                    .args(&flags)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", text(&out.stderr));
+                Command::new("mosquitto")
+                    .arg("-c")
+                    .arg(dir.join("mosquitto.conf"))
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+            }
+            Kind::Embedded => Command::new(super::BIN)
+                .arg("--data-dir")
+                .arg(dir.with_extension("data"))
+                .args(["broker", "--listen", &format!("127.0.0.1:{port}"), "--for", "120s", "--dir"])
+                .arg(&dir)
+                .args(&flags)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn(),
+        }
+        .unwrap();
+        wait_until("the broker to listen", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Secured { child, port, dir, level, mutual }
+    }
+
+    fn file(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+
+    fn password(&self) -> String {
+        std::fs::read_to_string(self.dir.join("edgeseal.password")).unwrap().trim().to_string()
+    }
+
+    /// mosquitto_pub/sub options of a correctly configured client, and of one
+    /// that must be refused (None at level 1: everyone is let in).
+    fn client_options(&self) -> (Vec<String>, Option<Vec<String>>) {
+        let tls = vec!["--cafile".to_string(), self.file("ca.pem")];
+        let cert = vec!["--cert".to_string(), self.file("edgeseal.pem"), "--key".into(), self.file("edgeseal-key.pem")];
+        let user = |p: &str| vec!["-u".to_string(), "edgeseal".into(), "-P".into(), p.into()];
+        match (self.level, self.mutual) {
+            (1, _) => (vec![], None),
+            (2, false) => (tls, Some(vec![])),
+            (2, true) => ([tls.clone(), cert].concat(), Some(tls)),
+            (_, false) => ([tls.clone(), user(&self.password())].concat(), Some([tls, user("not-it")].concat())),
+            (_, true) => (
+                [tls.clone(), cert.clone(), user(&self.password())].concat(),
+                Some([tls, user(&self.password())].concat()),
+            ),
+        }
+    }
+
+    /// What an agent sets to use this broker.
+    fn agent_env(&self) -> Vec<(String, String)> {
+        let scheme = if self.level == 1 { "mqtt" } else { "mqtts" };
+        let mut env = vec![("EDGESEAL_MQTT__BROKER".to_string(), format!("{scheme}://localhost:{}", self.port))];
+        if self.level > 1 {
+            env.push(("EDGESEAL_MQTT__CA".into(), self.file("ca.pem")));
+        }
+        if self.level == 3 {
+            env.push(("EDGESEAL_MQTT__USERNAME".into(), "edgeseal".into()));
+            env.push(("EDGESEAL_MQTT__PASSWORD".into(), self.password()));
+        }
+        if self.mutual {
+            env.push(("EDGESEAL_MQTT__CLIENT_CERT".into(), self.file("edgeseal.pem")));
+            env.push(("EDGESEAL_MQTT__CLIENT_KEY".into(), self.file("edgeseal-key.pem")));
+        }
+        env
+    }
+}
+
+impl Drop for Secured {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Subscribes, publishes "hello" with the same client options and MQTT
+/// version (mqttv311 or mqttv5), and says whether it arrived.
+fn round_trip(port: u16, version: &str, opts: &[String]) -> bool {
+    let port = port.to_string();
+    let common = ["-h", "localhost", "-p", &port, "-V", version, "-t", "edgeseal/test", "-q", "1"];
+    let mut sub = Command::new("mosquitto_sub")
+        .args(common)
+        .args(["-C", "1", "-W", "5"])
+        .args(opts)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let published =
+        Command::new("mosquitto_pub").args(common).args(["-m", "hello"]).args(opts).stderr(Stdio::null()).status();
+    if !published.unwrap().success() {
+        let _ = sub.kill();
+        let _ = sub.wait();
+        return false;
+    }
+    let out = sub.wait_with_output().unwrap();
+    text(&out.stdout).trim() == "hello"
+}
+
+/// At every security level (anonymous, TLS, TLS + passwords, each TLS level
+/// also with mutual TLS): plain MQTT 3.1.1 and 5 clients with the right
+/// credentials get through and others do not; two agents configured for it
+/// pair, grant and share live readings through it.
+fn every_security_level(kind: Kind) {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    for (level, mutual) in [(1, false), (2, false), (3, false), (2, true), (3, true)] {
+        let b = Secured::start(kind, level, mutual);
+        let case = format!("{kind:?} level {level}{}", if mutual { " with mutual TLS" } else { "" });
+        let log = || std::fs::read_to_string(b.dir.with_extension("log")).unwrap_or_default();
+        let (good, bad) = b.client_options();
+        for version in ["mqttv311", "mqttv5"] {
+            assert!(round_trip(b.port, version, &good), "{case} {version}: a configured client failed\n{}", log());
+        }
+        if let Some(bad) = bad {
+            assert!(!round_trip(b.port, "mqttv311", &bad), "{case}: a client without credentials got through");
+        }
+
+        let agent = |tag: &str| {
+            let mut a = Agent::new(&format!("{tag}-{kind:?}-{level}{mutual}"));
+            a.env = b.agent_env();
+            a
+        };
+        let (pi, laptop) = (agent("pi"), agent("laptop"));
+        let (h, j) = pair(&pi, &laptop);
+        assert!(h.status.success() && j.status.success(), "{case}: {}{}\n{}", text(&h.stderr), text(&j.stderr), log());
+        pi.ok(&["share", "temperature", "--with", peers(&pi)[0]["name"].as_str().unwrap()]);
+        let out = laptop.dir.parent().unwrap().join("watch.out");
+        let err = laptop.dir.parent().unwrap().join("watch.err");
+        let mut watch = laptop
+            .cmd(&["watch", "--json", "--for", "60s"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        wait_until(&format!("{case}: the grant to reach the watcher"), Duration::from_secs(15), || {
+            std::fs::read_to_string(&err).unwrap_or_default().contains("granted temperature")
+        });
+        pi.run_lines("temperature", 0..6, &["--batch-count", "2"]);
+        wait_until(&format!("{case}: 6 live readings"), Duration::from_secs(15), || {
+            std::fs::read_to_string(&out).unwrap_or_default().lines().count() >= 6
+        });
+        let _ = Command::new("kill").args(["-TERM", &watch.id().to_string()]).status();
+        let _ = watch.wait();
+        let seen: Vec<Value> =
+            std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let values: Vec<f64> = seen.iter().map(|r| r["value"].as_f64().unwrap()).collect();
+        assert_eq!(values, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], "{case}");
+        assert!(seen.iter().all(|r| r["status"] == "verified"), "{case}");
+    }
+}
+
+#[test]
+fn mosquitto_at_every_security_level() {
+    every_security_level(Kind::Mosquitto);
+}
+
+#[test]
+fn embedded_broker_at_every_security_level() {
+    every_security_level(Kind::Embedded);
+}
+
+/// `up` starts the embedded broker (`broker.listen`); the agent's own
+/// commands find it there and a peer shares through it; a second agent on
+/// the same port is told the port is taken and keeps storing.
+#[test]
+fn up_runs_the_embedded_broker_and_peers_share_through_it() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut pi = Agent::new("hub");
+    pi.env = vec![("EDGESEAL_BROKER__LISTEN".into(), listen.clone())];
+    let mut up = pi.spawn_stdin(&["--batch-count", "2"]);
+    wait_until("the embedded broker", Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let laptop = with_broker("hub-laptop", &format!("mqtt://127.0.0.1:{port}"));
+    let (h, j) = pair(&pi, &laptop);
+    assert!(h.status.success() && j.status.success(), "{}{}{}", text(&h.stderr), text(&j.stderr), pi.logs());
+    pi.ok(&["share", "temperature", "--with", "hub-laptop"]);
+    let out = laptop.dir.parent().unwrap().join("watch.out");
+    let err = laptop.dir.parent().unwrap().join("watch.err");
+    let mut watch = laptop
+        .cmd(&["watch", "--json", "--for", "60s"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until("the grant", Duration::from_secs(15), || {
+        std::fs::read_to_string(&err).unwrap_or_default().contains("granted temperature")
+    });
+    feed(&mut up, "temperature", 0..4);
+    wait_until("4 live readings", Duration::from_secs(15), || {
+        std::fs::read_to_string(&out).unwrap_or_default().lines().count() >= 4
+    });
+
+    // Another agent configured for the same port: told why and what to do, and it still stores.
+    let mut other = Agent::new("hub-second");
+    other.env = pi.env.clone();
+    other.run_lines("temperature", 0..3, &[]);
+    let said = other.logs();
+    assert!(said.contains(&format!("{listen} is already in use")), "{said}");
+    assert!(said.contains("--broker mqtt://127.0.0.1:") && said.contains("EDGESEAL_BROKER__LISTEN="), "{said}");
+    assert_eq!(other.fetch("temperature").len(), 3);
+
+    let _ = Command::new("kill").args(["-TERM", &watch.id().to_string()]).status();
+    let _ = watch.wait();
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", pi.logs());
+    let logs = pi.logs();
+    assert!(logs.contains(&format!("broker:   embedded, MQTT 3.1.1/5 on {listen}")), "{logs}");
+    assert!(logs.contains("2 published"), "{logs}");
+}
