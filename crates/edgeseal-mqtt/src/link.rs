@@ -1,4 +1,4 @@
-//! The MQTT link: one connection to any MQTT 3.1.1 broker over `mqtt://` or
+//! The MQTT link: one connection to any MQTT 3.1.1 or 5 broker over `mqtt://` or
 //! `mqtts://` (server-authenticated or mutual TLS), with user name and
 //! password, QoS 1, keep-alive, reconnection with exponential backoff, and
 //! every subscription restored after each reconnect (a clean session forgets
@@ -10,7 +10,9 @@
 //! publishes in the order they are requested and keeps the number when it
 //! retransmits, so the first sighting of a packet id is matched to the oldest
 //! publisher still waiting for one; publishers keep their place in that queue
-//! even after timing out, so the matching never shifts.
+//! even after timing out, so the matching never shifts. Under MQTT 5 a PUBACK
+//! that carries an error reason (not authorised, quota exceeded, …) fails the
+//! publish with that reason.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -18,7 +20,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request, TlsConfiguration, Transport};
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
+use rumqttc::{Event, MqttOptions, Outgoing, Packet, QoS, Request, TlsConfiguration, Transport, v5};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -76,10 +79,30 @@ impl fmt::Debug for Password {
     }
 }
 
+/// The MQTT version the link speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    V311,
+    V5,
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Protocol, Error> {
+        match s.trim() {
+            "3.1.1" | "3" | "4" | "v311" => Ok(Protocol::V311),
+            "5" | "5.0" | "v5" => Ok(Protocol::V5),
+            other => Err(Error::Invalid(format!("MQTT version {other:?}: use 3.1.1 or 5"))),
+        }
+    }
+}
+
 /// How to reach the broker.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
     pub url: BrokerUrl,
+    pub protocol: Protocol,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Password>,
@@ -101,6 +124,7 @@ impl LinkOptions {
     pub fn new(url: BrokerUrl, client_id: impl Into<String>) -> Self {
         LinkOptions {
             url,
+            protocol: Protocol::V311,
             client_id: client_id.into(),
             username: None,
             password: None,
@@ -122,12 +146,112 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// The broker's answer to a publish: accepted, or refused with a reason (MQTT 5).
+type Ack = Result<(), String>;
+
 #[derive(Default)]
 struct Waiting {
     /// Publishers whose packet has no id yet, oldest first.
-    queued: VecDeque<oneshot::Sender<()>>,
+    queued: VecDeque<oneshot::Sender<Ack>>,
     /// Publishers waiting for the PUBACK of a packet id.
-    inflight: HashMap<u16, oneshot::Sender<()>>,
+    inflight: HashMap<u16, oneshot::Sender<Ack>>,
+}
+
+/// Either protocol's client handle.
+#[derive(Clone)]
+enum Client {
+    V311(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+impl Client {
+    async fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c.publish(topic, QoS::AtLeastOnce, retain, payload).await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.publish(topic, QOS1_V5, retain, payload).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn subscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.subscribe(filter, QOS1_V5).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    fn try_subscribe(&self, filter: &str) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c.try_subscribe(filter, QoS::AtLeastOnce).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_subscribe(filter, QOS1_V5).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+const QOS1_V5: v5::mqttbytes::QoS = v5::mqttbytes::QoS::AtLeastOnce;
+
+/// What the connection task acts on, from either protocol's event loop.
+enum Ev {
+    Connected,
+    Message(Message),
+    Acked(u16, Ack),
+    /// A publish left with this packet id.
+    Sent(u16),
+    Other,
+}
+
+/// Either protocol's event loop, as the connection task sees it.
+trait Driver: Send + 'static {
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Ev, String>> + Send;
+    /// Drops every publish waiting for a reconnect (rumqttc would drop them at
+    /// the next CONNACK of a clean session anyway) and says how many had no packet id yet.
+    fn drop_pending_publishes(&mut self) -> usize;
+}
+
+impl Driver for rumqttc::EventLoop {
+    async fn next(&mut self) -> Result<Ev, String> {
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            Event::Incoming(Packet::ConnAck(_)) => Ev::Connected,
+            Event::Incoming(Packet::Publish(p)) => {
+                Ev::Message(Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain })
+            }
+            Event::Incoming(Packet::PubAck(ack)) => Ev::Acked(ack.pkid, Ok(())),
+            Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
+            _ => Ev::Other,
+        })
+    }
+
+    fn drop_pending_publishes(&mut self) -> usize {
+        let unsent = self.pending.iter().filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0)).count();
+        self.pending.retain(|r| !matches!(r, Request::Publish(_)));
+        unsent
+    }
+}
+
+impl Driver for v5::EventLoop {
+    async fn next(&mut self) -> Result<Ev, String> {
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            v5::Event::Incoming(Packet5::ConnAck(_)) => Ev::Connected,
+            v5::Event::Incoming(Packet5::Publish(p)) => match String::from_utf8(p.topic.to_vec()) {
+                Ok(topic) => Ev::Message(Message { topic, payload: p.payload.to_vec(), retain: p.retain }),
+                Err(_) => Ev::Other, // not a valid topic; MQTT requires UTF-8
+            },
+            v5::Event::Incoming(Packet5::PubAck(ack)) => Ev::Acked(
+                ack.pkid,
+                match ack.reason {
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                    refused => Err(format!("{refused:?}")),
+                },
+            ),
+            v5::Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
+            _ => Ev::Other,
+        })
+    }
+
+    fn drop_pending_publishes(&mut self) -> usize {
+        let unsent = self.pending.iter().filter(|r| matches!(r, v5::Request::Publish(p) if p.pkid == 0)).count();
+        self.pending.retain(|r| !matches!(r, v5::Request::Publish(_)));
+        unsent
+    }
 }
 
 struct Shared {
@@ -141,7 +265,7 @@ struct Shared {
 /// A handle on the link; cheap to clone.
 #[derive(Clone)]
 pub struct Link {
-    client: AsyncClient,
+    client: Client,
     shared: Arc<Shared>,
     ack_timeout: Duration,
     url: BrokerUrl,
@@ -159,27 +283,18 @@ impl Link {
     pub fn start(opts: LinkOptions, stop: CancellationToken) -> Result<(Link, mpsc::Receiver<Message>), Error> {
         // rustls needs a process-wide crypto provider; edgeseal uses ring throughout.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut mo = MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
-        mo.set_keep_alive(opts.keep_alive);
-        mo.set_clean_session(!opts.persistent_session);
-        mo.set_max_packet_size(16 << 20, 16 << 20);
-        if let Some(user) = &opts.username {
-            mo.set_credentials(user, opts.password.as_ref().map(|p| p.0.as_str()).unwrap_or(""));
-        }
-        if opts.url.tls {
+        let transport = if opts.url.tls {
             let ca = opts
                 .ca_pem
                 .clone()
                 .ok_or_else(|| Error::Invalid(format!("{} needs the CA certificate of the broker", opts.url)))?;
-            mo.set_transport(Transport::Tls(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth: opts.client_cert.clone(),
-            }));
+            Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth: opts.client_cert.clone() })
         } else if opts.client_cert.is_some() {
             return Err(Error::Invalid("a client certificate needs an mqtts:// broker URL".into()));
-        }
-        let (client, mut eventloop) = AsyncClient::new(mo, 1024);
+        } else {
+            Transport::Tcp
+        };
+        let password = opts.password.as_ref().map(|p| p.0.as_str()).unwrap_or("");
         let (connected, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             order: tokio::sync::Mutex::new(()),
@@ -188,97 +303,42 @@ impl Link {
             connected,
         });
         let (tx, rx) = mpsc::channel(1024);
-        let link = Link {
-            client: client.clone(),
-            shared: shared.clone(),
-            ack_timeout: opts.ack_timeout,
-            url: opts.url.clone(),
-        };
-        let url = opts.url.clone();
-        let max_backoff = opts.max_backoff;
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            let mut down_logged = false;
-            loop {
-                let event = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    e = eventloop.poll() => e,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        backoff = Duration::from_millis(100);
-                        if down_logged {
-                            info!("connected to {url} again");
-                            down_logged = false;
-                        } else {
-                            debug!("connected to {url}");
-                        }
-                        // Restore the subscriptions before saying "connected", so anything published
-                        // after that is queued behind them (the broker handles packets in order).
-                        let subs = shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                        for f in subs {
-                            if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                                warn!("cannot resubscribe to {f}: {e}");
-                            }
-                        }
-                        shared.connected.send_replace(true);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let m = Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
-                        if tx.send(m).await.is_err() {
-                            debug!("nobody reads messages from {url}");
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        let done = shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).inflight.remove(&ack.pkid);
-                        if let Some(done) = done {
-                            let _ = done.send(());
-                        }
-                    }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                        if !w.inflight.contains_key(&pkid)
-                            && let Some(waiter) = w.queued.pop_front()
-                        {
-                            w.inflight.insert(pkid, waiter);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        // With a clean session rumqttc drops, at the next CONNACK, every publish
-                        // that was in flight or still queued when the connection broke (they are in
-                        // `pending` now). Fail exactly those waiters: the ones in flight, and the
-                        // oldest queued ones, one per publish in `pending` that has no packet id yet.
-                        let unsent = eventloop
-                            .pending
-                            .iter()
-                            .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
-                            .count();
-                        eventloop.pending.retain(|r| !matches!(r, Request::Publish(_)));
-                        {
-                            let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                            w.inflight.clear();
-                            for _ in 0..unsent {
-                                w.queued.pop_front();
-                            }
-                        }
-                        shared.connected.send_replace(false);
-                        if !down_logged {
-                            warn!("broker {url} unreachable: {e}; retrying with backoff");
-                            down_logged = true;
-                        } else {
-                            debug!("broker {url} still unreachable: {e}");
-                        }
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(max_backoff);
-                    }
+        let task = Task { shared: shared.clone(), tx, url: opts.url.clone(), max_backoff: opts.max_backoff, stop };
+        let client = match opts.protocol {
+            Protocol::V311 => {
+                let mut mo = MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
+                mo.set_keep_alive(opts.keep_alive);
+                mo.set_clean_session(!opts.persistent_session);
+                mo.set_max_packet_size(16 << 20, 16 << 20);
+                if let Some(user) = &opts.username {
+                    mo.set_credentials(user, password);
                 }
+                mo.set_transport(transport);
+                let (client, eventloop) = rumqttc::AsyncClient::new(mo, 1024);
+                let client = Client::V311(client);
+                tokio::spawn(task.run(eventloop, client.clone()));
+                client
             }
-            shared.connected.send_replace(false);
-        });
+            Protocol::V5 => {
+                let mut mo = v5::MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
+                mo.set_keep_alive(opts.keep_alive);
+                mo.set_clean_start(!opts.persistent_session);
+                if opts.persistent_session {
+                    // Under MQTT 5 a session ends with the connection unless it has an expiry.
+                    mo.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
+                }
+                mo.set_max_packet_size(Some(16 << 20));
+                if let Some(user) = &opts.username {
+                    mo.set_credentials(user, password);
+                }
+                mo.set_transport(transport);
+                let (client, eventloop) = v5::AsyncClient::new(mo, 1024);
+                let client = Client::V5(client);
+                tokio::spawn(task.run(eventloop, client.clone()));
+                client
+            }
+        };
+        let link = Link { client, shared, ack_timeout: opts.ack_timeout, url: opts.url.clone() };
         Ok((link, rx))
     }
 
@@ -288,7 +348,7 @@ impl Link {
         {
             let _order = self.shared.order.lock().await;
             self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.push_back(done);
-            if let Err(e) = self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await {
+            if let Err(e) = self.client.publish(topic, retain, payload).await {
                 // Nothing was queued: take our waiter back out.
                 self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.pop_back();
                 return Err(Error::Invalid(format!("cannot publish to {topic:?}: {e}")));
@@ -296,7 +356,10 @@ impl Link {
         }
         // On time-out our waiter stays queued (its request may still go out); only the answer is dropped.
         match tokio::time::timeout(self.ack_timeout, acked).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => {
+                Err(Error::Invalid(format!("the broker {} refused the message on {topic:?}: {reason}", self.url)))
+            }
             _ => Err(Error::NotAcknowledged { broker: self.url.to_string(), after: self.ack_timeout }),
         }
     }
@@ -304,10 +367,7 @@ impl Link {
     /// Subscribes (QoS 1) now and after every reconnect.
     pub async fn subscribe(&self, filter: &str) -> Result<(), Error> {
         self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).push(filter.to_string());
-        self.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .map_err(|e| Error::Invalid(format!("cannot subscribe to {filter:?}: {e}")))
+        self.client.subscribe(filter).await.map_err(|e| Error::Invalid(format!("cannot subscribe to {filter:?}: {e}")))
     }
 
     /// Whether the link is connected now, and changes to it.
@@ -317,6 +377,99 @@ impl Link {
 
     pub fn url(&self) -> &BrokerUrl {
         &self.url
+    }
+}
+
+/// How long a broker keeps a persistent MQTT 5 session of a client that is away: 30 days.
+const SESSION_EXPIRY_S: u32 = 30 * 24 * 3600;
+
+/// The connection task: drives the event loop until `stop`.
+struct Task {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Message>,
+    url: BrokerUrl,
+    max_backoff: Duration,
+    stop: CancellationToken,
+}
+
+impl Task {
+    async fn run(self, mut driver: impl Driver, client: Client) {
+        let Task { shared, tx, url, max_backoff, stop } = self;
+        let mut backoff = Duration::from_millis(100);
+        let mut down_logged = false;
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => break,
+                e = driver.next() => e,
+            };
+            match event {
+                Ok(Ev::Connected) => {
+                    backoff = Duration::from_millis(100);
+                    if down_logged {
+                        info!("connected to {url} again");
+                        down_logged = false;
+                    } else {
+                        debug!("connected to {url}");
+                    }
+                    // Restore the subscriptions before saying "connected", so anything published
+                    // after that is queued behind them (the broker handles packets in order).
+                    let subs = shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    for f in subs {
+                        if let Err(e) = client.try_subscribe(&f) {
+                            warn!("cannot resubscribe to {f}: {e}");
+                        }
+                    }
+                    shared.connected.send_replace(true);
+                }
+                Ok(Ev::Message(m)) => {
+                    if tx.send(m).await.is_err() {
+                        debug!("nobody reads messages from {url}");
+                    }
+                }
+                Ok(Ev::Acked(pkid, ack)) => {
+                    let done = shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).inflight.remove(&pkid);
+                    if let Some(done) = done {
+                        let _ = done.send(ack);
+                    }
+                }
+                Ok(Ev::Sent(pkid)) => {
+                    let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    if !w.inflight.contains_key(&pkid)
+                        && let Some(waiter) = w.queued.pop_front()
+                    {
+                        w.inflight.insert(pkid, waiter);
+                    }
+                }
+                Ok(Ev::Other) => {}
+                Err(e) => {
+                    // With a clean session rumqttc drops, at the next CONNACK, every publish
+                    // that was in flight or still queued when the connection broke. Fail exactly
+                    // those waiters: the ones in flight, and the oldest queued ones, one per
+                    // dropped publish that had no packet id yet.
+                    let unsent = driver.drop_pending_publishes();
+                    {
+                        let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                        w.inflight.clear();
+                        for _ in 0..unsent {
+                            w.queued.pop_front();
+                        }
+                    }
+                    shared.connected.send_replace(false);
+                    if !down_logged {
+                        warn!("broker {url} unreachable: {e}; retrying with backoff");
+                        down_logged = true;
+                    } else {
+                        debug!("broker {url} still unreachable: {e}");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+        shared.connected.send_replace(false);
     }
 }
 

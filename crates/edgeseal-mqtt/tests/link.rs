@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use edgeseal_mqtt::Error;
-use edgeseal_mqtt::link::{BrokerUrl, Link, LinkOptions, Message, Password};
+use edgeseal_mqtt::link::{BrokerUrl, Link, LinkOptions, Message, Password, Protocol};
 use edgeseal_mqtt::mosquitto::{Level, Settings, write_setup};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -112,12 +112,17 @@ async fn every_security_level_round_trips() {
         setup(&dir, level, mutual, port);
         let mut broker = start_broker(&dir, port).await;
         let stop = CancellationToken::new();
-        let (link, mut rx) = Link::start(options(&dir, level, mutual, port), stop.clone()).unwrap();
-        link.subscribe("edgeseal/test/#").await.unwrap();
-        wait_connected(&link).await;
-        link.publish("edgeseal/test/dev/stream/batch", b"sealed bytes".to_vec(), false).await.unwrap();
-        let m = next(&mut rx, b"sealed bytes").await;
-        assert_eq!(m.topic, "edgeseal/test/dev/stream/batch", "{level:?}");
+        for protocol in [Protocol::V311, Protocol::V5] {
+            let mut o = options(&dir, level, mutual, port);
+            o.protocol = protocol;
+            o.client_id = format!("{}-{protocol:?}", o.client_id);
+            let (link, mut rx) = Link::start(o, stop.clone()).unwrap();
+            link.subscribe("edgeseal/test/#").await.unwrap();
+            wait_connected(&link).await;
+            link.publish("edgeseal/test/dev/stream/batch", b"sealed bytes".to_vec(), false).await.unwrap();
+            let m = next(&mut rx, b"sealed bytes").await;
+            assert_eq!(m.topic, "edgeseal/test/dev/stream/batch", "{level:?} {protocol:?}");
+        }
 
         if level == Level::TlsPassword {
             // A wrong password never connects, and its publish is never reported as done.
@@ -141,6 +146,12 @@ async fn survives_a_broker_restart_and_restores_subscriptions() {
     if !have_mosquitto() {
         return;
     }
+    for protocol in [Protocol::V311, Protocol::V5] {
+        restart(protocol).await;
+    }
+}
+
+async fn restart(protocol: Protocol) {
     let dir = tempdir("restart");
     let port = free_port();
     setup(&dir, Level::Anonymous, false, port);
@@ -148,6 +159,7 @@ async fn survives_a_broker_restart_and_restores_subscriptions() {
     let stop = CancellationToken::new();
     let mut opts = options(&dir, Level::Anonymous, false, port);
     opts.ack_timeout = Duration::from_secs(1);
+    opts.protocol = protocol;
     let (link, mut rx) = Link::start(opts, stop.clone()).unwrap();
     link.subscribe("edgeseal/test/+/batch").await.unwrap();
     wait_connected(&link).await;
@@ -164,6 +176,35 @@ async fn survives_a_broker_restart_and_restores_subscriptions() {
     link.publish("edgeseal/test/a/batch", b"after".to_vec(), false).await.unwrap();
     // Received only because the subscription was restored on the new session.
     next(&mut rx, b"after").await;
+    stop.cancel();
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
+
+/// MQTT 5 carries the broker's refusal in the PUBACK, and the link reports it;
+/// under 3.1.1 a broker can only drop what it refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_publish_fails_under_mqtt5() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempdir("acl");
+    let port = free_port();
+    std::fs::write(dir.join("acl"), "topic readwrite edgeseal/test/#\n").unwrap();
+    std::fs::write(
+        dir.join("mosquitto.conf"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {}\n", dir.join("acl").display()),
+    )
+    .unwrap();
+    let mut broker = start_broker(&dir, port).await;
+    let stop = CancellationToken::new();
+    let mut o = options(&dir, Level::Anonymous, false, port);
+    o.protocol = Protocol::V5;
+    let (link, _rx) = Link::start(o, stop.clone()).unwrap();
+    wait_connected(&link).await;
+    link.publish("edgeseal/test/allowed", b"x".to_vec(), false).await.unwrap();
+    let e = link.publish("forbidden/topic", b"x".to_vec(), false).await.unwrap_err().to_string();
+    assert!(e.contains("refused the message on \"forbidden/topic\": NotAuthorized"), "{e}");
     stop.cancel();
     broker.kill().unwrap();
     broker.wait().unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use edgeseal_core::StreamName;
 use edgeseal_mqtt::broker::{self, AGENT_USER};
-use edgeseal_mqtt::link::{BrokerUrl, LinkOptions, Password};
+use edgeseal_mqtt::link::{BrokerUrl, LinkOptions, Password, Protocol};
 use edgeseal_mqtt::mosquitto::Level;
 use edgeseal_sensors::batcher::Policy;
 use edgeseal_sensors::grovepi::Port;
@@ -38,6 +38,7 @@ const ENV_KEYS: &[&str] = &[
     "lcd.refresh",
     "mqtt.broker",
     "mqtt.prefix",
+    "mqtt.version",
     "mqtt.username",
     "mqtt.password",
     "mqtt.ca",
@@ -85,6 +86,8 @@ pub struct RawMqtt {
     broker: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     prefix: String,
+    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "text_or_number", default)]
+    version: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     username: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -189,6 +192,7 @@ impl Overrides {
 pub struct MqttConfig {
     pub broker: Option<BrokerUrl>,
     pub prefix: String,
+    pub protocol: Protocol,
     pub username: Option<String>,
     pub password: Option<Password>,
     pub ca: Option<PathBuf>,
@@ -225,6 +229,7 @@ impl MqttConfig {
             bail!("no MQTT broker is configured: set mqtt.broker in edgeseal.toml, EDGESEAL_MQTT__BROKER or --broker")
         };
         let mut o = LinkOptions::new(url, client_id);
+        o.protocol = self.protocol;
         o.username = self.username.clone();
         o.password = self.password.clone();
         let read = |p: &Path, what: &str| {
@@ -490,13 +495,31 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {
         (None, None) => None,
         _ => bail!("invalid configuration: mqtt.client_cert and mqtt.client_key go together (mutual TLS)"),
     };
+    let protocol = m.version.parse().map_err(|e| anyhow!("invalid configuration: mqtt.version: {e}"))?;
     Ok(MqttConfig {
         broker,
         prefix,
+        protocol,
         username: some(m.username),
         password: some(m.password).map(Password::new),
         ca: some(m.ca).map(PathBuf::from),
         client_cert,
+    })
+}
+
+/// A value written `5` or `"5"` alike (the environment gives numbers for numeric text).
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Int(u64),
+        Float(f64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Text(s) => s,
+        Either::Int(n) => n.to_string(),
+        Either::Float(f) => f.to_string(),
     })
 }
 

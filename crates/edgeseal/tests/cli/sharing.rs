@@ -479,9 +479,12 @@ fn every_security_level(kind: Kind) {
     if mosquitto_tools().is_none() {
         return;
     }
-    for (level, mutual) in [(1, false), (2, false), (3, false), (2, true), (3, true)] {
+    let levels = [(1, false), (2, false), (3, false), (2, true), (3, true)];
+    for (i, (level, mutual)) in levels.into_iter().enumerate() {
         let b = Secured::start(kind, level, mutual);
-        let case = format!("{kind:?} level {level}{}", if mutual { " with mutual TLS" } else { "" });
+        // The agents speak MQTT 5 and 3.1.1 by turns.
+        let version = if i % 2 == 0 { "5" } else { "3.1.1" };
+        let case = format!("{kind:?} level {level}{}, MQTT {version}", if mutual { " with mutual TLS" } else { "" });
         let log = || std::fs::read_to_string(b.dir.with_extension("log")).unwrap_or_default();
         let (good, bad) = b.client_options();
         for version in ["mqttv311", "mqttv5"] {
@@ -494,6 +497,7 @@ fn every_security_level(kind: Kind) {
         let agent = |tag: &str| {
             let mut a = Agent::new(&format!("{tag}-{kind:?}-{level}{mutual}"));
             a.env = b.agent_env();
+            a.env.push(("EDGESEAL_MQTT__VERSION".into(), version.into()));
             a
         };
         let (pi, laptop) = (agent("pi"), agent("laptop"));
