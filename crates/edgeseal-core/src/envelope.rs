@@ -251,6 +251,11 @@ impl Parsed<'_> {
         hash_parts(self.header_bytes, self.ciphertext)
     }
 
+    /// Whether the batch carries a signature (valid or not).
+    pub fn is_signed(&self) -> bool {
+        self.signature.is_some()
+    }
+
     /// Checks the signature given the batch's hash.
     pub fn authorship(&self, hash: &BatchHash) -> Authorship {
         match self.signature {

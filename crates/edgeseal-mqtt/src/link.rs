@@ -310,6 +310,8 @@ impl Link {
                 mo.set_keep_alive(opts.keep_alive);
                 mo.set_clean_session(!opts.persistent_session);
                 mo.set_max_packet_size(16 << 20, 16 << 20);
+                // Publishes awaiting PUBACK at once (rumqttc's default is 100).
+                mo.set_inflight(INFLIGHT);
                 if let Some(user) = &opts.username {
                     mo.set_credentials(user, password);
                 }
@@ -344,24 +346,22 @@ impl Link {
 
     /// Publishes at QoS 1 and returns once the broker acknowledged it.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), Error> {
+        self.send(topic, payload, retain).await?.acked().await
+    }
+
+    /// Queues a publish (QoS 1) behind every one queued before and returns
+    /// the broker's acknowledgement to wait for: messages reach the broker
+    /// in the order of these calls, however many are in flight.
+    pub async fn send(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<Pending, Error> {
         let (done, acked) = oneshot::channel();
-        {
-            let _order = self.shared.order.lock().await;
-            self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.push_back(done);
-            if let Err(e) = self.client.publish(topic, retain, payload).await {
-                // Nothing was queued: take our waiter back out.
-                self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.pop_back();
-                return Err(Error::Invalid(format!("cannot publish to {topic:?}: {e}")));
-            }
+        let _order = self.shared.order.lock().await;
+        self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.push_back(done);
+        if let Err(e) = self.client.publish(topic, retain, payload).await {
+            // Nothing was queued: take our waiter back out.
+            self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.pop_back();
+            return Err(Error::Invalid(format!("cannot publish to {topic:?}: {e}")));
         }
-        // On time-out our waiter stays queued (its request may still go out); only the answer is dropped.
-        match tokio::time::timeout(self.ack_timeout, acked).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(reason))) => {
-                Err(Error::Invalid(format!("the broker {} refused the message on {topic:?}: {reason}", self.url)))
-            }
-            _ => Err(Error::NotAcknowledged { broker: self.url.to_string(), after: self.ack_timeout }),
-        }
+        Ok(Pending { acked, topic: topic.to_string(), url: self.url.clone(), timeout: self.ack_timeout })
     }
 
     /// Subscribes (QoS 1) now and after every reconnect.
@@ -379,6 +379,34 @@ impl Link {
         &self.url
     }
 }
+
+/// A publish on its way: [`Pending::acked`] completes when the broker acknowledged it.
+#[derive(Debug)]
+pub struct Pending {
+    acked: oneshot::Receiver<Ack>,
+    topic: String,
+    url: BrokerUrl,
+    timeout: Duration,
+}
+
+impl Pending {
+    /// Waits (up to the link's `ack_timeout`) for the broker's acknowledgement.
+    pub async fn acked(self) -> Result<(), Error> {
+        // On time-out the waiter stays queued (its request may still go out); only the answer is dropped.
+        match tokio::time::timeout(self.timeout, self.acked).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(Error::Invalid(format!(
+                "the broker {} refused the message on {:?}: {reason}",
+                self.url, self.topic
+            ))),
+            _ => Err(Error::NotAcknowledged { broker: self.url.to_string(), after: self.timeout }),
+        }
+    }
+}
+
+/// QoS 1 publishes in flight at once under MQTT 3.1.1 (under 5 the broker's
+/// Receive Maximum decides).
+const INFLIGHT: u16 = 512;
 
 /// How long a broker keeps a persistent MQTT 5 session of a client that is away: 30 days.
 const SESSION_EXPIRY_S: u32 = 30 * 24 * 3600;

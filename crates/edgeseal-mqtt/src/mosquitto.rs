@@ -83,6 +83,8 @@ pub fn config(s: &Settings<'_>) -> Result<String, Error> {
     let _ = writeln!(c, "# Security level {:?}{}.", s.level, if s.mutual_tls { ", mutual TLS" } else { "" });
     let _ = writeln!(c, "per_listener_settings true");
     let _ = writeln!(c, "persistence false");
+    // mosquitto's default of 1000 drops QoS 1 messages for a subscriber that falls behind.
+    let _ = writeln!(c, "max_queued_messages 100000");
     let _ = writeln!(c, "listener {} {}", s.port, s.bind);
     if s.level.uses_tls() {
         let _ = writeln!(c, "cafile {}", path("ca.pem"));
@@ -252,6 +254,7 @@ mod tests {
         let s = |level, mutual_tls| Settings { level, port: level.default_port(), bind: "0.0.0.0", mutual_tls, dir };
         let c1 = config(&s(Level::Anonymous, false)).unwrap();
         assert!(c1.contains("listener 1883 0.0.0.0") && c1.contains("allow_anonymous true") && !c1.contains("cafile"));
+        assert!(c1.contains("max_queued_messages 100000"));
         let c3 = config(&s(Level::TlsPassword, false)).unwrap();
         assert!(c3.contains("listener 8883") && c3.contains("password_file /etc/edgeseal/broker/passwd"));
         assert!(c3.contains("allow_anonymous false"));

@@ -26,12 +26,42 @@ pub async fn read_stream<S: Store>(
     remembered: Option<Head>,
     scope: Scope,
 ) -> Result<StreamRead> {
-    let rows = store.batches(device, stream, range).await?;
+    let mut rows = store.batches(device, stream, range).await?;
+    if let Some(to) = range.to {
+        rows.extend(covering_rows(store, device, stream, to, &rows).await?);
+    }
     let checkpoints = store.checkpoints(device, stream, CHECKPOINTS).await?;
     let inspected = inspect_all(device, stream, &rows);
     let cps: Vec<&[u8]> = checkpoints.iter().map(Vec::as_slice).collect();
     let audit = chain::audit(device, stream, &inspected, &cps, remembered, scope);
     Ok(StreamRead { rows, audit })
+}
+
+/// The sealer signs only the last batch of a burst, which covers the earlier
+/// ones through the chain; a range that ends inside such a run is read on (in
+/// doubling windows, up to a day) to the signed batch that covers it.
+async fn covering_rows<S: Store>(
+    store: &S,
+    device: DeviceId,
+    stream: &StreamName,
+    to: i64,
+    rows: &[StoredBatch],
+) -> Result<Vec<StoredBatch>> {
+    let signed = |r: &StoredBatch| edgeseal_core::envelope::parse(&r.sealed).is_ok_and(|p| p.is_signed());
+    let Some(last) = rows.last().filter(|r| !signed(r)) else {
+        return Ok(Vec::new());
+    };
+    let mut span = 1_000i64;
+    while span <= 86_400_000 {
+        let more =
+            store.batches(device, stream, TimeRange { from: Some(to), to: Some(to.saturating_add(span)) }).await?;
+        let after: Vec<StoredBatch> = more.into_iter().filter(|r| r.seq > last.seq).collect();
+        if let Some(i) = after.iter().position(signed) {
+            return Ok(after.into_iter().take(i + 1).collect());
+        }
+        span *= 4;
+    }
+    Ok(Vec::new())
 }
 
 /// Inspects rows in parallel.

@@ -672,11 +672,11 @@ impl Sealer {
         if !pending.is_empty() {
             info!("resuming {} readings accepted before the last stop", pending.len());
         }
+        let mut cuts = Vec::new();
         for (id, r) in pending {
-            if let Some(cut) = self.batcher.push(id, r, self.mono()) {
-                self.seal(cut).await?;
-            }
+            cuts.extend(self.batcher.push(id, r, self.mono()));
         }
+        self.seal_round(cuts).await?;
         let mut buf = Vec::with_capacity(JOURNAL_MAX);
         loop {
             let deadline = self.batcher.next_deadline().map(|d| self.started + Duration::from_millis(d.max(0) as u64));
@@ -701,31 +701,44 @@ impl Sealer {
                     }
                 }
                 _ = sleep_until_opt(deadline) => {
-                    for cut in self.batcher.due(self.mono()) {
-                        self.seal(cut).await?;
-                    }
+                    let cuts = self.batcher.due(self.mono());
+                    self.seal_round(cuts).await?;
                 }
             }
         }
-        for cut in self.batcher.flush() {
-            self.seal(cut).await?;
-        }
-        Ok(())
+        let cuts = self.batcher.flush();
+        self.seal_round(cuts).await
     }
 
     async fn accept(&mut self, buf: &mut Vec<Reading>) -> Result<()> {
         let ids = self.local.journal(buf).await.context("cannot journal readings in state.db")?;
         self.stats.accepted.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let mut cuts = Vec::new();
         for (id, r) in ids.into_iter().zip(buf.drain(..)) {
-            if let Some(cut) = self.batcher.push(id, r, self.mono()) {
-                self.seal(cut).await?;
-            }
+            cuts.extend(self.batcher.push(id, r, self.mono()));
+        }
+        self.seal_round(cuts).await
+    }
+
+    /// Seals what one round cut. Only the last batch of each stream in the
+    /// round is signed: it covers the earlier ones through their chain links
+    /// (format.md), so a burst of small batches (the live "every reading"
+    /// cadence) costs one signature per stream and round, a round holds at
+    /// most `JOURNAL_MAX` readings, and every round ends on a signed batch.
+    async fn seal_round(&mut self, cuts: Vec<Cut>) -> Result<()> {
+        let last: HashMap<StreamName, usize> = cuts.iter().enumerate().map(|(i, c)| (c.stream.clone(), i)).collect();
+        for (i, cut) in cuts.into_iter().enumerate() {
+            let sign = last.get(&cut.stream) == Some(&i);
+            self.seal(cut, sign).await?;
         }
         Ok(())
     }
 
-    async fn seal(&mut self, cut: Cut) -> Result<()> {
-        for (readings, last) in into_batches(&cut.readings) {
+    async fn seal(&mut self, cut: Cut, sign: bool) -> Result<()> {
+        let batches = into_batches(&cut.readings);
+        let n = batches.len();
+        for (i, (readings, last)) in batches.into_iter().enumerate() {
+            let signer = (sign && i + 1 == n).then_some(&*self.identity);
             let st = self.local.stream_state(&cut.stream).await?;
             let key = self.identity.epoch_key(&cut.stream, st.epoch);
             let mut salt = [0u8; 16];
@@ -738,7 +751,7 @@ impl Sealer {
                 prev: st.head,
                 salt,
             };
-            let sealed = seal(&readings, &params, &key, Some(&self.identity), &mut self.scratch)
+            let sealed = seal(&readings, &params, &key, signer, &mut self.scratch)
                 .with_context(|| format!("cannot seal a batch of {}", cut.stream))?;
             let row = BatchRow::from(sealed);
             self.local.commit_sealed(&row, Some(cut.ids[last])).await?;
@@ -860,13 +873,18 @@ impl Publisher {
                 }
                 continue;
             }
-            // In order: join_all polls each publish first in sequence, so they reach the broker in order.
-            let sends = queue.iter().map(|(_, stream, sealed)| {
-                let topic = self.topics.batch(device, stream);
-                let link = &self.link;
-                async move { link.publish(&topic, sealed.clone(), false).await }
-            });
-            let results = futures_util::future::join_all(sends).await;
+            // Queued one after another, so they reach the broker in order; acknowledged together.
+            let mut pending = Vec::with_capacity(queue.len());
+            for (_, stream, sealed) in &queue {
+                match self.link.send(&self.topics.batch(device, stream), sealed.clone(), false).await {
+                    Ok(p) => pending.push(p),
+                    Err(e) => {
+                        debug!("publishing waits: {e}");
+                        break;
+                    }
+                }
+            }
+            let results = futures_util::future::join_all(pending.into_iter().map(|p| p.acked())).await;
             // Only the acknowledged prefix leaves the queue, so a peer never sees a later batch twice
             // before an earlier one.
             let done: Vec<i64> =

@@ -275,6 +275,12 @@ pub enum Event {
 
 /// Verified batches without a key yet, kept per stream for when the grant arrives.
 const LOCKED_MAX: usize = 1000;
+/// Unsigned batches held per stream until a signed one covers them (the
+/// sealer signs at least the last batch of every round of up to 1024 readings).
+const HELD_MAX: usize = 4096;
+
+/// A peer's stream.
+type PeerStream = (DeviceId, StreamName);
 
 /// The receiving side: verifies, checks order and replay, opens, and queues for the store.
 pub struct Inbox {
@@ -283,7 +289,9 @@ pub struct Inbox {
     topics: Topics,
     peers: HashMap<DeviceId, PeerRow>,
     keys: KeyRing,
-    locked: HashMap<(DeviceId, StreamName), Vec<Vec<u8>>>,
+    locked: HashMap<PeerStream, Vec<Vec<u8>>>,
+    /// Unsigned batches (and how each arrived) waiting for the signed batch that covers them.
+    held: HashMap<PeerStream, Vec<(Vec<u8>, Arrival)>>,
     /// Queue received batches for the store (the agent); `watch` only shows them.
     pub store: bool,
 }
@@ -292,7 +300,7 @@ impl Inbox {
     pub async fn new(identity: Arc<Identity>, local: LocalState, topics: Topics) -> Result<Inbox> {
         let peers = local.peers().await?.into_iter().map(|p| (p.device, p)).collect();
         let keys = KeyRing::load(identity.clone(), &local).await?;
-        Ok(Inbox { identity, local, topics, peers, keys, locked: HashMap::new(), store: false })
+        Ok(Inbox { identity, local, topics, peers, keys, locked: HashMap::new(), held: HashMap::new(), store: false })
     }
 
     /// Picks up peers paired since the inbox started (subscribing to them) and their grants.
@@ -384,12 +392,13 @@ impl Inbox {
             );
         }
         let hash = p.hash();
-        match p.authorship(&hash) {
+        let signed = match p.authorship(&hash) {
             // The device id is a hash of the signer's key: this is the paired peer's key.
-            Authorship::Device => {}
-            Authorship::Unsigned => bail!("batch {} of {stream} is not signed", h.seq),
+            Authorship::Device => true,
+            // Authentic once a signed batch covers it through the chain (format.md); held until then.
+            Authorship::Unsigned => false,
             _ => bail!("batch {} of {stream} is not signed by {} (forged or altered)", h.seq, peer.name),
-        }
+        };
         let head = self.local.remembered(device, stream).await?;
         let arrival = match head {
             None => Arrival::First,
@@ -404,12 +413,44 @@ impl Inbox {
             }
             Some(last) => Arrival::Gap { missing: h.seq - last.seq - 1 },
         };
+        let slot = (device, stream.clone());
+        if !signed && self.held.get(&slot).is_some_and(|held| held.len() >= HELD_MAX) {
+            bail!(
+                "batch {} of {stream} is unsigned and {HELD_MAX} unsigned batches already wait for a signature",
+                h.seq
+            );
+        }
         let row = BatchRow::new(h.clone(), hash, bytes.to_vec());
         self.local.remember(device, stream, Head { seq: h.seq, hash, ts: h.last_ts }).await?;
         if self.store {
             self.local.commit_received(&row).await?;
         }
-        self.open_verified(&p, bytes, arrival)
+        // Unsigned batches wait for the signed batch that ends their run; a run the chain
+        // breaks (a batch missed) can no longer be covered.
+        let mut events = Vec::new();
+        let mut held = self.held.remove(&slot).unwrap_or_default();
+        if !held.is_empty() && arrival != Arrival::InOrder {
+            events.push(Event::Refused {
+                topic: self.topics.batch(device, stream),
+                reason: format!(
+                    "{} unsigned batches of {stream} before batch {} were never covered by a signature",
+                    held.len(),
+                    h.seq
+                ),
+            });
+            held.clear();
+        }
+        if !signed {
+            held.push((bytes.to_vec(), arrival));
+            self.held.insert(slot, held);
+            return Ok(events);
+        }
+        for (earlier, how) in held {
+            let q = envelope::parse(&earlier).context("not a sealed batch")?;
+            events.extend(self.open_verified(&q, &earlier, how)?);
+        }
+        events.extend(self.open_verified(&p, bytes, arrival)?);
+        Ok(events)
     }
 
     /// Opens a batch already verified (`p` is `bytes` parsed), or keeps it until its key arrives.
@@ -443,5 +484,82 @@ pub fn log_event(e: &Event) {
         Event::Granted { peer, stream, epochs } => info!("{peer} granted {stream} ({epochs} key epoch(s))"),
         Event::Revoked { peer, stream } => info!("{peer} revoked this agent's access to {stream}"),
         Event::Refused { topic, reason } => warn!("refused a message on {topic}: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeseal_core::envelope::{SealParams, seal};
+    use edgeseal_core::{ScalarBatch, envelope::BatchHash};
+
+    /// A batch of `owner`'s `stream` holding one reading of `value`, linked to `prev`.
+    fn batch(owner: &Identity, seq: u64, prev: BatchHash, value: f64, signed: bool) -> (Vec<u8>, BatchHash) {
+        let stream = StreamName::new("t").unwrap();
+        let r = Readings::Scalar(ScalarBatch {
+            unit: "u".into(),
+            ts: vec![seq as i64],
+            values: vec![value],
+            labels: vec![],
+        });
+        let params = SealParams {
+            device: owner.device_id(),
+            stream: stream.clone(),
+            seq,
+            epoch: 0,
+            prev,
+            salt: [seq as u8; 16],
+        };
+        let s = seal(&r, &params, &owner.epoch_key(&stream, 0), signed.then_some(owner), &mut Vec::new()).unwrap();
+        (s.bytes, s.hash)
+    }
+
+    fn values(events: &[Event]) -> Vec<f64> {
+        events
+            .iter()
+            .flat_map(|e| match e {
+                Event::Readings { readings: Readings::Scalar(s), .. } => s.values.clone(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn unsigned_batches_wait_for_their_signature_and_a_forged_one_never_shows() {
+        let dir = std::env::temp_dir().join(format!("edgeseal-inbox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (owner, me) = (crate::bench::random_identity().unwrap(), crate::bench::random_identity().unwrap());
+        let local = LocalState::open(&dir.join("state.db")).await.unwrap();
+        let peer = PeerRow { device: owner.device_id(), name: "pi".into(), public: owner.public(), paired_ms: 0 };
+        local.add_peer(&peer).await.unwrap();
+        let topics = Topics::new("edgeseal/v1");
+        let mut inbox = Inbox::new(Arc::new(me), local, topics.clone()).await.unwrap();
+        let stream = StreamName::new("t").unwrap();
+        let me_pub = inbox.identity.public();
+        let g = grant::issue(&owner, &me_pub, &stream, 1, 0, &[(0, owner.epoch_key(&stream, 0))], &mut rng()).unwrap();
+        let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false };
+        let granted = inbox.handle(&msg(topics.grant(owner.device_id(), &stream, me_pub.device_id()), g)).await;
+        assert!(matches!(granted[..], [Event::Granted { .. }]), "{granted:?}");
+        let on = topics.batch(owner.device_id(), &stream);
+
+        // Two unsigned batches show nothing until the signed one that covers them arrives.
+        let (b0, h0) = batch(&owner, 0, BatchHash::default(), 1.0, false);
+        let (b1, h1) = batch(&owner, 1, h0, 2.0, false);
+        let (b2, h2) = batch(&owner, 2, h1, 3.0, true);
+        assert!(inbox.handle(&msg(on.clone(), b0)).await.is_empty());
+        assert!(inbox.handle(&msg(on.clone(), b1)).await.is_empty());
+        assert_eq!(values(&inbox.handle(&msg(on.clone(), b2)).await), [1.0, 2.0, 3.0]);
+
+        // Another holder of the epoch key slips in an unsigned batch 3 ahead of the device's own.
+        let (forged, _) = batch(&owner, 3, h2, 99.0, false);
+        assert!(inbox.handle(&msg(on.clone(), forged)).await.is_empty());
+        let (b3, h3) = batch(&owner, 3, h2, 4.0, false);
+        let (b4, _) = batch(&owner, 4, h3, 5.0, true);
+        let real3 = inbox.handle(&msg(on.clone(), b3)).await;
+        let real4 = inbox.handle(&msg(on.clone(), b4)).await;
+        let said = format!("{real3:?}{real4:?}");
+        assert!(said.contains("replayed or out of order") && said.contains("a fork or a forgery"), "{said}");
+        assert!(values(&real3).is_empty() && values(&real4).is_empty(), "the forged reading was shown: {said}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
