@@ -95,6 +95,56 @@ fn pair(host: &Agent, joiner: &Agent) -> (std::process::Output, std::process::Ou
     (hout, j)
 }
 
+/// `watch --json` of an agent in the background, stopped on drop.
+struct Watcher {
+    child: Child,
+    out: std::path::PathBuf,
+    err: std::path::PathBuf,
+}
+
+impl Watcher {
+    /// Starts watching and waits until the grant of `stream` has arrived.
+    fn start(a: &Agent, stream: &str) -> Watcher {
+        let (out, err) = (a.dir.parent().unwrap().join("watch.out"), a.dir.parent().unwrap().join("watch.err"));
+        let child = a
+            .cmd(&["watch", "--json", "--for", "60s"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Watcher { child, out, err };
+        wait_until(&format!("the grant of {stream} to reach the watcher"), Duration::from_secs(15), || {
+            w.said().contains(&format!("granted {stream}"))
+        });
+        w
+    }
+
+    /// What it said on stderr.
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// The readings it printed.
+    fn seen(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn wait_for(&self, n: usize) {
+        wait_until(&format!("{n} live readings"), Duration::from_secs(20), || self.seen().len() >= n);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
 fn peers(a: &Agent) -> Vec<Value> {
     serde_json::from_str::<Value>(&a.ok(&["peers", "--json"])).unwrap().as_array().unwrap().clone()
 }
@@ -145,44 +195,27 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
         .stderr(std::fs::File::create(laptop.dir.parent().unwrap().join("up.err")).unwrap())
         .spawn()
         .unwrap();
-    let phone_out = phone.dir.parent().unwrap().join("watch.out");
-    let phone_err = phone.dir.parent().unwrap().join("watch.err");
-    let mut watch = phone
-        .cmd(&["watch", "--json", "--for", "60s"])
-        .stdout(std::fs::File::create(&phone_out).unwrap())
-        .stderr(std::fs::File::create(&phone_err).unwrap())
-        .spawn()
-        .unwrap();
-    wait_until("the phone to watch", Duration::from_secs(10), || {
-        std::fs::read_to_string(&phone_err).unwrap_or_default().contains("granted temperature")
-    });
+    let watch = Watcher::start(&phone, "temperature");
 
     let mut up = pi.spawn_stdin(&["--batch-count", "5"]);
     let value_lines = |range| lines("temperature", range).concat();
     std::io::Write::write_all(up.stdin.as_mut().unwrap(), value_lines(0..20).as_bytes()).unwrap();
-    let phone_readings = || {
-        std::fs::read_to_string(&phone_out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .collect::<Vec<_>>()
-    };
-    wait_until("the phone to see 20 live readings", Duration::from_secs(20), || phone_readings().len() >= 20);
+    watch.wait_for(20);
 
     // Revoke the phone: a new epoch only the laptop receives.
     let out = pi.ok(&["revoke", "phone"]);
     assert!(out.contains("revoked phone from temperature"), "{out}");
     wait_until("the phone to learn of it", Duration::from_secs(10), || {
-        std::fs::read_to_string(&phone_err).unwrap_or_default().contains("revoked this agent's access to temperature")
+        watch.said().contains("revoked this agent's access to temperature")
     });
     // The running agent picks up the new epoch for the next batches.
     feed(&mut up, "temperature", 20..40);
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", pi.logs());
     wait_until("the phone to be told it cannot open the rest", Duration::from_secs(10), || {
-        std::fs::read_to_string(&phone_err).unwrap_or_default().contains("not granted to this agent")
+        watch.said().contains("not granted to this agent")
     });
-    let seen = phone_readings();
+    let seen = watch.seen();
     assert_eq!(seen.len(), 20, "the revoked phone saw readings sealed after the revocation");
     for (i, r) in seen.iter().enumerate() {
         assert_eq!(r["ts_ms"].as_i64().unwrap(), BASE_TS + i as i64 * 1000);
@@ -201,10 +234,9 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
     assert_eq!(got, super::expected(0..40));
     let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
     assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
-    for c in [&mut laptop_up, &mut watch] {
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let _ = c.wait();
-    }
+    let _ = Command::new("kill").args(["-TERM", &laptop_up.id().to_string()]).status();
+    let _ = laptop_up.wait();
+    drop(watch);
 
     // The broker carried no reading, unit or key in the clear.
     let _ = sniffer.kill();
@@ -504,25 +536,10 @@ fn every_security_level(kind: Kind) {
         let (h, j) = pair(&pi, &laptop);
         assert!(h.status.success() && j.status.success(), "{case}: {}{}\n{}", text(&h.stderr), text(&j.stderr), log());
         pi.ok(&["share", "temperature", "--with", peers(&pi)[0]["name"].as_str().unwrap()]);
-        let out = laptop.dir.parent().unwrap().join("watch.out");
-        let err = laptop.dir.parent().unwrap().join("watch.err");
-        let mut watch = laptop
-            .cmd(&["watch", "--json", "--for", "60s"])
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        wait_until(&format!("{case}: the grant to reach the watcher"), Duration::from_secs(15), || {
-            std::fs::read_to_string(&err).unwrap_or_default().contains("granted temperature")
-        });
+        let watch = Watcher::start(&laptop, "temperature");
         pi.run_lines("temperature", 0..6, &["--batch-count", "2"]);
-        wait_until(&format!("{case}: 6 live readings"), Duration::from_secs(15), || {
-            std::fs::read_to_string(&out).unwrap_or_default().lines().count() >= 6
-        });
-        let _ = Command::new("kill").args(["-TERM", &watch.id().to_string()]).status();
-        let _ = watch.wait();
-        let seen: Vec<Value> =
-            std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        watch.wait_for(6);
+        let seen = watch.seen();
         let values: Vec<f64> = seen.iter().map(|r| r["value"].as_f64().unwrap()).collect();
         assert_eq!(values, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], "{case}");
         assert!(seen.iter().all(|r| r["status"] == "verified"), "{case}");
@@ -556,21 +573,9 @@ fn up_runs_the_embedded_broker_and_peers_share_through_it() {
     let (h, j) = pair(&pi, &laptop);
     assert!(h.status.success() && j.status.success(), "{}{}{}", text(&h.stderr), text(&j.stderr), pi.logs());
     pi.ok(&["share", "temperature", "--with", "hub-laptop"]);
-    let out = laptop.dir.parent().unwrap().join("watch.out");
-    let err = laptop.dir.parent().unwrap().join("watch.err");
-    let mut watch = laptop
-        .cmd(&["watch", "--json", "--for", "60s"])
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap();
-    wait_until("the grant", Duration::from_secs(15), || {
-        std::fs::read_to_string(&err).unwrap_or_default().contains("granted temperature")
-    });
+    let watch = Watcher::start(&laptop, "temperature");
     feed(&mut up, "temperature", 0..4);
-    wait_until("4 live readings", Duration::from_secs(15), || {
-        std::fs::read_to_string(&out).unwrap_or_default().lines().count() >= 4
-    });
+    watch.wait_for(4);
 
     // Another agent configured for the same port: told why and what to do, and it still stores.
     let mut other = Agent::new("hub-second");
@@ -581,8 +586,7 @@ fn up_runs_the_embedded_broker_and_peers_share_through_it() {
     assert!(said.contains("--broker mqtt://127.0.0.1:") && said.contains("EDGESEAL_BROKER__LISTEN="), "{said}");
     assert_eq!(other.fetch("temperature").len(), 3);
 
-    let _ = Command::new("kill").args(["-TERM", &watch.id().to_string()]).status();
-    let _ = watch.wait();
+    drop(watch);
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", pi.logs());
     let logs = pi.logs();
