@@ -370,6 +370,16 @@ impl Link {
         self.client.subscribe(filter).await.map_err(|e| Error::Invalid(format!("cannot subscribe to {filter:?}: {e}")))
     }
 
+    /// Unsubscribes now and stops restoring the subscription after reconnects.
+    pub async fn unsubscribe(&self, filter: &str) -> Result<(), Error> {
+        self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).retain(|f| f != filter);
+        let r = match &self.client {
+            Client::V311(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
+        };
+        r.map_err(|e| Error::Invalid(format!("cannot unsubscribe from {filter:?}: {e}")))
+    }
+
     /// Whether the link is connected now, and changes to it.
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.shared.connected.subscribe()

@@ -196,6 +196,13 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         stats: stats.clone(),
     };
     let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
+    let web_tasks = TaskTracker::new();
+    let web_stop = CancellationToken::new();
+    let cloudsync = crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router();
+    let router = crate::web::router(device.to_string(), cloudsync);
+    for addr in crate::web::start(&cfg.web_listen, router, &web_tasks, &web_stop).await? {
+        println!("  http:     http://{addr}/api/v1/ (CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
+    }
     let sharing = match cfg.mqtt.broker.is_some() {
         true => Some(
             start_sharing(
@@ -238,6 +245,9 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
             warn!("the broker did not acknowledge in time at shutdown; batches wait in the publish queue");
         }
     }
+    web_stop.cancel();
+    web_tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), web_tasks.wait()).await;
     if let Some(b) = embedded {
         let _ = tokio::time::timeout(Duration::from_secs(10), b.stop()).await;
     }

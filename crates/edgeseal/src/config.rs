@@ -48,6 +48,8 @@ const ENV_KEYS: &[&str] = &[
     "broker.level",
     "broker.mutual_tls",
     "broker.dir",
+    "web.listen",
+    "web.cloudsync_listen",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +70,14 @@ struct Raw {
     lcd: RawLcd,
     mqtt: RawMqtt,
     broker: RawBroker,
+    web: RawWeb,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: String,
+    cloudsync_listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +299,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The embedded broker `up` starts (`[broker]`); `None` when `broker.listen` is empty.
     pub embedded: Option<broker::Settings>,
+    /// Where `up` serves HTTP (`web.listen` and `web.cloudsync_listen`).
+    pub web_listen: Vec<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -441,6 +453,14 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
     };
     let mqtt = validate_mqtt(raw.mqtt)?;
     let embedded = validate_broker(raw.broker, &raw.data_dir)?;
+    let mut web_listen = Vec::new();
+    for (key, v) in [("web.listen", &raw.web.listen), ("web.cloudsync_listen", &raw.web.cloudsync_listen)] {
+        if !v.trim().is_empty() {
+            web_listen.push(v.trim().parse().map_err(|_| {
+                anyhow!("invalid configuration: {key} = {v:?} is not ADDRESS:PORT (e.g. 127.0.0.1:5000)")
+            })?);
+        }
+    }
     let name = if raw.name.trim().is_empty() { host_name() } else { raw.name };
     let store_url = if raw.store.trim().is_empty() {
         format!("sqlite://{}", raw.data_dir.join("store.db").display())
@@ -462,6 +482,7 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         lcd,
         mqtt,
         embedded,
+        web_listen,
     })
 }
 

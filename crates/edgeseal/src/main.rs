@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod bench_sharing;
 mod cli;
+mod cloudsync;
 mod commands;
 mod config;
 mod embedded;
@@ -14,6 +15,7 @@ mod sensors_cmd;
 mod share;
 mod share_cmd;
 mod timefmt;
+mod web;
 
 use std::process::ExitCode;
 

@@ -14,12 +14,15 @@ const BASE_TS: i64 = 1_767_225_600_000;
 
 #[path = "cli/sharing.rs"]
 mod sharing;
+#[path = "cli/web.rs"]
+mod web;
 
 #[test]
 fn cli_transcripts() {
     trycmd::TestCases::new()
         .register_bin("edgeseal", std::path::Path::new(BIN))
         .env("EDGESEAL_BROKER__LISTEN", "")
+        .env("EDGESEAL_WEB__LISTEN", "")
         .case("tests/cmd/*.md");
 }
 
@@ -64,6 +67,7 @@ impl Agent {
             .env("EDGESEAL_STORE_TIMEOUT", "2s")
             // No embedded broker unless a test asks for one: 1883 may be anyone's.
             .env("EDGESEAL_BROKER__LISTEN", "")
+            .env("EDGESEAL_WEB__LISTEN", "")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }

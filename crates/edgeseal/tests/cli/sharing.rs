@@ -10,14 +10,14 @@ use tokio_util::sync::CancellationToken;
 use super::{Agent, BASE_TS, feed, free_port, mosquitto_tools, tempdir, text, wait_until};
 
 /// A mosquitto of the test's own on a free port (its own retained messages), stopped on drop.
-struct Broker {
+pub(super) struct Broker {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
     log: std::path::PathBuf,
 }
 
 impl Broker {
-    fn start(port: u16) -> Broker {
+    pub(super) fn start(port: u16) -> Broker {
         let dir = tempdir("broker");
         let conf = dir.join("mosquitto.conf");
         let log = dir.join("mosquitto.log");

@@ -1,0 +1,108 @@
+//! The agent's HTTP server: the CloudSync-compatible API against a real mosquitto, over a real socket.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::sharing::Broker;
+use super::{Agent, free_port, mosquitto_tools, text, wait_until};
+
+/// One request with curl: (status, JSON body).
+fn http(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(b) = body {
+        c.args(["--header", "Content-Type: text/plain", "--data-raw", b]);
+    }
+    let out = text(&c.output().unwrap().stdout);
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn cloudsync_api_publishes_subscribes_and_answers_honestly() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let mport = free_port();
+    let broker = Broker::start(mport);
+    let (web, original) = (free_port(), free_port());
+    let mut a = Agent::new("cloudsync");
+    a.env = vec![
+        ("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{web}")),
+        ("EDGESEAL_WEB__CLOUDSYNC_LISTEN".into(), format!("127.0.0.1:{original}")),
+    ];
+    let mut up = a.spawn_stdin(&[]);
+    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", web)).is_ok());
+    let api = format!("http://127.0.0.1:{web}/api/v1/orchestration/cloudsyncmgr");
+    let target = format!("127.0.0.1:{mport}");
+
+    // The original documentation's curl command, as written, on the original's port.
+    let sub = Command::new("mosquitto_sub")
+        .args(["-p", &mport.to_string(), "-t", "home1/livingroom", "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let documented = Command::new("curl")
+        .args(["--location", "--request", "POST"])
+        .arg(format!("http://127.0.0.1:{original}/api/v1/orchestration/cloudsyncmgr/publish"))
+        .args(["--header", "Content-Type: text/plain", "--data-raw"])
+        .arg(format!(
+            "{{\n    \"appid\": \"tv1\",\n    \"payload\": \"{{Another data from TV1 and testdata}}\",\n    \"topic\": \"home1/livingroom\",\n    \"url\" : \"{target}\"\n}}"
+        ))
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&documented.stdout).unwrap();
+    assert_eq!(answer["Message"], format!("Data published successfully to Cloud{target}"), "{answer}");
+    assert_eq!(answer["ServiceName"], "");
+    assert_eq!(answer["RemoteTargetInfo"], "");
+    assert_eq!(text(&sub.wait_with_output().unwrap().stdout).trim(), "{Another data from TV1 and testdata}");
+
+    // A wildcard subscription; getsubscribedata takes the topic with its '/' in the path.
+    let body = |app: &str, topic: &str| format!(r#"{{"appid":"{app}","topic":"{topic}","url":"{target}"}}"#);
+    let (status, v) = http("POST", &format!("{api}/subscribe"), Some(&body("app1", "home1/+")));
+    assert_eq!((status, v["Message"].as_str().unwrap()), (200, "Successfully subscribed to the topic home1/+"));
+    let data = || http("GET", &format!("{api}/getsubscribedata/127.0.0.1/home1/+/app1"), None);
+    wait_until("the retained value", Duration::from_secs(10), || {
+        data().1["Message"] == "{Another data from TV1 and testdata}"
+    });
+    let publish = |topic: &str, m: &str| {
+        let ok = Command::new("mosquitto_pub").args(["-p", &mport.to_string(), "-t", topic, "-m", m]).status();
+        assert!(ok.unwrap().success());
+    };
+    publish("home1/kitchen", "hot");
+    wait_until("the kitchen's value", Duration::from_secs(10), || data().1["Message"] == "hot");
+
+    // Honest answers for bad input and for a broker that is not there.
+    let publish_api = |b: &str| http("POST", &format!("{api}/publish"), Some(b));
+    assert_eq!(publish_api(r#"{"appid":"a","payload":{"x":1},"topic":"t","url":"h"}"#).0, 400);
+    assert_eq!(publish_api("not json").0, 400);
+    assert_eq!(publish_api(r#"{"appid":"a","payload":"p","topic":"t","url":""}"#).0, 400);
+    assert_eq!(publish_api(r#"{"appid":"a","payload":"p","topic":"a/+","url":"h"}"#).0, 400);
+    let (status, v) = publish_api(r#"{"appid":"a","payload":"p","topic":"t","url":"127.0.0.1:9"}"#);
+    assert_eq!(status, 502, "{v}");
+    assert!(v["Message"].as_str().unwrap().starts_with("Error Connecting MQTT -> "), "{v}");
+    assert_eq!(http("GET", &format!("{api}/getsubscribedata/127.0.0.1/home1/+/someone-else"), None).0, 404);
+
+    // The broker goes away: publishing says so (502), never "published"; it comes back and the
+    // subscription is there again.
+    drop(broker);
+    let p = format!(r#"{{"appid":"tv1","payload":"lost?","topic":"home1/livingroom","url":"{target}"}}"#);
+    wait_until("a 502 while the broker is down", Duration::from_secs(15), || publish_api(&p).0 == 502);
+    let _broker = Broker::start(mport);
+    wait_until("a 200 once it is back", Duration::from_secs(20), || publish_api(&p).0 == 200);
+    publish("home1/hall", "back");
+    wait_until("data after the reconnect", Duration::from_secs(10), || data().1["Message"] == "back");
+
+    // Unsubscribe, which the original never shipped.
+    let (status, _) = http("POST", &format!("{api}/unsubscribe"), Some(&body("app1", "home1/+")));
+    assert_eq!(status, 200);
+    assert_eq!(data().0, 404);
+    assert_eq!(http("GET", &format!("http://127.0.0.1:{web}/api/v1/health"), None).1["status"], "ok");
+
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", a.logs());
+    assert!(a.logs().contains(&format!("http://127.0.0.1:{original}/api/v1/")), "{}", a.logs());
+}
