@@ -509,16 +509,16 @@ refresh = "200ms"
     assert!(listing.lines().any(|l| l.contains("humidity") && l.contains("%RH at ")), "{listing}");
 }
 
-/// mosquitto and its clients, or None (skip) unless services are required.
+/// mosquitto, its clients and curl, or None (skip) unless services are required.
 fn mosquitto_tools() -> Option<()> {
-    let have = ["mosquitto", "mosquitto_pub", "mosquitto_sub"].iter().all(|t| {
+    let have = ["mosquitto", "mosquitto_pub", "mosquitto_sub", "curl"].iter().all(|t| {
         Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success())
     });
     if !have {
         if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!("mosquitto and mosquitto-clients are required but not installed");
+            panic!("mosquitto, mosquitto-clients and curl are required but not installed");
         }
-        eprintln!("skipping: mosquitto not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
+        eprintln!("skipping: mosquitto or curl not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
         return None;
     }
     Some(())
