@@ -344,6 +344,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The CloudSync publish endpoint over a real socket, through the broker given by --broker:
+    /// requests/s and latency under concurrent keep-alive connections
+    Cloudsync {
+        /// Requests in total
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+        /// Concurrent connections
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Seal+store and fetch+verify+open throughput, and bytes at rest, on SQLite
     Storage {
         /// Readings in total (spread over the three simulated sensors at 1 Hz)

@@ -81,6 +81,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench { command: BenchCommand::Storage { readings, batch, json } } => {
             crate::bench::storage(readings, batch, json).await
         }
+        Command::Bench { command: BenchCommand::Cloudsync { requests, connections, json } } => {
+            crate::bench_cloudsync::run(&cfg, requests, connections, json).await
+        }
         Command::Bench { command: BenchCommand::Sharing { messages, json } } => {
             crate::bench_sharing::sharing(&cfg, messages, json).await
         }

@@ -3,6 +3,7 @@
 
 mod agent;
 mod bench;
+mod bench_cloudsync;
 mod bench_sharing;
 mod cli;
 mod cloudsync;
