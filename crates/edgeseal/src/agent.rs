@@ -199,9 +199,17 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let web_tasks = TaskTracker::new();
     let web_stop = CancellationToken::new();
     let cloudsync = crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router();
-    let router = crate::web::router(device.to_string(), cloudsync);
-    for addr in crate::web::start(&cfg.web_listen, router, &web_tasks, &web_stop).await? {
+    // Other machines need the API token; this machine's clients do not, as with the original.
+    let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {
+        true => Some(keyfile::api_token(&cfg.data_dir)?),
+        false => None,
+    };
+    let router = crate::web::router(device.to_string(), cloudsync, token.as_ref().map(|(t, _)| t.clone()));
+    for addr in crate::web::start(&cfg.web_listen, router, token.is_some(), &web_tasks, &web_stop).await? {
         println!("  http:     http://{addr}/api/v1/ (CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
+        if let (false, Some((_, path))) = (addr.ip().is_loopback(), &token) {
+            println!("            other machines send Authorization: Bearer <the token in {}>", path.display());
+        }
     }
     let sharing = match cfg.mqtt.broker.is_some() {
         true => Some(

@@ -69,10 +69,10 @@ pub async fn run(cfg: &Config, requests: usize, connections: usize, json_out: bo
     let url = cfg.link_options("bench")?.url;
     let target =
         if url.tls { format!("mqtts://{}:{}", url.host, url.port) } else { format!("{}:{}", url.host, url.port) };
-    let router = crate::web::router("bench".into(), crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router());
+    let router = crate::web::router("bench".into(), crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router(), None);
     let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
     let _guard = stop.clone().drop_guard();
-    let addr = *crate::web::start(&["127.0.0.1:0".parse()?], router, &tasks, &stop)
+    let addr = *crate::web::start(&["127.0.0.1:0".parse()?], router, false, &tasks, &stop)
         .await?
         .first()
         .ok_or_else(|| anyhow!("the web server did not start"))?;

@@ -8,6 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use base64::Engine as _;
 use edgeseal_core::keys::Identity;
 use edgeseal_core::keystore::{self, KdfParams};
 use zeroize::Zeroizing;
@@ -89,6 +90,32 @@ pub fn init(data_dir: &Path, name: &str, pass: &PassphraseSource, protect: bool)
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok((identity, passphrase.is_some()))
+}
+
+/// The HTTP API's bearer token in `<data_dir>/api-token` (mode 0600), created
+/// on first use. Returns the token and the file.
+pub fn api_token(data_dir: &Path) -> Result<(String, PathBuf)> {
+    let path = data_dir.join("api-token");
+    if let Ok(t) = fs::read_to_string(&path) {
+        let t = t.trim().to_string();
+        if t.len() >= 32 {
+            return Ok((t, path));
+        }
+        bail!("{} holds no usable token (delete it to have a new one made)", path.display());
+    }
+    let mut raw = Zeroizing::new([0u8; 32]);
+    getrandom::fill(raw.as_mut()).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref());
+    create_private_dir(data_dir)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok((token, path))
 }
 
 /// Creates the data directory with mode 0700 (keeps an existing one).

@@ -106,3 +106,50 @@ fn cloudsync_api_publishes_subscribes_and_answers_honestly() {
     assert!(up.wait().unwrap().success(), "{}", a.logs());
     assert!(a.logs().contains(&format!("http://127.0.0.1:{original}/api/v1/")), "{}", a.logs());
 }
+
+/// This machine's address on its default route (not loopback).
+fn lan_ip() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9").expect("a network interface with a route (no packet is sent)");
+    let ip = s.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no address other than loopback");
+    ip
+}
+
+fn status(url: &str, header: Option<&str>) -> u16 {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]);
+    if let Some(h) = header {
+        c.args(["--header", h]);
+    }
+    text(&c.output().unwrap().stdout).parse().unwrap()
+}
+
+#[test]
+fn other_machines_need_the_api_token() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let port = free_port();
+    let mut a = Agent::new("token");
+    a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("0.0.0.0:{port}"))];
+    let mut up = a.spawn_stdin(&[]);
+    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let token_file = a.dir.join("api-token");
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    assert_eq!(status(&format!("http://127.0.0.1:{port}/api/v1/health"), None), 200, "this machine needs no token");
+    let remote = format!("http://{}:{port}/api/v1/health", lan_ip());
+    assert_eq!(status(&remote, None), 401);
+    assert_eq!(status(&remote, Some("Authorization: Bearer not-the-token")), 401);
+    assert_eq!(status(&remote, Some(&format!("Authorization: Bearer {token}"))), 200);
+    let cs = format!("http://{}:{port}/api/v1/orchestration/cloudsyncmgr/publish", lan_ip());
+    assert_eq!(status(&cs, None), 401, "the CloudSync API is guarded too");
+
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", a.logs());
+    let logs = a.logs();
+    assert!(logs.contains("Authorization: Bearer <the token in") && !logs.contains(&token), "{logs}");
+}
