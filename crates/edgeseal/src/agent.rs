@@ -198,7 +198,8 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
     let web_tasks = TaskTracker::new();
     let web_stop = CancellationToken::new();
-    let cloudsync = crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router();
+    let cloudsync =
+        crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router().merge(crate::api::router(Arc::new(cfg.clone())));
     // Other machines need the API token; this machine's clients do not, as with the original.
     let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {
         true => Some(keyfile::api_token(&cfg.data_dir)?),

@@ -115,29 +115,33 @@ fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
+/// The agent's public identity, as `id --json` prints it and the API serves it.
+pub fn identity_json(cfg: &Config) -> Result<serde_json::Value> {
     let path = keyfile::require_initialised(&cfg.data_dir)?;
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let (name, public) =
         keystore::public(&text).with_context(|| format!("cannot use the keystore {}", path.display()))?;
     let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(json!({
+        "name": name,
+        "device_id": public.device_id().to_string(),
+        "fingerprint": public.fingerprint(),
+        "ed25519": b64.encode(public.ed25519),
+        "x25519": b64.encode(public.x25519),
+    }))
+}
+
+fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let v = identity_json(cfg)?;
     if json {
-        println!(
-            "{}",
-            json!({
-                "name": name,
-                "device_id": public.device_id().to_string(),
-                "fingerprint": public.fingerprint(),
-                "ed25519": b64.encode(public.ed25519),
-                "x25519": b64.encode(public.x25519),
-            })
-        );
+        println!("{v}");
     } else {
-        println!("name:        {name}");
-        println!("device id:   {}", public.device_id());
-        println!("fingerprint: {}", public.fingerprint());
-        println!("ed25519:     {}", b64.encode(public.ed25519));
-        println!("x25519:      {}", b64.encode(public.x25519));
+        let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        println!("name:        {}", f("name"));
+        println!("device id:   {}", f("device_id"));
+        println!("fingerprint: {}", f("fingerprint"));
+        println!("ed25519:     {}", f("ed25519"));
+        println!("x25519:      {}", f("x25519"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -156,7 +160,8 @@ pub(crate) async fn open_local(cfg: &Config) -> Result<LocalState> {
     Ok(local)
 }
 
-async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
+/// Every stream in the store and what waits locally, as `streams --json` prints them and the API serves them.
+pub async fn streams_json(cfg: &Config) -> Result<Vec<serde_json::Value>> {
     let device = keyfile::load_public(&cfg.data_dir)?.1.device_id();
     let local = open_local(cfg).await?;
     let store = open_store(cfg).await?;
@@ -195,19 +200,24 @@ async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
         e["outbox_batches"] = json!(b.outbox_batches);
     }
     local.close().await;
+    Ok(rows.into_values().collect())
+}
+
+async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let rows = streams_json(cfg).await?;
     if json {
-        println!("{}", serde_json::Value::Array(rows.into_values().collect()));
+        println!("{}", serde_json::Value::Array(rows));
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() {
-        println!("no streams yet in {} (run `edgeseal up`)", store.url());
+        println!("no streams yet (run `edgeseal up`)");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{:<24} {:<8} {:>8} {:>10} {:<24} {:<24} {:>6} {:>5} {:>8} {:>7}",
         "STREAM", "DEVICE", "BATCHES", "READINGS", "FIRST", "LAST", "HEAD", "EPOCH", "PENDING", "OUTBOX"
     );
-    for v in rows.values() {
+    for v in &rows {
         let dev = if v["own"] == json!(true) {
             "this".to_string()
         } else {

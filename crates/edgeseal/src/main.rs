@@ -2,6 +2,7 @@
 //! `docs/` for how it works. Wiring only: the logic lives in the library crates.
 
 mod agent;
+mod api;
 mod bench;
 mod bench_cloudsync;
 mod bench_sharing;

@@ -207,7 +207,8 @@ fn peer_json(p: &PeerRow, grants: &[serde_json::Value]) -> serde_json::Value {
     })
 }
 
-pub async fn peers(cfg: &Config, json_out: bool) -> Result<ExitCode> {
+/// Paired peers with the grants each way, as `peers --json` prints them and the API serves them.
+pub async fn peers_json(cfg: &Config) -> Result<Vec<serde_json::Value>> {
     keyfile::require_initialised(&cfg.data_dir)?;
     let local = open_local(cfg).await?;
     let peers = local.peers().await?;
@@ -224,9 +225,13 @@ pub async fn peers(cfg: &Config, json_out: bool) -> Result<ExitCode> {
         );
         given.chain(got).collect()
     };
+    Ok(peers.iter().map(|p| peer_json(p, &grants_of(p))).collect())
+}
+
+pub async fn peers(cfg: &Config, json_out: bool) -> Result<ExitCode> {
+    let peers = peers_json(cfg).await?;
     if json_out {
-        let v: Vec<_> = peers.iter().map(|p| peer_json(p, &grants_of(p))).collect();
-        println!("{}", serde_json::Value::Array(v));
+        println!("{}", serde_json::Value::Array(peers));
         return Ok(ExitCode::SUCCESS);
     }
     if peers.is_empty() {
@@ -235,15 +240,18 @@ pub async fn peers(cfg: &Config, json_out: bool) -> Result<ExitCode> {
     }
     println!("{:<16}  {:<32}  {:<29}  GRANTS", "NAME", "DEVICE", "FINGERPRINT");
     for p in &peers {
-        let g: Vec<String> = grants_of(p)
-            .iter()
+        let g: Vec<String> = p["grants"]
+            .as_array()
+            .into_iter()
+            .flatten()
             .map(|g| {
                 let arrow = if g["direction"] == "given" { "→" } else { "←" };
                 let revoked = if g["revoked"] == true { " (revoked)" } else { "" };
                 format!("{arrow}{}{revoked}", g["stream"].as_str().unwrap_or_default())
             })
             .collect();
-        println!("{:<16}  {}  {}  {}", p.name, p.device, p.public.fingerprint(), g.join(" "));
+        let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+        println!("{:<16}  {}  {}  {}", field("name"), field("device_id"), field("fingerprint"), g.join(" "));
     }
     Ok(ExitCode::SUCCESS)
 }

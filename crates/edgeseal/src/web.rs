@@ -1,5 +1,5 @@
-//! The agent's HTTP server, inside `up`: for now the CloudSync-compatible API
-//! ([`crate::cloudsync`]) and `/api/v1/health`. Clients on this machine
+//! The agent's HTTP server, inside `up`: the REST API ([`crate::api`]), the
+//! CloudSync-compatible API ([`crate::cloudsync`]) and `/api/v1/health`. Clients on this machine
 //! (loopback) are served as the original served them; on any other address a
 //! client must send the agent's token (`Authorization: Bearer <token>`, the
 //! token in `<data dir>/api-token`, mode 0600).
@@ -21,15 +21,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::error;
 
-/// Routes every listener serves; `token` admits clients that are not on this machine.
-pub fn router(device: String, cloudsync: Router, token: Option<String>) -> Router {
+/// Routes every listener serves (`apis` and health); `token` admits clients that are not on this machine.
+pub fn router(device: String, apis: Router, token: Option<String>) -> Router {
     let health = get(move || {
         let device = device.clone();
         async move { Json(json!({"status": "ok", "device": device, "version": env!("CARGO_PKG_VERSION")})) }
     });
     Router::new()
         .route("/api/v1/health", health)
-        .merge(cloudsync)
+        .merge(apis)
         .layer(middleware::from_fn_with_state(Arc::new(token), guard))
 }
 
