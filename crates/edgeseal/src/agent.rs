@@ -198,14 +198,15 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
     let web_tasks = TaskTracker::new();
     let web_stop = CancellationToken::new();
-    let cloudsync =
-        crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router().merge(crate::api::router(Arc::new(cfg.clone())));
+    let apis = crate::cloudsync::CloudSync::new(cfg.mqtt.clone())
+        .router()
+        .merge(crate::api::router(Arc::new(cfg.clone()), identity.clone()));
     // Other machines need the API token; this machine's clients do not, as with the original.
     let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {
         true => Some(keyfile::api_token(&cfg.data_dir)?),
         false => None,
     };
-    let router = crate::web::router(device.to_string(), cloudsync, token.as_ref().map(|(t, _)| t.clone()));
+    let router = crate::web::router(device.to_string(), apis, token.as_ref().map(|(t, _)| t.clone()));
     for addr in crate::web::start(&cfg.web_listen, router, token.is_some(), &web_tasks, &web_stop).await? {
         println!("  http:     http://{addr}/api/v1/ (CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
         if let (false, Some((_, path))) = (addr.ip().is_loopback(), &token) {

@@ -6,13 +6,47 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use edgeseal_core::keys::Identity;
+
+/// What the handlers need: the configuration and the agent's identity (for keys).
+#[derive(Clone)]
+pub struct Api {
+    cfg: Arc<Config>,
+    identity: Arc<Identity>,
+}
+
+#[derive(serde::Deserialize)]
+struct Range {
+    device: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /api/v1/streams/{stream}/readings`: a verified, opened time range.
+async fn readings(State(api): State<Api>, Path(stream): Path<String>, Query(q): Query<Range>) -> Response {
+    let now = crate::timefmt::now_ms();
+    let parsed = (|| {
+        let stream = crate::commands::parse_stream(&stream)?;
+        let time = |t: &Option<String>, what: &str| {
+            t.as_deref()
+                .map(|t| crate::timefmt::parse_time(t, now).map_err(|e| anyhow::anyhow!("{what}: {e}")))
+                .transpose()
+        };
+        anyhow::Ok((stream, time(&q.from, "from")?, time(&q.to, "to")?))
+    })();
+    let (stream, from, to) = match parsed {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("{e:#}")}))).into_response(),
+    };
+    answer(crate::commands::read_json(&api.cfg, api.identity.clone(), &stream, q.device.as_deref(), from, to).await)
+}
 
 /// An error as JSON, without secrets (the functions behind the API never put any in one).
 fn answer(r: anyhow::Result<Value>) -> Response {
@@ -22,26 +56,20 @@ fn answer(r: anyhow::Result<Value>) -> Response {
     }
 }
 
-pub fn router(cfg: Arc<Config>) -> Router {
+pub fn router(cfg: Arc<Config>, identity: Arc<Identity>) -> Router {
     Router::new()
-        .route(
-            "/api/v1/identity",
-            get(|State(c): State<Arc<Config>>| async move { answer(crate::commands::identity_json(&c)) }),
-        )
+        .route("/api/v1/identity", get(|State(a): State<Api>| async move { answer(crate::commands::identity_json(&a.cfg)) }))
         .route(
             "/api/v1/streams",
-            get(|State(c): State<Arc<Config>>| async move {
-                answer(crate::commands::streams_json(&c).await.map(Value::from))
-            }),
+            get(|State(a): State<Api>| async move { answer(crate::commands::streams_json(&a.cfg).await.map(Value::from)) }),
         )
+        .route("/api/v1/streams/{stream}/readings", get(readings))
         .route(
             "/api/v1/peers",
-            get(|State(c): State<Arc<Config>>| async move {
-                answer(crate::share_cmd::peers_json(&c).await.map(Value::from))
-            }),
+            get(|State(a): State<Api>| async move { answer(crate::share_cmd::peers_json(&a.cfg).await.map(Value::from)) }),
         )
         .route("/api/v1/openapi.json", get(|| async { Json(openapi()) }))
-        .with_state(cfg)
+        .with_state(Api { cfg, identity })
 }
 
 /// The OpenAPI 3.1 document of every route the server has.
@@ -70,6 +98,14 @@ pub fn openapi() -> Value {
             "/api/v1/health": {"get": {"summary": "liveness, device id and version", "responses": ok("ok")}},
             "/api/v1/identity": {"get": {"summary": "this agent's public identity (as `edgeseal id --json`)", "responses": ok("the identity")}},
             "/api/v1/streams": {"get": {"summary": "streams stored and waiting locally (as `edgeseal streams --json`)", "responses": ok("the streams")}},
+            "/api/v1/streams/{stream}/readings": {"get": {
+                "summary": "a time range of a stream, verified and decrypted: each batch's status (verified, unsigned, tampered, …), the findings, the readings",
+                "parameters": [
+                    {"name": "stream", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "device", "in": "query", "schema": {"type": "string"}, "description": "a peer's device id; default this agent"},
+                    {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "RFC 3339, relative (-1h), now or ms"},
+                    {"name": "to", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the range", "content": {"application/json": {}}}, "400": {"description": "bad stream or time"}}}},
             "/api/v1/peers": {"get": {"summary": "paired peers and grants (as `edgeseal peers --json`)", "responses": ok("the peers")}},
             "/api/v1/openapi.json": {"get": {"summary": "this document", "responses": ok("OpenAPI 3.1")}},
             "/api/v1/orchestration/cloudsyncmgr/publish": cloudsync("publish a payload to a broker (QoS 1, retained)", &["appid", "payload", "topic", "url"]),

@@ -421,8 +421,7 @@ impl<'a> Output<'a> {
             ),
             Format::Json => {
                 let sep = if std::mem::take(&mut self.first) { "\n" } else { ",\n" };
-                let v = json!({"stream": self.stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "value": value, "unit": unit, "label": label});
-                write!(self.w, "{sep}{v}")
+                write!(self.w, "{sep}{}", scalar_json(self.stream, ts, value, unit, label))
             }
         }
     }
@@ -443,8 +442,7 @@ impl<'a> Output<'a> {
             }
             Format::Json => {
                 let sep = if std::mem::take(&mut self.first) { "\n" } else { ",\n" };
-                let v = json!({"stream": self.stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "media_type": media_type, "data_base64": b64.encode(data)});
-                write!(self.w, "{sep}{v}")
+                write!(self.w, "{sep}{}", blob_json(self.stream, ts, media_type, data))
             }
         }
     }
@@ -459,6 +457,63 @@ impl<'a> Output<'a> {
         })();
         ignore_broken_pipe(res)
     }
+}
+
+/// One reading as `fetch --format json` prints it and the API serves it.
+fn scalar_json(stream: &StreamName, ts: i64, value: f64, unit: &str, label: Option<&str>) -> serde_json::Value {
+    json!({"stream": stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "value": value, "unit": unit, "label": label})
+}
+
+fn blob_json(stream: &StreamName, ts: i64, media_type: &str, data: &[u8]) -> serde_json::Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    json!({"stream": stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "media_type": media_type, "data_base64": b64.encode(data)})
+}
+
+/// A time range of a stream, verified and opened: every batch with its
+/// verification status, the findings, and the readings of the authentic
+/// batches this agent holds keys for (the API's retrieval).
+pub async fn read_json(
+    cfg: &Config,
+    identity: std::sync::Arc<edgeseal_core::keys::Identity>,
+    stream: &StreamName,
+    device: Option<&str>,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<serde_json::Value> {
+    let device = parse_device(device, identity.device_id())?;
+    let local = open_local(cfg).await?;
+    let store = open_store(cfg).await?;
+    let now = now_ms();
+    let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
+    let read = audited(&store, &local, device, stream, TimeRange { from, to }, scope).await?;
+    let ring = crate::share::KeyRing::load(identity, &local).await?;
+    local.close().await;
+    let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
+    let (mut readings, mut unreadable) = (Vec::new(), 0usize);
+    for o in open_rows(&read, 0..read.rows.len(), &|epoch| ring.key(device, stream, epoch)).into_iter().flatten() {
+        match o {
+            Ok(Readings::Scalar(b)) => readings.extend((0..b.ts.len()).filter(|&i| keep(b.ts[i])).map(|i| {
+                scalar_json(stream, b.ts[i], b.values[i], &b.unit, b.labels.get(i).cloned().flatten().as_deref())
+            })),
+            Ok(Readings::Blob(b)) => readings.extend(
+                (0..b.ts.len())
+                    .filter(|&i| keep(b.ts[i]))
+                    .map(|i| blob_json(stream, b.ts[i], &b.media_type, &b.items[i])),
+            ),
+            Err(_) => unreadable += 1,
+        }
+    }
+    let batches: Vec<_> = read
+        .rows
+        .iter()
+        .zip(&read.audit.statuses)
+        .map(|(r, s)| json!({"seq": r.seq, "first": format_ms(r.first_ts), "last": format_ms(r.last_ts), "status": s.as_str()}))
+        .collect();
+    Ok(json!({
+        "stream": stream.as_str(), "device": device.to_string(), "verified": read.audit.is_clean(),
+        "batches": batches, "findings": read.audit.findings.iter().map(finding_json).collect::<Vec<_>>(),
+        "readings": readings, "unreadable_batches": unreadable,
+    }))
 }
 
 fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<()> {

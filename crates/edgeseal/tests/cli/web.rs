@@ -172,6 +172,17 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
     assert_eq!(http("GET", &format!("{base}/api/v1/streams"), None).1, cli(&["streams", "--json"]));
     assert_eq!(http("GET", &format!("{base}/api/v1/peers"), None).1, cli(&["peers", "--json"]));
 
+    // Retrieval: the readings `fetch` prints, with each batch's verification status.
+    let (status, range) = http("GET", &format!("{base}/api/v1/streams/temperature/readings?from=0"), None);
+    assert_eq!(status, 200, "{range}");
+    assert_eq!(range["readings"], cli(&["fetch", "--stream", "temperature", "--format", "json"]));
+    let statuses: Vec<&str> =
+        range["batches"].as_array().unwrap().iter().map(|b| b["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["verified", "verified"]);
+    assert_eq!((range["verified"].as_bool(), range["findings"].as_array().map(Vec::len)), (Some(true), Some(0)));
+    let (status, v) = http("GET", &format!("{base}/api/v1/streams/temperature/readings?from=yesterday"), None);
+    assert!(status == 400 && v["error"].as_str().unwrap().starts_with("from: "), "{v}");
+
     // Every path the document names exists: GETs without parameters answer 200; the others are there.
     let (status, doc) = http("GET", &format!("{base}/api/v1/openapi.json"), None);
     assert_eq!((status, doc["openapi"].as_str().unwrap()), (200, "3.1.0"));
@@ -179,11 +190,14 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
         for method in ops.as_object().unwrap().keys() {
             let url = format!(
                 "{base}{}",
-                path.replace("{host}", "127.0.0.1").replace("{topic}", "t").replace("{appID}", "a")
+                path.replace("{host}", "127.0.0.1")
+                    .replace("{topic}", "t")
+                    .replace("{appID}", "a")
+                    .replace("{stream}", "temperature")
             );
             let (status, body) = http(&method.to_uppercase(), &url, (method == "post").then_some(""));
             // With made-up parameters: the route's own "not subscribed", not a missing route.
-            let expected = if path.contains('{') {
+            let expected = if path.contains("getsubscribedata") {
                 404
             } else if method == "get" {
                 200
