@@ -74,6 +74,8 @@ struct Stats {
     received: AtomicU64,
     /// The newest value of each scalar stream (shown on the LCD).
     latest: Mutex<HashMap<StreamName, (f64, String)>>,
+    /// Readings as they are accepted and received, for the HTTP server.
+    live: Arc<crate::live::Live>,
 }
 
 pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result<std::process::ExitCode> {
@@ -200,7 +202,8 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let web_stop = CancellationToken::new();
     let apis = crate::cloudsync::CloudSync::new(cfg.mqtt.clone())
         .router()
-        .merge(crate::api::router(Arc::new(cfg.clone()), identity.clone()));
+        .merge(crate::api::router(Arc::new(cfg.clone()), identity.clone()))
+        .merge(stats.live.clone().router());
     // Other machines need the API token; this machine's clients do not, as with the original.
     let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {
         true => Some(keyfile::api_token(&cfg.data_dir)?),
@@ -733,6 +736,10 @@ impl Sealer {
     async fn accept(&mut self, buf: &mut Vec<Reading>) -> Result<()> {
         let ids = self.local.journal(buf).await.context("cannot journal readings in state.db")?;
         self.stats.accepted.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let device = self.identity.device_id();
+        for r in buf.iter() {
+            self.stats.live.local(device, r);
+        }
         let mut cuts = Vec::new();
         for (id, r) in ids.into_iter().zip(buf.drain(..)) {
             cuts.extend(self.batcher.push(id, r, self.mono()));
@@ -947,6 +954,9 @@ async fn receive(
             m = rx.recv() => {
                 let Some(m) = m else { return };
                 for ev in inbox.handle(&m).await {
+                    if let Event::Readings { peer, device, stream, readings, .. } = &ev {
+                        stats.live.received(peer, *device, stream, readings);
+                    }
                     if matches!(ev, Event::Readings { .. } | Event::Locked { .. }) {
                         stats.received.fetch_add(1, Ordering::Relaxed);
                         notify.notify_one();

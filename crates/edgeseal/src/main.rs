@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod embedded;
 mod keyfile;
+mod live;
 mod pki_cmd;
 mod sensors_cmd;
 mod share;

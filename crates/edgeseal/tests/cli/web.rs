@@ -187,6 +187,9 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
     let (status, doc) = http("GET", &format!("{base}/api/v1/openapi.json"), None);
     assert_eq!((status, doc["openapi"].as_str().unwrap()), (200, "3.1.0"));
     for (path, ops) in doc["paths"].as_object().unwrap() {
+        if path == "/api/v1/live" {
+            continue; // an endless event stream: below
+        }
         for method in ops.as_object().unwrap().keys() {
             let url = format!(
                 "{base}{}",
@@ -208,6 +211,27 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
             assert!(!body.is_null(), "{method} {path}: no JSON answer");
         }
     }
+
+    // Live: readings as they are accepted, as server-sent events; the newest per stream.
+    let events = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "4", &format!("{base}/api/v1/live")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    super::feed(&mut up, "temperature", 4..6);
+    let seen = text(&events.wait_with_output().unwrap().stdout);
+    let readings: Vec<Value> =
+        seen.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(seen.contains("event: reading"), "{seen}");
+    let values: Vec<f64> = readings.iter().map(|r| r["value"].as_f64().unwrap()).collect();
+    assert_eq!(values, [0.4, 0.5], "{seen}");
+    assert!(
+        readings.iter().all(|r| r["origin"] == "local" && r["status"] == "accepted" && r["stream"] == "temperature")
+    );
+    let latest = http("GET", &format!("{base}/api/v1/live/latest"), None).1;
+    assert_eq!(latest[0]["value"], 0.5, "{latest}");
+
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
 }
