@@ -203,7 +203,13 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let apis = crate::cloudsync::CloudSync::new(cfg.mqtt.clone())
         .router()
         .merge(crate::api::router(Arc::new(cfg.clone()), identity.clone()))
-        .merge(stats.live.clone().router());
+        .merge(stats.live.clone().router())
+        .merge(crate::ui::router(Arc::new(crate::ui::Ui {
+            name: name.clone(),
+            device: device.to_string(),
+            fingerprint: identity.public().fingerprint(),
+            live: stats.live.clone(),
+        })));
     // Other machines need the API token; this machine's clients do not, as with the original.
     let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {
         true => Some(keyfile::api_token(&cfg.data_dir)?),
@@ -211,7 +217,7 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     };
     let router = crate::web::router(device.to_string(), apis, token.as_ref().map(|(t, _)| t.clone()));
     for addr in crate::web::start(&cfg.web_listen, router, token.is_some(), &web_tasks, &web_stop).await? {
-        println!("  http:     http://{addr}/api/v1/ (CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
+        println!("  web:      http://{addr}/ (API: /api/v1/, CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
         if let (false, Some((_, path))) = (addr.ip().is_loopback(), &token) {
             println!("            other machines send Authorization: Bearer <the token in {}>", path.display());
         }

@@ -21,6 +21,12 @@ use crate::timefmt::format_ms;
 /// Events kept for a slow listener before it skips ahead.
 const BACKLOG: usize = 4096;
 
+/// A scalar reading's fields, with the original project's description of its value.
+fn scalar(stream: &StreamName, value: f64, unit: &str, label: Option<&str>) -> serde_json::Value {
+    let description = edgeseal_sensors::describe(stream.as_str(), value);
+    json!({"value": value, "unit": unit, "label": label, "description": description})
+}
+
 pub struct Live {
     tx: broadcast::Sender<Arc<serde_json::Value>>,
     /// (device, stream) → the newest event.
@@ -43,7 +49,7 @@ impl Live {
     /// A reading this agent accepted (journaled; sealed and stored next).
     pub fn local(&self, device: DeviceId, r: &Reading) {
         let value = match &r.value {
-            Value::Scalar { value, unit, label } => json!({"value": value, "unit": unit, "label": label}),
+            Value::Scalar { value, unit, label } => scalar(&r.stream, *value, unit, label.as_deref()),
             Value::Blob { media_type, data } => json!({"media_type": media_type, "bytes": data.len()}),
         };
         self.publish(device, &r.stream, r.ts, None, "accepted", value);
@@ -55,7 +61,7 @@ impl Live {
             Readings::Scalar(b) => {
                 for (i, (&ts, &value)) in b.ts.iter().zip(&b.values).enumerate() {
                     let label = b.labels.get(i).cloned().flatten();
-                    let v = json!({"value": value, "unit": b.unit, "label": label});
+                    let v = scalar(stream, value, &b.unit, label.as_deref());
                     self.publish(device, stream, ts, Some(peer), "verified", v);
                 }
             }
@@ -91,11 +97,16 @@ impl Live {
         let _ = self.tx.send(Arc::new(v)); // nobody listening is fine
     }
 
+    /// The newest reading of every stream.
+    pub fn latest(&self) -> Vec<serde_json::Value> {
+        self.latest.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
     pub fn router(self: Arc<Self>) -> Router {
         let latest = {
             let live = self.clone();
             get(move || {
-                let v: Vec<_> = live.latest.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                let v = live.latest();
                 async move { Json(v) }
             })
         };

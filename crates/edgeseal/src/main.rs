@@ -18,6 +18,7 @@ mod sensors_cmd;
 mod share;
 mod share_cmd;
 mod timefmt;
+mod ui;
 mod web;
 
 use std::process::ExitCode;

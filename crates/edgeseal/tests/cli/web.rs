@@ -104,7 +104,7 @@ fn cloudsync_api_publishes_subscribes_and_answers_honestly() {
 
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
-    assert!(a.logs().contains(&format!("http://127.0.0.1:{original}/api/v1/")), "{}", a.logs());
+    assert!(a.logs().contains(&format!("http://127.0.0.1:{original}/ (API")), "{}", a.logs());
 }
 
 /// This machine's address on its default route (not loopback).
@@ -231,6 +231,22 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
     );
     let latest = http("GET", &format!("{base}/api/v1/live/latest"), None).1;
     assert_eq!(latest[0]["value"], 0.5, "{latest}");
+    assert_eq!(latest[0]["description"], "Cold", "the original's threshold label");
+
+    // The dashboard: rendered on the server (values without JavaScript), its script and
+    // stylesheet served from the binary, a content security policy, and nothing secret.
+    let page = Command::new("curl").args(["-s", "-i", &format!("{base}/")]).output().unwrap();
+    let page = text(&page.stdout);
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains("content-security-policy: default-src 'self'"), "{page}");
+    assert!(page.contains("<td data-f=\"value\">0.5 u</td><td data-f=\"description\">Cold</td>"), "{page}");
+    let id = cli(&["id", "--json"]);
+    assert!(page.contains(id["fingerprint"].as_str().unwrap()) && !page.contains("secret"), "{page}");
+    for asset in ["/assets/dashboard.js", "/assets/style.css"] {
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{content_type}", &format!("{base}{asset}")]);
+        let got = text(&curl.output().unwrap().stdout);
+        assert!(got.starts_with("200 text/"), "{asset}: {got}");
+    }
 
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
