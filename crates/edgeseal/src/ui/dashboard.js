@@ -43,8 +43,11 @@
       (start + i * step).toFixed(1) + "," + (22 - 20 * (v - lo) / span).toFixed(1)).join(" "));
   }
 
+  let applied = 0;
+
   function show(r) {
     const row = rowFor(r);
+    rows.dataset.updates = String(++applied); // how many live readings this page has shown
     cell(row, "stream").textContent = r.stream;
     cell(row, "origin").textContent = r.origin === "peer" ? "from " + r.peer : "this agent";
     cell(row, "value").textContent = r.value !== undefined ? r.value + " " + r.unit : r.media_type + ", " + r.bytes + " B";
