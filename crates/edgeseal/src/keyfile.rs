@@ -81,14 +81,7 @@ pub fn init(data_dir: &Path, name: &str, pass: &PassphraseSource, protect: bool)
     let text =
         keystore::encode(&identity, name, passphrase.as_ref().map(|p| p.as_bytes()), KdfParams::default(), salt)?;
     create_private_dir(data_dir)?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
+    write_new_private(&path, text.as_bytes())?;
     Ok((identity, passphrase.is_some()))
 }
 
@@ -107,15 +100,21 @@ pub fn api_token(data_dir: &Path) -> Result<(String, PathBuf)> {
     getrandom::fill(raw.as_mut()).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref());
     create_private_dir(data_dir)?;
+    write_new_private(&path, format!("{token}\n").as_bytes())?;
+    Ok((token, path))
+}
+
+/// Creates `path` (never replacing one) with mode 0600 and `contents`, synced.
+fn write_new_private(path: &Path, contents: &[u8]) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(format!("{token}\n").as_bytes())?;
+    f.write_all(contents)?;
     f.sync_all()?;
-    Ok((token, path))
+    Ok(())
 }
 
 /// Creates the data directory with mode 0700 (keeps an existing one).
