@@ -209,6 +209,7 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
             device: device.to_string(),
             fingerprint: identity.public().fingerprint(),
             live: stats.live.clone(),
+            api: crate::api::Api { cfg: Arc::new(cfg.clone()), identity: identity.clone() },
         })));
     // Other machines need the API token; this machine's clients do not, as with the original.
     let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {

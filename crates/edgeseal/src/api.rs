@@ -8,6 +8,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -18,8 +19,8 @@ use edgeseal_core::keys::Identity;
 /// What the handlers need: the configuration and the agent's identity (for keys).
 #[derive(Clone)]
 pub struct Api {
-    cfg: Arc<Config>,
-    identity: Arc<Identity>,
+    pub cfg: Arc<Config>,
+    pub identity: Arc<Identity>,
 }
 
 #[derive(serde::Deserialize)]
@@ -27,6 +28,8 @@ struct Range {
     device: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    /// `csv` for a download in `fetch --format csv`'s columns; default JSON.
+    format: Option<String>,
 }
 
 /// `GET /api/v1/streams/{stream}/readings`: a verified, opened time range.
@@ -45,7 +48,20 @@ async fn readings(State(api): State<Api>, Path(stream): Path<String>, Query(q): 
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("{e:#}")}))).into_response(),
     };
-    answer(crate::commands::read_json(&api.cfg, api.identity.clone(), &stream, q.device.as_deref(), from, to).await)
+    let read = crate::commands::read_json(&api.cfg, api.identity.clone(), &stream, q.device.as_deref(), from, to).await;
+    match (q.format.as_deref(), read) {
+        (Some("csv"), Ok(v)) => {
+            let mut body = format!("{}\n", crate::commands::CSV_HEADER);
+            for r in v["readings"].as_array().into_iter().flatten() {
+                body.push_str(&crate::commands::csv_line(r));
+                body.push('\n');
+            }
+            let disposition = format!("attachment; filename=\"{stream}.csv\"");
+            ([(CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (CONTENT_DISPOSITION, disposition)], body)
+                .into_response()
+        }
+        (_, read) => answer(read),
+    }
 }
 
 /// An error as JSON, without secrets (the functions behind the API never put any in one).
@@ -104,7 +120,8 @@ pub fn openapi() -> Value {
                     {"name": "stream", "in": "path", "required": true, "schema": {"type": "string"}},
                     {"name": "device", "in": "query", "schema": {"type": "string"}, "description": "a peer's device id; default this agent"},
                     {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "RFC 3339, relative (-1h), now or ms"},
-                    {"name": "to", "in": "query", "schema": {"type": "string"}}],
+                    {"name": "to", "in": "query", "schema": {"type": "string"}},
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}, "description": "csv: a download with fetch's CSV columns"}],
                 "responses": {"200": {"description": "the range", "content": {"application/json": {}}}, "400": {"description": "bad stream or time"}}}},
             "/api/v1/live": {"get": {"summary": "server-sent events: `reading` for every reading accepted here (status accepted) or received from a peer (status verified); `skipped` when a slow client missed some",
                 "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {}}}}}},

@@ -397,7 +397,7 @@ impl<'a> Output<'a> {
         self.wrote_header = true;
         match self.format {
             Format::Table => writeln!(self.w, "{:<24}  {:>12}  {:<6}  LABEL", "TIME", "VALUE", "UNIT"),
-            Format::Csv => writeln!(self.w, "stream,time,ts_ms,value,unit,label,media_type,data_base64"),
+            Format::Csv => writeln!(self.w, "{CSV_HEADER}"),
             Format::Json => write!(self.w, "["),
         }
     }
@@ -521,6 +521,25 @@ fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         other => Ok(other?),
     }
+}
+
+/// The columns of `fetch --format csv` and of the API's CSV download.
+pub const CSV_HEADER: &str = "stream,time,ts_ms,value,unit,label,media_type,data_base64";
+
+/// One reading of [`read_json`] as a CSV line (no newline).
+pub fn csv_line(r: &serde_json::Value) -> String {
+    let s = |k: &str| r[k].as_str().unwrap_or_default();
+    let value = r["value"].as_f64().map(|v| v.to_string()).unwrap_or_default();
+    format!(
+        "{},{},{},{value},{},{},{},{}",
+        r["stream"].as_str().unwrap_or_default(),
+        s("time"),
+        r["ts_ms"].as_i64().unwrap_or_default(),
+        csv(s("unit")),
+        csv(s("label")),
+        csv(s("media_type")),
+        s("data_base64")
+    )
 }
 
 fn csv(s: &str) -> String {

@@ -180,6 +180,9 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
         range["batches"].as_array().unwrap().iter().map(|b| b["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["verified", "verified"]);
     assert_eq!((range["verified"].as_bool(), range["findings"].as_array().map(Vec::len)), (Some(true), Some(0)));
+    let csv =
+        Command::new("curl").args(["-s", &format!("{base}/api/v1/streams/temperature/readings?format=csv")]).output();
+    assert_eq!(text(&csv.unwrap().stdout), a.ok(&["fetch", "--stream", "temperature", "--format", "csv"]));
     let (status, v) = http("GET", &format!("{base}/api/v1/streams/temperature/readings?from=yesterday"), None);
     assert!(status == 400 && v["error"].as_str().unwrap().starts_with("from: "), "{v}");
 
@@ -366,4 +369,44 @@ fn dashboard_shows_live_values_in_a_real_browser() {
     browser.screenshot("dashboard.png");
     let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
     assert!(up.wait().unwrap().success());
+}
+
+#[test]
+fn storage_page_shows_verified_and_tampered_batches_in_a_real_browser() {
+    let Some(browser) = Browser::start() else { return };
+    let port = free_port();
+    let mut a = Agent::new("storage-ui");
+    a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}"))];
+    a.run_lines("temperature", 0..10, &["--batch-count", "2"]);
+    let mut up = a.spawn_stdin(&[]);
+    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let id: Value = serde_json::from_str(&a.ok(&["id", "--json"])).unwrap();
+    let url = format!("http://127.0.0.1:{port}/storage?pick={}/temperature&from=0", id["device_id"].as_str().unwrap());
+    let statuses = "return [...document.querySelectorAll('#batches tbody tr')].map(r => r.cells[0].textContent + ':' + r.cells[3].textContent).join(' ')";
+
+    browser.open(&url);
+    assert_eq!(browser.eval(statuses), "0:verified 1:verified 2:verified 3:verified 4:verified");
+    assert_eq!(browser.eval("return document.querySelectorAll('#readings tbody tr').length"), 10);
+    assert!(
+        browser.eval("return document.querySelector('main p.ok').textContent").as_str().unwrap().contains("verified")
+    );
+    browser.screenshot("storage-verified.png");
+
+    // The database changes one byte of batch 2: the page names it, and shows only what still verifies.
+    let store = a.dir.join("store.db");
+    let sql = "UPDATE batches SET sealed = CAST(substr(sealed,1,60) || CASE WHEN substr(sealed,61,1) = X'00' \
+               THEN X'01' ELSE X'00' END || substr(sealed,62) AS BLOB) WHERE seq = 2";
+    assert!(Command::new("sqlite3").arg(&store).arg(sql).status().unwrap().success());
+    browser.open(&url);
+    let after = browser.eval(statuses);
+    assert!(after.as_str().unwrap().contains("2:tampered"), "{after}");
+    assert!(
+        browser.eval("return document.querySelector('main p.bad').textContent").as_str().unwrap().contains("Problems")
+    );
+    let shown = browser.eval("return document.querySelectorAll('#readings tbody tr').length").as_u64().unwrap();
+    assert!(shown < 10, "readings of batches that no longer verify were shown");
+    browser.screenshot("storage-tampered.png");
+
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", a.logs());
 }
