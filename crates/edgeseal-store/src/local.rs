@@ -60,6 +60,26 @@ pub struct GrantOut {
     pub published: bool,
 }
 
+/// The outbox row of `row`; `device` is the peer that sealed it, `None` for this agent's own.
+fn outbox_insert<'q>(
+    row: &'q BatchRow,
+    device: Option<&'q [u8]>,
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>> {
+    Ok(sqlx::query(
+        "INSERT INTO outbox (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(device)
+    .bind(row.stream.as_str())
+    .bind(seq_i64(row.seq)?)
+    .bind(row.first_ts)
+    .bind(row.last_ts)
+    .bind(i64::from(row.count))
+    .bind(i64::from(row.epoch))
+    .bind(&row.hash[..])
+    .bind(&row.sealed[..]))
+}
+
 fn seq_i64(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| Error::BadRow("sequence number above 2^63"))
 }
@@ -240,19 +260,7 @@ impl LocalState {
         if updated.rows_affected() != 1 {
             return Err(Error::BadRow("the stream's sequence number moved on while sealing"));
         }
-        sqlx::query(
-            "INSERT INTO outbox (stream, seq, first_ts, last_ts, count, epoch, hash, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(stream)
-        .bind(seq_i64(row.seq)?)
-        .bind(row.first_ts)
-        .bind(row.last_ts)
-        .bind(i64::from(row.count))
-        .bind(i64::from(row.epoch))
-        .bind(&row.hash[..])
-        .bind(&row.sealed[..])
-        .execute(&mut *tx)
-        .await?;
+        outbox_insert(row, None)?.execute(&mut *tx).await?;
         if self.publishing {
             sqlx::query("INSERT INTO publish_queue (stream, seq, sealed) VALUES (?, ?, ?)")
                 .bind(stream)
@@ -382,21 +390,7 @@ impl LocalState {
 
     /// Queues a batch received from a peer for the store (the outbox keeps it until the store acked).
     pub async fn commit_received(&self, row: &BatchRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO outbox (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&row.device.0[..])
-        .bind(row.stream.as_str())
-        .bind(seq_i64(row.seq)?)
-        .bind(row.first_ts)
-        .bind(row.last_ts)
-        .bind(i64::from(row.count))
-        .bind(i64::from(row.epoch))
-        .bind(&row.hash[..])
-        .bind(&row.sealed[..])
-        .execute(&self.pool)
-        .await?;
+        outbox_insert(row, Some(&row.device.0[..]))?.execute(&self.pool).await?;
         Ok(())
     }
 
