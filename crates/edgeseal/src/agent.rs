@@ -200,16 +200,17 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
     let web_tasks = TaskTracker::new();
     let web_stop = CancellationToken::new();
+    let api = crate::api::Api { cfg: Arc::new(cfg.clone()), identity: identity.clone() };
     let apis = crate::cloudsync::CloudSync::new(cfg.mqtt.clone())
         .router()
-        .merge(crate::api::router(Arc::new(cfg.clone()), identity.clone()))
+        .merge(crate::api::router(api.clone()))
         .merge(stats.live.clone().router())
         .merge(crate::ui::router(Arc::new(crate::ui::Ui {
             name: name.clone(),
             device: device.to_string(),
             fingerprint: identity.public().fingerprint(),
             live: stats.live.clone(),
-            api: crate::api::Api { cfg: Arc::new(cfg.clone()), identity: identity.clone() },
+            api,
         })));
     // Other machines need the API token; this machine's clients do not, as with the original.
     let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {

@@ -32,18 +32,22 @@ struct Range {
     format: Option<String>,
 }
 
+/// A stream name and a time range as the CLI takes them (RFC 3339, relative, now, ms); errors name the field.
+pub fn parse_range(
+    stream: &str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> anyhow::Result<(edgeseal_core::StreamName, Option<i64>, Option<i64>)> {
+    let now = crate::timefmt::now_ms();
+    let time = |t: Option<&str>, what: &str| {
+        t.map(|t| crate::timefmt::parse_time(t, now).map_err(|e| anyhow::anyhow!("{what}: {e}"))).transpose()
+    };
+    Ok((crate::commands::parse_stream(stream)?, time(from, "from")?, time(to, "to")?))
+}
+
 /// `GET /api/v1/streams/{stream}/readings`: a verified, opened time range.
 async fn readings(State(api): State<Api>, Path(stream): Path<String>, Query(q): Query<Range>) -> Response {
-    let now = crate::timefmt::now_ms();
-    let parsed = (|| {
-        let stream = crate::commands::parse_stream(&stream)?;
-        let time = |t: &Option<String>, what: &str| {
-            t.as_deref()
-                .map(|t| crate::timefmt::parse_time(t, now).map_err(|e| anyhow::anyhow!("{what}: {e}")))
-                .transpose()
-        };
-        anyhow::Ok((stream, time(&q.from, "from")?, time(&q.to, "to")?))
-    })();
+    let parsed = parse_range(&stream, q.from.as_deref(), q.to.as_deref());
     let (stream, from, to) = match parsed {
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("{e:#}")}))).into_response(),
@@ -72,7 +76,7 @@ fn answer(r: anyhow::Result<Value>) -> Response {
     }
 }
 
-pub fn router(cfg: Arc<Config>, identity: Arc<Identity>) -> Router {
+pub fn router(api: Api) -> Router {
     Router::new()
         .route("/api/v1/identity", get(|State(a): State<Api>| async move { answer(crate::commands::identity_json(&a.cfg)) }))
         .route(
@@ -85,7 +89,7 @@ pub fn router(cfg: Arc<Config>, identity: Arc<Identity>) -> Router {
             get(|State(a): State<Api>| async move { answer(crate::share_cmd::peers_json(&a.cfg).await.map(Value::from)) }),
         )
         .route("/api/v1/openapi.json", get(|| async { Json(openapi()) }))
-        .with_state(Api { cfg, identity })
+        .with_state(api)
 }
 
 /// The OpenAPI 3.1 document of every route the server has.

@@ -169,13 +169,10 @@ async fn storage(State(ui): State<Arc<Ui>>, Query(q): Query<Retrieve>) -> Respon
 
 /// The result part of the storage page.
 async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String {
-    let now = crate::timefmt::now_ms();
-    let time = |t: &Option<String>| {
-        t.as_deref().filter(|t| !t.is_empty()).map(|t| crate::timefmt::parse_time(t, now)).transpose()
-    };
+    let given = |t: &Option<String>| t.as_deref().filter(|t| !t.is_empty()).map(str::to_string);
+    let (from, to) = (given(&q.from), given(&q.to));
     let read = async {
-        let name = crate::commands::parse_stream(stream)?;
-        let (from, to) = (time(&q.from)?, time(&q.to)?);
+        let (name, from, to) = crate::api::parse_range(stream, from.as_deref(), to.as_deref())?;
         crate::commands::read_json(&ui.api.cfg, ui.api.identity.clone(), &name, Some(device), from, to).await
     };
     let v = match read.await {
