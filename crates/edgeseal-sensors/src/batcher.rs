@@ -50,6 +50,16 @@ impl Batcher {
         Batcher { default, per_stream, open: BTreeMap::new() }
     }
 
+    /// The policy of streams without their own, which a running agent may change (the web UI's batch size).
+    pub fn default_policy(&self) -> Policy {
+        self.default
+    }
+
+    /// Changes the policy of streams without their own; open batches are cut by it from now on.
+    pub fn set_default(&mut self, policy: Policy) {
+        self.default = policy;
+    }
+
     pub fn policy(&self, stream: &StreamName) -> Policy {
         self.per_stream.get(stream).copied().unwrap_or(self.default)
     }
@@ -135,6 +145,16 @@ mod tests {
         assert_eq!(cuts[0].stream.as_str(), "slow");
         assert_eq!(b.due(1020).len(), 1, "fast is cut by age before its count");
         assert_eq!(b.open_readings(), 0);
+    }
+
+    #[test]
+    fn a_new_default_applies_to_open_batches() {
+        let mut b = Batcher::new(Policy { count: 100, interval_ms: None }, HashMap::new());
+        b.push(1, r("a", 0), 0);
+        b.push(2, r("a", 1), 0);
+        b.set_default(Policy { count: 3, interval_ms: Some(50) });
+        assert_eq!(b.next_deadline(), Some(50));
+        assert_eq!(b.push(3, r("a", 2), 1).map(|c| c.ids), Some(vec![1, 2, 3]));
     }
 
     #[test]

@@ -413,6 +413,20 @@ impl LocalState {
         Ok(())
     }
 
+    /// A setting changed while the agent ran (see [`LocalState::put_setting`]).
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?").bind(key).fetch_optional(&self.pool).await?)
+    }
+
+    pub async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records a paired peer (replacing an earlier pairing with the same device).
     pub async fn add_peer(&self, peer: &PeerRow) -> Result<()> {
         sqlx::query("INSERT OR REPLACE INTO peers (device, name, ed25519, x25519, paired_ms) VALUES (?, ?, ?, ?, ?)")

@@ -24,7 +24,7 @@ use edgeseal_core::keys::Identity;
 use edgeseal_core::reading::into_batches;
 use edgeseal_core::{DeviceId, Reading, StreamName, Value};
 use edgeseal_sensors::Sensor;
-use edgeseal_sensors::batcher::{Batcher, Cut};
+use edgeseal_sensors::batcher::{Batcher, Cut, Policy};
 use edgeseal_sensors::grovepi::bus::{Answer, Bus, Op};
 use edgeseal_sensors::grovepi::lcd::WIDTH;
 use edgeseal_sensors::grovepi::sensor::GroveSensor;
@@ -41,6 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cli::UpArgs;
 use crate::config::{Config, SensorSpec};
+use crate::control::{BATCH_SETTING, Command, Control};
 use crate::keyfile::{self, PassphraseSource};
 use crate::share::{Event, Grants, Inbox, Topics, log_event};
 use crate::timefmt::now_ms;
@@ -132,15 +133,16 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     for s in &sensors {
         println!("  sensor:   {}", s.describe());
     }
-    let limit = match (cfg.batch.count, cfg.batch.interval_ms) {
-        (0, Some(i)) => format!("every {}", humantime::format_duration(Duration::from_millis(i as u64))),
-        (c, None) => format!("every {c} readings"),
-        (c, Some(i)) => format!(
-            "{c} readings or {}, whichever comes first",
-            humantime::format_duration(Duration::from_millis(i as u64))
-        ),
+    // A policy set from the web UI or API outlasts restarts; flags on the command line win over it.
+    let flags = args.batch_count.is_some() || args.batch_interval.is_some();
+    let from_ui = match kept_policy(&local).await {
+        Some(p) if p != cfg.batch && !flags => {
+            cfg.batch = p;
+            " (set from the web UI or API; it overrides batch.count and batch.interval of the configuration)"
+        }
+        _ => "",
     };
-    println!("  batches:  {limit}");
+    println!("  batches:  {}{from_ui}", describe_policy(cfg.batch));
     if let (Some(b), Some(e)) = (&embedded, &cfg.embedded) {
         println!(
             "  broker:   embedded, MQTT 3.1.1/5 on {}, security level {}, files in {}",
@@ -173,6 +175,7 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         _ => None,
     };
     let notify = Arc::new(Notify::new());
+    let (commands, commands_rx) = mpsc::channel(16);
     let publish_notify = Arc::new(Notify::new());
     let sealer = Sealer {
         publish_notify: publish_notify.clone(),
@@ -183,6 +186,7 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         notify: notify.clone(),
         started: Instant::now(),
         stats: stats.clone(),
+        commands: commands_rx,
     };
     let mut sealer = tokio::spawn(sealer.run(rx));
     let drain_stop = CancellationToken::new();
@@ -200,7 +204,15 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
     let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
     let web_tasks = TaskTracker::new();
     let web_stop = CancellationToken::new();
-    let api = crate::api::Api { cfg: Arc::new(cfg.clone()), identity: identity.clone() };
+    let cfg_shared = Arc::new(cfg.clone());
+    let control = Control::new(cfg_shared.clone(), identity.clone(), name.clone(), cfg.batch, commands);
+    let api = crate::api::Api { cfg: cfg_shared, identity: identity.clone(), control: Arc::new(control) };
+    // Other machines need the API token; this machine's clients do not, as with the original.
+    let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {
+        true => Some(keyfile::api_token(&cfg.data_dir)?),
+        false => None,
+    };
+    let access = Arc::new(crate::web::Access::new(token.as_ref().map(|(t, _)| t.clone())));
     let apis = crate::cloudsync::CloudSync::new(cfg.mqtt.clone())
         .router()
         .merge(crate::api::router(api.clone()))
@@ -211,17 +223,17 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
             fingerprint: identity.public().fingerprint(),
             live: stats.live.clone(),
             api,
+            access: access.clone(),
+            flash: Default::default(),
         })));
-    // Other machines need the API token; this machine's clients do not, as with the original.
-    let token = match cfg.web_listen.iter().any(|a| !a.ip().is_loopback()) {
-        true => Some(keyfile::api_token(&cfg.data_dir)?),
-        false => None,
-    };
-    let router = crate::web::router(device.to_string(), apis, token.as_ref().map(|(t, _)| t.clone()));
+    let router = crate::web::router(device.to_string(), apis, access);
     for addr in crate::web::start(&cfg.web_listen, router, token.is_some(), &web_tasks, &web_stop).await? {
         println!("  web:      http://{addr}/ (API: /api/v1/, CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
         if let (false, Some((_, path))) = (addr.ip().is_loopback(), &token) {
-            println!("            other machines send Authorization: Bearer <the token in {}>", path.display());
+            println!(
+                "            other machines sign in with (or send Authorization: Bearer) the token in {}",
+                path.display()
+            );
         }
     }
     let sharing = match cfg.mqtt.broker.is_some() {
@@ -295,6 +307,41 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         Ok(Ok(())) => Ok(std::process::ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e.context("sealing failed")),
         Err(e) => bail!("the sealer stopped unexpectedly: {e}"),
+    }
+}
+
+/// "every 10 readings", "every 1m", "1000 readings or 1m, whichever comes first".
+pub(crate) fn describe_policy(p: Policy) -> String {
+    match (p.count, p.interval_ms) {
+        (0, Some(i)) => format!("every {}", humantime::format_duration(Duration::from_millis(i as u64))),
+        (c, None) => format!("every {c} readings"),
+        (c, Some(i)) => format!(
+            "{c} readings or {}, whichever comes first",
+            humantime::format_duration(Duration::from_millis(i as u64))
+        ),
+    }
+}
+
+/// The batch policy set from the web UI or API before, if any (a corrupt value is reported and ignored).
+async fn kept_policy(local: &LocalState) -> Option<Policy> {
+    let text = match local.setting(BATCH_SETTING).await {
+        Ok(t) => t?,
+        Err(e) => {
+            warn!("cannot read the settings in state.db: {e}");
+            return None;
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct Kept {
+        count: usize,
+        interval_ms: Option<i64>,
+    }
+    match serde_json::from_str::<Kept>(&text) {
+        Ok(k) if k.count > 0 || k.interval_ms.is_some() => Some(Policy { count: k.count, interval_ms: k.interval_ms }),
+        _ => {
+            warn!("ignoring the batch setting kept in state.db, which is not valid: {text:?}");
+            None
+        }
     }
 }
 
@@ -580,6 +627,8 @@ async fn poll(
             }
         };
         sensor = back;
+        let health = result.as_ref().map(drop).map_err(|e| e.to_string());
+        stats.live.sensor_read(&what, interval, health, now_ms());
         match result {
             Ok(readings) => {
                 if failures > 0 {
@@ -691,6 +740,7 @@ struct Sealer {
     notify: Arc<Notify>,
     started: Instant,
     stats: Arc<Stats>,
+    commands: mpsc::Receiver<Command>,
 }
 
 impl Sealer {
@@ -735,10 +785,29 @@ impl Sealer {
                     let cuts = self.batcher.due(self.mono());
                     self.seal_round(cuts).await?;
                 }
+                Some(cmd) = self.commands.recv() => self.command(cmd).await?,
             }
         }
         let cuts = self.batcher.flush();
-        self.seal_round(cuts).await
+        self.seal_round(cuts).await.map(drop)
+    }
+
+    /// "Store now" and the batch policy, from the web UI and the API.
+    async fn command(&mut self, cmd: Command) -> Result<()> {
+        match cmd {
+            Command::StoreNow(reply) => {
+                let cuts = self.batcher.flush();
+                let readings = cuts.iter().map(|c| c.readings.len()).sum();
+                let res = self.seal_round(cuts).await;
+                let _ = reply.send(res.as_ref().map(|&b| (b, readings)).map_err(|e| anyhow::anyhow!("{e:#}")));
+                res.map(drop)
+            }
+            Command::SetPolicy(p) => {
+                info!("batches from now on: {}", describe_policy(p));
+                self.batcher.set_default(p);
+                Ok(())
+            }
+        }
     }
 
     async fn accept(&mut self, buf: &mut Vec<Reading>) -> Result<()> {
@@ -752,7 +821,7 @@ impl Sealer {
         for (id, r) in ids.into_iter().zip(buf.drain(..)) {
             cuts.extend(self.batcher.push(id, r, self.mono()));
         }
-        self.seal_round(cuts).await
+        self.seal_round(cuts).await.map(drop)
     }
 
     /// Seals what one round cut. Only the last batch of each stream in the
@@ -760,16 +829,18 @@ impl Sealer {
     /// (format.md), so a burst of small batches (the live "every reading"
     /// cadence) costs one signature per stream and round, a round holds at
     /// most `JOURNAL_MAX` readings, and every round ends on a signed batch.
-    async fn seal_round(&mut self, cuts: Vec<Cut>) -> Result<()> {
+    /// Returns how many batches it sealed.
+    async fn seal_round(&mut self, cuts: Vec<Cut>) -> Result<usize> {
         let last: HashMap<StreamName, usize> = cuts.iter().enumerate().map(|(i, c)| (c.stream.clone(), i)).collect();
+        let mut sealed = 0;
         for (i, cut) in cuts.into_iter().enumerate() {
             let sign = last.get(&cut.stream) == Some(&i);
-            self.seal(cut, sign).await?;
+            sealed += self.seal(cut, sign).await?;
         }
-        Ok(())
+        Ok(sealed)
     }
 
-    async fn seal(&mut self, cut: Cut, sign: bool) -> Result<()> {
+    async fn seal(&mut self, cut: Cut, sign: bool) -> Result<usize> {
         let batches = into_batches(&cut.readings);
         let n = batches.len();
         for (i, (readings, last)) in batches.into_iter().enumerate() {
@@ -795,7 +866,7 @@ impl Sealer {
             self.notify.notify_one();
             self.publish_notify.notify_one();
         }
-        Ok(())
+        Ok(n)
     }
 }
 
@@ -962,8 +1033,12 @@ async fn receive(
             m = rx.recv() => {
                 let Some(m) = m else { return };
                 for ev in inbox.handle(&m).await {
-                    if let Event::Readings { peer, device, stream, readings, .. } = &ev {
-                        stats.live.received(peer, *device, stream, readings);
+                    if let Event::Readings { peer, device, stream, readings, arrival, .. } = &ev {
+                        let status = match arrival {
+                            crate::share::Arrival::Gap { missing } => format!("verified; {missing} batch(es) before it missing"),
+                            _ => "verified".to_string(),
+                        };
+                        stats.live.received(peer, *device, stream, readings, &status);
                     }
                     if matches!(ev, Event::Readings { .. } | Event::Locked { .. }) {
                         stats.received.fetch_add(1, Ordering::Relaxed);

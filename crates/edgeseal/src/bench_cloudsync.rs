@@ -69,7 +69,11 @@ pub async fn run(cfg: &Config, requests: usize, connections: usize, json_out: bo
     let url = cfg.link_options("bench")?.url;
     let target =
         if url.tls { format!("mqtts://{}:{}", url.host, url.port) } else { format!("{}:{}", url.host, url.port) };
-    let router = crate::web::router("bench".into(), crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router(), None);
+    let router = crate::web::router(
+        "bench".into(),
+        crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router(),
+        Arc::new(crate::web::Access::new(None)),
+    );
     let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
     let _guard = stop.clone().drop_guard();
     let addr = *crate::web::start(&["127.0.0.1:0".parse()?], router, false, &tasks, &stop)

@@ -529,7 +529,7 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {
 }
 
 /// A value written `5` or `"5"` alike (the environment gives numbers for numeric text).
-fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+pub(crate) fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Either {

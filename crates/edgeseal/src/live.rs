@@ -31,11 +31,23 @@ pub struct Live {
     tx: broadcast::Sender<Arc<serde_json::Value>>,
     /// (device, stream) → the newest event.
     latest: Mutex<BTreeMap<(String, String), serde_json::Value>>,
+    /// Each polled sensor's reads and failures, by its description.
+    sensors: Mutex<BTreeMap<String, SensorHealth>>,
+}
+
+#[derive(Default)]
+struct SensorHealth {
+    interval_ms: u64,
+    reads: u64,
+    failures: u64,
+    failed_in_row: u64,
+    last_ok_ms: Option<i64>,
+    last_error: Option<String>,
 }
 
 impl Default for Live {
     fn default() -> Self {
-        Live { tx: broadcast::channel(BACKLOG).0, latest: Mutex::new(BTreeMap::new()) }
+        Live { tx: broadcast::channel(BACKLOG).0, latest: Mutex::new(BTreeMap::new()), sensors: Mutex::default() }
     }
 }
 
@@ -55,20 +67,57 @@ impl Live {
         self.publish(device, &r.stream, r.ts, None, "accepted", value);
     }
 
-    /// Readings a peer shared, verified and opened.
-    pub fn received(&self, peer: &str, device: DeviceId, stream: &StreamName, readings: &Readings) {
+    /// A polled sensor's read: `Err` with what went wrong.
+    pub fn sensor_read(&self, what: &str, interval: Duration, result: Result<(), String>, now_ms: i64) {
+        let mut sensors = self.sensors.lock().unwrap_or_else(|p| p.into_inner());
+        let h = sensors.entry(what.to_string()).or_default();
+        h.interval_ms = interval.as_millis() as u64;
+        match result {
+            Ok(()) => {
+                h.reads += 1;
+                h.failed_in_row = 0;
+                h.last_ok_ms = Some(now_ms);
+            }
+            Err(e) => {
+                h.failures += 1;
+                h.failed_in_row += 1;
+                h.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Each polled sensor: `ok`, `failing` (its last read failed) or `waiting` (no read yet).
+    pub fn sensors(&self) -> Vec<serde_json::Value> {
+        let sensors = self.sensors.lock().unwrap_or_else(|p| p.into_inner());
+        sensors
+            .iter()
+            .map(|(what, h)| {
+                let health = match (h.failed_in_row, h.last_ok_ms) {
+                    (0, Some(_)) => "ok",
+                    (0, None) => "waiting",
+                    _ => "failing",
+                };
+                json!({"sensor": what, "health": health, "interval_ms": h.interval_ms, "reads": h.reads,
+                       "failures": h.failures, "failed_in_row": h.failed_in_row,
+                       "last_ok": h.last_ok_ms.map(format_ms), "last_error": h.last_error})
+            })
+            .collect()
+    }
+
+    /// Readings a peer shared, verified and opened; `status` says how they arrived ("verified", or after a gap).
+    pub fn received(&self, peer: &str, device: DeviceId, stream: &StreamName, readings: &Readings, status: &str) {
         match readings {
             Readings::Scalar(b) => {
                 for (i, (&ts, &value)) in b.ts.iter().zip(&b.values).enumerate() {
                     let label = b.labels.get(i).cloned().flatten();
                     let v = scalar(stream, value, &b.unit, label.as_deref());
-                    self.publish(device, stream, ts, Some(peer), "verified", v);
+                    self.publish(device, stream, ts, Some(peer), status, v);
                 }
             }
             Readings::Blob(b) => {
                 for (&ts, item) in b.ts.iter().zip(&b.items) {
                     let v = json!({"media_type": b.media_type, "bytes": item.len()});
-                    self.publish(device, stream, ts, Some(peer), "verified", v);
+                    self.publish(device, stream, ts, Some(peer), status, v);
                 }
             }
         }
@@ -110,6 +159,13 @@ impl Live {
                 async move { Json(v) }
             })
         };
+        let sensors = {
+            let live = self.clone();
+            get(move || {
+                let v = live.sensors();
+                async move { Json(v) }
+            })
+        };
         let stream = get(move || {
             let rx = self.tx.subscribe();
             async move {
@@ -127,6 +183,9 @@ impl Live {
                 Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
             }
         });
-        Router::new().route("/api/v1/live", stream).route("/api/v1/live/latest", latest)
+        Router::new()
+            .route("/api/v1/live", stream)
+            .route("/api/v1/live/latest", latest)
+            .route("/api/v1/sensors", sensors)
     }
 }

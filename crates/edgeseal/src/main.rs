@@ -10,6 +10,7 @@ mod cli;
 mod cloudsync;
 mod commands;
 mod config;
+mod control;
 mod embedded;
 mod keyfile;
 mod live;

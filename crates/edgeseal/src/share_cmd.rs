@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use edgeseal_core::keys::Identity;
 use edgeseal_core::pairing::{self, Host, Joiner, PairCode, Peer};
 use edgeseal_core::{Readings, StreamName};
 use edgeseal_mqtt::link::{Link, LinkOptions, Message};
@@ -89,28 +90,37 @@ fn confirm(code: String, peer: &Peer) -> Result<()> {
     Ok(())
 }
 
-pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Result<ExitCode> {
-    let timeout = humantime::parse_duration(&args.timeout).map_err(|_| anyhow!("--timeout {:?}", args.timeout))?;
-    let joining: Option<PairCode> = match &args.code {
-        None => None,
-        Some(text) if args.sas => {
-            Some(PairCode::sas(text.trim().parse().map_err(|_| anyhow!("with --sas the code is the channel number"))?))
-        }
-        Some(text) => Some(text.parse().map_err(|e| anyhow!("{e}"))?),
-    };
+/// Which side of a pairing this agent takes.
+pub(crate) enum Side {
+    /// Shows a code (a random one, or with `sas` a short channel number and a comparison code).
+    Host { sas: bool },
+    /// Enters the code the other agent shows.
+    Join(PairCode),
+}
+
+/// Pairs over the broker `cfg` names and records the peer in state.db. `shown`
+/// is told the code to show (hosting); `confirm` is asked about the comparison
+/// code when it is short (`--sas`). A failure tells the other side, so it stops waiting.
+pub(crate) async fn run_pairing(
+    cfg: &Config,
+    identity: &edgeseal_core::keys::Identity,
+    name: &str,
+    side: Side,
+    timeout: Duration,
+    shown: impl FnOnce(PairCode),
+    confirm: impl FnOnce(String, &Peer) -> Result<()>,
+) -> Result<PeerRow> {
     cfg.link_options("check")?;
-    let (name, identity) = keyfile::load(&cfg.data_dir, pass).await?;
     let local = open_local(cfg).await?;
     let topics = Topics::new(&cfg.mqtt.prefix);
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
     let (link, mut rx) = connect(cfg, "pair", &stop).await?;
-    let start = std::time::Instant::now();
     let mut abort_on: Option<String> = None;
     let result: Result<pairing::Paired> = async {
-        let paired = match joining {
-            None => {
-                let code = if args.sas {
+        let paired = match side {
+            Side::Host { sas } => {
+                let code = if sas {
                     let mut b = [0u8; 2];
                     getrandom::fill(&mut b).map_err(|e| anyhow!("no system randomness: {e}"))?;
                     PairCode::sas(1 + u16::from_le_bytes(b) % 999)
@@ -123,14 +133,9 @@ pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Resu
                 // Once this is acknowledged the broker has handled the subscription before it.
                 link.publish(&mine, Vec::new(), false).await?;
                 let host = Host::new(code, &mut rng());
-                if args.sas {
-                    println!("Pairing channel: {}   on the other agent run: edgeseal pair --sas {}", code, code);
-                } else {
-                    println!("Pairing code: {code}   on the other agent run: edgeseal pair {code}");
-                }
-                let _ = std::io::stdout().flush();
+                shown(code);
                 let m1 = next_on(&mut rx, &theirs, timeout, "the other agent to enter the code").await?;
-                let (host, m2) = host.answer(&m1, &identity, &name)?;
+                let (host, m2) = host.answer(&m1, identity, name)?;
                 link.publish(&mine, m2, false).await?;
                 let m3 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the other agent's identity").await?;
                 let (paired, m4) = host.finish(&m3)?;
@@ -140,14 +145,14 @@ pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Resu
                 link.publish(&mine, m4, false).await?;
                 paired
             }
-            Some(code) => {
+            Side::Join(code) => {
                 let (mine, theirs) = (topics.pair(code.channel, "joiner"), topics.pair(code.channel, "host"));
                 abort_on = Some(mine.clone());
                 link.subscribe(&theirs).await?;
                 let (joiner, m1) = Joiner::new(code, &mut rng());
                 link.publish(&mine, m1, false).await?;
                 let m2 = next_on(&mut rx, &theirs, STEP_TIMEOUT, "the agent that showed the code").await?;
-                let (joiner, m3) = joiner.confirm(&m2, &identity, &name)?;
+                let (joiner, m3) = joiner.confirm(&m2, identity, name)?;
                 if code.is_sas() {
                     confirm(joiner.comparison_code(), joiner.peer())?;
                 }
@@ -167,18 +172,44 @@ pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Resu
                     tokio::time::timeout(Duration::from_secs(2), link.publish(&topic, pairing::abort_message(), false))
                         .await;
             }
+            local.close().await;
             return Err(e);
         }
     };
-    let pair_ms = start.elapsed().as_millis();
     let peer = PeerRow {
         device: paired.peer.public.device_id(),
         name: paired.peer.name.clone(),
         public: paired.peer.public,
         paired_ms: now_ms(),
     };
-    local.add_peer(&peer).await?;
+    let added = local.add_peer(&peer).await;
     local.close().await;
+    added?;
+    Ok(peer)
+}
+
+pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Result<ExitCode> {
+    let timeout = humantime::parse_duration(&args.timeout).map_err(|_| anyhow!("--timeout {:?}", args.timeout))?;
+    let side = match &args.code {
+        None => Side::Host { sas: args.sas },
+        Some(text) if args.sas => Side::Join(PairCode::sas(
+            text.trim().parse().map_err(|_| anyhow!("with --sas the code is the channel number"))?,
+        )),
+        Some(text) => Side::Join(text.parse().map_err(|e| anyhow!("{e}"))?),
+    };
+    cfg.link_options("check")?;
+    let (name, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+    let start = std::time::Instant::now();
+    let shown = |code: PairCode| {
+        if code.is_sas() {
+            println!("Pairing channel: {code}   on the other agent run: edgeseal pair --sas {code}");
+        } else {
+            println!("Pairing code: {code}   on the other agent run: edgeseal pair {code}");
+        }
+        let _ = std::io::stdout().flush();
+    };
+    let peer = run_pairing(cfg, &identity, &name, side, timeout, shown, confirm).await?;
+    let pair_ms = start.elapsed().as_millis();
     if args.json {
         println!("{}", peer_json(&peer, &[]));
     } else {
@@ -193,7 +224,7 @@ pub async fn pair(cfg: &Config, pass: &PassphraseSource, args: PairArgs) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
-fn peer_json(p: &PeerRow, grants: &[serde_json::Value]) -> serde_json::Value {
+pub(crate) fn peer_json(p: &PeerRow, grants: &[serde_json::Value]) -> serde_json::Value {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     json!({
@@ -257,24 +288,79 @@ pub async fn peers(cfg: &Config, json_out: bool) -> Result<ExitCode> {
 }
 
 /// Publishes pending grants when a broker is configured and reachable; says what happened.
-async fn publish_grants(cfg: &Config, grants: &Grants<'_>) {
+async fn publish_grants(cfg: &Config, identity: &Identity) -> Result<()> {
     if !cfg.has_broker() {
         eprintln!("no MQTT broker configured: the grant is stored and `edgeseal up` publishes it once one is set");
-        return;
+        return Ok(());
     }
+    let local = open_local(cfg).await?;
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
     let res = async {
         let (link, _rx) = connect(cfg, "grant", &stop).await?;
-        grants.publish(&link, &Topics::new(&cfg.mqtt.prefix)).await
+        Grants { identity, local: &local }.publish(&link, &Topics::new(&cfg.mqtt.prefix)).await
     }
     .await;
+    local.close().await;
     match res {
         Ok(n) => eprintln!("published {n} grant(s) (retained: peers that are offline get them when they connect)"),
         Err(e) => {
             eprintln!("warning: {e:#}; the grant is stored and `edgeseal up` publishes it when the broker is back")
         }
     }
+    Ok(())
+}
+
+/// Lets `peer` (name, device id or fingerprint) read `stream` from `from_ms` (default now) on;
+/// the grant is stored, and published by `up` or [`publish_grants`]. Returns the peer and the key epoch.
+pub(crate) async fn give(
+    cfg: &Config,
+    identity: &Identity,
+    stream: &StreamName,
+    peer: &str,
+    from_ms: Option<i64>,
+) -> Result<(PeerRow, u32)> {
+    let local = open_local(cfg).await?;
+    let res = async {
+        let peers = local.peers().await?;
+        let peer = find_peer(&peers, peer)?.clone();
+        let epoch = Grants { identity, local: &local }.share(&peer, stream, from_ms).await?;
+        Ok((peer, epoch))
+    }
+    .await;
+    local.close().await;
+    res
+}
+
+/// Revokes `peer`'s grants of `streams` (all when empty); returns the peer and the streams revoked.
+pub(crate) async fn take_back(
+    cfg: &Config,
+    identity: &Identity,
+    peer: &str,
+    streams: &[StreamName],
+) -> Result<(PeerRow, Vec<StreamName>)> {
+    let local = open_local(cfg).await?;
+    let res = async {
+        let peers = local.peers().await?;
+        let peer = find_peer(&peers, peer)?.clone();
+        let done = Grants { identity, local: &local }.revoke(&peer, streams).await?;
+        if done.is_empty() {
+            let what = streams.iter().map(|s| format!(" of {s}")).collect::<String>();
+            bail!("{} holds no grant{what}", peer.name);
+        }
+        Ok((peer, done))
+    }
+    .await;
+    local.close().await;
+    res
+}
+
+/// Seals `stream` under a new key epoch from now on; returns the epoch.
+pub(crate) async fn rotate_key(cfg: &Config, identity: &Identity, stream: &StreamName) -> Result<u32> {
+    let local = open_local(cfg).await?;
+    let res = Grants { identity, local: &local }.rotate(stream).await;
+    local.close().await;
+    res
 }
 
 pub async fn share(
@@ -285,54 +371,41 @@ pub async fn share(
     from: Option<String>,
 ) -> Result<ExitCode> {
     let stream = parse_stream(stream)?;
-    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
-    let local = open_local(cfg).await?;
-    let peers = local.peers().await?;
-    let peer = find_peer(&peers, peer)?;
     let from_ms = from.as_deref().map(|t| parse_time(t, now_ms()).context("--from")).transpose()?;
-    let grants = Grants { identity: &identity, local: &local };
-    let epoch = grants.share(peer, &stream, from_ms).await?;
+    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+    let (peer, epoch) = give(cfg, &identity, &stream, peer, from_ms).await?;
     match from_ms {
         Some(t) => println!("{} may read {stream} from {} on (key epochs up to {epoch})", peer.name, format_ms(t)),
         None => println!("{} may read {stream} from now on (key epoch {epoch})", peer.name),
     }
-    publish_grants(cfg, &grants).await;
-    local.close().await;
+    publish_grants(cfg, &identity).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn revoke(cfg: &Config, pass: &PassphraseSource, peer: &str, stream: Option<String>) -> Result<ExitCode> {
     let streams: Vec<StreamName> = stream.as_deref().map(parse_stream).transpose()?.into_iter().collect();
     let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
-    let local = open_local(cfg).await?;
-    let peers = local.peers().await?;
-    let peer = find_peer(&peers, peer)?;
-    let grants = Grants { identity: &identity, local: &local };
-    let done = grants.revoke(peer, &streams).await?;
-    if done.is_empty() {
-        bail!("{} holds no grant{}", peer.name, stream.map(|s| format!(" of {s}")).unwrap_or_default());
-    }
+    let (peer, done) = take_back(cfg, &identity, peer, &streams).await?;
     for s in &done {
         println!("revoked {} from {s}: it opens nothing sealed from now on", peer.name);
     }
-    publish_grants(cfg, &grants).await;
-    local.close().await;
+    publish_grants(cfg, &identity).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn rotate(cfg: &Config, pass: &PassphraseSource, stream: &str) -> Result<ExitCode> {
     let stream = parse_stream(stream)?;
     let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
-    let local = open_local(cfg).await?;
-    let grants = Grants { identity: &identity, local: &local };
-    let epoch = grants.rotate(&stream).await?;
+    let epoch = rotate_key(cfg, &identity, &stream).await?;
     println!(
         "{stream} now seals under key epoch {epoch}; batches sealed before stay readable with their own epoch's key"
     );
-    if local.grants_out().await?.iter().any(|g| !g.published) {
-        publish_grants(cfg, &grants).await;
-    }
+    let local = open_local(cfg).await?;
+    let unpublished = local.grants_out().await.map(|g| g.iter().any(|g| !g.published));
     local.close().await;
+    if unpublished? {
+        publish_grants(cfg, &identity).await?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,27 +3,41 @@
 //! nothing is fetched from the internet). Without JavaScript the page shows
 //! the values as of loading it. No page ever holds a secret.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use anyhow::{Result, anyhow};
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, X_CONTENT_TYPE_OPTIONS};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::Value;
 
+use crate::control::{Pairing, parse_policy};
 use crate::live::Live;
+use crate::web::Access;
 
 const SCRIPT: &str = include_str!("ui/dashboard.js");
+const SHARING_SCRIPT: &str = include_str!("ui/sharing.js");
 const STYLE: &str = include_str!("ui/style.css");
 
-/// What the pages show of this agent (public only) and what they read with.
+/// What the pages show of this agent (public only) and what they read and act with.
 pub struct Ui {
     pub name: String,
     pub device: String,
     pub fingerprint: String,
     pub live: Arc<Live>,
     pub api: crate::api::Api,
+    pub access: Arc<Access>,
+    /// The outcome of the last form, shown once on the page it returns to.
+    pub flash: Mutex<Option<Flash>>,
+}
+
+pub struct Flash {
+    page: &'static str,
+    ok: bool,
+    text: String,
 }
 
 pub fn router(ui: Arc<Ui>) -> Router {
@@ -33,9 +47,160 @@ pub fn router(ui: Arc<Ui>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/storage", get(storage))
+        .route("/sharing", get(sharing))
+        .route("/actions/{action}", post(act))
         .route("/assets/dashboard.js", asset(SCRIPT, "text/javascript; charset=utf-8"))
+        .route("/assets/sharing.js", asset(SHARING_SCRIPT, "text/javascript; charset=utf-8"))
         .route("/assets/style.css", asset(STYLE, "text/css; charset=utf-8"))
         .with_state(ui)
+}
+
+/// A form's fields; each action uses some.
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ActionForm {
+    csrf: String,
+    count: String,
+    interval: String,
+    code: String,
+    stream: String,
+    peer: String,
+    from: String,
+}
+
+/// The forms' actions: each checks the form's CSRF token, does what the REST
+/// API's matching endpoint does, and returns to its page with the outcome.
+async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): Form<ActionForm>) -> Response {
+    if !ui.access.csrf_ok(&f.csrf) {
+        let body = "<p class=\"bad\">This form is from an earlier run of the agent or from another site. \
+                    Go back, reload the page and try again.</p>";
+        return (StatusCode::FORBIDDEN, page(&ui, "Refused", body)).into_response();
+    }
+    let c = &ui.api.control;
+    let given = |v: &str, what: &str| match v.trim() {
+        "" => Err(anyhow!("{what} is missing")),
+        v => Ok(v.to_string()),
+    };
+    let (back, done): (&'static str, Result<String>) = match action.as_str() {
+        "batching" => (
+            "/storage",
+            async {
+                let p = parse_policy(&f.count, &f.interval)?;
+                c.set_policy(p).await?;
+                Ok(format!("Batches from now on: {}.", crate::agent::describe_policy(p)))
+            }
+            .await,
+        ),
+        "store-now" => (
+            "/storage",
+            async {
+                let (batches, readings) = c.store_now().await?;
+                Ok(match readings {
+                    0 => "No readings were waiting in open batches.".to_string(),
+                    r => {
+                        format!("Sealed {r} readings in {batches} batch(es); they go to the store (and to peers) now.")
+                    }
+                })
+            }
+            .await,
+        ),
+        "pair" => ("/sharing", c.host().await.map(|_| String::new())),
+        "pair-cancel" => ("/sharing", {
+            c.cancel();
+            Ok("Stopped showing the pairing code.".into())
+        }),
+        "join" => (
+            "/sharing",
+            async {
+                let peer = c.join(&given(&f.code, "the code")?).await?;
+                Ok(format!(
+                    "Paired with {} (fingerprint {}).",
+                    peer["name"].as_str().unwrap_or_default(),
+                    peer["fingerprint"].as_str().unwrap_or_default()
+                ))
+            }
+            .await,
+        ),
+        "share" => (
+            "/sharing",
+            async {
+                let from = Some(f.from.trim()).filter(|t| !t.is_empty());
+                let (stream, from, _) = crate::api::parse_range(&given(&f.stream, "the stream")?, from, None)?;
+                let (peer, _) =
+                    crate::share_cmd::give(&ui.api.cfg, &ui.api.identity, &stream, &given(&f.peer, "the peer")?, from)
+                        .await?;
+                Ok(match from {
+                    Some(t) => format!("{} may read {stream} from {} on.", peer.name, crate::timefmt::format_ms(t)),
+                    None => format!("{} may read {stream} from now on.", peer.name),
+                })
+            }
+            .await,
+        ),
+        "revoke" => (
+            "/sharing",
+            async {
+                let stream = crate::commands::parse_stream(&given(&f.stream, "the stream")?)?;
+                let (peer, _) = crate::share_cmd::take_back(
+                    &ui.api.cfg,
+                    &ui.api.identity,
+                    &given(&f.peer, "the peer")?,
+                    std::slice::from_ref(&stream),
+                )
+                .await?;
+                Ok(format!("Revoked {} from {stream}: it opens nothing sealed from now on.", peer.name))
+            }
+            .await,
+        ),
+        "rotate" => (
+            "/sharing",
+            async {
+                let stream = crate::commands::parse_stream(&given(&f.stream, "the stream")?)?;
+                let epoch = crate::share_cmd::rotate_key(&ui.api.cfg, &ui.api.identity, &stream).await?;
+                Ok(format!(
+                    "{stream} now seals under a new key (epoch {epoch}); what was sealed before stays readable."
+                ))
+            }
+            .await,
+        ),
+        _ => {
+            return (StatusCode::NOT_FOUND, page(&ui, "Not found", "<p class=\"bad\">No such action.</p>"))
+                .into_response();
+        }
+    };
+    let flash = match done {
+        Ok(text) => Flash { page: back, ok: true, text },
+        Err(e) => Flash { page: back, ok: false, text: format!("{e:#}") },
+    };
+    *ui.flash.lock().unwrap_or_else(|p| p.into_inner()) = Some(flash);
+    (StatusCode::SEE_OTHER, [(LOCATION, back)]).into_response()
+}
+
+/// The outcome of the last form, if it returned to `path`.
+fn take_flash(ui: &Ui, path: &str) -> String {
+    let mut slot = ui.flash.lock().unwrap_or_else(|p| p.into_inner());
+    match slot.take() {
+        Some(f) if f.page == path && !f.text.is_empty() => {
+            format!("<p id=\"flash\" class=\"flash {}\">{}</p>", if f.ok { "ok" } else { "bad" }, esc(&f.text))
+        }
+        Some(f) if f.page != path => {
+            *slot = Some(f);
+            String::new()
+        }
+        _ => String::new(),
+    }
+}
+
+/// A form that posts `fields` (already HTML) to an action, with this run's CSRF token.
+fn form(ui: &Ui, action: &str, fields: &str, button: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"/actions/{action}\" class=\"act\" data-action=\"{action}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\">{fields}<button type=\"submit\">{button}</button></form>",
+        esc(&ui.access.csrf)
+    )
+}
+
+fn hidden(name: &str, value: &str) -> String {
+    format!("<input type=\"hidden\" name=\"{name}\" value=\"{}\">", esc(value))
 }
 
 /// Escapes text for HTML.
@@ -52,6 +217,10 @@ fn esc(s: &str) -> String {
         .collect()
 }
 
+/// A stream's chart: its recent values as a line, with the highest and lowest (drawn by the script).
+const CHART: &str = "<svg class=\"chart\" viewBox=\"0 0 240 56\" role=\"img\"><polyline/>\
+                     <text class=\"hi\" x=\"2\" y=\"10\"></text><text class=\"lo\" x=\"2\" y=\"54\"></text></svg>";
+
 fn row(r: &Value) -> String {
     let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
     let value = match r["value"].as_f64() {
@@ -65,9 +234,10 @@ fn row(r: &Value) -> String {
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
         .collect();
     format!(
-        "<tr id=\"{id}\"><td data-f=\"stream\">{}</td><td data-f=\"origin\">{}</td><td data-f=\"value\">{}</td>\
-         <td data-f=\"description\">{}</td><td data-f=\"time\">{}</td><td data-f=\"status\">{}</td>\
-         <td data-f=\"chart\"><svg class=\"spark\" viewBox=\"0 0 120 24\"><polyline/></svg></td></tr>",
+        "<tr id=\"{id}\" data-ts=\"{}\"><td data-f=\"stream\">{}</td><td data-f=\"origin\">{}</td><td data-f=\"value\">{}</td>\
+         <td data-f=\"description\">{}</td><td data-f=\"time\">{}</td><td data-f=\"seen\"></td><td data-f=\"status\">{}</td>\
+         <td data-f=\"chart\">{CHART}</td></tr>",
+        r["ts_ms"].as_i64().unwrap_or_default(),
         esc(&s("stream")),
         esc(&origin),
         esc(&value),
@@ -80,14 +250,41 @@ fn row(r: &Value) -> String {
 async fn dashboard(State(ui): State<Arc<Ui>>) -> Response {
     let latest = ui.live.latest();
     let rows: String = if latest.is_empty() {
-        "<tr id=\"empty\"><td colspan=\"7\">No readings yet since the agent started.</td></tr>".into()
+        "<tr id=\"empty\"><td colspan=\"8\">No readings yet since the agent started.</td></tr>".into()
     } else {
         latest.iter().map(row).collect()
+    };
+    let sensors: String = ui
+        .live
+        .sensors()
+        .iter()
+        .map(|h| {
+            let f = |k: &str| esc(h[k].as_str().unwrap_or_default());
+            format!(
+                "<tr><td>{}</td><td data-f=\"health\" class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"time\">{}</td><td>{}</td></tr>",
+                f("sensor"),
+                if h["health"] == "failing" { "bad" } else { "ok" },
+                f("health"),
+                h["reads"],
+                h["failures"],
+                f("last_ok"),
+                f("last_error"),
+            )
+        })
+        .collect();
+    let sensors = if sensors.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<h3>Sensors</h3><table><thead><tr><th>Sensor</th><th>Health</th><th>Reads</th><th>Failed</th>\
+             <th class=\"time\">Last read</th><th>Last error</th></tr></thead><tbody id=\"sensors\">{sensors}</tbody></table>"
+        )
     };
     let body = format!(
         "<h2>Dashboard</h2><p>Readings of this agent's sensors and of what paired peers share, newest per stream.</p>\
          <table><thead><tr><th>Stream</th><th>From</th><th>Value</th><th>Description</th><th class=\"time\">Time</th>\
-         <th>Status</th><th class=\"chart\">Recent</th></tr></thead><tbody id=\"streams\">{rows}</tbody></table>\
+         <th>Seen</th><th>Status</th><th class=\"chart\">Recent</th></tr></thead><tbody id=\"streams\">{rows}</tbody></table>\
+         {sensors}\
          <noscript><p>Without JavaScript this page shows the values as of loading it: reload for newer ones.</p></noscript>\
          <script src=\"/assets/dashboard.js\"></script>"
     );
@@ -102,7 +299,7 @@ fn page(ui: &Ui, title: &str, body: &str) -> Response {
          <title>{title} · edgeseal · {name}</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body>\
          <header><h1>edgeseal · {name}</h1><span class=\"id\">device {device}</span>\
          <span class=\"id\">fingerprint {fingerprint}</span><span id=\"state\"></span>\
-         <nav><a href=\"/\">Dashboard</a> <a href=\"/storage\">Storage</a> <a href=\"/api/v1/openapi.json\">API</a></nav></header>\
+         <nav><a href=\"/\">Dashboard</a> <a href=\"/storage\">Storage</a> <a href=\"/sharing\">Sharing</a> <a href=\"/api/v1/openapi.json\">API</a></nav></header>\
          <main>{body}</main></body></html>",
         name = esc(&ui.name),
         device = esc(&ui.device),
@@ -150,12 +347,39 @@ async fn storage(State(ui): State<Arc<Ui>>, Query(q): Query<Retrieve>) -> Respon
         })
         .collect();
     let field = |v: &Option<String>| esc(v.as_deref().unwrap_or_default());
+    let policy = ui.api.control.policy();
+    let interval = crate::control::policy_json(policy)["interval"].as_str().unwrap_or_default().to_string();
+    let own: String = ui
+        .api
+        .cfg
+        .per_stream
+        .iter()
+        .map(|(s, p)| format!(" {} has its own: {}.", esc(s.as_str()), esc(&crate::agent::describe_policy(*p))))
+        .collect();
+    let batching = format!(
+        "<section id=\"batching\"><h3>Batching</h3><p>Readings are sealed and stored in batches: \
+         <strong id=\"policy\">{}</strong>.{own}</p><div class=\"row\">{}{}</div></section>",
+        esc(&crate::agent::describe_policy(policy)),
+        form(
+            &ui,
+            "batching",
+            &format!(
+                "<label>Readings per batch <input name=\"count\" value=\"{}\" inputmode=\"numeric\" size=\"6\"></label>\
+                 <label>Interval <input name=\"interval\" value=\"{}\" size=\"6\" placeholder=\"off\"></label>",
+                policy.count,
+                esc(&interval)
+            ),
+            "Set"
+        ),
+        form(&ui, "store-now", "", "Store now"),
+    );
     let mut body = format!(
-        "<h2>Storage</h2><form method=\"get\" action=\"/storage\" class=\"range\">\
+        "<h2>Storage</h2>{}{batching}<h3>Retrieve</h3><form method=\"get\" action=\"/storage\" class=\"range\">\
          <label>Stream <select name=\"pick\" id=\"pick\">{options}</select></label>\
          <label>From <input name=\"from\" value=\"{}\" placeholder=\"-1h\"></label>\
          <label>To <input name=\"to\" value=\"{}\" placeholder=\"now\"></label>\
          <button type=\"submit\">Retrieve and verify</button></form>",
+        take_flash(&ui, "/storage"),
         field(&q.from),
         field(&q.to),
     );
@@ -253,6 +477,210 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
         query(""),
         readings.len(),
     )
+}
+
+/// The agent's identity as a QR code (inline SVG): `edgeseal:<fingerprint>?device=<id>`, for comparing with a phone.
+fn qr_svg(ui: &Ui) -> String {
+    let text = format!("edgeseal:{}?device={}", ui.fingerprint, ui.device);
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => {
+            let svg = code.render::<qrcode::render::svg::Color>().min_dimensions(168, 168).quiet_zone(true).build();
+            // Inline in HTML: without the XML declaration.
+            svg.find("<svg")
+                .map(|i| {
+                    svg[i..].replacen(
+                        "<svg",
+                        "<svg id=\"qr\" role=\"img\" aria-label=\"QR code of the fingerprint\"",
+                        1,
+                    )
+                })
+                .unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// Sharing: this agent's fingerprint and QR code, pairing (show or enter a
+/// code), peers and their grants (revoke), sharing a stream, rotating a key,
+/// and what peers share with this agent, with its verification status.
+async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
+    let flash = take_flash(&ui, "/sharing");
+    let peers = crate::share_cmd::peers_json(&ui.api.cfg).await.unwrap_or_default();
+    let streams = crate::commands::streams_json(&ui.api.cfg).await.unwrap_or_default();
+    let own: Vec<String> =
+        streams.iter().filter(|v| v["own"] == true).filter_map(|v| v["stream"].as_str().map(str::to_string)).collect();
+    let opt = |v: &str, label: &str| format!("<option value=\"{}\">{}</option>", esc(v), esc(label));
+
+    let me = format!(
+        "<section id=\"me\" class=\"row\"><div>{}</div><div><h3>This agent</h3><p>{}</p>\
+         <p>Fingerprint<br><strong id=\"fingerprint\" class=\"mono\">{}</strong></p><p class=\"muted\">Device {}</p>\
+         <p class=\"muted\">A paired agent shows this fingerprint for this agent: compare them (or scan the code).</p></div></section>",
+        qr_svg(&ui),
+        esc(&ui.name),
+        esc(&ui.fingerprint),
+        esc(&ui.device)
+    );
+
+    let state = ui.api.control.pairing();
+    let pairing_now = match &state {
+        Pairing::Waiting { code, until_ms } => format!(
+            "<p>Enter this code on the other agent's Sharing page (or run <code>edgeseal pair {code}</code> there):</p>\
+             <p class=\"code\"><strong id=\"pair-code\">{code}</strong></p><p class=\"muted\">Waiting until {}. \
+             <noscript>Reload this page to see when the other agent has paired.</noscript></p>{}",
+            esc(&crate::timefmt::format_ms(*until_ms)),
+            form(&ui, "pair-cancel", "", "Cancel"),
+            code = esc(code),
+        ),
+        Pairing::Paired { peer } => format!(
+            "<p class=\"ok\">Paired with <strong>{}</strong>, fingerprint <span class=\"mono\">{}</span>: \
+             check that the other agent shows the same for itself.</p>",
+            esc(peer["name"].as_str().unwrap_or_default()),
+            esc(peer["fingerprint"].as_str().unwrap_or_default())
+        ),
+        Pairing::Failed { error } => format!("<p class=\"bad\">Pairing failed: {}</p>", esc(error)),
+        Pairing::Idle => String::new(),
+    };
+    let kind = state.json()["state"].as_str().unwrap_or_default().to_string();
+    let pair = format!(
+        "<section id=\"pairing\" data-state=\"{kind}\"><h3>Pair with another agent</h3>{pairing_now}<div class=\"row\">{}{}</div></section>",
+        if matches!(state, Pairing::Waiting { .. }) {
+            String::new()
+        } else {
+            form(&ui, "pair", "", "Show a pairing code")
+        },
+        form(
+            &ui,
+            "join",
+            "<label>Code from the other agent <input name=\"code\" id=\"join-code\" autocomplete=\"off\" size=\"12\"></label>",
+            "Pair"
+        ),
+    );
+
+    let peer_rows: String = peers
+        .iter()
+        .map(|p| {
+            let (pname, device) = (p["name"].as_str().unwrap_or_default(), p["device_id"].as_str().unwrap_or_default());
+            let grants: Vec<&Value> = p["grants"].as_array().map(|g| g.iter().collect()).unwrap_or_default();
+            let given: String = grants
+                .iter()
+                .filter(|g| g["direction"] == "given")
+                .map(|g| {
+                    let stream = g["stream"].as_str().unwrap_or_default();
+                    if g["revoked"] == true {
+                        format!("<li class=\"muted\">{} (revoked)</li>", esc(stream))
+                    } else {
+                        let state = if g["published"] == true { "" } else { " (not yet sent)" };
+                        let fields = [hidden("peer", device), hidden("stream", stream)].concat();
+                        format!(
+                            "<li data-stream=\"{}\">{}{state} from {} {}</li>",
+                            esc(stream),
+                            esc(stream),
+                            esc(g["from"].as_str().unwrap_or_default()),
+                            form(&ui, "revoke", &fields, "Revoke")
+                        )
+                    }
+                })
+                .collect();
+            let received: String = grants
+                .iter()
+                .filter(|g| g["direction"] == "received")
+                .map(|g| {
+                    let revoked = if g["revoked"] == true { " (revoked)" } else { "" };
+                    format!("<li>{}{revoked}</li>", esc(g["stream"].as_str().unwrap_or_default()))
+                })
+                .collect();
+            format!(
+                "<tr data-peer=\"{}\"><td><strong>{}</strong><br><span class=\"muted mono\">{}</span></td>\
+                 <td class=\"mono\">{}</td><td>{}</td><td><ul class=\"grants given\">{given}</ul></td><td><ul class=\"grants\">{received}</ul></td></tr>",
+                esc(pname),
+                esc(pname),
+                esc(device.get(..12).unwrap_or(device)),
+                esc(p["fingerprint"].as_str().unwrap_or_default()),
+                esc(p["paired"].as_str().unwrap_or_default()),
+            )
+        })
+        .collect();
+    let peers_html = if peers.is_empty() {
+        "<section id=\"peers\"><h3>Peers</h3><p>No peers yet: pair with another agent above.</p></section>".to_string()
+    } else {
+        let stream_opts: String = own.iter().map(|s| opt(s, s)).collect();
+        let peer_opts: String = peers
+            .iter()
+            .map(|p| opt(p["device_id"].as_str().unwrap_or_default(), p["name"].as_str().unwrap_or_default()))
+            .collect();
+        let share = form(
+            &ui,
+            "share",
+            &format!(
+                "<label>Stream <select name=\"stream\" id=\"share-stream\">{stream_opts}</select></label>\
+                 <label>With <select name=\"peer\" id=\"share-peer\">{peer_opts}</select></label>\
+                 <label>From <input name=\"from\" placeholder=\"now\" size=\"8\" title=\"now (live only), -1h, 0 (everything) or a date\"></label>"
+            ),
+            "Share",
+        );
+        let rotate = form(
+            &ui,
+            "rotate",
+            &format!("<label>Stream <select name=\"stream\">{stream_opts}</select></label>"),
+            "Rotate key",
+        );
+        format!(
+            "<section id=\"peers\"><h3>Peers</h3><table><thead><tr><th>Peer</th><th>Fingerprint</th><th class=\"time\">Paired</th>\
+             <th>Shared with it</th><th>It shares</th></tr></thead><tbody>{peer_rows}</tbody></table></section>\
+             <section id=\"share\"><h3>Share a stream</h3><p class=\"muted\">A peer opens what is sealed from the time given on; \
+             revoking stops it opening anything sealed after.</p>{share}\
+             <p class=\"muted\">Rotating a stream's key: what is sealed from now on needs the new key, which only peers still granted get.</p>{rotate}</section>"
+        )
+    };
+
+    let received: String = ui
+        .live
+        .latest()
+        .iter()
+        .filter(|r| r["origin"] == "peer")
+        .map(|r| {
+            let (stream, device) = (r["stream"].as_str().unwrap_or_default(), r["device"].as_str().unwrap_or_default());
+            let value = match r["value"].as_f64() {
+                Some(v) => format!("{v} {}", r["unit"].as_str().unwrap_or_default()),
+                None => format!("{} B", r["bytes"].as_u64().unwrap_or(0)),
+            };
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"time\">{}</td><td class=\"status ok\">{}</td>\
+                 <td><a href=\"/storage?pick={}/{}&amp;from=-1h\">Retrieve and verify</a></td></tr>",
+                esc(r["peer"].as_str().unwrap_or_default()),
+                esc(stream),
+                esc(&value),
+                esc(r["time"].as_str().unwrap_or_default()),
+                esc(r["status"].as_str().unwrap_or_default()),
+                esc(device),
+                esc(stream)
+            )
+        })
+        .collect();
+    let stored_from_peers = streams.iter().filter(|v| v["own"] != true).count();
+    let received_html = if received.is_empty() {
+        format!(
+            "<section id=\"received\"><h3>Received</h3><p>Nothing received since the agent started{}.</p></section>",
+            if stored_from_peers > 0 {
+                format!(
+                    "; {stored_from_peers} stream(s) received before are on the <a href=\"/storage\">Storage</a> page"
+                )
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        format!(
+            "<section id=\"received\"><h3>Received</h3><p class=\"muted\">Newest reading of each stream peers share; \
+             each was verified (authentic, in order, complete) before it is shown.</p>\
+             <table><thead><tr><th>Peer</th><th>Stream</th><th>Value</th><th class=\"time\">Time</th><th>Status</th><th></th></tr></thead>\
+             <tbody>{received}</tbody></table></section>"
+        )
+    };
+    let body = format!(
+        "<h2>Sharing</h2>{flash}{me}{pair}{peers_html}{received_html}<script src=\"/assets/sharing.js\"></script>"
+    );
+    page(&ui, "Sharing", &body)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl Broker {
         Broker { child, port, log }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 

@@ -116,6 +116,14 @@ fn lan_ip() -> std::net::IpAddr {
     ip
 }
 
+/// curl with `args`: (status, output).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}"]).args(args).output().unwrap();
+    let out = text(&out.stdout);
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
 fn status(url: &str, header: Option<&str>) -> u16 {
     let mut c = Command::new("curl");
     c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", url]);
@@ -148,10 +156,40 @@ fn other_machines_need_the_api_token() {
     let cs = format!("http://{}:{port}/api/v1/orchestration/cloudsyncmgr/publish", lan_ip());
     assert_eq!(status(&cs, None), 401, "the CloudSync API is guarded too");
 
+    // A browser on another machine: the UI asks for the token, then a session cookie admits it.
+    let ui = format!("http://{}:{port}", lan_ip());
+    let (code, head) = curl(&["-i", &format!("{ui}/storage")]);
+    assert!(code == 303 && head.to_lowercase().contains("location: /login"), "{head}");
+    let (code, _) = curl(&["--data-urlencode", "token=wrong", &format!("{ui}/login")]);
+    assert_eq!(code, 401);
+    let (code, head) = curl(&["-i", "--data-urlencode", &format!("token={token}"), &format!("{ui}/login")]);
+    let cookie = head
+        .lines()
+        .find_map(|l| l.to_lowercase().starts_with("set-cookie:").then(|| l[11..].trim().to_string()))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(code == 303 && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{head}");
+    assert!(!cookie.contains(&token), "the cookie is not the token");
+    let cookie = format!("Cookie: {}", cookie.split(';').next().unwrap());
+    let (code, page) = curl(&["-H", &cookie, &format!("{ui}/storage")]);
+    assert!(code == 200 && page.contains("Store now") && !page.contains(&token), "{page}");
+    assert_eq!(status(&format!("{ui}/api/v1/batching"), Some(&cookie)), 200, "the page's scripts use the API");
+    // Forms need this run's CSRF token; requests from other sites are refused.
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let post = |extra: &[&str], fields: &str| {
+        let mut args = vec!["-H", cookie.as_str(), "--data", fields];
+        args.extend_from_slice(extra);
+        let url = format!("{ui}/actions/store-now");
+        curl(&[args, vec![url.as_str()]].concat()).0
+    };
+    assert_eq!(post(&[], "csrf=forged"), 403);
+    assert_eq!(post(&[], ""), 403);
+    assert_eq!(post(&["-H", "Origin: http://evil.example"], &format!("csrf={csrf}")), 403);
+    assert_eq!(post(&[], &format!("csrf={csrf}")), 303);
+
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
     let logs = a.logs();
-    assert!(logs.contains("Authorization: Bearer <the token in") && !logs.contains(&token), "{logs}");
+    assert!(logs.contains("Authorization: Bearer) the token in") && !logs.contains(&token), "{logs}");
 }
 
 #[test]
@@ -202,13 +240,15 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
                     .replace("{stream}", "temperature")
             );
             let (status, body) = http(&method.to_uppercase(), &url, (method == "post").then_some(""));
-            // With made-up parameters: the route's own "not subscribed", not a missing route.
-            let expected = if path.contains("getsubscribedata") {
-                404
-            } else if method == "get" {
-                200
-            } else {
-                400
+            // With made-up parameters: the route's own "not subscribed", not a missing route; actions
+            // without a body: their "bad request", or what they do without one.
+            let expected = match (method.as_str(), path.as_str()) {
+                (_, p) if p.contains("getsubscribedata") => 404,
+                ("get", _) | ("post", "/api/v1/store-now" | "/api/v1/streams/{stream}/rotate") => 200,
+                ("delete", "/api/v1/pairing") => 200,
+                // No broker here: showing a pairing code cannot work; `{peer}` names no peer.
+                ("post", "/api/v1/pairing") | ("delete", "/api/v1/peers/{peer}/grants/{stream}") => 422,
+                _ => 400,
             };
             assert_eq!(status, expected, "{method} {path}");
             assert!(!body.is_null(), "{method} {path}: no JSON answer");
@@ -253,6 +293,64 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
 
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
+}
+
+#[test]
+fn the_api_changes_the_running_agent_and_refuses_other_sites() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let port = free_port();
+    let mut a = Agent::new("control");
+    a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}"))];
+    let mut up = a.spawn_stdin(&[]);
+    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let base = format!("http://127.0.0.1:{port}");
+    let (_, policy) = http("GET", &format!("{base}/api/v1/batching"), None);
+    assert_eq!((policy["count"].as_u64(), policy["interval"].as_str()), (Some(1000), Some("1m")), "{policy}");
+
+    // Store now: the open batch is sealed and stored at once, not after a minute.
+    super::feed(&mut up, "temperature", 0..3);
+    std::thread::sleep(Duration::from_millis(600)); // accepted (journaled within 250 ms)
+    let (code, done) = http("POST", &format!("{base}/api/v1/store-now"), Some(""));
+    assert_eq!((code, done["batches"].as_u64(), done["readings"].as_u64()), (200, Some(1), Some(3)), "{done}");
+    wait_until("3 stored readings", Duration::from_secs(10), || a.counts("temperature").0 == 3);
+
+    // The batch size: applied at once, kept across a restart; bad values are named.
+    let (code, v) = http("PUT", &format!("{base}/api/v1/batching"), Some(r#"{"count": 2, "interval": "off"}"#));
+    assert_eq!((code, v["count"].as_u64(), v["interval"].as_str()), (200, Some(2), Some("off")), "{v}");
+    super::feed(&mut up, "temperature", 3..7);
+    wait_until("two more batches of 2", Duration::from_secs(10), || a.counts("temperature").0 == 7);
+    for (body, says) in [
+        (r#"{"count": "many"}"#, "batch count \"many\""),
+        (r#"{"count": 0, "interval": "off"}"#, "never cut a batch"),
+        (r#"{"count": 5, "interval": "soon"}"#, "batch interval \"soon\""),
+        ("[1", "the request body"),
+    ] {
+        let (code, v) = http("PUT", &format!("{base}/api/v1/batching"), Some(body));
+        assert!(code == 400 && v["error"].as_str().unwrap().contains(says), "{body}: {code} {v}");
+    }
+
+    // Other web sites may not change the agent: not by a form (no CSRF token), not by a
+    // script (Origin), not through a DNS name rebound to 127.0.0.1 (Host).
+    let (code, _) = curl(&["--data", "count=1&interval=off", &format!("{base}/actions/batching")]);
+    assert_eq!(code, 403);
+    let (code, _) = curl(&["-X", "POST", "-H", "Origin: http://evil.example", &format!("{base}/api/v1/store-now")]);
+    assert_eq!(code, 403);
+    let (code, _) = curl(&["-H", "Host: evil.example:5000", &format!("{base}/api/v1/identity")]);
+    assert_eq!(code, 403);
+    let (code, _) = curl(&["-X", "POST", "-H", &format!("Origin: {base}"), &format!("{base}/api/v1/store-now")]);
+    assert_eq!(code, 200, "the agent's own pages may");
+    assert_eq!(http("GET", &format!("{base}/api/v1/batching"), None).1["count"], 2, "refused changes changed nothing");
+
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", a.logs());
+    let mut up = a.spawn_stdin(&[]);
+    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert_eq!(http("GET", &format!("{base}/api/v1/batching"), None).1["count"], 2, "kept across the restart");
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", a.logs());
+    assert!(a.logs().contains("every 2 readings (set from the web UI or API"), "{}", a.logs());
 }
 
 /// Debian's Chromium driven over WebDriver (chromedriver, plain JSON over HTTP), or None
@@ -302,6 +400,11 @@ impl Browser {
     /// Runs `script` (a function body) in the page and returns its value.
     fn eval(&self, script: &str) -> Value {
         self.call("POST", "/execute/sync", Some(&serde_json::json!({ "script": script, "args": [] }).to_string()))
+    }
+
+    /// Makes the window `height` pixels tall, so a screenshot holds more of a long page.
+    fn resize(&self, height: u32) {
+        self.call("POST", "/window/rect", Some(&serde_json::json!({ "width": 1000, "height": height }).to_string()));
     }
 
     /// Keeps a screenshot of the page as a test artifact in target/tmp/screenshots.
@@ -409,4 +512,118 @@ fn storage_page_shows_verified_and_tampered_batches_in_a_real_browser() {
 
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
+}
+
+#[test]
+fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let Some(browser) = Browser::start() else { return };
+    let broker = Broker::start(free_port());
+    let (pa, pb) = (free_port(), free_port());
+    let agent = |tag: &str, port: u16| {
+        let mut a = Agent::new(tag);
+        a.env = vec![
+            ("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}")),
+            ("EDGESEAL_MQTT__BROKER".into(), broker.url()),
+        ];
+        a
+    };
+    let (alpha, bravo) = (agent("alpha", pa), agent("bravo", pb));
+    let cfg = alpha.dir.parent().unwrap().join("sensor.toml");
+    std::fs::write(&cfg, "[[sensor]]\nkind = \"simulated\"\nmodel = \"temperature\"\ninterval = \"200ms\"\n").unwrap();
+    let log = |a: &Agent, f: &str| std::fs::File::create(a.dir.parent().unwrap().join(f)).unwrap();
+    let mut up_a = alpha
+        .cmd(&["--config", cfg.to_str().unwrap(), "up", "--batch-count", "1", "--for", "120s"])
+        .stdout(log(&alpha, "up.out"))
+        .stderr(log(&alpha, "up.err"))
+        .spawn()
+        .unwrap();
+    let mut up_b = bravo
+        .cmd(&["up", "--sensor", "none"])
+        .stdout(log(&bravo, "up.out"))
+        .stderr(log(&bravo, "up.err"))
+        .spawn()
+        .unwrap();
+    for port in [pa, pb] {
+        wait_until("the web servers", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+    let (a_url, b_url) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
+    browser.resize(1300);
+    let text_of = |css: &str| {
+        browser
+            .eval(&format!("const e = document.querySelector('{css}'); return e ? e.textContent : ''"))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let click = |action: &str| {
+        browser.eval(&format!("document.querySelector('form[data-action={action}] button').click(); return 1"));
+    };
+
+    // Alpha shows a code (and its fingerprint with a QR code); bravo enters it.
+    browser.open(&format!("{a_url}/sharing"));
+    assert!(browser.eval("return !!document.querySelector('#qr rect, #qr path')").as_bool().unwrap(), "no QR code");
+    let alpha_fp = text_of("#fingerprint");
+    click("pair");
+    wait_until("a pairing code", Duration::from_secs(15), || !text_of("#pair-code").is_empty());
+    let code = text_of("#pair-code");
+    browser.screenshot("sharing-code.png");
+    browser.open(&format!("{b_url}/sharing"));
+    browser.eval(&format!("document.getElementById('join-code').value = '{code}'; return 1"));
+    click("join");
+    wait_until("bravo paired", Duration::from_secs(30), || text_of("#flash").contains("Paired with alpha"));
+    assert!(text_of("#flash").contains(&alpha_fp), "bravo shows alpha's fingerprint: {}", text_of("#flash"));
+    assert!(text_of("#peers [data-peer=alpha]").contains(&alpha_fp));
+
+    // Alpha's page, still open on the code, notices by itself; then alpha shares temperature.
+    browser.open(&format!("{a_url}/sharing"));
+    wait_until("alpha sees bravo", Duration::from_secs(15), || {
+        let peers = text_of("#peers");
+        if !peers.contains("bravo") {
+            browser.open(&format!("{a_url}/sharing"));
+        }
+        peers.contains("bravo")
+    });
+    wait_until("a temperature stream to share", Duration::from_secs(15), || {
+        browser.open(&format!("{a_url}/sharing"));
+        browser.eval("return !!document.querySelector('#share-stream option[value=temperature]')").as_bool()
+            == Some(true)
+    });
+    click("share");
+    wait_until("shared", Duration::from_secs(15), || {
+        text_of("#flash").contains("bravo may read temperature from now on")
+    });
+    browser.screenshot("sharing-alpha.png");
+
+    // Bravo's dashboard shows alpha's readings live, verified; its sharing page lists them.
+    browser.open(&format!("{b_url}/"));
+    let received = "return [...document.querySelectorAll('#streams tr')].filter(r => r.textContent.includes('from alpha')).map(r => r.querySelector('[data-f=status]').textContent).join()";
+    wait_until("alpha's readings on bravo's dashboard", Duration::from_secs(30), || {
+        browser.eval(received).as_str().is_some_and(|s| s.starts_with("verified"))
+    });
+    browser.screenshot("dashboard-received.png");
+    browser.open(&format!("{b_url}/sharing"));
+    assert!(
+        text_of("#received").contains("temperature") && text_of("#received").contains("verified"),
+        "{}",
+        text_of("#received")
+    );
+    browser.screenshot("sharing-bravo.png");
+
+    // Alpha revokes; its page says so and the grant shows as revoked.
+    browser.open(&format!("{a_url}/sharing"));
+    click("revoke");
+    wait_until("revoked", Duration::from_secs(15), || text_of("#flash").contains("Revoked bravo from temperature"));
+    assert!(text_of("#peers").contains("temperature (revoked)"), "{}", text_of("#peers"));
+    let peers: Value = serde_json::from_str(&bravo.ok(&["peers", "--json"])).unwrap_or(Value::Null);
+    assert_eq!(peers[0]["fingerprint"].as_str(), Some(alpha_fp.as_str()));
+
+    for up in [&mut up_a, &mut up_b] {
+        let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
+        assert!(up.wait().unwrap().success(), "{}{}", alpha.logs(), bravo.logs());
+    }
 }
