@@ -225,3 +225,26 @@ fn outcome(res: Result<edgeseal_store::local::PeerRow>) -> Pairing {
         Err(e) => Pairing::Failed { error: format!("{e:#}") },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_from_the_form() {
+        assert_eq!(parse_policy("100", "30s").unwrap(), Policy { count: 100, interval_ms: Some(30_000) });
+        assert_eq!(parse_policy(" 5 ", "off").unwrap(), Policy { count: 5, interval_ms: None });
+        assert_eq!(parse_policy("0", "1m").unwrap(), Policy { count: 0, interval_ms: Some(60_000) });
+        for (count, interval, says) in [
+            ("-1", "off", "not a whole number"),
+            ("0", "", "never cut a batch"),
+            ("1000000", "off", "above the most"),
+            ("10", "soon", "not a duration"),
+            ("10", "1ms", "shorter than 10ms"),
+        ] {
+            let e = parse_policy(count, interval).unwrap_err().to_string();
+            assert!(e.contains(says), "{count:?} {interval:?}: {e}");
+        }
+        assert_eq!(policy_json(Policy { count: 7, interval_ms: None }), json!({"count": 7, "interval": "off"}));
+    }
+}

@@ -591,7 +591,7 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
                 .collect();
             format!(
                 "<tr data-peer=\"{}\"><td><strong>{}</strong><br><span class=\"muted mono\">{}</span></td>\
-                 <td class=\"mono\">{}</td><td>{}</td><td><ul class=\"grants given\">{given}</ul></td><td><ul class=\"grants\">{received}</ul></td></tr>",
+                 <td class=\"mono\">{}</td><td class=\"time\">{}</td><td><ul class=\"grants given\">{given}</ul></td><td><ul class=\"grants\">{received}</ul></td></tr>",
                 esc(pname),
                 esc(pname),
                 esc(device.get(..12).unwrap_or(device)),
@@ -600,8 +600,19 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
             )
         })
         .collect();
-    let peers_html = if peers.is_empty() {
-        "<section id=\"peers\"><h3>Peers</h3><p>No peers yet: pair with another agent above.</p></section>".to_string()
+    let peers_html = match peers.is_empty() {
+        true => "<section id=\"peers\"><h3>Peers</h3><p>No peers yet: pair with another agent above.</p></section>"
+            .to_string(),
+        false => format!(
+            "<section id=\"peers\"><h3>Peers</h3><table><thead><tr><th>Peer</th><th>Fingerprint</th><th class=\"time\">Paired</th>\
+             <th>Shared with it</th><th>It shares</th></tr></thead><tbody>{peer_rows}</tbody></table></section>"
+        ),
+    };
+    let share_html = if peers.is_empty() {
+        String::new()
+    } else if own.is_empty() {
+        "<section id=\"share\"><h3>Share a stream</h3><p>This agent has no streams of its own stored yet.</p></section>"
+            .to_string()
     } else {
         let stream_opts: String = own.iter().map(|s| opt(s, s)).collect();
         let peer_opts: String = peers
@@ -625,9 +636,7 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
             "Rotate key",
         );
         format!(
-            "<section id=\"peers\"><h3>Peers</h3><table><thead><tr><th>Peer</th><th>Fingerprint</th><th class=\"time\">Paired</th>\
-             <th>Shared with it</th><th>It shares</th></tr></thead><tbody>{peer_rows}</tbody></table></section>\
-             <section id=\"share\"><h3>Share a stream</h3><p class=\"muted\">A peer opens what is sealed from the time given on; \
+            "<section id=\"share\"><h3>Share a stream</h3><p class=\"muted\">A peer opens what is sealed from the time given on; \
              revoking stops it opening anything sealed after.</p>{share}\
              <p class=\"muted\">Rotating a stream's key: what is sealed from now on needs the new key, which only peers still granted get.</p>{rotate}</section>"
         )
@@ -678,7 +687,7 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
         )
     };
     let body = format!(
-        "<h2>Sharing</h2>{flash}{me}{pair}{peers_html}{received_html}<script src=\"/assets/sharing.js\"></script>"
+        "<h2>Sharing</h2>{flash}{me}{pair}{peers_html}{share_html}{received_html}<script src=\"/assets/sharing.js\"></script>"
     );
     page(&ui, "Sharing", &body)
 }

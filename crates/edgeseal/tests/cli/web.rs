@@ -402,9 +402,21 @@ impl Browser {
         self.call("POST", "/execute/sync", Some(&serde_json::json!({ "script": script, "args": [] }).to_string()))
     }
 
-    /// Makes the window `height` pixels tall, so a screenshot holds more of a long page.
-    fn resize(&self, height: u32) {
-        self.call("POST", "/window/rect", Some(&serde_json::json!({ "width": 1000, "height": height }).to_string()));
+    /// Opens a new tab and switches to it; returns the tab it was on.
+    fn new_tab(&self) -> String {
+        let before = self.call("GET", "/window", None).as_str().unwrap().to_string();
+        let tab = self.call("POST", "/window/new", Some(r#"{"type":"tab"}"#));
+        self.switch_to(tab["handle"].as_str().unwrap());
+        before
+    }
+
+    fn switch_to(&self, tab: &str) {
+        self.call("POST", "/window", Some(&serde_json::json!({ "handle": tab }).to_string()));
+    }
+
+    /// Sets the window's size (a tall one holds more of a long page in a screenshot).
+    fn resize(&self, width: u32, height: u32) {
+        self.call("POST", "/window/rect", Some(&serde_json::json!({ "width": width, "height": height }).to_string()));
     }
 
     /// Keeps a screenshot of the page as a test artifact in target/tmp/screenshots.
@@ -552,7 +564,7 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
         });
     }
     let (a_url, b_url) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
-    browser.resize(1300);
+    browser.resize(1000, 1300);
     let text_of = |css: &str| {
         browser
             .eval(&format!("const e = document.querySelector('{css}'); return e ? e.textContent : ''"))
@@ -572,6 +584,7 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
     wait_until("a pairing code", Duration::from_secs(15), || !text_of("#pair-code").is_empty());
     let code = text_of("#pair-code");
     browser.screenshot("sharing-code.png");
+    let alpha_tab = browser.new_tab();
     browser.open(&format!("{b_url}/sharing"));
     browser.eval(&format!("document.getElementById('join-code').value = '{code}'; return 1"));
     click("join");
@@ -579,14 +592,10 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
     assert!(text_of("#flash").contains(&alpha_fp), "bravo shows alpha's fingerprint: {}", text_of("#flash"));
     assert!(text_of("#peers [data-peer=alpha]").contains(&alpha_fp));
 
-    // Alpha's page, still open on the code, notices by itself; then alpha shares temperature.
-    browser.open(&format!("{a_url}/sharing"));
-    wait_until("alpha sees bravo", Duration::from_secs(15), || {
-        let peers = text_of("#peers");
-        if !peers.contains("bravo") {
-            browser.open(&format!("{a_url}/sharing"));
-        }
-        peers.contains("bravo")
+    // Alpha's page, still open on the code in the other tab, notices by itself; then alpha shares temperature.
+    browser.switch_to(&alpha_tab);
+    wait_until("alpha's page to show bravo", Duration::from_secs(15), || {
+        text_of("#pairing").contains("Paired with bravo") && text_of("#peers").contains("bravo")
     });
     wait_until("a temperature stream to share", Duration::from_secs(15), || {
         browser.open(&format!("{a_url}/sharing"));
@@ -613,6 +622,23 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
         text_of("#received")
     );
     browser.screenshot("sharing-bravo.png");
+    // On a phone's width every page fits, without scrolling sideways.
+    browser.resize(400, 900);
+    for page in ["/sharing", "/", "/storage"] {
+        browser.open(&format!("{b_url}{page}"));
+        let overflow =
+            browser.eval("return document.documentElement.scrollWidth - document.documentElement.clientWidth");
+        let widest = "return [...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > \
+                      document.documentElement.clientWidth).map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 5).join(' ')";
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "{page} is {overflow} px too wide for a phone: {}",
+            browser.eval(widest)
+        );
+    }
+    browser.open(&format!("{b_url}/sharing"));
+    browser.screenshot("sharing-phone.png");
+    browser.resize(1000, 1300);
 
     // Alpha revokes; its page says so and the grant shows as revoked.
     browser.open(&format!("{a_url}/sharing"));
