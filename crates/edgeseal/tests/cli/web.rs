@@ -522,6 +522,26 @@ fn storage_page_shows_verified_and_tampered_batches_in_a_real_browser() {
     assert!(shown < 10, "readings of batches that no longer verify were shown");
     browser.screenshot("storage-tampered.png");
 
+    // The batch size and "store now", from the page's forms.
+    let text_of = |css: &str| browser.eval(&format!("return document.querySelector('{css}').textContent"));
+    browser.eval(
+        "document.querySelector('[name=count]').value = '5'; document.querySelector('[name=interval]').value = 'off'; \
+         document.querySelector('form[data-action=batching] button').click(); return 1",
+    );
+    wait_until("the new batch size", Duration::from_secs(10), || {
+        browser.eval("const f = document.getElementById('flash'); return f ? f.textContent : ''")
+            == "Batches from now on: every 5 readings."
+    });
+    assert_eq!(text_of("#policy"), "every 5 readings");
+    super::feed(&mut up, "temperature", 10..12);
+    std::thread::sleep(Duration::from_millis(600)); // accepted (journaled within 250 ms)
+    browser.eval("document.querySelector('form[data-action=store-now] button').click(); return 1");
+    wait_until("stored now", Duration::from_secs(10), || {
+        browser.eval("const f = document.getElementById('flash'); return f ? f.textContent : ''").as_str()
+            == Some("Sealed 2 readings in 1 batch(es); they go to the store (and to peers) now.")
+    });
+    wait_until("12 stored readings", Duration::from_secs(10), || a.counts("temperature").0 == 12);
+
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
 }
