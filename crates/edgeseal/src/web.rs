@@ -39,7 +39,8 @@ const COOKIE: &str = "edgeseal_session";
 
 fn random_hex() -> String {
     let mut b = [0u8; 32];
-    // Without system randomness the agent cannot have made its keys either; fail closed with an unguessable-to-nobody value.
+    // Without system randomness (the agent could not have made its keys either): empty, which
+    // `csrf_ok` and the session check never accept.
     if getrandom::fill(&mut b).is_err() {
         return String::new();
     }

@@ -10,14 +10,17 @@ use super::{Agent, free_port, mosquitto_tools, text, wait_until};
 
 /// One request with curl: (status, JSON body).
 fn http(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
-    let mut c = Command::new("curl");
-    c.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    let mut args = vec!["-X", method, url];
     if let Some(b) = body {
-        c.args(["--header", "Content-Type: text/plain", "--data-raw", b]);
+        args.extend(["--header", "Content-Type: text/plain", "--data-raw", b]);
     }
-    let out = text(&c.output().unwrap().stdout);
-    let (body, status) = out.rsplit_once('\n').unwrap();
-    (status.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, body) = curl(&args);
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Waits until the agent's web server listens on `port`.
+fn wait_for_web(port: u16) {
+    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
 }
 
 #[test]
@@ -34,7 +37,7 @@ fn cloudsync_api_publishes_subscribes_and_answers_honestly() {
         ("EDGESEAL_WEB__CLOUDSYNC_LISTEN".into(), format!("127.0.0.1:{original}")),
     ];
     let mut up = a.spawn_stdin(&[]);
-    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", web)).is_ok());
+    wait_for_web(web);
     let api = format!("http://127.0.0.1:{web}/api/v1/orchestration/cloudsyncmgr");
     let target = format!("127.0.0.1:{mport}");
 
@@ -142,7 +145,7 @@ fn other_machines_need_the_api_token() {
     let mut a = Agent::new("token");
     a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("0.0.0.0:{port}"))];
     let mut up = a.spawn_stdin(&[]);
-    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for_web(port);
     let token_file = a.dir.join("api-token");
     let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
     use std::os::unix::fs::PermissionsExt;
@@ -202,7 +205,7 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
     a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}"))];
     let mut up = a.spawn_stdin(&["--batch-count", "2"]);
     super::feed(&mut up, "temperature", 0..4);
-    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for_web(port);
     let base = format!("http://127.0.0.1:{port}");
     let cli = |args: &[&str]| serde_json::from_str::<Value>(&a.ok(args)).unwrap();
     assert_eq!(http("GET", &format!("{base}/api/v1/identity"), None).1, cli(&["id", "--json"]));
@@ -304,7 +307,7 @@ fn the_api_changes_the_running_agent_and_refuses_other_sites() {
     let mut a = Agent::new("control");
     a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}"))];
     let mut up = a.spawn_stdin(&[]);
-    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for_web(port);
     let base = format!("http://127.0.0.1:{port}");
     let (_, policy) = http("GET", &format!("{base}/api/v1/batching"), None);
     assert_eq!((policy["count"].as_u64(), policy["interval"].as_str()), (Some(1000), Some("1m")), "{policy}");
@@ -346,7 +349,7 @@ fn the_api_changes_the_running_agent_and_refuses_other_sites() {
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
     let mut up = a.spawn_stdin(&[]);
-    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for_web(port);
     assert_eq!(http("GET", &format!("{base}/api/v1/batching"), None).1["count"], 2, "kept across the restart");
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
@@ -453,7 +456,7 @@ fn dashboard_shows_live_values_in_a_real_browser() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for_web(port);
     std::thread::sleep(Duration::from_millis(500));
     browser.open(&format!("http://127.0.0.1:{port}/"));
     let temperature = "return document.querySelector('[id$=_temperature] [data-f=value]').textContent";
@@ -494,7 +497,7 @@ fn storage_page_shows_verified_and_tampered_batches_in_a_real_browser() {
     a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}"))];
     a.run_lines("temperature", 0..10, &["--batch-count", "2"]);
     let mut up = a.spawn_stdin(&[]);
-    wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for_web(port);
     let id: Value = serde_json::from_str(&a.ok(&["id", "--json"])).unwrap();
     let url = format!("http://127.0.0.1:{port}/storage?pick={}/temperature&from=0", id["device_id"].as_str().unwrap());
     let statuses = "return [...document.querySelectorAll('#batches tbody tr')].map(r => r.cells[0].textContent + ':' + r.cells[3].textContent).join(' ')";
@@ -579,9 +582,7 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
         .spawn()
         .unwrap();
     for port in [pa, pb] {
-        wait_until("the web servers", Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_for_web(port);
     }
     let (a_url, b_url) = (format!("http://127.0.0.1:{pa}"), format!("http://127.0.0.1:{pb}"));
     browser.resize(1000, 1300);
@@ -672,4 +673,42 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
         let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
         assert!(up.wait().unwrap().success(), "{}{}", alpha.logs(), bravo.logs());
     }
+}
+
+#[test]
+fn a_browser_on_another_machine_signs_in_with_the_token() {
+    let Some(browser) = Browser::start() else { return };
+    let port = free_port();
+    let mut a = Agent::new("sign-in");
+    a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("0.0.0.0:{port}"))];
+    let mut up = a.spawn_stdin(&[]);
+    wait_for_web(port);
+    let token = std::fs::read_to_string(a.dir.join("api-token")).unwrap().trim().to_string();
+    let remote = format!("http://{}:{port}", lan_ip());
+
+    // Not this machine: the UI asks for the token first.
+    browser.open(&format!("{remote}/storage"));
+    let path = "return location.pathname";
+    assert_eq!(browser.eval(path), "/login");
+    browser.screenshot("login.png");
+    browser.eval("document.querySelector('[name=token]').value = 'wrong'; document.querySelector('form button').click(); return 1");
+    wait_until("the wrong token refused", Duration::from_secs(10), || {
+        browser.eval("return document.body.textContent").as_str().unwrap_or_default().contains("not this agent's token")
+    });
+    browser.eval(&format!(
+        "document.querySelector('[name=token]').value = '{token}'; document.querySelector('form button').click(); return 1"
+    ));
+    wait_until("signed in", Duration::from_secs(10), || browser.eval(path) == "/");
+    // Then every page and the live stream work, and no page shows the token.
+    wait_until("the dashboard live", Duration::from_secs(10), || {
+        browser.eval("return document.getElementById('state').textContent") == "live"
+    });
+    for page in ["/storage", "/sharing"] {
+        browser.open(&format!("{remote}{page}"));
+        assert_eq!(browser.eval(path), page);
+        let html = browser.eval("return document.documentElement.outerHTML");
+        assert!(!html.as_str().unwrap().contains(&token), "{page} shows the token");
+    }
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", a.logs());
 }
