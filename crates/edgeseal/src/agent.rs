@@ -362,6 +362,8 @@ async fn start_embedded(cfg: &mut Config) -> Result<Option<Box<dyn edgeseal_mqtt
                 "warning: the embedded broker did not start: {err}. This agent stores but does not share; {}.",
                 crate::embedded::port_taken_help(&e)
             );
+            // Nor does it pair through whatever holds the port (the web UI and API read this).
+            cfg.embedded = None;
             Ok(None)
         }
         Err(err) => Err(err),

@@ -579,8 +579,20 @@ fn up_runs_the_embedded_broker_and_peers_share_through_it() {
 
     // Another agent configured for the same port: told why and what to do, and it still stores.
     let mut other = Agent::new("hub-second");
-    other.env = pi.env.clone();
-    other.run_lines("temperature", 0..3, &[]);
+    let web = free_port();
+    other.env = [pi.env.clone(), vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{web}"))]].concat();
+    let mut second = other.spawn_stdin(&[]);
+    wait_until("its web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", web)).is_ok());
+    // Nor does it offer to pair through whatever holds the port.
+    let out = Command::new("curl")
+        .args(["-s", "-X", "POST", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{web}/api/v1/pairing")])
+        .output()
+        .unwrap();
+    let out = text(&out.stdout);
+    assert!(out.ends_with("\n422") && out.contains("no MQTT broker to pair through"), "{out}");
+    feed(&mut second, "temperature", 0..3);
+    drop(second.stdin.take());
+    assert!(second.wait().unwrap().success(), "{}", other.logs());
     let said = other.logs();
     assert!(said.contains(&format!("{listen} is already in use")), "{said}");
     assert!(said.contains("--broker mqtt://127.0.0.1:") && said.contains("EDGESEAL_BROKER__LISTEN="), "{said}");
