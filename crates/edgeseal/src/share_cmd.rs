@@ -103,7 +103,7 @@ pub(crate) enum Side {
 /// code when it is short (`--sas`). A failure tells the other side, so it stops waiting.
 pub(crate) async fn run_pairing(
     cfg: &Config,
-    identity: &edgeseal_core::keys::Identity,
+    identity: &Identity,
     name: &str,
     side: Side,
     timeout: Duration,
