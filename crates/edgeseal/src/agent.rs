@@ -24,7 +24,7 @@ use edgeseal_core::keys::Identity;
 use edgeseal_core::reading::into_batches;
 use edgeseal_core::{DeviceId, Reading, StreamName, Value};
 use edgeseal_sensors::Sensor;
-use edgeseal_sensors::batcher::{Batcher, Cut, Policy};
+use edgeseal_sensors::batcher::{Batcher, Cut};
 use edgeseal_sensors::grovepi::bus::{Answer, Bus, Op};
 use edgeseal_sensors::grovepi::lcd::WIDTH;
 use edgeseal_sensors::grovepi::sensor::GroveSensor;
@@ -41,7 +41,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::cli::UpArgs;
 use crate::config::{Config, SensorSpec};
-use crate::control::{BATCH_SETTING, Command, Control};
+use crate::control::{Command, Control, describe_policy, kept_policy};
 use crate::keyfile::{self, PassphraseSource};
 use crate::share::{Event, Grants, Inbox, Topics, log_event};
 use crate::timefmt::now_ms;
@@ -307,41 +307,6 @@ pub async fn up(mut cfg: Config, args: UpArgs, pass: PassphraseSource) -> Result
         Ok(Ok(())) => Ok(std::process::ExitCode::SUCCESS),
         Ok(Err(e)) => Err(e.context("sealing failed")),
         Err(e) => bail!("the sealer stopped unexpectedly: {e}"),
-    }
-}
-
-/// "every 10 readings", "every 1m", "1000 readings or 1m, whichever comes first".
-pub(crate) fn describe_policy(p: Policy) -> String {
-    match (p.count, p.interval_ms) {
-        (0, Some(i)) => format!("every {}", humantime::format_duration(Duration::from_millis(i as u64))),
-        (c, None) => format!("every {c} readings"),
-        (c, Some(i)) => format!(
-            "{c} readings or {}, whichever comes first",
-            humantime::format_duration(Duration::from_millis(i as u64))
-        ),
-    }
-}
-
-/// The batch policy set from the web UI or API before, if any (a corrupt value is reported and ignored).
-async fn kept_policy(local: &LocalState) -> Option<Policy> {
-    let text = match local.setting(BATCH_SETTING).await {
-        Ok(t) => t?,
-        Err(e) => {
-            warn!("cannot read the settings in state.db: {e}");
-            return None;
-        }
-    };
-    #[derive(serde::Deserialize)]
-    struct Kept {
-        count: usize,
-        interval_ms: Option<i64>,
-    }
-    match serde_json::from_str::<Kept>(&text) {
-        Ok(k) if k.count > 0 || k.interval_ms.is_some() => Some(Policy { count: k.count, interval_ms: k.interval_ms }),
-        _ => {
-            warn!("ignoring the batch setting kept in state.db, which is not valid: {text:?}");
-            None
-        }
     }
 }
 

@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::share_cmd::{Side, peer_json, run_pairing};
+use edgeseal_store::local::LocalState;
+use tracing::warn;
 
 /// The settings key under which a batch policy set while running is kept (state.db).
-pub const BATCH_SETTING: &str = "batch";
+const BATCH_SETTING: &str = "batch";
 /// How long a code shown on the page waits for the other agent.
 pub const PAIR_WAIT: Duration = Duration::from_secs(300);
 /// The most readings a batch may be set to hold from the UI (a batch's readings are sealed in memory at once).
@@ -73,10 +75,51 @@ pub struct Control {
     hosting: Mutex<Option<CancellationToken>>,
 }
 
+/// A policy's interval as the forms and the API take it: "1m", "500ms", or "off".
+pub fn interval_text(p: Policy) -> String {
+    match p.interval_ms {
+        Some(ms) => humantime::format_duration(Duration::from_millis(ms as u64)).to_string(),
+        None => "off".into(),
+    }
+}
+
 /// A batch policy as the API shows it.
 pub fn policy_json(p: Policy) -> Value {
-    let interval = p.interval_ms.map(|ms| humantime::format_duration(Duration::from_millis(ms as u64)).to_string());
-    json!({"count": p.count, "interval": interval.unwrap_or_else(|| "off".into())})
+    json!({"count": p.count, "interval": interval_text(p)})
+}
+
+/// "every 10 readings", "every 1m", "1000 readings or 1m, whichever comes first".
+pub fn describe_policy(p: Policy) -> String {
+    match (p.count, p.interval_ms) {
+        (0, Some(_)) => format!("every {}", interval_text(p)),
+        (c, None) => format!("every {c} readings"),
+        (c, Some(_)) => format!("{c} readings or {}, whichever comes first", interval_text(p)),
+    }
+}
+
+/// How a policy set while running is kept in state.db.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Kept {
+    count: usize,
+    interval_ms: Option<i64>,
+}
+
+/// The batch policy set from the web UI or API before, if any (a corrupt value is reported and ignored).
+pub async fn kept_policy(local: &LocalState) -> Option<Policy> {
+    let text = match local.setting(BATCH_SETTING).await {
+        Ok(t) => t?,
+        Err(e) => {
+            warn!("cannot read the settings in state.db: {e}");
+            return None;
+        }
+    };
+    match serde_json::from_str::<Kept>(&text) {
+        Ok(k) if k.count > 0 || k.interval_ms.is_some() => Some(Policy { count: k.count, interval_ms: k.interval_ms }),
+        _ => {
+            warn!("ignoring the batch setting kept in state.db, which is not valid: {text:?}");
+            None
+        }
+    }
 }
 
 /// Parses a batch policy from the form or API fields: a count (0 = no limit) and an interval ("30s", "off").
@@ -131,7 +174,7 @@ impl Control {
     /// Applies `p` to the running sealer and keeps it in state.db for the next start.
     pub async fn set_policy(&self, p: Policy) -> Result<()> {
         let local = crate::commands::open_local(&self.cfg).await?;
-        let value = json!({"count": p.count, "interval_ms": p.interval_ms}).to_string();
+        let value = serde_json::to_string(&Kept { count: p.count, interval_ms: p.interval_ms })?;
         let kept = local.put_setting(BATCH_SETTING, &value).await;
         local.close().await;
         kept?;

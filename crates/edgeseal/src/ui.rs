@@ -87,7 +87,7 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
             async {
                 let p = parse_policy(&f.count, &f.interval)?;
                 c.set_policy(p).await?;
-                Ok(format!("Batches from now on: {}.", crate::agent::describe_policy(p)))
+                Ok(format!("Batches from now on: {}.", crate::control::describe_policy(p)))
             }
             .await,
         ),
@@ -348,18 +348,18 @@ async fn storage(State(ui): State<Arc<Ui>>, Query(q): Query<Retrieve>) -> Respon
         .collect();
     let field = |v: &Option<String>| esc(v.as_deref().unwrap_or_default());
     let policy = ui.api.control.policy();
-    let interval = crate::control::policy_json(policy)["interval"].as_str().unwrap_or_default().to_string();
+    let interval = crate::control::interval_text(policy);
     let own: String = ui
         .api
         .cfg
         .per_stream
         .iter()
-        .map(|(s, p)| format!(" {} has its own: {}.", esc(s.as_str()), esc(&crate::agent::describe_policy(*p))))
+        .map(|(s, p)| format!(" {} has its own: {}.", esc(s.as_str()), esc(&crate::control::describe_policy(*p))))
         .collect();
     let batching = format!(
         "<section id=\"batching\"><h3>Batching</h3><p>Readings are sealed and stored in batches: \
          <strong id=\"policy\">{}</strong>.{own}</p><div class=\"row\">{}{}</div></section>",
-        esc(&crate::agent::describe_policy(policy)),
+        esc(&crate::control::describe_policy(policy)),
         form(
             &ui,
             "batching",
