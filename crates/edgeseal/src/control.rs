@@ -217,7 +217,7 @@ impl Control {
         let (listening_tx, listening) = oneshot::channel::<()>();
         let (cfg, identity, name, slot) =
             (self.cfg.clone(), self.identity.clone(), self.name.clone(), self.pairing.clone());
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let shown = |code: PairCode| {
                 let until_ms = crate::timefmt::now_ms() + PAIR_WAIT.as_millis() as i64;
                 Self::set_pairing(&slot, Pairing::Waiting { code: code.to_string(), until_ms });
@@ -230,8 +230,11 @@ impl Control {
                 _ = stop.cancelled() => {}
             }
         });
-        // Dropped unsent when pairing failed before a code was shown: the state says why.
-        let _ = listening.await;
+        // Dropped unsent when pairing ended before a code was shown: the task then records why
+        // just after, so wait for it rather than read the state before it does.
+        if listening.await.is_err() {
+            let _ = task.await;
+        }
         match self.pairing() {
             Pairing::Failed { error } => Err(anyhow!(error)),
             p => Ok(p),

@@ -305,7 +305,11 @@ fn the_api_changes_the_running_agent_and_refuses_other_sites() {
     }
     let port = free_port();
     let mut a = Agent::new("control");
-    a.env = vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}"))];
+    let no_broker = format!("mqtt://127.0.0.1:{}", free_port());
+    a.env = vec![
+        ("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}")),
+        ("EDGESEAL_MQTT__BROKER".into(), no_broker.clone()),
+    ];
     let mut up = a.spawn_stdin(&[]);
     wait_for_web(port);
     let base = format!("http://127.0.0.1:{port}");
@@ -334,6 +338,13 @@ fn the_api_changes_the_running_agent_and_refuses_other_sites() {
         assert!(code == 400 && v["error"].as_str().unwrap().contains(says), "{body}: {code} {v}");
     }
 
+    // A pairing code through a broker that is not there: the reason, not a code or "idle".
+    let (code, v) = http("POST", &format!("{base}/api/v1/pairing"), Some(""));
+    assert!(
+        code == 502 && v["error"].as_str().unwrap().contains(&format!("cannot reach the MQTT broker {no_broker}")),
+        "{code} {v}"
+    );
+
     // Other web sites may not change the agent: not by a form (no CSRF token), not by a
     // script (Origin), not through a DNS name rebound to 127.0.0.1 (Host).
     let (code, _) = curl(&["--data", "count=1&interval=off", &format!("{base}/actions/batching")]);
@@ -348,6 +359,7 @@ fn the_api_changes_the_running_agent_and_refuses_other_sites() {
 
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
+    a.env.retain(|(k, _)| k != "EDGESEAL_MQTT__BROKER"); // no 10 s last attempt to publish at the next stop
     let mut up = a.spawn_stdin(&[]);
     wait_for_web(port);
     assert_eq!(http("GET", &format!("{base}/api/v1/batching"), None).1["count"], 2, "kept across the restart");
