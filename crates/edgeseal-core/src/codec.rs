@@ -155,13 +155,15 @@ fn decode_ts(input: &mut &[u8], n: usize) -> Result<Vec<i64>> {
     Ok(ts)
 }
 
-/// The smallest number of decimals at which every value is an exact scaled integer.
+/// The smallest number of decimals at which every value is an exact scaled
+/// integer: one that decodes (as [`decode_values`] does, from an `i64`) to
+/// the identical bits. NaN and -0.0 never do (an integer has no sign of
+/// zero); infinities and huge values fail the bound.
 fn decimal_scale(values: &[f64]) -> Option<usize> {
     'next: for (d, &scale) in POW10.iter().enumerate() {
         for &v in values {
             let i = (v * scale).round();
-            // NaN fails the bit comparison; infinities and huge values fail the bound.
-            if i.is_nan() || i.abs() >= MAX_EXACT || (i / scale).to_bits() != v.to_bits() {
+            if i.is_nan() || i.abs() >= MAX_EXACT || ((i as i64) as f64 / scale).to_bits() != v.to_bits() {
                 continue 'next;
             }
         }
@@ -344,6 +346,48 @@ mod tests {
             prop_assert!(same_bits(&a.values, &b.values));
         }
 
+        /// Labels on any subset of readings, through the batcher's column
+        /// builder, come back on exactly those readings.
+        #[test]
+        fn labels_on_any_subset_survive(which in proptest::collection::vec(proptest::option::of(0u8..4), 1..200)) {
+            let stream = crate::StreamName::new("s").unwrap();
+            let readings: Vec<crate::Reading> = which.iter().enumerate().map(|(i, l)| crate::Reading {
+                stream: stream.clone(),
+                ts: i as i64,
+                value: crate::Value::Scalar { value: i as f64, unit: "u".into(), label: l.map(|l| format!("l{l}")) },
+            }).collect();
+            let batches = crate::reading::into_batches(&readings);
+            prop_assert_eq!(batches.len(), 1);
+            let Readings::Scalar(b) = round_trip(&batches[0].0) else { panic!() };
+            let want: Vec<Option<String>> = which.iter().map(|l| l.map(|l| format!("l{l}"))).collect();
+            if want.iter().all(Option::is_none) {
+                prop_assert!(b.labels.is_empty());
+            } else {
+                prop_assert_eq!(b.labels, want);
+            }
+        }
+
+        /// Any mix of ordinary and special values (-0.0, subnormals,
+        /// infinities, NaN payloads) comes back bit for bit, whichever scheme
+        /// the encoder picks.
+        #[test]
+        fn special_values_round_trip_in_every_scheme(
+            picks in proptest::collection::vec((0u8..8, any::<u64>()), 1..200),
+        ) {
+            let values: Vec<f64> = picks.iter().map(|&(k, bits)| match k {
+                0 => -0.0,
+                1 => f64::from_bits(bits & 0x000f_ffff_ffff_ffff | 1), // subnormal
+                2 => if bits % 2 == 0 { f64::INFINITY } else { f64::NEG_INFINITY },
+                3 => f64::from_bits(0x7ff0_0000_0000_0000 | (bits & 0x000f_ffff_ffff_ffff) | 1), // NaN payload
+                4 => f64::from_bits(bits),
+                _ => (bits % 20_000) as f64 / 10.0 - 1000.0, // decimal-friendly
+            }).collect();
+            let ts = (0..values.len() as i64).collect();
+            let r = Readings::Scalar(ScalarBatch { unit: "u".into(), ts, values: values.clone(), labels: vec![] });
+            let Readings::Scalar(b) = round_trip(&r) else { panic!() };
+            prop_assert!(same_bits(&b.values, &values));
+        }
+
         #[test]
         fn blobs_round_trip(items in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 0..20)) {
             let ts = (0..items.len() as i64).map(|i| 1_700_000_000_000 + i * 333).collect();
@@ -355,6 +399,30 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes: Vec<u8>) {
             let _ = decode(&bytes);
         }
+    }
+
+    #[test]
+    fn negative_zero_among_decimals_keeps_its_sign() {
+        for values in [vec![-0.0], vec![21.5, -0.0, 21.6], vec![0.0, -0.0]] {
+            let r = Readings::Scalar(ScalarBatch {
+                unit: String::new(),
+                ts: (0..values.len() as i64).collect(),
+                values: values.clone(),
+                labels: vec![],
+            });
+            let Readings::Scalar(b) = round_trip(&r) else { panic!() };
+            assert!(same_bits(&b.values, &values), "{values:?} came back as {:?}", b.values);
+        }
+        // Only the sign of zero needs the raw scheme: ordinary decimals stay compact.
+        let mut buf = Vec::new();
+        let r = Readings::Scalar(ScalarBatch {
+            unit: String::new(),
+            ts: vec![1, 2],
+            values: vec![0.0, 21.5],
+            labels: vec![],
+        });
+        encode(&r, &mut buf).unwrap();
+        assert!(buf.len() < 16, "{} bytes", buf.len());
     }
 
     #[test]

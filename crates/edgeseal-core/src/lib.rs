@@ -20,8 +20,9 @@ pub mod keys;
 pub mod keystore;
 pub mod pairing;
 pub mod reading;
+pub mod time;
 mod varint;
 
 pub use error::Error;
 pub use id::{DeviceId, StreamName};
-pub use reading::{BlobBatch, Reading, Readings, ScalarBatch, Value};
+pub use reading::{BlobBatch, Reading, Readings, Refusal, ScalarBatch, Value};

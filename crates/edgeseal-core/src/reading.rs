@@ -1,6 +1,8 @@
 //! Readings as the core sees them: one batch holds readings of one stream, in
 //! columns (the same layout the codec writes).
 
+use crate::codec;
+
 /// Scalar readings: a value with a unit per stream and an optional label per
 /// reading. Timestamps are milliseconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -76,18 +78,68 @@ pub enum Value {
     Blob { media_type: String, data: Vec<u8> },
 }
 
+/// Why a reading cannot be sealed, found before it is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("its time ({0} ms) is outside the years 0000-9999")]
+    TimeOutOfRange(i64),
+    #[error("its {what} is {len} bytes long; at most {max} are allowed", max = codec::MAX_TEXT)]
+    TextTooLong { what: &'static str, len: usize },
+    #[error("its blob is {0} bytes; at most {max} are allowed", max = codec::MAX_BLOB)]
+    BlobTooLarge(usize),
+}
+
+impl Reading {
+    /// Checks everything sealing will need of this reading (time, text
+    /// lengths, blob size), so a reading accepted is a reading that seals.
+    pub fn check(&self) -> Result<(), Refusal> {
+        if !(crate::time::MIN_TS..=crate::time::MAX_TS).contains(&self.ts) {
+            return Err(Refusal::TimeOutOfRange(self.ts));
+        }
+        let text = |what, s: &str| match s.len() {
+            len if len > codec::MAX_TEXT => Err(Refusal::TextTooLong { what, len }),
+            _ => Ok(()),
+        };
+        match &self.value {
+            Value::Scalar { unit, label, .. } => {
+                text("unit", unit)?;
+                text("label", label.as_deref().unwrap_or_default())
+            }
+            Value::Blob { media_type, data } => {
+                text("media type", media_type)?;
+                match data.len() {
+                    n if n > codec::MAX_BLOB => Err(Refusal::BlobTooLarge(n)),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Most bytes of blobs one batch holds; a blob larger than this gets a batch
+/// of its own (up to [`codec::MAX_BLOB`]), well within the format's
+/// ciphertext limit.
+pub const BATCH_BLOB_BYTES: usize = 16 << 20;
+
 /// Turns readings of one stream, in order, into batches: a new batch starts
 /// wherever the kind, unit or media type changes, since a batch has one of
-/// each. Returns each batch with the index of its last input reading.
+/// each, and wherever the batch would exceed [`codec::MAX_READINGS`] readings
+/// or [`BATCH_BLOB_BYTES`] of blobs. Returns each batch with the index of its
+/// last input reading.
 pub fn into_batches(readings: &[Reading]) -> Vec<(Readings, usize)> {
     let mut out: Vec<(Readings, usize)> = Vec::new();
+    let mut blob_bytes = 0usize;
     for (i, r) in readings.iter().enumerate() {
         let fits = match (out.last_mut().map(|(b, _)| b), &r.value) {
+            (Some(b), _) if b.len() >= codec::MAX_READINGS => false,
             (Some(Readings::Scalar(b)), Value::Scalar { unit, .. }) => &b.unit == unit,
-            (Some(Readings::Blob(b)), Value::Blob { media_type, .. }) => &b.media_type == media_type,
+            (Some(Readings::Blob(b)), Value::Blob { media_type, data }) => {
+                &b.media_type == media_type && blob_bytes.saturating_add(data.len()) <= BATCH_BLOB_BYTES
+            }
             _ => false,
         };
         if !fits {
+            blob_bytes = 0;
             out.push(match &r.value {
                 Value::Scalar { unit, .. } => {
                     (Readings::Scalar(ScalarBatch { unit: unit.clone(), ..Default::default() }), i)
@@ -103,14 +155,14 @@ pub fn into_batches(readings: &[Reading]) -> Vec<(Readings, usize)> {
             (Readings::Scalar(b), Value::Scalar { value, label, .. }) => {
                 b.ts.push(r.ts);
                 b.values.push(*value);
-                if label.is_some() && b.labels.is_empty() {
-                    b.labels = vec![None; b.ts.len() - 1];
-                }
-                if !b.labels.is_empty() {
+                // Labels stay empty until the first labelled reading; from then on one per reading.
+                if label.is_some() || !b.labels.is_empty() {
+                    b.labels.resize(b.ts.len() - 1, None);
                     b.labels.push(label.clone());
                 }
             }
             (Readings::Blob(b), Value::Blob { data, .. }) => {
+                blob_bytes = blob_bytes.saturating_add(data.len());
                 b.ts.push(r.ts);
                 b.items.push(data.clone());
             }
@@ -143,5 +195,47 @@ mod tests {
         assert_eq!(s.labels, vec![None, Some("hot".to_string())]);
         let Readings::Scalar(s) = &b[1].0 else { panic!() };
         assert!(s.labels.is_empty());
+    }
+
+    #[test]
+    fn the_first_reading_keeps_its_label() {
+        let b = into_batches(&[scalar(1, "C", Some("Normal"))]);
+        let Readings::Scalar(s) = &b[0].0 else { panic!() };
+        assert_eq!(s.labels, vec![Some("Normal".to_string())]);
+        let b = into_batches(&[scalar(1, "C", Some("a")), scalar(2, "C", None), scalar(3, "C", Some("c"))]);
+        let Readings::Scalar(s) = &b[0].0 else { panic!() };
+        assert_eq!(s.labels, vec![Some("a".to_string()), None, Some("c".to_string())]);
+    }
+
+    fn blob(ts: i64, len: usize) -> Reading {
+        Reading {
+            stream: crate::StreamName::new("cam").unwrap(),
+            ts,
+            value: Value::Blob { media_type: "image/jpeg".into(), data: vec![7; len] },
+        }
+    }
+
+    #[test]
+    fn blobs_that_together_exceed_a_batch_are_split() {
+        let big = BATCH_BLOB_BYTES / 2 + 1;
+        let b = into_batches(&[blob(1, big), blob(2, big), blob(3, 10), blob(4, BATCH_BLOB_BYTES + 5)]);
+        let counts: Vec<usize> = b.iter().map(|(r, _)| r.len()).collect();
+        assert_eq!(counts, [1, 2, 1]);
+        assert_eq!(b.iter().map(|(_, last)| *last).collect::<Vec<_>>(), [0, 2, 3]);
+    }
+
+    #[test]
+    fn checks_refuse_what_cannot_be_sealed() {
+        assert_eq!(scalar(-1, "C", None).check(), Ok(()));
+        assert_eq!(
+            scalar(crate::time::MAX_TS + 1, "C", None).check(),
+            Err(Refusal::TimeOutOfRange(crate::time::MAX_TS + 1))
+        );
+        assert!(matches!(scalar(i64::MIN, "C", None).check(), Err(Refusal::TimeOutOfRange(_))));
+        let long = "x".repeat(codec::MAX_TEXT + 1);
+        assert!(matches!(scalar(1, &long, None).check(), Err(Refusal::TextTooLong { what: "unit", .. })));
+        assert!(matches!(scalar(1, "C", Some(&long)).check(), Err(Refusal::TextTooLong { what: "label", .. })));
+        assert_eq!(blob(1, codec::MAX_BLOB + 1).check(), Err(Refusal::BlobTooLarge(codec::MAX_BLOB + 1)));
+        assert_eq!(blob(1, 10).check(), Ok(()));
     }
 }

@@ -100,6 +100,39 @@ fn cases() -> Vec<Case> {
                 labels: vec![],
             }),
         },
+        // A batch of one labelled reading (the live "every reading" cadence with
+        // the original's description): the label is kept.
+        Case {
+            name: "batch-scalar-one-labelled",
+            stream: "temperature",
+            seq: 2,
+            epoch: 0,
+            prev: [0x02; 32],
+            salt: [0x55; 16],
+            signed: true,
+            readings: Readings::Scalar(ScalarBatch {
+                unit: "°C".into(),
+                ts: vec![1_767_225_600_000],
+                values: vec![21.5],
+                labels: vec![Some("Normal".into())],
+            }),
+        },
+        // -0.0 among values that would otherwise scale to decimals: raw IEEE 754, sign kept.
+        Case {
+            name: "batch-scalar-negative-zero",
+            stream: "temperature",
+            seq: 3,
+            epoch: 0,
+            prev: [0x03; 32],
+            salt: [0x66; 16],
+            signed: true,
+            readings: Readings::Scalar(ScalarBatch {
+                unit: "°C".into(),
+                ts: vec![1_767_225_600_000, 1_767_225_601_000, 1_767_225_602_000],
+                values: vec![0.5, -0.0, 0.0],
+                labels: vec![],
+            }),
+        },
     ]
 }
 
