@@ -42,7 +42,7 @@ fn setup(dir: &Path, level: Level, mutual_tls: bool, port: u16) {
 }
 
 async fn start_broker(dir: &Path, port: u16) -> Child {
-    let child = Command::new("mosquitto")
+    let mut child = Command::new("mosquitto")
         .arg("-c")
         .arg(dir.join("mosquitto.conf"))
         .stdout(Stdio::null())
@@ -55,6 +55,8 @@ async fn start_broker(dir: &Path, port: u16) -> Child {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("mosquitto did not start on {port}");
 }
 

@@ -103,6 +103,27 @@ impl Batcher {
         streams.iter().filter_map(|s| self.cut(s)).collect()
     }
 
+    /// Cuts one stream's open batch now, if it has one.
+    pub fn take(&mut self, stream: &StreamName) -> Option<Cut> {
+        self.cut(stream)
+    }
+
+    /// Puts a cut back in front of its stream's open batch (its readings are
+    /// the older ones), as when sealing it failed; the batch counts as opened `now`.
+    pub fn put_back(&mut self, cut: Cut, now: i64) {
+        let open = self.open.entry(cut.stream).or_insert_with(|| Open {
+            opened_at: now,
+            readings: Vec::new(),
+            ids: Vec::new(),
+        });
+        let (mut readings, mut ids) = (cut.readings, cut.ids);
+        readings.append(&mut open.readings);
+        ids.append(&mut open.ids);
+        open.readings = readings;
+        open.ids = ids;
+        open.opened_at = now;
+    }
+
     /// Readings waiting in open batches.
     pub fn open_readings(&self) -> usize {
         self.open.values().map(|o| o.readings.len()).sum()
@@ -155,6 +176,17 @@ mod tests {
         b.set_default(Policy { count: 3, interval_ms: Some(50) });
         assert_eq!(b.next_deadline(), Some(50));
         assert_eq!(b.push(3, r("a", 2), 1).map(|c| c.ids), Some(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_cut_put_back_goes_before_what_arrived_since() {
+        let mut b = Batcher::new(Policy { count: 2, interval_ms: None }, HashMap::new());
+        b.push(1, r("a", 0), 0);
+        let cut = b.push(2, r("a", 1), 0).unwrap();
+        b.push(3, r("a", 2), 5);
+        b.put_back(cut, 9);
+        assert_eq!(b.take(&StreamName::new("a").unwrap()).map(|c| c.ids), Some(vec![1, 2, 3]));
+        assert!(b.take(&StreamName::new("a").unwrap()).is_none());
     }
 
     #[test]

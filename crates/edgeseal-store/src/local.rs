@@ -161,6 +161,23 @@ impl LocalState {
             .collect()
     }
 
+    /// Moves a journaled reading that can never be sealed (`reason`) out of
+    /// the journal into `set_aside`, where it is kept but never retried.
+    pub async fn set_aside(&self, id: i64, reason: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO set_aside (id, stream, ts, value, unit, label, media_type, blob, reason) \
+             SELECT id, stream, ts, value, unit, label, media_type, blob, ? FROM pending_readings WHERE id = ?",
+        )
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM pending_readings WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn stream_state(&self, stream: &StreamName) -> Result<StreamState> {
         let row = sqlx::query("SELECT next_seq, head, epoch FROM streams WHERE stream = ?")
             .bind(stream.as_str())

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use edgeseal_core::chain::Scope;
 use edgeseal_core::envelope::{BatchHash, SealParams, seal};
-use edgeseal_core::keys::Identity;
 use edgeseal_core::{Readings, ScalarBatch, StreamName};
 use edgeseal_sensors::simulated::{Kind, Model};
 use edgeseal_store::reader::{open_all, read_stream};
@@ -16,13 +15,6 @@ use serde_json::json;
 
 /// Batches per insert transaction, as the agent's drainer does.
 const INSERT_CHUNK: usize = 256;
-
-/// A throwaway identity for a benchmark.
-pub(crate) fn random_identity() -> Result<Identity> {
-    let mut secret = [0u8; 96];
-    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
-    Ok(Identity::from_secret_bytes(&secret))
-}
 
 pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<ExitCode> {
     if batch == 0 || readings < 3 {
@@ -34,7 +26,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
     let _ = std::fs::remove_file(&db);
     let store = AnyStore::connect(&format!("sqlite://{}", db.display()), ConnectOptions::default()).await?;
     store.migrate().await?;
-    let identity = random_identity()?;
+    let identity = edgeseal_agent::datadir::random_identity()?;
     let device = identity.device_id();
 
     // The readings, generated before timing: three sensors at 1 Hz.

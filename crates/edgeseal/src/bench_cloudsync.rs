@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use edgeseal_agent::config::Config;
 
 /// One keep-alive connection: sends requests until `left` runs out; returns latencies and failures.
 async fn client(
@@ -69,17 +69,16 @@ pub async fn run(cfg: &Config, requests: usize, connections: usize, json_out: bo
     let url = cfg.link_options("bench")?.url;
     let target =
         if url.tls { format!("mqtts://{}:{}", url.host, url.port) } else { format!("{}:{}", url.host, url.port) };
-    let router = crate::web::router(
+    let router = edgeseal_web::access::guarded(
         "bench".into(),
-        crate::cloudsync::CloudSync::new(cfg.mqtt.clone()).router(),
-        Arc::new(crate::web::Access::new(None)),
+        edgeseal_web::CloudSync::new(cfg.mqtt.clone()).router(),
+        Arc::new(edgeseal_web::Access::new(None)),
     );
     let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
     let _guard = stop.clone().drop_guard();
-    let addr = *crate::web::start(&["127.0.0.1:0".parse()?], router, false, &tasks, &stop)
-        .await?
-        .first()
-        .ok_or_else(|| anyhow!("the web server did not start"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tasks.spawn(edgeseal_web::serve(vec![listener], router, stop.clone()));
     let body =
         json!({"appid": "bench", "payload": "{\"value\": 21.5}", "topic": "edgeseal-bench/cloudsync", "url": target})
             .to_string();

@@ -20,8 +20,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::bench::random_identity;
-use crate::share::rng;
+use edgeseal_agent::datadir::random_identity;
+use edgeseal_agent::share::rng;
 
 /// Messages in flight at once (published, not yet received).
 const WINDOW: usize = 512;
@@ -130,7 +130,7 @@ impl Ends {
 async fn link(url: &BrokerUrl, name: &str, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
     let mut o = LinkOptions::new(url.clone(), format!("edgeseal-bench-{name}-{}", std::process::id()));
     o.ack_timeout = Duration::from_secs(60);
-    crate::share_cmd::connected(o, stop).await
+    Ok(edgeseal_agent::pairing::connected(o, stop).await?)
 }
 
 /// Sends `n` messages (at `rate` per second, or as fast as the broker takes them) and measures the receiver.
@@ -279,7 +279,7 @@ async fn pair_once(url: &BrokerUrl) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 
-pub async fn sharing(cfg: &crate::config::Config, messages: usize, json_out: bool) -> Result<ExitCode> {
+pub async fn sharing(cfg: &edgeseal_agent::config::Config, messages: usize, json_out: bool) -> Result<ExitCode> {
     let url: BrokerUrl = cfg.link_options("bench")?.url;
     if messages == 0 {
         bail!("--messages must be above 0");

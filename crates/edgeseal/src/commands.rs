@@ -1,22 +1,25 @@
-//! The commands other than `up` and `bench`.
+//! The command dispatcher, and the commands that read: `init`, `id`,
+//! `streams`, `fetch`, `verify`, `config`. Each opens the agent's service
+//! once and prints its typed views with the printers below (table, CSV or
+//! JSON over `impl Write`).
 
-use std::collections::BTreeMap;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
-use base64::Engine as _;
-use edgeseal_core::chain::{Audit, Finding, Scope};
-use edgeseal_core::{DeviceId, Readings, StreamName, keystore};
-use edgeseal_store::local::LocalState;
-use edgeseal_store::reader::{StreamRead, open_rows, read_stream};
-use edgeseal_store::{AnyStore, ConnectOptions, Store, TimeRange};
-use serde_json::json;
+use anyhow::Result;
+use edgeseal_agent::config::Config;
+use edgeseal_agent::datadir::{self, DirLock};
+use edgeseal_agent::service::{Keys, Service, parse_stream_as};
+use edgeseal_agent::times::parse_named;
+use edgeseal_agent::views::{CSV_HEADER, ReadingView, StreamView};
+use edgeseal_agent::{Error, now_ms};
+use edgeseal_core::StreamName;
+use edgeseal_core::chain::Audit;
 
 use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, FetchArgs, Format, KeysCommand, SensorsCommand};
-use crate::config::{self, Config, Overrides};
-use crate::keyfile::{self, PassphraseSource};
-use crate::timefmt::{format_ms, now_ms, parse_time};
+use crate::config::{self, Overrides};
+use crate::passphrase::PassphraseSource;
 
 /// Batches opened and printed at a time by `fetch`.
 const FETCH_CHUNK: usize = 1024;
@@ -52,31 +55,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let agent = matches!(cli.command, Command::Up(_) | Command::Broker { command: None, .. });
     init_logging(if agent { &cfg.log } else { "warn" });
     let pass = PassphraseSource { file: cli.global.passphrase_file.clone() };
+    let cfg = Arc::new(cfg);
     match cli.command {
         Command::Init { protect, .. } => init(&cfg, &pass, protect),
         Command::Id { json } => id(&cfg, json),
-        Command::Up(args) => crate::agent::up(cfg, args, pass).await,
-        Command::Streams { json } => streams(&cfg, json).await,
-        Command::Fetch(args) => fetch(&cfg, &pass, args).await,
-        Command::Verify { stream, device, json } => verify(&cfg, stream, device, json).await,
+        Command::Up(args) => crate::up::up(cfg, args, pass).await,
+        Command::Streams { json } => streams(cfg, json).await,
+        Command::Fetch(args) => fetch(cfg, &pass, args).await,
+        Command::Verify { stream, device, json } => verify(cfg, stream, device, json).await,
         Command::Keys { command: KeysCommand::Rotate { stream } } => {
-            crate::share_cmd::rotate(&cfg, &pass, &stream).await
+            crate::share_cmd::rotate(cfg, &pass, &stream).await
         }
-        Command::Pair(args) => crate::share_cmd::pair(&cfg, &pass, args).await,
-        Command::Peers { json } => crate::share_cmd::peers(&cfg, json).await,
-        Command::Share { stream, peer, from } => crate::share_cmd::share(&cfg, &pass, &stream, &peer, from).await,
-        Command::Revoke { peer, stream } => crate::share_cmd::revoke(&cfg, &pass, &peer, stream).await,
+        Command::Pair(args) => crate::share_cmd::pair(cfg, &pass, args).await,
+        Command::Peers { json } => crate::share_cmd::peers(cfg, json).await,
+        Command::Share { stream, peer, from } => crate::share_cmd::share(cfg, &pass, &stream, &peer, from).await,
+        Command::Revoke { peer, stream } => crate::share_cmd::revoke(cfg, &pass, &peer, stream).await,
         Command::Watch { peer, stream, json, run_for } => {
-            crate::share_cmd::watch(&cfg, &pass, peer, stream, json, run_for).await
+            crate::share_cmd::watch(cfg, &pass, peer, stream, json, run_for).await
         }
         Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
-        Command::Config { command: ConfigCommand::PrintDefault } => unreachable!("handled above"),
+        Command::Config { command: ConfigCommand::PrintDefault } => Ok(ExitCode::SUCCESS),
         Command::Pki { command } => crate::pki_cmd::pki(&cfg, command),
         Command::Broker { command: Some(command), .. } => crate::pki_cmd::broker(command),
-        Command::Broker { command: None, run } => crate::embedded::run(&cfg, run.run_for.as_deref()).await,
-        Command::Sensors { command: SensorsCommand::List { json } } => {
-            crate::sensors_cmd::list(&cfg, &pass, json).await
-        }
+        Command::Broker { command: None, run } => crate::broker_cmd::run(&cfg, run.run_for.as_deref()).await,
+        Command::Sensors { command: SensorsCommand::List { json } } => crate::sensors_cmd::list(cfg, &pass, json).await,
         Command::Sensors { command: SensorsCommand::Probe { bus } } => crate::sensors_cmd::probe(&cfg, bus).await,
         Command::Bench { command: BenchCommand::Storage { readings, batch, json } } => {
             crate::bench::storage(readings, batch, json).await
@@ -101,221 +103,153 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// Opens the agent's service for a command (once per process).
+pub async fn open(cfg: &Arc<Config>, keys: Keys) -> Result<Service, Error> {
+    Service::open(cfg.clone(), keys, false).await
+}
+
+/// Opens the service with the secret identity (asking for the passphrase if the keystore is protected).
+pub async fn open_secret(cfg: &Arc<Config>, pass: &PassphraseSource) -> Result<Service, Error> {
+    let (_, identity) = datadir::load(&cfg.data_dir, pass.existing()).await?;
+    open(cfg, Keys::Secret(Box::new(identity))).await
+}
+
+/// `--stream` as the CLI takes it; the error names the flag.
+pub fn parse_stream(s: &str) -> Result<StreamName, Error> {
+    parse_stream_as("--stream", s)
+}
+
 fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode> {
-    let (identity, protected) = keyfile::init(&cfg.data_dir, &cfg.name, pass, protect)?;
+    let _lock = match DirLock::acquire(&cfg.data_dir, "init", std::time::Duration::from_secs(2))? {
+        Ok(lock) => lock,
+        Err(holder) => {
+            return Err(Error::Busy(format!("{holder} holds the data directory {}", cfg.data_dir.display())).into());
+        }
+    };
+    datadir::check_new(&cfg.data_dir)?;
+    let passphrase = pass.get(protect.then_some("New keystore passphrase: "), true)?;
+    if protect && passphrase.is_none() {
+        return Err(Error::bad(
+            "--protect needs a passphrase: set EDGESEAL_PASSPHRASE, pass --passphrase-file, or run on a terminal",
+        )
+        .into());
+    }
+    let identity = datadir::init(&cfg.data_dir, &cfg.name, passphrase.as_ref())?;
     let public = identity.public();
     println!("created agent {:?} in {}", cfg.name, cfg.data_dir.display());
     println!("  device id:   {}", public.device_id());
     println!("  fingerprint: {}", public.fingerprint());
     println!(
         "  keystore:    {} (mode 0600, {})",
-        keyfile::keystore_path(&cfg.data_dir).display(),
-        if protected { "passphrase-protected" } else { "not passphrase-protected" }
+        datadir::keystore_path(&cfg.data_dir).display(),
+        if passphrase.is_some() { "passphrase-protected" } else { "not passphrase-protected" }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// The agent's public identity, as `id --json` prints it and the API serves it.
-pub fn identity_json(cfg: &Config) -> Result<serde_json::Value> {
-    let path = keyfile::require_initialised(&cfg.data_dir)?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (name, public) =
-        keystore::public(&text).with_context(|| format!("cannot use the keystore {}", path.display()))?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    Ok(json!({
-        "name": name,
-        "device_id": public.device_id().to_string(),
-        "fingerprint": public.fingerprint(),
-        "ed25519": b64.encode(public.ed25519),
-        "x25519": b64.encode(public.x25519),
-    }))
 }
 
 fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let v = identity_json(cfg)?;
+    let (name, public) = datadir::load_public(&cfg.data_dir)?;
+    let v = edgeseal_agent::views::IdentityView::new(&name, &public);
     if json {
-        println!("{v}");
+        println!("{}", serde_json::to_string(&v)?);
     } else {
-        let f = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-        println!("name:        {}", f("name"));
-        println!("device id:   {}", f("device_id"));
-        println!("fingerprint: {}", f("fingerprint"));
-        println!("ed25519:     {}", f("ed25519"));
-        println!("x25519:      {}", f("x25519"));
+        println!("name:        {}", v.name);
+        println!("device id:   {}", v.device_id);
+        println!("fingerprint: {}", v.fingerprint);
+        println!("ed25519:     {}", v.ed25519);
+        println!("x25519:      {}", v.x25519);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Connects to the configured store and makes sure its schema exists.
-pub(crate) async fn open_store(cfg: &Config) -> Result<AnyStore> {
-    let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: false, timeout: cfg.store_timeout }).await?;
-    store.migrate().await.with_context(|| format!("cannot prepare the store at {}", store.url()))?;
-    Ok(store)
-}
-
-pub(crate) async fn open_local(cfg: &Config) -> Result<LocalState> {
-    keyfile::require_initialised(&cfg.data_dir)?;
-    let local = LocalState::open(&cfg.state_path()).await.context("cannot open the local state (state.db)")?;
-    keyfile::make_private(&cfg.state_path());
-    Ok(local)
-}
-
-/// Every stream in the store and what waits locally, as `streams --json` prints them and the API serves them.
-pub async fn streams_json(cfg: &Config) -> Result<Vec<serde_json::Value>> {
-    let device = keyfile::load_public(&cfg.data_dir)?.1.device_id();
-    let local = open_local(cfg).await?;
-    let store = open_store(cfg).await?;
-    type Rows = BTreeMap<(String, bool, DeviceId), serde_json::Value>;
-    let mut rows: Rows = BTreeMap::new();
-    for s in store.streams().await? {
-        let own = s.device == device;
-        rows.insert(
-            (s.stream.clone(), !own, s.device),
-            json!({
-                "stream": s.stream, "device": s.device.to_string(), "own": own, "batches": s.batches,
-                "readings": s.readings, "first": format_ms(s.first_ts), "last": format_ms(s.last_ts),
-                "head_seq": s.head_seq,
-            }),
-        );
-    }
-    // This agent's own streams: sealed, or with readings and batches still waiting locally.
-    fn own<'a>(rows: &'a mut Rows, device: DeviceId, name: &str) -> &'a mut serde_json::Value {
-        rows.entry((name.to_string(), false, device)).or_insert_with(|| {
-            json!({"stream": name, "device": device.to_string(), "own": true, "batches": 0, "readings": 0,
-                   "first": null, "last": null, "head_seq": null})
-        })
-    }
-    for (name, st) in local.stream_states().await? {
-        let e = own(&mut rows, device, name.as_str());
-        e["epoch"] = json!(st.epoch);
-        e["pending_readings"] = json!(0);
-        e["outbox_batches"] = json!(0);
-    }
-    for (name, b) in local.backlog().await? {
-        let e = own(&mut rows, device, &name);
-        if e["epoch"].is_null() {
-            e["epoch"] = json!(0);
-        }
-        e["pending_readings"] = json!(b.pending_readings);
-        e["outbox_batches"] = json!(b.outbox_batches);
-    }
-    local.close().await;
-    Ok(rows.into_values().collect())
-}
-
-async fn streams(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let rows = streams_json(cfg).await?;
+async fn streams(cfg: Arc<Config>, json: bool) -> Result<ExitCode> {
+    let service = open(&cfg, Keys::Public).await?;
+    let rows = service.streams().await;
+    service.close(std::time::Duration::from_secs(1)).await;
+    let rows = rows?;
+    let mut out = std::io::stdout().lock();
     if json {
-        println!("{}", serde_json::Value::Array(rows));
-        return Ok(ExitCode::SUCCESS);
+        writeln!(out, "{}", serde_json::to_string(&rows)?)?;
+    } else {
+        print_streams(&mut out, &rows)?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `streams` as a table.
+fn print_streams(w: &mut impl Write, rows: &[StreamView]) -> std::io::Result<()> {
     if rows.is_empty() {
-        println!("no streams yet (run `edgeseal up`)");
-        return Ok(ExitCode::SUCCESS);
+        return writeln!(w, "no streams yet (run `edgeseal up`)");
     }
-    println!(
+    writeln!(
+        w,
         "{:<24} {:<8} {:>8} {:>10} {:<24} {:<24} {:>6} {:>5} {:>8} {:>7}",
         "STREAM", "DEVICE", "BATCHES", "READINGS", "FIRST", "LAST", "HEAD", "EPOCH", "PENDING", "OUTBOX"
-    );
-    for v in &rows {
-        let dev = if v["own"] == json!(true) {
-            "this".to_string()
-        } else {
-            v["device"].as_str().and_then(|d| d.get(..8)).unwrap_or("?").to_string()
-        };
-        let text = |k: &str| {
-            v[k].as_str()
-                .map(str::to_string)
-                .or_else(|| v[k].as_u64().map(|n| n.to_string()))
-                .unwrap_or_else(|| "-".into())
-        };
-        println!(
+    )?;
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for v in rows {
+        let dev = if v.own { "this".to_string() } else { v.device.get(..8).unwrap_or("?").to_string() };
+        writeln!(
+            w,
             "{:<24} {:<8} {:>8} {:>10} {:<24} {:<24} {:>6} {:>5} {:>8} {:>7}",
-            text("stream"),
+            v.stream,
             dev,
-            text("batches"),
-            text("readings"),
-            text("first"),
-            text("last"),
-            text("head_seq"),
-            text("epoch"),
-            text("pending_readings"),
-            text("outbox_batches")
-        );
+            v.batches,
+            v.readings,
+            dash(v.first.clone()),
+            dash(v.last.clone()),
+            dash(v.head_seq.map(|h| h.to_string())),
+            dash(v.epoch.map(|e| e.to_string())),
+            dash(v.pending_readings.map(|e| e.to_string())),
+            dash(v.outbox_batches.map(|e| e.to_string())),
+        )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-fn parse_device(arg: Option<&str>, own: DeviceId) -> Result<DeviceId> {
-    match arg {
-        None => Ok(own),
-        Some(s) => s.parse().with_context(|| format!("--device {s:?}")),
-    }
+async fn fetch(cfg: Arc<Config>, pass: &PassphraseSource, args: FetchArgs) -> Result<ExitCode> {
+    let service = open_secret(&cfg, pass).await?;
+    let res = fetch_with(&service, args).await;
+    service.close(std::time::Duration::from_secs(1)).await;
+    res
 }
 
-pub(crate) fn parse_stream(s: &str) -> Result<StreamName> {
-    StreamName::new(s).with_context(|| format!("--stream {s:?}"))
-}
-
-/// Fetches and audits one stream, remembering any newer authentic head.
-async fn audited(
-    store: &AnyStore,
-    local: &LocalState,
-    device: DeviceId,
-    stream: &StreamName,
-    range: TimeRange,
-    scope: Scope,
-) -> Result<StreamRead> {
-    let remembered = local.remembered(device, stream).await?;
-    let read = read_stream(store, device, stream, range, remembered, scope).await?;
-    if let Some(head) = read.audit.head {
-        local.remember(device, stream, head).await?;
-    }
-    Ok(read)
-}
-
-async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result<ExitCode> {
-    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
+async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     let stream = parse_stream(&args.stream)?;
-    let device = parse_device(args.device.as_deref(), identity.device_id())?;
     let now = now_ms();
-    let from = args.from.as_deref().map(|t| parse_time(t, now).context("--from")).transpose()?;
-    let to = args.to.as_deref().map(|t| parse_time(t, now).context("--to")).transpose()?;
+    let from = parse_named("--from", args.from.as_deref(), now)?;
+    let to = parse_named("--to", args.to.as_deref(), now)?;
     if let (Some(f), Some(t)) = (from, to)
         && f > t
     {
-        bail!("--from is after --to");
+        return Err(Error::bad("--from is after --to").into());
     }
-    let local = open_local(cfg).await?;
-    let store = open_store(cfg).await?;
-    let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
-    let read = audited(&store, &local, device, &stream, TimeRange { from, to }, scope).await?;
-    if read.rows.is_empty() && read.audit.is_clean() {
+    let got = service.retrieve(&stream, args.device.as_deref(), from, to).await?;
+    let rows = got.read.rows.len();
+    if rows == 0 && got.read.audit.is_clean() {
         eprintln!("no batches of {stream} in that range");
     }
-    let problems = !read.audit.is_clean();
+    let problems = !got.read.audit.is_clean();
     if problems {
-        report_findings(&stream, &read.audit);
+        report_findings(&stream, &got.read.audit);
         if args.strict {
             eprintln!("refusing to print data (--strict)");
             return Ok(ExitCode::from(crate::EXIT_INTEGRITY));
         }
     }
-    let bar = (std::io::stdout().is_terminal() && read.rows.len() > 1000).then(|| {
-        let b = indicatif::ProgressBar::new(read.rows.len() as u64);
+    let bar = (std::io::stdout().is_terminal() && rows > 1000).then(|| {
+        let b = indicatif::ProgressBar::new(rows as u64);
         b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         b
     });
-    let ring = crate::share::KeyRing::load(std::sync::Arc::new(identity), &local).await?;
-    local.close().await;
-    let key = |epoch| ring.key(device, &stream, epoch);
-    let mut out = Output::new(args.format, &stream);
+    let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
+    let mut out = Printer::new(args.format, BufWriter::with_capacity(1 << 16, std::io::stdout().lock()));
     let mut unreadable = 0usize;
-    for start in (0..read.rows.len()).step_by(FETCH_CHUNK) {
-        let end = (start + FETCH_CHUNK).min(read.rows.len());
-        for o in open_rows(&read, start..end, &key).into_iter().flatten() {
+    for start in (0..rows).step_by(FETCH_CHUNK) {
+        let end = (start + FETCH_CHUNK).min(rows);
+        for o in got.open(start..end).into_iter().flatten() {
             match o {
-                Ok(r) => out.batch(&r, from, to)?,
+                Ok(r) => ignore_broken_pipe(out.readings(&ReadingView::of_batch(&stream, &r, keep)))?,
                 Err(_) => unreadable += 1,
             }
         }
@@ -326,7 +260,7 @@ async fn fetch(cfg: &Config, pass: &PassphraseSource, args: FetchArgs) -> Result
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    out.finish()?;
+    ignore_broken_pipe(out.finish())?;
     if unreadable > 0 {
         eprintln!(
             "warning: {unreadable} authentic batches could not be opened (no key for their epoch on this agent: not granted, or damaged)"
@@ -345,177 +279,6 @@ fn report_findings(stream: &StreamName, audit: &Audit) {
     }
 }
 
-/// Writes readings as a table, CSV or JSON, streaming.
-struct Output<'a> {
-    format: Format,
-    stream: &'a StreamName,
-    w: BufWriter<std::io::StdoutLock<'static>>,
-    first: bool,
-    wrote_header: bool,
-}
-
-impl<'a> Output<'a> {
-    fn new(format: Format, stream: &'a StreamName) -> Self {
-        Output {
-            format,
-            stream,
-            w: BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
-            first: true,
-            wrote_header: false,
-        }
-    }
-
-    fn batch(&mut self, r: &Readings, from: Option<i64>, to: Option<i64>) -> Result<()> {
-        let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
-        let res = match r {
-            Readings::Scalar(b) => {
-                for i in 0..b.ts.len() {
-                    if !keep(b.ts[i]) {
-                        continue;
-                    }
-                    let label = b.labels.get(i).cloned().flatten();
-                    self.scalar(b.ts[i], b.values[i], &b.unit, label.as_deref())?;
-                }
-                Ok(())
-            }
-            Readings::Blob(b) => {
-                for i in 0..b.ts.len() {
-                    if keep(b.ts[i]) {
-                        self.blob(b.ts[i], &b.media_type, &b.items[i])?;
-                    }
-                }
-                Ok(())
-            }
-        };
-        ignore_broken_pipe(res)
-    }
-
-    fn header(&mut self) -> std::io::Result<()> {
-        if self.wrote_header {
-            return Ok(());
-        }
-        self.wrote_header = true;
-        match self.format {
-            Format::Table => writeln!(self.w, "{:<24}  {:>12}  {:<6}  LABEL", "TIME", "VALUE", "UNIT"),
-            Format::Csv => writeln!(self.w, "{CSV_HEADER}"),
-            Format::Json => write!(self.w, "["),
-        }
-    }
-
-    fn scalar(&mut self, ts: i64, value: f64, unit: &str, label: Option<&str>) -> std::io::Result<()> {
-        self.header()?;
-        match self.format {
-            Format::Table => {
-                let row = format!("{:<24}  {:>12}  {:<6}  {}", format_ms(ts), value, unit, label.unwrap_or(""));
-                writeln!(self.w, "{}", row.trim_end())
-            }
-            Format::Csv => writeln!(
-                self.w,
-                "{},{},{},{},{},{},,",
-                self.stream,
-                format_ms(ts),
-                ts,
-                value,
-                csv(unit),
-                csv(label.unwrap_or(""))
-            ),
-            Format::Json => {
-                let sep = if std::mem::take(&mut self.first) { "\n" } else { ",\n" };
-                write!(self.w, "{sep}{}", scalar_json(self.stream, ts, value, unit, label))
-            }
-        }
-    }
-
-    fn blob(&mut self, ts: i64, media_type: &str, data: &[u8]) -> std::io::Result<()> {
-        self.header()?;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        match self.format {
-            Format::Table => writeln!(
-                self.w,
-                "{:<24}  {:>12}  {:<6}  {media_type}",
-                format_ms(ts),
-                format!("{} B", data.len()),
-                "blob"
-            ),
-            Format::Csv => {
-                writeln!(self.w, "{},{},{},,,,{},{}", self.stream, format_ms(ts), ts, csv(media_type), b64.encode(data))
-            }
-            Format::Json => {
-                let sep = if std::mem::take(&mut self.first) { "\n" } else { ",\n" };
-                write!(self.w, "{sep}{}", blob_json(self.stream, ts, media_type, data))
-            }
-        }
-    }
-
-    fn finish(mut self) -> Result<()> {
-        let res = (|| {
-            if self.format == Format::Json {
-                self.header()?;
-                writeln!(self.w, "\n]")?;
-            }
-            self.w.flush()
-        })();
-        ignore_broken_pipe(res)
-    }
-}
-
-/// One reading as `fetch --format json` prints it and the API serves it.
-fn scalar_json(stream: &StreamName, ts: i64, value: f64, unit: &str, label: Option<&str>) -> serde_json::Value {
-    json!({"stream": stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "value": value, "unit": unit, "label": label})
-}
-
-fn blob_json(stream: &StreamName, ts: i64, media_type: &str, data: &[u8]) -> serde_json::Value {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    json!({"stream": stream.as_str(), "time": format_ms(ts), "ts_ms": ts, "media_type": media_type, "data_base64": b64.encode(data)})
-}
-
-/// A time range of a stream, verified and opened: every batch with its
-/// verification status, the findings, and the readings of the authentic
-/// batches this agent holds keys for (the API's retrieval).
-pub async fn read_json(
-    cfg: &Config,
-    identity: std::sync::Arc<edgeseal_core::keys::Identity>,
-    stream: &StreamName,
-    device: Option<&str>,
-    from: Option<i64>,
-    to: Option<i64>,
-) -> Result<serde_json::Value> {
-    let device = parse_device(device, identity.device_id())?;
-    let local = open_local(cfg).await?;
-    let store = open_store(cfg).await?;
-    let now = now_ms();
-    let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
-    let read = audited(&store, &local, device, stream, TimeRange { from, to }, scope).await?;
-    let ring = crate::share::KeyRing::load(identity, &local).await?;
-    local.close().await;
-    let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
-    let (mut readings, mut unreadable) = (Vec::new(), 0usize);
-    for o in open_rows(&read, 0..read.rows.len(), &|epoch| ring.key(device, stream, epoch)).into_iter().flatten() {
-        match o {
-            Ok(Readings::Scalar(b)) => readings.extend((0..b.ts.len()).filter(|&i| keep(b.ts[i])).map(|i| {
-                scalar_json(stream, b.ts[i], b.values[i], &b.unit, b.labels.get(i).cloned().flatten().as_deref())
-            })),
-            Ok(Readings::Blob(b)) => readings.extend(
-                (0..b.ts.len())
-                    .filter(|&i| keep(b.ts[i]))
-                    .map(|i| blob_json(stream, b.ts[i], &b.media_type, &b.items[i])),
-            ),
-            Err(_) => unreadable += 1,
-        }
-    }
-    let batches: Vec<_> = read
-        .rows
-        .iter()
-        .zip(&read.audit.statuses)
-        .map(|(r, s)| json!({"seq": r.seq, "first": format_ms(r.first_ts), "last": format_ms(r.last_ts), "status": s.as_str()}))
-        .collect();
-    Ok(json!({
-        "stream": stream.as_str(), "device": device.to_string(), "verified": read.audit.is_clean(),
-        "batches": batches, "findings": read.audit.findings.iter().map(finding_json).collect::<Vec<_>>(),
-        "readings": readings, "unreadable_batches": unreadable,
-    }))
-}
-
 fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<()> {
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
@@ -523,128 +286,101 @@ fn ignore_broken_pipe(r: std::io::Result<()>) -> Result<()> {
     }
 }
 
-/// The columns of `fetch --format csv` and of the API's CSV download.
-pub const CSV_HEADER: &str = "stream,time,ts_ms,value,unit,label,media_type,data_base64";
-
-/// One reading of [`read_json`] as a CSV line (no newline).
-pub fn csv_line(r: &serde_json::Value) -> String {
-    let s = |k: &str| r[k].as_str().unwrap_or_default();
-    let value = r["value"].as_f64().map(|v| v.to_string()).unwrap_or_default();
-    format!(
-        "{},{},{},{value},{},{},{},{}",
-        r["stream"].as_str().unwrap_or_default(),
-        s("time"),
-        r["ts_ms"].as_i64().unwrap_or_default(),
-        csv(s("unit")),
-        csv(s("label")),
-        csv(s("media_type")),
-        s("data_base64")
-    )
+/// Writes readings as a table, CSV or a JSON array, streaming.
+pub struct Printer<W: Write> {
+    format: Format,
+    w: W,
+    first: bool,
+    wrote_header: bool,
 }
 
-fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
-}
-
-async fn verify(cfg: &Config, stream: Option<String>, device: Option<String>, json: bool) -> Result<ExitCode> {
-    let own = keyfile::load_public(&cfg.data_dir)?.1.device_id();
-    let device = parse_device(device.as_deref(), own)?;
-    let local = open_local(cfg).await?;
-    let store = open_store(cfg).await?;
-    let streams: Vec<StreamName> = match stream {
-        Some(s) => vec![parse_stream(&s)?],
-        None => {
-            let mut names: Vec<StreamName> = store
-                .streams()
-                .await?
-                .into_iter()
-                .filter(|s| s.device == device)
-                .filter_map(|s| StreamName::new(s.stream).ok())
-                .collect();
-            names.extend(local.remembered_streams(device).await?);
-            names.sort();
-            names.dedup();
-            names
-        }
-    };
-    let mut reports = Vec::new();
-    let mut problems = 0usize;
-    for s in &streams {
-        let read = audited(&store, &local, device, s, TimeRange::default(), Scope::WHOLE).await?;
-        problems += read.audit.findings.len();
-        reports.push((s.clone(), read));
+impl<W: Write> Printer<W> {
+    pub fn new(format: Format, w: W) -> Self {
+        Printer { format, w, first: true, wrote_header: false }
     }
-    local.close().await;
-    if json {
-        let out: Vec<serde_json::Value> = reports
-            .iter()
-            .map(|(s, r)| {
-                let verified = r.audit.statuses.iter().filter(|x| x.is_authentic()).count();
-                json!({
-                    "stream": s.as_str(),
-                    "device": device.to_string(),
-                    "batches": r.rows.len(),
-                    "verified": verified,
-                    "head_seq": r.audit.head.map(|h| h.seq),
-                    "ok": r.audit.is_clean(),
-                    "findings": r.audit.findings.iter().map(finding_json).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        println!("{}", json!({"ok": problems == 0, "device": device.to_string(), "streams": out}));
-    } else {
-        if reports.is_empty() {
-            println!("no streams of device {device} in {}", store.url());
+
+    fn header(&mut self) -> std::io::Result<()> {
+        if std::mem::replace(&mut self.wrote_header, true) {
+            return Ok(());
         }
-        for (s, r) in &reports {
-            let verified = r.audit.statuses.iter().filter(|x| x.is_authentic()).count();
-            let head = r.audit.head.map_or("-".to_string(), |h| h.seq.to_string());
-            if r.audit.is_clean() {
-                println!("{s}: ok ({} batches verified, head {head})", verified);
+        match self.format {
+            Format::Table => writeln!(self.w, "{:<24}  {:>12}  {:<6}  LABEL", "TIME", "VALUE", "UNIT"),
+            Format::Csv => writeln!(self.w, "{CSV_HEADER}"),
+            Format::Json => write!(self.w, "["),
+        }
+    }
+
+    pub fn readings(&mut self, rs: &[ReadingView]) -> std::io::Result<()> {
+        for r in rs {
+            self.header()?;
+            match self.format {
+                Format::Table => {
+                    let row = match r {
+                        ReadingView::Scalar { time, value, unit, label, .. } => {
+                            format!("{time:<24}  {value:>12}  {unit:<6}  {}", label.as_deref().unwrap_or(""))
+                        }
+                        ReadingView::Blob { time, media_type, data_base64, .. } => {
+                            let size = format!("{} B", data_base64.len() / 4 * 3 - data_base64.matches('=').count());
+                            format!("{time:<24}  {size:>12}  {:<6}  {media_type}", "blob")
+                        }
+                    };
+                    writeln!(self.w, "{}", row.trim_end())?;
+                }
+                Format::Csv => writeln!(self.w, "{}", r.csv_line())?,
+                Format::Json => {
+                    let sep = if std::mem::take(&mut self.first) { "\n" } else { ",\n" };
+                    write!(self.w, "{sep}{}", serde_json::to_string(r).map_err(std::io::Error::other)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> std::io::Result<()> {
+        if self.format == Format::Json {
+            self.header()?;
+            writeln!(self.w, "\n]")?;
+        }
+        self.w.flush()
+    }
+}
+
+async fn verify(cfg: Arc<Config>, stream: Option<String>, device: Option<String>, json: bool) -> Result<ExitCode> {
+    if let Some(s) = &stream {
+        parse_stream(s)?;
+    }
+    let service = open(&cfg, Keys::Public).await?;
+    let report = service.verify(stream.as_deref(), device.as_deref()).await;
+    let url = service.store_cell().url();
+    service.close(std::time::Duration::from_secs(1)).await;
+    let report = report?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        if report.streams.is_empty() {
+            writeln!(out, "no streams of device {} in {url}", report.device)?;
+        }
+        for s in &report.streams {
+            let head = s.head_seq.map_or("-".to_string(), |h| h.to_string());
+            if s.ok {
+                writeln!(out, "{}: ok ({} batches verified, head {head})", s.stream, s.verified)?;
             } else {
-                println!(
-                    "{s}: {} problem(s) ({verified} of {} batches verified)",
-                    r.audit.findings.len(),
-                    r.rows.len()
-                );
-                for f in &r.audit.findings {
-                    println!("  {f}");
+                writeln!(
+                    out,
+                    "{}: {} problem(s) ({} of {} batches verified)",
+                    s.stream,
+                    s.findings.len(),
+                    s.verified,
+                    s.batches
+                )?;
+                for f in &s.findings {
+                    writeln!(out, "  {}", f.message)?;
                 }
             }
         }
     }
-    Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_INTEGRITY) })
-}
-
-fn finding_json(f: &Finding) -> serde_json::Value {
-    let mut v = json!({"kind": f.kind(), "message": f.to_string()});
-    let seqs = match f {
-        Finding::Tampered { row_seq, .. } | Finding::Foreign { row_seq, .. } => {
-            json!({"seq": row_seq})
-        }
-        Finding::Moved { row_seq, seq, stream, device } => {
-            json!({"seq": row_seq, "original_seq": seq, "original_stream": stream.as_str(), "original_device": device.to_string()})
-        }
-        Finding::Duplicate { seq, row_seq } | Finding::Reordered { seq, row_seq } => {
-            json!({"seq": seq, "stored_as": row_seq})
-        }
-        Finding::Conflict { seq }
-        | Finding::ChainBroken { seq }
-        | Finding::Fork { seq }
-        | Finding::BadCheckpoint { seq }
-        | Finding::Unsigned { seq } => {
-            json!({"seq": seq})
-        }
-        Finding::Gap { from, to } => json!({"from": from, "to": to}),
-        Finding::TruncatedTail { last, checkpoint } => {
-            json!({"last": last, "checkpoint": checkpoint})
-        }
-        Finding::Rollback { store_head, seen, .. } => json!({"store_head": store_head, "seen": seen}),
-    };
-    if let (Some(o), Some(extra)) = (v.as_object_mut(), seqs.as_object()) {
-        o.extend(extra.clone());
-    }
-    v
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_INTEGRITY) })
 }
 
 fn show_config(cfg: &Config) -> Result<ExitCode> {

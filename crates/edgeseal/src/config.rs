@@ -1,16 +1,18 @@
 //! Configuration in two stages: the raw layers (defaults < TOML file <
 //! `EDGESEAL_*` environment < flags) merged by figment, then a validated,
-//! typed [`Config`]. The defaults are `default.toml`, which is also what
-//! `edgeseal config print-default` prints, so the two cannot drift apart.
+//! typed [`Config`] (the agent's). The defaults are `default.toml`, which is
+//! also what `edgeseal config print-default` prints, so the two cannot drift
+//! apart. Every error here is a configuration error (exit code 2).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use edgeseal_agent::config::{Config, LcdConfig, MqttConfig, SensorSpec};
 use edgeseal_core::StreamName;
-use edgeseal_mqtt::broker::{self, AGENT_USER};
-use edgeseal_mqtt::link::{BrokerUrl, LinkOptions, Password, Protocol};
+use edgeseal_mqtt::broker;
+use edgeseal_mqtt::link::{BrokerUrl, Password};
 use edgeseal_mqtt::mosquitto::Level;
 use edgeseal_sensors::batcher::Policy;
 use edgeseal_sensors::grovepi::Port;
@@ -197,64 +199,6 @@ impl Overrides {
     }
 }
 
-/// How to reach the MQTT broker.
-#[derive(Debug, Clone)]
-pub struct MqttConfig {
-    pub broker: Option<BrokerUrl>,
-    pub prefix: String,
-    pub protocol: Protocol,
-    pub username: Option<String>,
-    pub password: Option<Password>,
-    pub ca: Option<PathBuf>,
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-}
-
-impl MqttConfig {
-    /// These settings for the embedded broker at `url`: what is not set here
-    /// comes from the broker's directory (its CA, the `edgeseal` user's
-    /// password and client certificate, where present).
-    pub fn for_embedded(&self, url: BrokerUrl, e: &broker::Settings) -> MqttConfig {
-        let file = |f: &str| Some(e.dir.join(f)).filter(|p| p.exists());
-        let mut m = self.clone();
-        m.broker = Some(url);
-        if e.level.uses_tls() && m.ca.is_none() {
-            m.ca = file("ca.pem");
-        }
-        if e.level == Level::TlsPassword && m.username.is_none() {
-            let password = file(&format!("{AGENT_USER}.password")).and_then(|p| std::fs::read_to_string(p).ok());
-            if let Some(p) = password {
-                m.username = Some(AGENT_USER.to_string());
-                m.password = Some(Password::new(p.trim().to_string()));
-            }
-        }
-        if e.mutual_tls && m.client_cert.is_none() {
-            m.client_cert = file(&format!("{AGENT_USER}.pem")).zip(file(&format!("{AGENT_USER}-key.pem")));
-        }
-        m
-    }
-
-    /// Link options for `client_id`, reading the TLS files. Fails when no broker is configured.
-    pub fn link_options(&self, client_id: &str) -> Result<LinkOptions> {
-        let Some(url) = self.broker.clone() else {
-            bail!("no MQTT broker is configured: set mqtt.broker in edgeseal.toml, EDGESEAL_MQTT__BROKER or --broker")
-        };
-        let mut o = LinkOptions::new(url, client_id);
-        o.protocol = self.protocol;
-        o.username = self.username.clone();
-        o.password = self.password.clone();
-        let read = |p: &Path, what: &str| {
-            std::fs::read(p).with_context(|| format!("cannot read the {what} {} (mqtt settings)", p.display()))
-        };
-        if let Some(ca) = &self.ca {
-            o.ca_pem = Some(read(ca, "CA certificate")?);
-        }
-        if let Some((cert, key)) = &self.client_cert {
-            o.client_cert = Some((read(cert, "client certificate")?, read(key, "client key")?));
-        }
-        Ok(o)
-    }
-}
-
 #[derive(Debug, Default, Serialize)]
 pub struct BatchOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -263,79 +207,23 @@ pub struct BatchOverrides {
     pub interval: Option<String>,
 }
 
-/// A sensor to run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SensorSpec {
-    Simulated { kind: Kind, stream: StreamName, interval: Duration, seed: u64 },
-    Hwmon { interval: Duration, sysfs: PathBuf },
-    JsonLines { command: Option<String> },
-    Grove { kind: GroveKind, port: Port, interval: Duration, stream: Option<String> },
-}
-
-/// The Grove LCD as an output.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LcdConfig {
-    pub enabled: bool,
-    pub streams: Vec<StreamName>,
-    pub refresh: Duration,
-}
-
-/// The validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub data_dir: PathBuf,
-    pub name: String,
-    pub store_url: String,
-    pub store_timeout: Duration,
-    pub log: String,
-    pub batch: Policy,
-    pub per_stream: HashMap<StreamName, Policy>,
-    pub retry_max: Duration,
-    pub checkpoint_every: Duration,
-    pub sensors: Vec<SensorSpec>,
-    /// `/dev/i2c-N`, or `emulated`.
-    pub grovepi_bus: String,
-    pub lcd: LcdConfig,
-    pub mqtt: MqttConfig,
-    /// The embedded broker `up` starts (`[broker]`); `None` when `broker.listen` is empty.
-    pub embedded: Option<broker::Settings>,
-    /// Where `up` serves HTTP (`web.listen` and `web.cloudsync_listen`).
-    pub web_listen: Vec<std::net::SocketAddr>,
-}
-
-impl Config {
-    /// Whether anything needs the GrovePi bus.
-    pub fn uses_grovepi(&self) -> bool {
-        self.lcd.enabled || self.sensors.iter().any(|s| matches!(s, SensorSpec::Grove { .. }))
-    }
-
-    pub fn state_path(&self) -> PathBuf {
-        self.data_dir.join("state.db")
-    }
-
-    /// Whether sharing has a broker: `mqtt.broker` or the embedded one.
-    pub fn has_broker(&self) -> bool {
-        self.mqtt.broker.is_some() || self.embedded.is_some()
-    }
-
-    /// Link options for `client_id`: to `mqtt.broker`, or else to the embedded
-    /// broker at `broker.listen` (`up` running it on this machine).
-    pub fn link_options(&self, client_id: &str) -> Result<LinkOptions> {
-        match (&self.mqtt.broker, &self.embedded) {
-            (Some(_), _) => self.mqtt.link_options(client_id),
-            (None, Some(e)) => {
-                let url = broker::local_url(e.listen, e.level.uses_tls());
-                self.mqtt.for_embedded(url, e).link_options(client_id)
-            }
-            (None, None) => bail!(
-                "no MQTT broker is configured: set mqtt.broker (or --broker URL), or broker.listen for the embedded broker"
-            ),
-        }
-    }
-}
-
 /// Loads the configuration. `file` is `--config`; without it `./edgeseal.toml` is read if present.
-pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, edgeseal_agent::Error> {
+    if let Some(f) = file
+        && !f.exists()
+    {
+        return Err(edgeseal_agent::Error::bad(format!(
+            "config file {} does not exist (see `edgeseal config print-default` for a template)",
+            f.display()
+        )));
+    }
+    layers(file, overrides).map_err(|e| {
+        let text = format!("{e:#}");
+        edgeseal_agent::Error::Config(text.strip_prefix("invalid configuration: ").unwrap_or(&text).to_string())
+    })
+}
+
+fn layers(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
     let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
     let path = match file {
         Some(f) => {
@@ -529,7 +417,7 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {
 }
 
 /// A value written `5` or `"5"` alike (the environment gives numbers for numeric text).
-pub(crate) fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Either {

@@ -1,32 +1,29 @@
-//! `edgeseal`: the agent and its command line. See `README.md` to start and
-//! `docs/` for how it works. Wiring only: the logic lives in the library crates.
+//! `edgeseal`: the agent's command line. See `README.md` to start and
+//! `docs/` for how it works. Wiring only: clap, the configuration's layers,
+//! passphrase prompts, the printers, and the wiring of `up`; the agent
+//! itself is the `edgeseal-agent` library, its HTTP side `edgeseal-web`.
 
-mod agent;
-mod api;
 mod bench;
 mod bench_cloudsync;
 mod bench_sharing;
+mod broker_cmd;
 mod cli;
-mod cloudsync;
 mod commands;
 mod config;
-mod control;
-mod embedded;
-mod keyfile;
-mod live;
+mod passphrase;
 mod pki_cmd;
 mod sensors_cmd;
-mod share;
 mod share_cmd;
-mod timefmt;
-mod ui;
-mod web;
+mod up;
+mod writer;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use edgeseal_agent::Error;
 
-/// Exit codes: 0 success, 1 error, 2 usage or configuration error, 3 integrity problems found.
+/// Exit codes: 0 success, 1 error, 2 configuration error (clap's usage errors are 2 too), 3 integrity problems found.
+pub const EXIT_CONFIG: u8 = 2;
 pub const EXIT_INTEGRITY: u8 = 3;
 
 fn main() -> ExitCode {
@@ -43,11 +40,17 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.chain().any(|c| c.to_string().starts_with("invalid configuration")) {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            exit_code(&e)
         }
+    }
+}
+
+/// The exit code an error calls for, by the agent error's variant anywhere in its chain.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let agent = e.chain().find_map(|c| c.downcast_ref::<Error>());
+    match agent {
+        Some(Error::Config(_)) => ExitCode::from(EXIT_CONFIG),
+        Some(Error::Integrity(_)) => ExitCode::from(EXIT_INTEGRITY),
+        _ => ExitCode::FAILURE,
     }
 }

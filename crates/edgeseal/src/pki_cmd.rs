@@ -11,7 +11,7 @@ use edgeseal_mqtt::pki::{self, Issued, Leaf};
 use time::OffsetDateTime;
 
 use crate::cli::{BrokerCommand, PkiCommand, PkiOut};
-use crate::config::Config;
+use edgeseal_agent::config::Config;
 
 fn out_dir(cfg: &Config, out: &PkiOut) -> Result<PathBuf> {
     let dir = out.out.clone().unwrap_or_else(|| cfg.data_dir.join("pki"));

@@ -3,17 +3,18 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
+use edgeseal_agent::config::{Config, SensorSpec};
+use edgeseal_agent::datadir;
+use edgeseal_agent::times::format_ms;
 use edgeseal_core::{Readings, StreamName, Value};
 use edgeseal_sensors::grovepi::bus::{Answer, Bus, Op, device_name};
-use edgeseal_store::local::LocalState;
-use edgeseal_store::reader::{open_all, read_stream};
-use edgeseal_store::{Store, TimeRange};
+use edgeseal_store::Store;
 use serde_json::json;
 
-use crate::config::{Config, SensorSpec};
-use crate::keyfile::{self, PassphraseSource};
-use crate::timefmt::format_ms;
+use crate::passphrase::PassphraseSource;
 
 /// One configured sensor: its description and the streams it writes.
 fn configured(cfg: &Config) -> Vec<(String, String, Vec<String>)> {
@@ -51,41 +52,31 @@ fn configured(cfg: &Config) -> Vec<(String, String, Vec<String>)> {
 
 /// The newest reading of each stream: from the local journal, else from the store.
 async fn last_readings(
-    cfg: &Config,
+    cfg: &Arc<Config>,
     pass: &PassphraseSource,
     streams: &[String],
 ) -> Result<HashMap<String, (i64, String)>> {
     let mut out = HashMap::new();
-    if keyfile::require_initialised(&cfg.data_dir).is_err() {
+    if datadir::require_initialised(&cfg.data_dir).is_err() {
         return Ok(out);
     }
-    let local = LocalState::open(&cfg.state_path()).await?;
-    for (_, r) in local.pending().await? {
+    let public = crate::commands::open(cfg, edgeseal_agent::service::Keys::Public).await?;
+    for (_, r) in public.local().pending().await? {
         out.insert(r.stream.to_string(), (r.ts, show(&r.value)));
     }
-    local.close().await;
+    public.close(std::time::Duration::from_secs(1)).await;
     let missing: Vec<&String> = streams.iter().filter(|s| !out.contains_key(*s)).collect();
     if missing.is_empty() {
         return Ok(out);
     }
-    let (_, identity) = keyfile::load(&cfg.data_dir, pass).await?;
-    let store = crate::commands::open_store(cfg).await?;
-    let device = identity.device_id();
-    let info = store.streams().await?;
+    let service = crate::commands::open_secret(cfg, pass).await?;
+    let info = service.store().await?.streams().await?;
+    let device = service.device();
     for name in missing {
         let Ok(stream) = StreamName::new(name.clone()) else { continue };
         let Some(s) = info.iter().find(|s| s.device == device && s.stream == *name) else { continue };
-        let range = TimeRange { from: Some(s.last_ts), to: None };
-        let read = read_stream(
-            &store,
-            device,
-            &stream,
-            range,
-            None,
-            edgeseal_core::chain::Scope { from_start: false, to_end: true },
-        )
-        .await?;
-        for r in open_all(&read, |e| Some(identity.epoch_key(&stream, e))).into_iter().flatten().flatten() {
+        let got = service.retrieve(&stream, None, Some(s.last_ts), None).await?;
+        for r in got.open(0..got.read.rows.len()).into_iter().flatten().flatten() {
             if let Readings::Scalar(b) = r
                 && let Some(i) = (0..b.ts.len()).max_by_key(|&i| b.ts[i])
             {
@@ -93,6 +84,7 @@ async fn last_readings(
             }
         }
     }
+    service.close(std::time::Duration::from_secs(1)).await;
     Ok(out)
 }
 
@@ -103,10 +95,10 @@ fn show(v: &Value) -> String {
     }
 }
 
-pub async fn list(cfg: &Config, pass: &PassphraseSource, json_out: bool) -> Result<ExitCode> {
-    let sensors = configured(cfg);
+pub async fn list(cfg: Arc<Config>, pass: &PassphraseSource, json_out: bool) -> Result<ExitCode> {
+    let sensors = configured(&cfg);
     let streams: Vec<String> = sensors.iter().flat_map(|(_, _, s)| s.clone()).collect();
-    let last = last_readings(cfg, pass, &streams).await?;
+    let last = last_readings(&cfg, pass, &streams).await?;
     if json_out {
         let rows: Vec<_> = sensors
             .iter()

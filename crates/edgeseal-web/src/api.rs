@@ -1,30 +1,30 @@
 //! The REST API under `/api/v1` (JSON): what the CLI's `--json` output shows,
-//! from the same functions, and the OpenAPI document that describes it and
-//! the CloudSync-compatible endpoints.
+//! from the same service, and the OpenAPI document that describes it and
+//! the CloudSync-compatible endpoints. Errors are [`ApiError`]s: the status
+//! comes from the agent's error variant.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use edgeseal_agent::batching::parse_policy;
+use edgeseal_agent::service::{PAIR_WAIT, Service, parse_stream};
+use edgeseal_agent::times::parse_named;
+use edgeseal_agent::views::{
+    BatchingView, CSV_HEADER, GrantedView, PairingView, PeerView, RevokedView, RotatedView, StoreNowView, StreamView,
+};
+use edgeseal_agent::{Error, now_ms};
+use edgeseal_core::StreamName;
 use serde_json::{Value, json};
 
-use crate::config::Config;
-use crate::control::{Control, Pairing, parse_policy, policy_json};
-use edgeseal_core::keys::Identity;
+use crate::ApiError;
 
-/// What the handlers need: the configuration, the agent's identity (for keys)
-/// and the running agent's controls.
-#[derive(Clone)]
-pub struct Api {
-    pub cfg: Arc<Config>,
-    pub identity: Arc<Identity>,
-    pub control: Arc<Control>,
-}
+type Api = State<Arc<Service>>;
+type Answer<T> = Result<Json<T>, ApiError>;
 
 #[derive(serde::Deserialize)]
 struct Range {
@@ -40,95 +40,67 @@ pub fn parse_range(
     stream: &str,
     from: Option<&str>,
     to: Option<&str>,
-) -> anyhow::Result<(edgeseal_core::StreamName, Option<i64>, Option<i64>)> {
-    let now = crate::timefmt::now_ms();
-    let time = |t: Option<&str>, what: &str| {
-        t.map(|t| crate::timefmt::parse_time(t, now).map_err(|e| anyhow::anyhow!("{what}: {e}"))).transpose()
-    };
-    Ok((crate::commands::parse_stream(stream)?, time(from, "from")?, time(to, "to")?))
+) -> Result<(StreamName, Option<i64>, Option<i64>), Error> {
+    let now = now_ms();
+    Ok((parse_stream(stream)?, parse_named("from", from, now)?, parse_named("to", to, now)?))
 }
 
 /// `GET /api/v1/streams/{stream}/readings`: a verified, opened time range.
-async fn readings(State(api): State<Api>, Path(stream): Path<String>, Query(q): Query<Range>) -> Response {
-    let parsed = parse_range(&stream, q.from.as_deref(), q.to.as_deref());
-    let (stream, from, to) = match parsed {
-        Ok(p) => p,
-        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": format!("{e:#}")}))).into_response(),
-    };
-    let read = crate::commands::read_json(&api.cfg, api.identity.clone(), &stream, q.device.as_deref(), from, to).await;
-    match (q.format.as_deref(), read) {
-        (Some("csv"), Ok(v)) => {
-            let mut body = format!("{}\n", crate::commands::CSV_HEADER);
-            for r in v["readings"].as_array().into_iter().flatten() {
-                body.push_str(&crate::commands::csv_line(r));
-                body.push('\n');
-            }
-            let disposition = format!("attachment; filename=\"{stream}.csv\"");
-            ([(CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (CONTENT_DISPOSITION, disposition)], body)
-                .into_response()
-        }
-        (_, read) => answer(read),
+async fn readings(State(s): Api, Path(stream): Path<String>, Query(q): Query<Range>) -> Result<Response, ApiError> {
+    let (stream, from, to) = parse_range(&stream, q.from.as_deref(), q.to.as_deref())?;
+    let read = s.read(&stream, q.device.as_deref(), from, to).await?;
+    if q.format.as_deref() != Some("csv") {
+        return Ok(Json(read).into_response());
     }
-}
-
-/// An error as JSON, without secrets (the functions behind the API never put any in one).
-fn answer(r: anyhow::Result<Value>) -> Response {
-    answer_with(r, StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// `status` for an error, but 502 when it is the broker that cannot be reached.
-fn answer_with(r: anyhow::Result<Value>, status: StatusCode) -> Response {
-    match r {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => {
-            let text = format!("{e:#}");
-            let status = if text.contains("cannot reach the MQTT broker") { StatusCode::BAD_GATEWAY } else { status };
-            (status, Json(json!({"error": text}))).into_response()
-        }
+    let mut body = format!("{CSV_HEADER}\n");
+    for r in &read.readings {
+        body.push_str(&r.csv_line());
+        body.push('\n');
     }
+    let disposition = format!("attachment; filename=\"{stream}.csv\"");
+    Ok(([(CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (CONTENT_DISPOSITION, disposition)], body)
+        .into_response())
 }
 
-fn bad_request(e: anyhow::Error) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": format!("{e:#}")}))).into_response()
-}
-
-/// A JSON body, or a 400 that says what is wrong with it.
-fn body<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+/// A JSON body (empty counts as `{}`), or a 400 that says what is wrong with it.
+fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
     let text = if text.trim().is_empty() { "{}" } else { text };
-    serde_json::from_str(text).map_err(|e| anyhow::anyhow!("the request body: {e}"))
-}
-
-/// The batch policy, with the streams that have their own.
-pub fn batching_json(api: &Api) -> Value {
-    let mut v = policy_json(api.control.policy());
-    let own: serde_json::Map<String, Value> =
-        api.cfg.per_stream.iter().map(|(s, p)| (s.to_string(), policy_json(*p))).collect();
-    v["per_stream"] = Value::Object(own);
-    v
+    serde_json::from_str(text).map_err(|e| ApiError(Error::bad(format!("the request body: {e}"))))
 }
 
 #[derive(serde::Deserialize)]
 struct BatchingBody {
-    #[serde(deserialize_with = "crate::config::text_or_number")]
+    #[serde(deserialize_with = "text_or_number")]
     count: String,
     #[serde(default)]
     interval: Option<String>,
 }
 
-async fn set_batching(State(api): State<Api>, text: String) -> Response {
-    let b: BatchingBody = match body(&text) {
-        Ok(b) => b,
-        Err(e) => return bad_request(e),
-    };
-    let policy = match parse_policy(&b.count, b.interval.as_deref().unwrap_or("off")) {
-        Ok(p) => p,
-        Err(e) => return bad_request(e),
-    };
-    answer(api.control.set_policy(policy).await.map(|()| batching_json(&api)))
+/// A value written `5` or `"5"` alike.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Int(u64),
+        Float(f64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Text(s) => s,
+        Either::Int(n) => n.to_string(),
+        Either::Float(f) => f.to_string(),
+    })
 }
 
-async fn store_now(State(api): State<Api>) -> Response {
-    answer(api.control.store_now().await.map(|(batches, readings)| json!({"batches": batches, "readings": readings})))
+async fn set_batching(State(s): Api, text: String) -> Answer<BatchingView> {
+    let b: BatchingBody = body(&text)?;
+    let policy = parse_policy(&b.count, b.interval.as_deref().unwrap_or("off"))?;
+    Ok(Json(s.set_batching(policy).await?))
+}
+
+async fn store_now(State(s): Api) -> Answer<StoreNowView> {
+    Ok(Json(s.store_now().await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -137,18 +109,12 @@ struct PairBody {
 }
 
 /// Without a code: show one (and pair when the other agent enters it); with one: join.
-async fn pair(State(api): State<Api>, text: String) -> Response {
-    let b: PairBody = match body(&text) {
-        Ok(b) => b,
-        Err(e) => return bad_request(e),
-    };
-    match b.code {
-        None => answer_with(api.control.host().await.map(|p| p.json()), StatusCode::UNPROCESSABLE_ENTITY),
-        Some(code) => {
-            let joined = api.control.join(&code).await.map(|peer| Pairing::Paired { peer }.json());
-            answer_with(joined, StatusCode::UNPROCESSABLE_ENTITY)
-        }
-    }
+async fn pair(State(s): Api, text: String) -> Answer<PairingView> {
+    let b: PairBody = body(&text)?;
+    Ok(Json(match b.code {
+        None => s.host(PAIR_WAIT).await?,
+        Some(code) => PairingView::Paired { peer: s.join(&code).await? },
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -157,69 +123,49 @@ struct GrantBody {
     from: Option<String>,
 }
 
-async fn grant(State(api): State<Api>, Path(peer): Path<String>, text: String) -> Response {
-    let b: GrantBody = match body(&text) {
-        Ok(b) => b,
-        Err(e) => return bad_request(e),
-    };
-    let (stream, from, _) = match parse_range(&b.stream, b.from.as_deref(), None) {
-        Ok(p) => p,
-        Err(e) => return bad_request(e),
-    };
-    let given = crate::share_cmd::give(&api.cfg, &api.identity, &stream, &peer, from).await;
-    let v = given.map(|(p, epoch)| json!({"peer": p.name, "device_id": p.device.to_string(), "stream": stream.as_str(), "epoch": epoch}));
-    answer_with(v, StatusCode::UNPROCESSABLE_ENTITY)
+async fn grant(State(s): Api, Path(peer): Path<String>, text: String) -> Answer<GrantedView> {
+    let b: GrantBody = body(&text)?;
+    let (stream, from, _) = parse_range(&b.stream, b.from.as_deref(), None)?;
+    Ok(Json(s.grant(&peer, &stream, from).await?))
 }
 
-async fn revoke(State(api): State<Api>, Path((peer, stream)): Path<(String, String)>) -> Response {
-    let stream = match crate::commands::parse_stream(&stream) {
-        Ok(s) => s,
-        Err(e) => return bad_request(e),
-    };
-    let done = crate::share_cmd::take_back(&api.cfg, &api.identity, &peer, std::slice::from_ref(&stream)).await;
-    let v = done.map(|(p, s)| {
-        json!({"peer": p.name, "device_id": p.device.to_string(), "revoked": s.iter().map(|s| s.as_str()).collect::<Vec<_>>()})
-    });
-    answer_with(v, StatusCode::UNPROCESSABLE_ENTITY)
+async fn revoke(State(s): Api, Path((peer, stream)): Path<(String, String)>) -> Answer<RevokedView> {
+    let stream = parse_stream(&stream)?;
+    Ok(Json(s.revoke(&peer, std::slice::from_ref(&stream)).await?))
 }
 
-async fn rotate(State(api): State<Api>, Path(stream): Path<String>) -> Response {
-    let stream = match crate::commands::parse_stream(&stream) {
-        Ok(s) => s,
-        Err(e) => return bad_request(e),
-    };
-    let epoch = crate::share_cmd::rotate_key(&api.cfg, &api.identity, &stream).await;
-    answer(epoch.map(|e| json!({"stream": stream.as_str(), "epoch": e})))
+async fn rotate(State(s): Api, Path(stream): Path<String>) -> Answer<RotatedView> {
+    Ok(Json(s.rotate(&parse_stream(&stream)?).await?))
 }
 
-pub fn router(api: Api) -> Router {
+async fn streams(State(s): Api) -> Answer<Vec<StreamView>> {
+    Ok(Json(s.streams().await?))
+}
+
+async fn peers(State(s): Api) -> Answer<Vec<PeerView>> {
+    Ok(Json(s.peers().await?))
+}
+
+pub fn router(service: Arc<Service>) -> Router {
     Router::new()
-        .route("/api/v1/identity", get(|State(a): State<Api>| async move { answer(crate::commands::identity_json(&a.cfg)) }))
-        .route(
-            "/api/v1/streams",
-            get(|State(a): State<Api>| async move { answer(crate::commands::streams_json(&a.cfg).await.map(Value::from)) }),
-        )
+        .route("/api/v1/identity", get(|State(s): Api| async move { Json(s.identity_view()) }))
+        .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{stream}/readings", get(readings))
-        .route(
-            "/api/v1/peers",
-            get(|State(a): State<Api>| async move { answer(crate::share_cmd::peers_json(&a.cfg).await.map(Value::from)) }),
-        )
-        .route("/api/v1/batching", get(|State(a): State<Api>| async move { Json(batching_json(&a)) }).put(set_batching))
+        .route("/api/v1/peers", get(peers))
+        .route("/api/v1/batching", get(|State(s): Api| async move { Json(s.batching()) }).put(set_batching))
         .route("/api/v1/store-now", post(store_now))
         .route(
             "/api/v1/pairing",
-            get(|State(a): State<Api>| async move { Json(a.control.pairing().json()) })
-                .post(pair)
-                .delete(|State(a): State<Api>| async move {
-                    a.control.cancel();
-                    Json(a.control.pairing().json())
-                }),
+            get(|State(s): Api| async move { Json(s.pairing()) }).post(pair).delete(|State(s): Api| async move {
+                s.cancel_pairing();
+                Json(s.pairing())
+            }),
         )
         .route("/api/v1/peers/{peer}/grants", post(grant))
         .route("/api/v1/peers/{peer}/grants/{stream}", delete(revoke))
         .route("/api/v1/streams/{stream}/rotate", post(rotate))
         .route("/api/v1/openapi.json", get(|| async { Json(openapi()) }))
-        .with_state(api)
+        .with_state(service)
 }
 
 /// The OpenAPI 3.1 document of every route the server has.

@@ -1,13 +1,14 @@
-//! The agent's HTTP server, inside `up`: the REST API ([`crate::api`]), the
-//! CloudSync-compatible API ([`crate::cloudsync`]) and `/api/v1/health`. Clients on this machine
-//! (loopback) are served as the original served them; on any other address a
-//! client must send the agent's token (`Authorization: Bearer <token>`, the
-//! token in `<data dir>/api-token`, mode 0600).
+//! Who may use the agent's HTTP server. Clients on this machine (loopback)
+//! are served as the original served them; on any other address a client
+//! must send the agent's token (`Authorization: Bearer <token>`, the token in
+//! `<data dir>/api-token`, mode 0600) or sign in with it on `/login`. Forms
+//! carry a CSRF token; requests from other web sites may not change the
+//! agent; a loopback request under a foreign host name (DNS rebinding) is
+//! refused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
 use axum::Json;
 use axum::Router;
 use axum::extract::Form;
@@ -20,9 +21,6 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::error;
 
 /// Who may use the server: this machine's clients; others with the API token
 /// (as a bearer token, or once given on `/login`, as a session cookie); and
@@ -73,8 +71,20 @@ impl Access {
     }
 }
 
-/// Routes every listener serves (`apis`, health and the login page), behind [`guard`].
-pub fn router(device: String, apis: Router, access: Arc<Access>) -> Router {
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access").field("token", &self.token.as_ref().map(|_| "[redacted]")).finish_non_exhaustive()
+    }
+}
+
+/// Whether a server with this access may listen on `addr`: addresses other
+/// than loopback need the API token.
+pub fn may_listen(access: &Access, addr: SocketAddr) -> bool {
+    addr.ip().is_loopback() || access.token.is_some()
+}
+
+/// `apis`, health and the login page, behind [`guard`].
+pub fn guarded(device: String, apis: Router, access: Arc<Access>) -> Router {
     let health = get(move || {
         let device = device.clone();
         async move { Json(json!({"status": "ok", "device": device, "version": env!("CARGO_PKG_VERSION")})) }
@@ -186,40 +196,6 @@ async fn guard(
 /// Compares in time independent of where the first difference is.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Binds each address and serves `router` on it until `stop`. A taken port is
-/// reported and skipped; the addresses bound are returned. Addresses other than
-/// loopback need `with_token` (the router was built with a token).
-pub async fn start(
-    listen: &[SocketAddr],
-    router: Router,
-    with_token: bool,
-    tasks: &TaskTracker,
-    stop: &CancellationToken,
-) -> Result<Vec<SocketAddr>> {
-    let mut bound = Vec::new();
-    for addr in listen {
-        if !addr.ip().is_loopback() && !with_token {
-            bail!("{addr} is not a loopback address, and the server has no API token to admit other machines");
-        }
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                eprintln!("warning: {addr} is already in use, so the web server does not listen there (web.listen)");
-                continue;
-            }
-            Err(e) => bail!("the web server cannot listen on {addr}: {e}"),
-        };
-        bound.push(listener.local_addr()?);
-        let (app, stop) = (router.clone().into_make_service_with_connect_info::<SocketAddr>(), stop.clone());
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-                error!("the web server stopped: {e}");
-            }
-        });
-    }
-    Ok(bound)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
 use edgeseal_core::chain::Head;
 use edgeseal_core::envelope::{self, Authorship};
 use edgeseal_core::grant;
@@ -20,7 +19,13 @@ use edgeseal_store::BatchRow;
 use edgeseal_store::local::{GrantOut, LocalState, PeerRow};
 use tracing::{debug, info, warn};
 
-use crate::timefmt::now_ms;
+use crate::error::LocalContext;
+use crate::{Error, Result, now_ms};
+
+/// Why the inbox refused a message (shown, logged, never fatal).
+fn refuse<T>(why: impl Into<String>) -> Result<T> {
+    Err(Error::BadInput(why.into()))
+}
 
 /// Topic names under one prefix.
 #[derive(Debug, Clone)]
@@ -87,21 +92,28 @@ pub fn find_peer<'a>(peers: &'a [PeerRow], what: &str) -> Result<&'a PeerRow> {
         .collect();
     match hits.as_slice() {
         [one] => Ok(one),
-        [] if peers.is_empty() => bail!("no peer {what:?}: this agent has no peers yet (pair with `edgeseal pair`)"),
-        [] => bail!(
+        [] if peers.is_empty() => {
+            Err(Error::NoSuchPeer(format!("no peer {what:?}: this agent has no peers yet (pair with `edgeseal pair`)")))
+        }
+        [] => Err(Error::NoSuchPeer(format!(
             "no peer {what:?}; peers: {}",
-            peers.iter().map(|p| format!("{} ({})", p.name, &p.device.to_string()[..8])).collect::<Vec<_>>().join(", ")
-        ),
-        _ => bail!("{what:?} names more than one peer: use its device id"),
+            peers
+                .iter()
+                .map(|p| format!("{} ({})", p.name, p.device.to_string().get(..8).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        _ => Err(Error::NoSuchPeer(format!("{what:?} names more than one peer: use its device id"))),
     }
 }
 
 /// The system's cryptographic random number generator, for the core's key exchanges.
-pub(crate) fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
+pub fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
     spake2::UnwrapErr(spake2::SysRng)
 }
 
 /// Grants given by this agent: issuing, re-issuing on a new epoch, revoking.
+#[derive(Debug)]
 pub struct Grants<'a> {
     pub identity: &'a Identity,
     pub local: &'a LocalState,
@@ -110,7 +122,7 @@ pub struct Grants<'a> {
 impl Grants<'_> {
     /// Issues (and stores, unpublished) a grant of epochs `first_epoch..=current` to `peer`.
     async fn issue(&self, peer: &PeerRow, stream: &StreamName, from_ms: i64, first_epoch: u32) -> Result<GrantOut> {
-        let current = self.local.stream_state(stream).await?.epoch;
+        let current = self.local.stream_state(stream).await.local()?.epoch;
         let first = first_epoch.max(current.saturating_sub(1023));
         let keys: Vec<(u32, EpochKey)> = (first..=current).map(|e| (e, self.identity.epoch_key(stream, e))).collect();
         let bytes = grant::issue(self.identity, &peer.public, stream, now_ms(), from_ms, &keys, &mut rng())?;
@@ -123,7 +135,7 @@ impl Grants<'_> {
             grant: bytes,
             published: false,
         };
-        self.local.put_grant_out(&g).await?;
+        self.local.put_grant_out(&g).await.local()?;
         Ok(g)
     }
 
@@ -131,19 +143,19 @@ impl Grants<'_> {
     /// live only (a new epoch starts now, so nothing sealed before opens).
     pub async fn share(&self, peer: &PeerRow, stream: &StreamName, from_ms: Option<i64>) -> Result<u32> {
         let first_epoch = match from_ms {
-            Some(t) => self.local.epoch_at(stream, t).await?,
+            Some(t) => self.local.epoch_at(stream, t).await.local()?,
             None => self.rotate(stream).await?,
         };
         let g = self.issue(peer, stream, from_ms.unwrap_or_else(now_ms), first_epoch).await?;
-        Ok(self.local.stream_state(&g.stream).await?.epoch)
+        Ok(self.local.stream_state(&g.stream).await.local()?.epoch)
     }
 
     /// Starts a new epoch of `stream` and re-issues every live grant of it, so
     /// the remaining peers receive the new key. Returns the new epoch.
     pub async fn rotate(&self, stream: &StreamName) -> Result<u32> {
-        let epoch = self.local.rotate_epoch(stream, now_ms()).await?;
-        let peers = self.local.peers().await?;
-        for g in self.local.grants_out().await? {
+        let epoch = self.local.rotate_epoch(stream, now_ms()).await.local()?;
+        let peers = self.local.peers().await.local()?;
+        for g in self.local.grants_out().await.local()? {
             if g.stream == *stream
                 && !g.revoked
                 && let Some(p) = peers.iter().find(|p| p.device == g.peer)
@@ -159,12 +171,15 @@ impl Grants<'_> {
     /// epoch that only the remaining peers receive. Returns the streams revoked.
     pub async fn revoke(&self, peer: &PeerRow, streams: &[StreamName]) -> Result<Vec<StreamName>> {
         let mut done = Vec::new();
-        for g in self.local.grants_out().await? {
+        for g in self.local.grants_out().await.local()? {
             if g.peer != peer.device || g.revoked || !(streams.is_empty() || streams.contains(&g.stream)) {
                 continue;
             }
             let bytes = grant::issue(self.identity, &peer.public, &g.stream, now_ms(), g.from_ms, &[], &mut rng())?;
-            self.local.put_grant_out(&GrantOut { revoked: true, grant: bytes, published: false, ..g.clone() }).await?;
+            self.local
+                .put_grant_out(&GrantOut { revoked: true, grant: bytes, published: false, ..g.clone() })
+                .await
+                .local()?;
             self.rotate(&g.stream).await?;
             done.push(g.stream);
         }
@@ -175,14 +190,14 @@ impl Grants<'_> {
     pub async fn publish(&self, link: &Link, topics: &Topics) -> Result<usize> {
         let me = self.identity.device_id();
         let mut n = 0;
-        for g in self.local.grants_out().await? {
+        for g in self.local.grants_out().await.local()? {
             if g.published {
                 continue;
             }
-            link.publish(&topics.grant(me, &g.stream, g.peer), g.grant.clone(), true)
-                .await
-                .with_context(|| format!("cannot publish the grant of {} to the broker", g.stream))?;
-            self.local.grant_published(g.peer, &g.stream, &g.grant).await?;
+            link.publish(&topics.grant(me, &g.stream, g.peer), g.grant.clone(), true).await.map_err(|e| {
+                Error::BrokerUnreachable(format!("cannot publish the grant of {} to the broker: {e}", g.stream))
+            })?;
+            self.local.grant_published(g.peer, &g.stream, &g.grant).await.local()?;
             n += 1;
         }
         Ok(n)
@@ -190,7 +205,7 @@ impl Grants<'_> {
 }
 
 /// Every key this agent can open batches with: its own streams' and those granted to it.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct KeyRing {
     own: Option<(DeviceId, Arc<Identity>)>,
     granted: HashMap<(DeviceId, StreamName), BTreeMap<u32, EpochKey>>,
@@ -200,8 +215,8 @@ impl KeyRing {
     /// Own keys plus every stored grant (verified again against the peer's key).
     pub async fn load(identity: Arc<Identity>, local: &LocalState) -> Result<KeyRing> {
         let mut ring = KeyRing { own: Some((identity.device_id(), identity.clone())), granted: HashMap::new() };
-        let peers = local.peers().await?;
-        for (owner, stream, bytes, _) in local.grants_in().await? {
+        let peers = local.peers().await.local()?;
+        for (owner, stream, bytes, _) in local.grants_in().await.local()? {
             let Some(p) = peers.iter().find(|p| p.device == owner) else { continue };
             match grant::open(&bytes, &identity, &p.public) {
                 Ok(g) => ring.add(&g),
@@ -283,6 +298,7 @@ const HELD_MAX: usize = 4096;
 type PeerStream = (DeviceId, StreamName);
 
 /// The receiving side: verifies, checks order and replay, opens, and queues for the store.
+#[derive(Debug)]
 pub struct Inbox {
     identity: Arc<Identity>,
     local: LocalState,
@@ -298,7 +314,7 @@ pub struct Inbox {
 
 impl Inbox {
     pub async fn new(identity: Arc<Identity>, local: LocalState, topics: Topics) -> Result<Inbox> {
-        let peers = local.peers().await?.into_iter().map(|p| (p.device, p)).collect();
+        let peers = local.peers().await.local()?.into_iter().map(|p| (p.device, p)).collect();
         let keys = KeyRing::load(identity.clone(), &local).await?;
         Ok(Inbox { identity, local, topics, peers, keys, locked: HashMap::new(), held: HashMap::new(), store: false })
     }
@@ -306,7 +322,7 @@ impl Inbox {
     /// Picks up peers paired since the inbox started (subscribing to them) and their grants.
     pub async fn refresh_peers(&mut self, link: &Link) -> Result<()> {
         let me = self.identity.device_id();
-        for p in self.local.peers().await? {
+        for p in self.local.peers().await.local()? {
             if self.peers.contains_key(&p.device) {
                 continue;
             }
@@ -339,7 +355,7 @@ impl Inbox {
         match self.topics.parse(&msg.topic) {
             Some(Topic::Batch { device, stream }) => match self.batch(device, &stream, &msg.payload).await {
                 Ok(ev) => ev,
-                Err(e) => refused(format!("{e:#}")),
+                Err(e) => refused(e.to_string()),
             },
             Some(Topic::Grant { owner, stream, peer }) if peer == self.identity.device_id() => {
                 if msg.payload.is_empty() {
@@ -347,7 +363,7 @@ impl Inbox {
                 }
                 match self.grant(owner, &stream, &msg.payload).await {
                     Ok(ev) => ev,
-                    Err(e) => refused(format!("{e:#}")),
+                    Err(e) => refused(e.to_string()),
                 }
             }
             _ => Vec::new(),
@@ -355,13 +371,18 @@ impl Inbox {
     }
 
     async fn grant(&mut self, owner: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
-        let peer = self.peers.get(&owner).ok_or_else(|| anyhow!("a grant from {owner}, which is not a peer"))?;
-        let g = grant::open(bytes, &self.identity, &peer.public).context("grant refused")?;
+        let Some(peer) = self.peers.get(&owner) else {
+            return refuse(format!("a grant from {owner}, which is not a peer"));
+        };
+        let g = match grant::open(bytes, &self.identity, &peer.public) {
+            Ok(g) => g,
+            Err(e) => return refuse(format!("grant refused: {e}")),
+        };
         if g.info.stream != *stream || g.info.owner != owner {
-            bail!("grant refused: it is for {} of {}, not this topic", g.info.stream, g.info.owner);
+            return refuse(format!("grant refused: it is for {} of {}, not this topic", g.info.stream, g.info.owner));
         }
         let name = peer.name.clone();
-        let fresh = self.local.put_grant_in(owner, stream, g.info.issued_ms, bytes, g.is_revocation()).await?;
+        let fresh = self.local.put_grant_in(owner, stream, g.info.issued_ms, bytes, g.is_revocation()).await.local()?;
         if !fresh {
             debug!("an older or repeated grant of {stream} from {name}");
             return Ok(Vec::new());
@@ -373,23 +394,23 @@ impl Inbox {
         let mut events = vec![Event::Granted { peer: name, stream: stream.clone(), epochs: g.keys.len() }];
         // Batches that arrived before their key: open them now.
         for bytes in self.locked.remove(&(owner, stream.clone())).unwrap_or_default() {
-            let p = envelope::parse(&bytes).context("not a sealed batch")?;
+            let p = parse(&bytes)?;
             events.extend(self.open_verified(&p, &bytes, Arrival::InOrder)?);
         }
         Ok(events)
     }
 
     async fn batch(&mut self, device: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
-        let peer = self.peers.get(&device).ok_or_else(|| anyhow!("a batch from {device}, which is not a peer"))?;
-        let p = envelope::parse(bytes).context("not a sealed batch")?;
+        let Some(peer) = self.peers.get(&device) else {
+            return refuse(format!("a batch from {device}, which is not a peer"));
+        };
+        let p = parse(bytes)?;
         let h = &p.header;
         if h.device != device || h.stream != *stream {
-            bail!(
+            return refuse(format!(
                 "batch {} of {} of {} was published on another device's or stream's topic",
-                h.seq,
-                h.stream,
-                h.device
-            );
+                h.seq, h.stream, h.device
+            ));
         }
         let hash = p.hash();
         let signed = match p.authorship(&hash) {
@@ -397,33 +418,45 @@ impl Inbox {
             Authorship::Device => true,
             // Authentic once a signed batch covers it through the chain (format.md); held until then.
             Authorship::Unsigned => false,
-            _ => bail!("batch {} of {stream} is not signed by {} (forged or altered)", h.seq, peer.name),
+            _ => {
+                return refuse(format!(
+                    "batch {} of {stream} is not signed by {} (forged or altered)",
+                    h.seq, peer.name
+                ));
+            }
         };
-        let head = self.local.remembered(device, stream).await?;
+        let head = self.local.remembered(device, stream).await.local()?;
         let arrival = match head {
             None => Arrival::First,
             Some(last) if h.seq <= last.seq => {
-                bail!("batch {} of {stream} replayed or out of order (already have up to {})", h.seq, last.seq)
+                return refuse(format!(
+                    "batch {} of {stream} replayed or out of order (already have up to {})",
+                    h.seq, last.seq
+                ));
             }
-            Some(last) if h.seq == last.seq + 1 => {
+            // Checked arithmetic: a hostile header may carry any number.
+            Some(last) if Some(h.seq) == last.seq.checked_add(1) => {
                 if h.prev != last.hash {
-                    bail!("batch {} of {stream} does not follow batch {} (a fork or a forgery)", h.seq, last.seq);
+                    return refuse(format!(
+                        "batch {} of {stream} does not follow batch {} (a fork or a forgery)",
+                        h.seq, last.seq
+                    ));
                 }
                 Arrival::InOrder
             }
-            Some(last) => Arrival::Gap { missing: h.seq - last.seq - 1 },
+            Some(last) => Arrival::Gap { missing: h.seq.saturating_sub(last.seq).saturating_sub(1) },
         };
         let slot = (device, stream.clone());
         if !signed && self.held.get(&slot).is_some_and(|held| held.len() >= HELD_MAX) {
-            bail!(
+            return refuse(format!(
                 "batch {} of {stream} is unsigned and {HELD_MAX} unsigned batches already wait for a signature",
                 h.seq
-            );
+            ));
         }
         let row = BatchRow::new(h.clone(), hash, bytes.to_vec());
-        self.local.remember(device, stream, Head { seq: h.seq, hash, ts: h.last_ts }).await?;
+        self.local.remember(device, stream, Head { seq: h.seq, hash, ts: h.last_ts }).await.local()?;
         if self.store {
-            self.local.commit_received(&row).await?;
+            self.local.commit_received(&row).await.local()?;
         }
         // Unsigned batches wait for the signed batch that ends their run; a run the chain
         // breaks (a batch missed) can no longer be covered.
@@ -446,7 +479,7 @@ impl Inbox {
             return Ok(events);
         }
         for (earlier, how) in held {
-            let q = envelope::parse(&earlier).context("not a sealed batch")?;
+            let q = parse(&earlier)?;
             events.extend(self.open_verified(&q, &earlier, how)?);
         }
         events.extend(self.open_verified(&p, bytes, arrival)?);
@@ -464,9 +497,16 @@ impl Inbox {
             }
             return Ok(vec![Event::Locked { peer, stream: stream.clone(), seq: p.header.seq, epoch: p.header.epoch }]);
         };
-        let readings = p.open(&key).with_context(|| format!("batch {} of {stream} does not open", p.header.seq))?;
+        let readings = match p.open(&key) {
+            Ok(r) => r,
+            Err(e) => return refuse(format!("batch {} of {stream} does not open: {e}", p.header.seq)),
+        };
         Ok(vec![Event::Readings { peer, device, stream: stream.clone(), seq: p.header.seq, readings, arrival }])
     }
+}
+
+fn parse(bytes: &[u8]) -> Result<envelope::Parsed<'_>> {
+    envelope::parse(bytes).map_err(|e| Error::BadInput(format!("not a sealed batch: {e}")))
 }
 
 /// Logs what the agent's inbox did.
@@ -528,7 +568,7 @@ mod tests {
     async fn unsigned_batches_wait_for_their_signature_and_a_forged_one_never_shows() {
         let dir = std::env::temp_dir().join(format!("edgeseal-inbox-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (owner, me) = (crate::bench::random_identity().unwrap(), crate::bench::random_identity().unwrap());
+        let (owner, me) = (crate::datadir::random_identity().unwrap(), crate::datadir::random_identity().unwrap());
         let local = LocalState::open(&dir.join("state.db")).await.unwrap();
         let peer = PeerRow { device: owner.device_id(), name: "pi".into(), public: owner.public(), paired_ms: 0 };
         local.add_peer(&peer).await.unwrap();

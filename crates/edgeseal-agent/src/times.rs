@@ -1,12 +1,8 @@
-//! Times on the command line and in output.
+//! Times as people give them on the command line, in forms and in requests.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use crate::{Error, Result};
 
-use anyhow::{Result, anyhow};
-
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use edgeseal_core::time::format_ms;
 
 /// Parses `now`, RFC 3339 (`2026-11-22T10:00:00Z`), a relative time (`-1h`,
 /// `-30m`, `-2d`, `+5m`) or milliseconds since the Unix epoch.
@@ -18,35 +14,27 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64> {
     if let Some(rel) = s.strip_prefix('-').or_else(|| s.strip_prefix('+'))
         && let Ok(d) = humantime::parse_duration(rel)
     {
-        let ms = i64::try_from(d.as_millis()).map_err(|_| anyhow!("time {s:?} is too far away"))?;
-        return Ok(if s.starts_with('-') { now - ms } else { now + ms });
+        let ms = i64::try_from(d.as_millis()).map_err(|_| Error::bad(format!("time {s:?} is too far away")))?;
+        let t = if s.starts_with('-') { now.checked_sub(ms) } else { now.checked_add(ms) };
+        return t.ok_or_else(|| Error::bad(format!("time {s:?} is too far away")));
     }
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(system_to_ms(t));
+        return Ok(match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+        });
     }
-    Err(anyhow!(
+    Err(Error::bad(format!(
         "{s:?} is not a time: use RFC 3339 (2026-11-22T10:00:00Z), a relative time (-1h, -30m, -2d), now, or milliseconds since 1970"
-    ))
+    )))
 }
 
-fn system_to_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
-    }
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn format_ms(ms: i64) -> String {
-    let t = if ms >= 0 {
-        UNIX_EPOCH + Duration::from_millis(ms as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
-    };
-    humantime::format_rfc3339_millis(t).to_string()
+/// `value` named as `what` ("from", "--from"): a time, or an error that names the field.
+pub fn parse_named(what: &str, value: Option<&str>, now: i64) -> Result<Option<i64>> {
+    value.map(|t| parse_time(t, now).map_err(|e| Error::bad(format!("{what}: {e}")))).transpose()
 }
 
 #[cfg(test)]

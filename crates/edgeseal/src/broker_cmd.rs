@@ -1,41 +1,20 @@
-//! The embedded broker: `edgeseal broker` runs it alone, `up` inside the agent.
+//! `edgeseal broker`: the embedded broker alone (the one `up` runs inside the agent).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use edgeseal_mqtt::broker::{self, Broker, Settings};
+use edgeseal_agent::config::Config;
+use edgeseal_agent::runtime::broker::{is_port_taken, port_taken_help, start};
+use edgeseal_mqtt::broker;
 
-use crate::agent::{shutdown_signal, sleep_opt};
-use crate::config::Config;
+use crate::up::{shutdown_signal, sleep_opt};
 
-/// Creates the files the security level needs (saying so) and starts the
-/// broker. A taken port is `edgeseal_mqtt::Error::PortTaken` (see [`port_taken_help`]).
-pub async fn start(e: &Settings) -> Result<Box<dyn Broker>> {
-    let written = e.prepare(&[e.listen.ip()]).context("cannot prepare the embedded broker (broker.* settings)")?;
+/// Says which files the broker's first start wrote.
+pub fn say_written(written: &[(std::path::PathBuf, bool)]) {
     for (path, private) in written {
-        println!("  broker:   wrote {}{}", path.display(), if private { " (0600)" } else { "" });
+        println!("  broker:   wrote {}{}", path.display(), if *private { " (0600)" } else { "" });
     }
-    broker::start(e).await.map_err(|err| match err {
-        edgeseal_mqtt::Error::PortTaken(_) => anyhow!(err),
-        other => anyhow!(other).context("cannot start the embedded broker (broker.* settings)"),
-    })
-}
-
-/// What to do when the embedded broker's port is taken.
-pub fn port_taken_help(e: &Settings) -> String {
-    let mut other = e.listen;
-    other.set_port(e.listen.port().wrapping_add(1).max(1024));
-    format!(
-        "to share through the broker already there, set mqtt.broker (or --broker {}); to run the embedded broker \
-         on another port, set broker.listen (EDGESEAL_BROKER__LISTEN={other}); to run none, set broker.listen = \"\"",
-        broker::local_url(e.listen, e.level.uses_tls())
-    )
-}
-
-/// Whether `err` is the embedded broker's port being taken.
-pub fn is_port_taken(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<edgeseal_mqtt::Error>().is_some_and(|e| matches!(e, edgeseal_mqtt::Error::PortTaken(_)))
 }
 
 /// `edgeseal broker`: the embedded broker until SIGINT/SIGTERM or `run_for`.
@@ -47,8 +26,12 @@ pub async fn run(cfg: &Config, run_for: Option<&str>) -> Result<ExitCode> {
         return Err(anyhow!("broker.listen is empty: pass --listen ADDR[:PORT] to run the broker"));
     };
     let b = match start(e).await {
-        Err(err) if is_port_taken(&err) => return Err(err.context(port_taken_help(e))),
-        r => r?,
+        Err(err) if is_port_taken(&err) => return Err(anyhow!(err).context(port_taken_help(e))),
+        r => {
+            let (b, written) = r?;
+            say_written(&written);
+            b
+        }
     };
     let url = b.url();
     println!(

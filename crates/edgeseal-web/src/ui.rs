@@ -5,36 +5,55 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, anyhow};
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, X_CONTENT_TYPE_OPTIONS};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::Value;
+use edgeseal_agent::batching::{describe_policy, interval_text, parse_policy};
+use edgeseal_agent::live::{Live, LiveReading, LiveValue};
+use edgeseal_agent::service::{PAIR_WAIT, Service, parse_stream};
+use edgeseal_agent::times::format_ms;
+use edgeseal_agent::views::{GrantView, PairingView, ReadingView, StreamView};
+use edgeseal_agent::{Error, Result};
 
-use crate::control::{Pairing, parse_policy};
-use crate::live::Live;
-use crate::web::Access;
+use crate::access::Access;
+use crate::api::parse_range;
 
 const SCRIPT: &str = include_str!("ui/dashboard.js");
 const SHARING_SCRIPT: &str = include_str!("ui/sharing.js");
 const STYLE: &str = include_str!("ui/style.css");
 
 /// What the pages show of this agent (public only) and what they read and act with.
+#[derive(Debug)]
 pub struct Ui {
-    pub name: String,
-    pub device: String,
-    pub fingerprint: String,
-    pub live: Arc<Live>,
-    pub api: crate::api::Api,
-    pub access: Arc<Access>,
+    name: String,
+    device: String,
+    fingerprint: String,
+    live: Arc<Live>,
+    service: Arc<Service>,
+    access: Arc<Access>,
     /// The outcome of the last form, shown once on the page it returns to.
-    pub flash: Mutex<Option<Flash>>,
+    flash: Mutex<Option<Flash>>,
 }
 
-pub struct Flash {
+impl Ui {
+    pub fn new(service: Arc<Service>, live: Arc<Live>, access: Arc<Access>) -> Ui {
+        Ui {
+            name: service.name().to_string(),
+            device: service.device().to_string(),
+            fingerprint: service.fingerprint(),
+            live,
+            service,
+            access,
+            flash: Mutex::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Flash {
     page: &'static str,
     ok: bool,
     text: String,
@@ -76,9 +95,9 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
                     Go back, reload the page and try again.</p>";
         return (StatusCode::FORBIDDEN, page(&ui, "Refused", body)).into_response();
     }
-    let c = &ui.api.control;
+    let c = &ui.service;
     let given = |v: &str, what: &str| match v.trim() {
-        "" => Err(anyhow!("{what} is missing")),
+        "" => Err(Error::bad(format!("{what} is missing"))),
         v => Ok(v.to_string()),
     };
     let (back, done): (&'static str, Result<String>) = match action.as_str() {
@@ -86,15 +105,16 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
             "/storage",
             async {
                 let p = parse_policy(&f.count, &f.interval)?;
-                c.set_policy(p).await?;
-                Ok(format!("Batches from now on: {}.", crate::control::describe_policy(p)))
+                c.set_batching(p).await?;
+                Ok(format!("Batches from now on: {}.", describe_policy(p)))
             }
             .await,
         ),
         "store-now" => (
             "/storage",
             async {
-                let (batches, readings) = c.store_now().await?;
+                let done = c.store_now().await?;
+                let (batches, readings) = (done.batches, done.readings);
                 Ok(match readings {
                     0 => "No readings were waiting in open batches.".to_string(),
                     r => {
@@ -104,20 +124,16 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
             }
             .await,
         ),
-        "pair" => ("/sharing", c.host().await.map(|_| String::new())),
+        "pair" => ("/sharing", c.host(PAIR_WAIT).await.map(|_| String::new())),
         "pair-cancel" => ("/sharing", {
-            c.cancel();
+            c.cancel_pairing();
             Ok("Stopped showing the pairing code.".into())
         }),
         "join" => (
             "/sharing",
             async {
                 let peer = c.join(&given(&f.code, "the code")?).await?;
-                Ok(format!(
-                    "Paired with {} (fingerprint {}).",
-                    peer["name"].as_str().unwrap_or_default(),
-                    peer["fingerprint"].as_str().unwrap_or_default()
-                ))
+                Ok(format!("Paired with {} (fingerprint {}).", peer.name, peer.fingerprint))
             }
             .await,
         ),
@@ -125,13 +141,11 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
             "/sharing",
             async {
                 let from = Some(f.from.trim()).filter(|t| !t.is_empty());
-                let (stream, from, _) = crate::api::parse_range(&given(&f.stream, "the stream")?, from, None)?;
-                let (peer, _) =
-                    crate::share_cmd::give(&ui.api.cfg, &ui.api.identity, &stream, &given(&f.peer, "the peer")?, from)
-                        .await?;
+                let (stream, from, _) = parse_range(&given(&f.stream, "the stream")?, from, None)?;
+                let granted = c.grant(&given(&f.peer, "the peer")?, &stream, from).await?;
                 Ok(match from {
-                    Some(t) => format!("{} may read {stream} from {} on.", peer.name, crate::timefmt::format_ms(t)),
-                    None => format!("{} may read {stream} from now on.", peer.name),
+                    Some(t) => format!("{} may read {stream} from {} on.", granted.peer, format_ms(t)),
+                    None => format!("{} may read {stream} from now on.", granted.peer),
                 })
             }
             .await,
@@ -139,23 +153,17 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
         "revoke" => (
             "/sharing",
             async {
-                let stream = crate::commands::parse_stream(&given(&f.stream, "the stream")?)?;
-                let (peer, _) = crate::share_cmd::take_back(
-                    &ui.api.cfg,
-                    &ui.api.identity,
-                    &given(&f.peer, "the peer")?,
-                    std::slice::from_ref(&stream),
-                )
-                .await?;
-                Ok(format!("Revoked {} from {stream}: it opens nothing sealed from now on.", peer.name))
+                let stream = parse_stream(&given(&f.stream, "the stream")?)?;
+                let done = c.revoke(&given(&f.peer, "the peer")?, std::slice::from_ref(&stream)).await?;
+                Ok(format!("Revoked {} from {stream}: it opens nothing sealed from now on.", done.peer))
             }
             .await,
         ),
         "rotate" => (
             "/sharing",
             async {
-                let stream = crate::commands::parse_stream(&given(&f.stream, "the stream")?)?;
-                let epoch = crate::share_cmd::rotate_key(&ui.api.cfg, &ui.api.identity, &stream).await?;
+                let stream = parse_stream(&given(&f.stream, "the stream")?)?;
+                let epoch = c.rotate(&stream).await?.epoch;
                 Ok(format!(
                     "{stream} now seals under a new key (epoch {epoch}); what was sealed before stays readable."
                 ))
@@ -169,7 +177,7 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
     };
     let flash = match done {
         Ok(text) => Flash { page: back, ok: true, text },
-        Err(e) => Flash { page: back, ok: false, text: format!("{e:#}") },
+        Err(e) => Flash { page: back, ok: false, text: crate::ApiError(e).message() },
     };
     *ui.flash.lock().unwrap_or_else(|p| p.into_inner()) = Some(flash);
     (StatusCode::SEE_OTHER, [(LOCATION, back)]).into_response()
@@ -221,15 +229,24 @@ fn esc(s: &str) -> String {
 const CHART: &str = "<svg class=\"chart\" viewBox=\"0 0 240 56\" role=\"img\"><polyline/>\
                      <text class=\"hi\" x=\"2\" y=\"10\"></text><text class=\"lo\" x=\"2\" y=\"54\"></text></svg>";
 
-fn row(r: &Value) -> String {
-    let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-    let value = match r["value"].as_f64() {
-        Some(v) => format!("{v} {}", s("unit")),
-        None => format!("{}, {} B", s("media_type"), r["bytes"].as_u64().unwrap_or(0)),
+/// A live value as the pages show it, and its description (the original's label, or the reading's).
+fn shown(v: &LiveValue) -> (String, String) {
+    match v {
+        LiveValue::Scalar { value, unit, label, description } => {
+            (format!("{value} {unit}"), description.clone().or_else(|| label.clone()).unwrap_or_default())
+        }
+        LiveValue::Blob { media_type, bytes } => (format!("{media_type}, {bytes} B"), String::new()),
+    }
+}
+
+fn row(r: &LiveReading) -> String {
+    let (value, description) = shown(&r.value);
+    let origin = match (&r.origin[..], &r.peer) {
+        ("peer", Some(p)) => format!("from {p}"),
+        _ => "this agent".into(),
     };
-    let origin = if s("origin") == "peer" { format!("from {}", s("peer")) } else { "this agent".into() };
-    let description = r["description"].as_str().or(r["label"].as_str()).unwrap_or_default();
-    let id: String = format!("s-{}/{}", s("device"), s("stream"))
+    let description = description.as_str();
+    let id: String = format!("s-{}/{}", r.device, r.stream)
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
         .collect();
@@ -237,13 +254,13 @@ fn row(r: &Value) -> String {
         "<tr id=\"{id}\" data-ts=\"{}\"><td data-f=\"stream\">{}</td><td data-f=\"origin\">{}</td><td data-f=\"value\">{}</td>\
          <td data-f=\"description\">{}</td><td data-f=\"time\">{}</td><td data-f=\"seen\"></td><td data-f=\"status\">{}</td>\
          <td data-f=\"chart\">{CHART}</td></tr>",
-        r["ts_ms"].as_i64().unwrap_or_default(),
-        esc(&s("stream")),
+        r.ts_ms,
+        esc(&r.stream),
         esc(&origin),
         esc(&value),
         esc(description),
-        esc(&s("time")),
-        esc(&s("status")),
+        esc(&r.time),
+        esc(&r.status),
     )
 }
 
@@ -259,16 +276,15 @@ async fn dashboard(State(ui): State<Arc<Ui>>) -> Response {
         .sensors()
         .iter()
         .map(|h| {
-            let f = |k: &str| esc(h[k].as_str().unwrap_or_default());
             format!(
                 "<tr><td>{}</td><td data-f=\"health\" class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"time\">{}</td><td>{}</td></tr>",
-                f("sensor"),
-                if h["health"] == "failing" { "bad" } else { "ok" },
-                f("health"),
-                h["reads"],
-                h["failures"],
-                f("last_ok"),
-                f("last_error"),
+                esc(&h.sensor),
+                if h.health == "failing" { "bad" } else { "ok" },
+                esc(&h.health),
+                h.reads,
+                h.failures,
+                esc(h.last_ok.as_deref().unwrap_or_default()),
+                esc(h.last_error.as_deref().unwrap_or_default()),
             )
         })
         .collect();
@@ -331,15 +347,14 @@ const SHOWN: usize = 500;
 /// Storage: pick a stream and a time range; see each batch's verification
 /// status, the findings and the readings; download them as CSV or JSON.
 async fn storage(State(ui): State<Arc<Ui>>, Query(q): Query<Retrieve>) -> Response {
-    let streams = crate::commands::streams_json(&ui.api.cfg).await.unwrap_or_default();
+    let streams = ui.service.streams().await.unwrap_or_default();
     let picked = q.pick.as_deref().and_then(|p| p.split_once('/'));
     let chosen = picked.map(|(_, s)| s.to_string()).or(q.stream.clone()).unwrap_or_default();
     let chosen_device = picked.map(|(d, _)| d.to_string()).or(q.device.clone()).unwrap_or_else(|| ui.device.clone());
     let options: String = streams
         .iter()
-        .map(|v| {
-            let (st, dev) = (v["stream"].as_str().unwrap_or_default(), v["device"].as_str().unwrap_or_default());
-            let own = v["own"] == true;
+        .map(|v: &StreamView| {
+            let (st, dev, own) = (v.stream.as_str(), v.device.as_str(), v.own);
             let value = format!("{dev}/{st}");
             let selected = if st == chosen && dev == chosen_device { " selected" } else { "" };
             let label = if own { st.to_string() } else { format!("{st} (from {})", dev.get(..8).unwrap_or(dev)) };
@@ -347,19 +362,19 @@ async fn storage(State(ui): State<Arc<Ui>>, Query(q): Query<Retrieve>) -> Respon
         })
         .collect();
     let field = |v: &Option<String>| esc(v.as_deref().unwrap_or_default());
-    let policy = ui.api.control.policy();
-    let interval = crate::control::interval_text(policy);
+    let policy = ui.service.policy();
+    let interval = interval_text(policy);
     let own: String = ui
-        .api
-        .cfg
+        .service
+        .config()
         .per_stream
         .iter()
-        .map(|(s, p)| format!(" {} has its own: {}.", esc(s.as_str()), esc(&crate::control::describe_policy(*p))))
+        .map(|(s, p)| format!(" {} has its own: {}.", esc(s.as_str()), esc(&describe_policy(*p))))
         .collect();
     let batching = format!(
         "<section id=\"batching\"><h3>Batching</h3><p>Readings are sealed and stored in batches: \
          <strong id=\"policy\">{}</strong>.{own}</p><div class=\"row\">{}{}</div></section>",
-        esc(&crate::control::describe_policy(policy)),
+        esc(&describe_policy(policy)),
         form(
             &ui,
             "batching",
@@ -396,59 +411,53 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
     let given = |t: &Option<String>| t.as_deref().filter(|t| !t.is_empty()).map(str::to_string);
     let (from, to) = (given(&q.from), given(&q.to));
     let read = async {
-        let (name, from, to) = crate::api::parse_range(stream, from.as_deref(), to.as_deref())?;
-        crate::commands::read_json(&ui.api.cfg, ui.api.identity.clone(), &name, Some(device), from, to).await
+        let (name, from, to) = parse_range(stream, from.as_deref(), to.as_deref())?;
+        ui.service.read(&name, Some(device), from, to).await
     };
     let v = match read.await {
         Ok(v) => v,
-        Err(e) => return format!("<p class=\"bad\">Cannot retrieve {}: {}</p>", esc(stream), esc(&format!("{e:#}"))),
+        Err(e) => {
+            let why = crate::ApiError(e).message();
+            return format!("<p class=\"bad\">Cannot retrieve {}: {}</p>", esc(stream), esc(&why));
+        }
     };
-    let verdict = if v["verified"] == true {
+    let verdict = if v.verified {
         "<p class=\"ok\">Every batch in the range verified: authentic, complete, in order, not rolled back.</p>"
             .to_string()
     } else {
-        let findings: String = v["findings"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|f| format!("<li>{}</li>", esc(f["message"].as_str().unwrap_or_default())))
-            .collect();
+        let findings: String = v.findings.iter().map(|f| format!("<li>{}</li>", esc(&f.message))).collect();
         format!("<p class=\"bad\">Problems found; only verified batches are shown:</p><ul>{findings}</ul>")
     };
-    let batches: String = v["batches"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let batches: String = v
+        .batches
+        .iter()
         .map(|b| {
-            let status = b["status"].as_str().unwrap_or_default();
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"status {}\">{}</td></tr>",
-                b["seq"],
-                esc(b["first"].as_str().unwrap_or_default()),
-                esc(b["last"].as_str().unwrap_or_default()),
-                if status == "verified" { "ok" } else { "bad" },
-                esc(status)
+                b.seq,
+                esc(&b.first),
+                esc(&b.last),
+                if b.status == "verified" { "ok" } else { "bad" },
+                esc(&b.status)
             )
         })
         .collect();
-    let readings = v["readings"].as_array().cloned().unwrap_or_default();
+    let readings = &v.readings;
     let rows: String = readings
         .iter()
         .take(SHOWN)
         .map(|r| {
-            let value = match r["value"].as_f64() {
-                Some(x) => format!("{x} {}", r["unit"].as_str().unwrap_or_default()),
-                None => format!(
-                    "{} ({} B)",
-                    r["media_type"].as_str().unwrap_or_default(),
-                    r["data_base64"].as_str().map_or(0, |d| d.len() * 3 / 4)
-                ),
+            let (value, label) = match r {
+                ReadingView::Scalar { value, unit, label, .. } => (format!("{value} {unit}"), label.clone()),
+                ReadingView::Blob { media_type, data_base64, .. } => {
+                    (format!("{media_type} ({} B)", data_base64.len() * 3 / 4), None)
+                }
             };
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(r["time"].as_str().unwrap_or_default()),
+                esc(r.time()),
                 esc(&value),
-                esc(r["label"].as_str().unwrap_or_default())
+                esc(label.as_deref().unwrap_or_default())
             )
         })
         .collect();
@@ -505,10 +514,9 @@ fn qr_svg(ui: &Ui) -> String {
 /// and what peers share with this agent, with its verification status.
 async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
     let flash = take_flash(&ui, "/sharing");
-    let peers = crate::share_cmd::peers_json(&ui.api.cfg).await.unwrap_or_default();
-    let streams = crate::commands::streams_json(&ui.api.cfg).await.unwrap_or_default();
-    let own: Vec<String> =
-        streams.iter().filter(|v| v["own"] == true).filter_map(|v| v["stream"].as_str().map(str::to_string)).collect();
+    let peers = ui.service.peers().await.unwrap_or_default();
+    let streams = ui.service.streams().await.unwrap_or_default();
+    let own: Vec<String> = streams.iter().filter(|v| v.own).map(|v| v.stream.clone()).collect();
     let opt = |v: &str, label: &str| format!("<option value=\"{}\">{}</option>", esc(v), esc(label));
 
     let me = format!(
@@ -521,29 +529,34 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
         esc(&ui.device)
     );
 
-    let state = ui.api.control.pairing();
+    let state = ui.service.pairing();
     let pairing_now = match &state {
-        Pairing::Waiting { code, until_ms } => format!(
+        PairingView::Waiting { code, until } => format!(
             "<p>Enter this code on the other agent's Sharing page (or run <code>edgeseal pair {code}</code> there):</p>\
              <p class=\"code\"><strong id=\"pair-code\">{code}</strong></p><p class=\"muted\">Waiting until {}. \
              <noscript>Reload this page to see when the other agent has paired.</noscript></p>{}",
-            esc(&crate::timefmt::format_ms(*until_ms)),
+            esc(until),
             form(&ui, "pair-cancel", "", "Cancel"),
             code = esc(code),
         ),
-        Pairing::Paired { peer } => format!(
+        PairingView::Paired { peer } => format!(
             "<p class=\"ok\">Paired with <strong>{}</strong>, fingerprint <span class=\"mono\">{}</span>: \
              check that the other agent shows the same for itself.</p>",
-            esc(peer["name"].as_str().unwrap_or_default()),
-            esc(peer["fingerprint"].as_str().unwrap_or_default())
+            esc(&peer.name),
+            esc(&peer.fingerprint)
         ),
-        Pairing::Failed { error } => format!("<p class=\"bad\">Pairing failed: {}</p>", esc(error)),
-        Pairing::Idle => String::new(),
+        PairingView::Failed { error } => format!("<p class=\"bad\">Pairing failed: {}</p>", esc(error)),
+        PairingView::Idle => String::new(),
     };
-    let kind = state.json()["state"].as_str().unwrap_or_default().to_string();
+    let kind = match &state {
+        PairingView::Idle => "idle",
+        PairingView::Waiting { .. } => "waiting",
+        PairingView::Paired { .. } => "paired",
+        PairingView::Failed { .. } => "failed",
+    };
     let pair = format!(
         "<section id=\"pairing\" data-state=\"{kind}\"><h3>Pair with another agent</h3>{pairing_now}<div class=\"row\">{}{}</div></section>",
-        if matches!(state, Pairing::Waiting { .. }) {
+        if matches!(state, PairingView::Waiting { .. }) {
             String::new()
         } else {
             form(&ui, "pair", "", "Show a pairing code")
@@ -559,34 +572,35 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
     let peer_rows: String = peers
         .iter()
         .map(|p| {
-            let (pname, device) = (p["name"].as_str().unwrap_or_default(), p["device_id"].as_str().unwrap_or_default());
-            let grants: Vec<&Value> = p["grants"].as_array().map(|g| g.iter().collect()).unwrap_or_default();
-            let given: String = grants
+            let (pname, device) = (p.name.as_str(), p.device_id.as_str());
+            let given: String = p
+                .grants
                 .iter()
-                .filter(|g| g["direction"] == "given")
-                .map(|g| {
-                    let stream = g["stream"].as_str().unwrap_or_default();
-                    if g["revoked"] == true {
-                        format!("<li class=\"muted\">{} (revoked)</li>", esc(stream))
-                    } else {
-                        let state = if g["published"] == true { "" } else { " (not yet sent)" };
+                .filter_map(|g| match g {
+                    GrantView::Given { stream, revoked: true, .. } => {
+                        Some(format!("<li class=\"muted\">{} (revoked)</li>", esc(stream)))
+                    }
+                    GrantView::Given { stream, from, published, .. } => {
+                        let state = if *published { "" } else { " (not yet sent)" };
                         let fields = [hidden("peer", device), hidden("stream", stream)].concat();
-                        format!(
+                        Some(format!(
                             "<li data-stream=\"{}\">{}{state} from {} {}</li>",
                             esc(stream),
                             esc(stream),
-                            esc(g["from"].as_str().unwrap_or_default()),
+                            esc(from),
                             form(&ui, "revoke", &fields, "Revoke")
-                        )
+                        ))
                     }
+                    GrantView::Received { .. } => None,
                 })
                 .collect();
-            let received: String = grants
+            let received: String = p
+                .grants
                 .iter()
-                .filter(|g| g["direction"] == "received")
+                .filter(|g| matches!(g, GrantView::Received { .. }))
                 .map(|g| {
-                    let revoked = if g["revoked"] == true { " (revoked)" } else { "" };
-                    format!("<li>{}{revoked}</li>", esc(g["stream"].as_str().unwrap_or_default()))
+                    let revoked = if g.revoked() { " (revoked)" } else { "" };
+                    format!("<li>{}{revoked}</li>", esc(g.stream()))
                 })
                 .collect();
             format!(
@@ -595,8 +609,8 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
                 esc(pname),
                 esc(pname),
                 esc(device.get(..12).unwrap_or(device)),
-                esc(p["fingerprint"].as_str().unwrap_or_default()),
-                esc(p["paired"].as_str().unwrap_or_default()),
+                esc(&p.fingerprint),
+                esc(&p.paired),
             )
         })
         .collect();
@@ -615,10 +629,7 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
             .to_string()
     } else {
         let stream_opts: String = own.iter().map(|s| opt(s, s)).collect();
-        let peer_opts: String = peers
-            .iter()
-            .map(|p| opt(p["device_id"].as_str().unwrap_or_default(), p["name"].as_str().unwrap_or_default()))
-            .collect();
+        let peer_opts: String = peers.iter().map(|p| opt(&p.device_id, &p.name)).collect();
         let share = form(
             &ui,
             "share",
@@ -646,27 +657,27 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
         .live
         .latest()
         .iter()
-        .filter(|r| r["origin"] == "peer")
+        .filter(|r| r.origin == "peer")
         .map(|r| {
-            let (stream, device) = (r["stream"].as_str().unwrap_or_default(), r["device"].as_str().unwrap_or_default());
-            let value = match r["value"].as_f64() {
-                Some(v) => format!("{v} {}", r["unit"].as_str().unwrap_or_default()),
-                None => format!("{} B", r["bytes"].as_u64().unwrap_or(0)),
+            let (stream, device) = (r.stream.as_str(), r.device.as_str());
+            let value = match &r.value {
+                LiveValue::Scalar { value, unit, .. } => format!("{value} {unit}"),
+                LiveValue::Blob { bytes, .. } => format!("{bytes} B"),
             };
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"time\">{}</td><td class=\"status ok\">{}</td>\
                  <td><a href=\"/storage?pick={}/{}&amp;from=-1h\">Retrieve and verify</a></td></tr>",
-                esc(r["peer"].as_str().unwrap_or_default()),
+                esc(r.peer.as_deref().unwrap_or_default()),
                 esc(stream),
                 esc(&value),
-                esc(r["time"].as_str().unwrap_or_default()),
-                esc(r["status"].as_str().unwrap_or_default()),
+                esc(&r.time),
+                esc(&r.status),
                 esc(device),
                 esc(stream)
             )
         })
         .collect();
-    let stored_from_peers = streams.iter().filter(|v| v["own"] != true).count();
+    let stored_from_peers = streams.iter().filter(|v| !v.own).count();
     let received_html = if received.is_empty() {
         format!(
             "<section id=\"received\"><h3>Received</h3><p>Nothing received since the agent started{}.</p></section>",

@@ -23,7 +23,8 @@ use edgeseal_mqtt::link::{BrokerUrl, Link, Message};
 use serde_json::{Value, json};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::MqttConfig;
+use edgeseal_agent::config::MqttConfig;
+use tokio_util::task::TaskTracker;
 
 const BASE: &str = "/api/v1/orchestration/cloudsyncmgr";
 /// How long connecting to a broker may take before the request gets 502.
@@ -34,6 +35,14 @@ pub struct CloudSync {
     /// TLS files, credentials and MQTT version for `mqtts://` brokers.
     mqtt: MqttConfig,
     brokers: tokio::sync::Mutex<HashMap<String, Arc<Conn>>>,
+    /// Each connection's reader of incoming messages.
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for CloudSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudSync").field("tasks", &self.tasks.len()).finish_non_exhaustive()
+    }
 }
 
 /// Concrete topic → (arrival number, last payload).
@@ -139,7 +148,14 @@ fn check_topic(topic: &str, filter: bool) -> Result<(), Reply> {
 
 impl CloudSync {
     pub fn new(mqtt: MqttConfig) -> Arc<CloudSync> {
-        Arc::new(CloudSync { mqtt, brokers: tokio::sync::Mutex::new(HashMap::new()) })
+        Arc::new(CloudSync { mqtt, brokers: tokio::sync::Mutex::new(HashMap::new()), tasks: TaskTracker::new() })
+    }
+
+    /// Closes every broker connection and waits (up to `wait`) for their tasks to end.
+    pub async fn shutdown(&self, wait: Duration) {
+        self.brokers.lock().await.clear(); // each connection's drop guard stops its link
+        self.tasks.close();
+        let _ = tokio::time::timeout(wait, self.tasks.wait()).await;
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -175,7 +191,7 @@ impl CloudSync {
             return Err(unreachable(format!("the broker {url} did not answer within {}s", CONNECT_TIMEOUT.as_secs())));
         }
         let last = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(keep_last(rx, last.clone()));
+        self.tasks.spawn(keep_last(rx, last.clone()));
         let c = Arc::new(Conn { url, link, subs: Mutex::new(HashMap::new()), last, _stop: stop.drop_guard() });
         brokers.insert(key, c.clone());
         Ok(c)

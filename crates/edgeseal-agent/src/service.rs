@@ -1,0 +1,630 @@
+//! The service: one per process, opened once (local state, the store
+//! connected and migrated on first use and then kept, identity, config), with
+//! the operations the CLI, the REST API and the UI share. Each returns a
+//! typed view ([`crate::views`]) or an [`Error`] a caller can act on.
+//!
+//! Inside `up` the service also reaches the running sealer (batch policy,
+//! "store now") and hosts pairings started from the UI, API or CLI.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgeseal_core::chain::Scope;
+use edgeseal_core::keys::{Identity, PublicIdentity};
+use edgeseal_core::pairing::PairCode;
+use edgeseal_core::time::format_ms;
+use edgeseal_core::{DeviceId, Readings, StreamName};
+use edgeseal_mqtt::link::Link;
+use edgeseal_sensors::batcher::Policy;
+use edgeseal_store::local::{LocalState, PeerRow};
+use edgeseal_store::reader::{StreamRead, open_rows, read_stream};
+use edgeseal_store::{AnyStore, ConnectOptions, Store, TimeRange};
+use tokio::sync::{OnceCell, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::batching::{self, Kept};
+use crate::config::Config;
+use crate::error::LocalContext;
+use crate::pairing::{Side, run_pairing};
+use crate::share::{Grants, KeyRing, Topics, find_peer};
+use crate::views::*;
+use crate::{Error, Result, datadir, now_ms};
+
+/// How long a code shown on the page waits for the other agent.
+pub const PAIR_WAIT: Duration = Duration::from_secs(300);
+
+/// What the running sealer is asked to do.
+#[derive(Debug)]
+pub enum SealerCommand {
+    /// Cut and seal every open batch now; answers what was sealed.
+    StoreNow(oneshot::Sender<Result<StoreNowView>>),
+    /// The batch policy of streams without their own.
+    SetPolicy(Policy),
+}
+
+/// The store, connected and migrated on first use, then kept for the
+/// process's life. A failed attempt is not kept: the next use tries again.
+#[derive(Debug)]
+pub struct StoreCell {
+    url: String,
+    opts: ConnectOptions,
+    sqlite_file: Option<PathBuf>,
+    cell: OnceCell<AnyStore>,
+}
+
+impl StoreCell {
+    pub fn new(cfg: &Config, lazy: bool) -> StoreCell {
+        StoreCell {
+            url: cfg.store_url.clone(),
+            opts: ConnectOptions { lazy, timeout: cfg.store_timeout },
+            sqlite_file: cfg.sqlite_file(),
+            cell: OnceCell::new(),
+        }
+    }
+
+    /// The store, ready for use.
+    pub async fn get(&self) -> Result<&AnyStore, edgeseal_store::Error> {
+        self.cell
+            .get_or_try_init(|| async {
+                let store = AnyStore::connect(&self.url, self.opts).await?;
+                store.migrate().await?;
+                if let Some(f) = &self.sqlite_file {
+                    datadir::make_private(f);
+                }
+                Ok(store)
+            })
+            .await
+    }
+
+    /// The store's URL without its password.
+    pub fn url(&self) -> String {
+        edgeseal_store::redact_url(&self.url)
+    }
+
+    pub async fn close(&self) {
+        if let Some(s) = self.cell.get() {
+            s.close().await;
+        }
+    }
+}
+
+/// Which keys a process opens the service with.
+#[derive(Debug)]
+pub enum Keys {
+    /// The public identity only: enough to list, verify and share-manage; no passphrase asked.
+    Public,
+    /// The whole identity (opening batches, signing grants and checkpoints).
+    Secret(Box<Identity>),
+}
+
+/// The pairing a running agent hosts (one code shown at a time).
+#[derive(Debug, Default)]
+struct Hosting {
+    stop: Option<CancellationToken>,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    cfg: Arc<Config>,
+    name: String,
+    public: PublicIdentity,
+    identity: Option<Arc<Identity>>,
+    local: LocalState,
+    store: Arc<StoreCell>,
+    sealer: Option<mpsc::Sender<SealerCommand>>,
+    policy: Mutex<Policy>,
+    pairing: watch::Sender<PairingView>,
+    hosting: Mutex<Hosting>,
+    tasks: TaskTracker,
+}
+
+/// A range read and audited, with the keys to open it: the CLI opens it in
+/// chunks (constant memory), the API all at once ([`Service::read`]).
+#[derive(Debug)]
+pub struct Retrieved {
+    pub device: DeviceId,
+    pub stream: StreamName,
+    pub read: StreamRead,
+    keys: KeyRing,
+}
+
+impl Retrieved {
+    /// Opens the authentic rows in `range` (`None`: not authentic; `Err`: no key or damaged).
+    pub fn open(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>> {
+        open_rows(&self.read, range, &|epoch| self.keys.key(self.device, &self.stream, epoch))
+    }
+}
+
+/// A device id given on the command line or in a request; `None` is this agent.
+fn parse_device(arg: Option<&str>, own: DeviceId) -> Result<DeviceId> {
+    match arg.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(own),
+        Some(s) => s.parse().map_err(|e| Error::bad(format!("device {s:?}: {e}"))),
+    }
+}
+
+/// A stream name given in a request.
+pub fn parse_stream(s: &str) -> Result<StreamName> {
+    parse_stream_as("stream", s)
+}
+
+/// A stream name given as `what` (`--stream`, `stream`); the error names it.
+pub fn parse_stream_as(what: &str, s: &str) -> Result<StreamName> {
+    StreamName::new(s).map_err(|e| Error::bad(format!("{what} {s:?}: {e}")))
+}
+
+impl Service {
+    /// Opens the agent in `cfg.data_dir` (it must exist): its local state now,
+    /// the store on first use (`lazy_store`: connect without waiting, as the
+    /// agent does, so it starts while the database is down).
+    pub async fn open(cfg: Arc<Config>, keys: Keys, lazy_store: bool) -> Result<Service> {
+        let (name, public) = datadir::load_public(&cfg.data_dir)?;
+        let identity = match keys {
+            Keys::Public => None,
+            Keys::Secret(id) => Some(Arc::new(*id)),
+        };
+        let local = LocalState::open(&cfg.state_path()).await.local()?;
+        datadir::make_private(&cfg.state_path());
+        let store = Arc::new(StoreCell::new(&cfg, lazy_store));
+        let (pairing, _) = watch::channel(PairingView::Idle);
+        Ok(Service {
+            policy: Mutex::new(cfg.batch),
+            cfg,
+            name,
+            public,
+            identity,
+            local,
+            store,
+            sealer: None,
+            pairing,
+            hosting: Mutex::default(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Connects the service to the running sealer, whose policy is `policy` now.
+    pub fn attach_sealer(&mut self, sealer: mpsc::Sender<SealerCommand>, policy: Policy) {
+        self.sealer = Some(sealer);
+        *self.policy.get_mut().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn device(&self) -> DeviceId {
+        self.public.device_id()
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.public.fingerprint()
+    }
+
+    pub fn local(&self) -> &LocalState {
+        &self.local
+    }
+
+    pub fn store_cell(&self) -> &Arc<StoreCell> {
+        &self.store
+    }
+
+    /// The store, ready (connected and migrated once).
+    pub async fn store(&self) -> Result<&AnyStore> {
+        self.store.get().await.map_err(Error::store)
+    }
+
+    /// The secret identity; the service was opened with it, or this is a bug of the caller.
+    pub fn identity(&self) -> Result<&Arc<Identity>> {
+        self.identity.as_ref().ok_or_else(|| Error::Internal("this command opened the agent without its keys".into()))
+    }
+
+    /// Tasks the service spawned (pairings); drained at shutdown.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Ends what the service started and closes its connections.
+    pub async fn close(&self, wait: Duration) {
+        self.cancel_pairing();
+        self.tasks.close();
+        let _ = tokio::time::timeout(wait, self.tasks.wait()).await;
+        self.store.close().await;
+        self.local.close().await;
+    }
+
+    pub fn identity_view(&self) -> IdentityView {
+        IdentityView::new(&self.name, &self.public)
+    }
+
+    /// Every stream in the store and what waits locally (`streams --json`).
+    pub async fn streams(&self) -> Result<Vec<StreamView>> {
+        let device = self.device();
+        let store = self.store().await?;
+        let mut rows: BTreeMap<(String, bool, DeviceId), StreamView> = BTreeMap::new();
+        for s in store.streams().await.map_err(Error::store)? {
+            let own = s.device == device;
+            rows.insert(
+                (s.stream.clone(), !own, s.device),
+                StreamView {
+                    stream: s.stream,
+                    device: s.device.to_string(),
+                    own,
+                    batches: s.batches,
+                    readings: s.readings,
+                    first: Some(format_ms(s.first_ts)),
+                    last: Some(format_ms(s.last_ts)),
+                    head_seq: Some(s.head_seq),
+                    epoch: None,
+                    pending_readings: None,
+                    outbox_batches: None,
+                },
+            );
+        }
+        // This agent's own streams: sealed, or with readings and batches still waiting locally.
+        for (name, st) in self.local.stream_states().await.local()? {
+            let v = rows.entry((name.to_string(), false, device)).or_insert_with(|| empty_own(name.as_str(), device));
+            v.epoch = Some(st.epoch);
+            v.pending_readings = Some(0);
+            v.outbox_batches = Some(0);
+        }
+        for (name, b) in self.local.backlog().await.local()? {
+            let v = rows.entry((name.clone(), false, device)).or_insert_with(|| empty_own(&name, device));
+            v.epoch.get_or_insert(0);
+            v.pending_readings = Some(b.pending_readings);
+            v.outbox_batches = Some(b.outbox_batches);
+        }
+        Ok(rows.into_values().collect())
+    }
+
+    /// Fetches and audits one stream, remembering any newer authentic head.
+    async fn audited(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        range: TimeRange,
+        scope: Scope,
+    ) -> Result<StreamRead> {
+        let store = self.store().await?;
+        let remembered = self.local.remembered(device, stream).await.local()?;
+        let read = read_stream(store, device, stream, range, remembered, scope).await.map_err(Error::store)?;
+        if let Some(head) = read.audit.head {
+            self.local.remember(device, stream, head).await.local()?;
+        }
+        Ok(read)
+    }
+
+    /// A time range of a stream (of `device`, default this agent), audited, with the keys to open it.
+    pub async fn retrieve(
+        &self,
+        stream: &StreamName,
+        device: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Retrieved> {
+        let identity = self.identity()?.clone();
+        let device = parse_device(device, self.device())?;
+        if let (Some(f), Some(t)) = (from, to)
+            && f > t
+        {
+            return Err(Error::bad("from is after to"));
+        }
+        let now = now_ms();
+        let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
+        let read = self.audited(device, stream, TimeRange { from, to }, scope).await?;
+        let keys = KeyRing::load(identity, &self.local).await?;
+        Ok(Retrieved { device, stream: stream.clone(), read, keys })
+    }
+
+    /// A time range of a stream, verified and opened: every batch with its
+    /// status, the findings, and the readings of the authentic batches this
+    /// agent holds keys for.
+    pub async fn read(
+        &self,
+        stream: &StreamName,
+        device: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<ReadView> {
+        let got = self.retrieve(stream, device, from, to).await?;
+        let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
+        let (mut readings, mut unreadable) = (Vec::new(), 0usize);
+        for o in got.open(0..got.read.rows.len()).into_iter().flatten() {
+            match o {
+                Ok(r) => readings.extend(ReadingView::of_batch(stream, &r, keep)),
+                Err(_) => unreadable += 1,
+            }
+        }
+        let batches = got
+            .read
+            .rows
+            .iter()
+            .zip(&got.read.audit.statuses)
+            .map(|(r, s)| BatchView {
+                seq: r.seq,
+                first: format_ms(r.first_ts),
+                last: format_ms(r.last_ts),
+                status: s.as_str().to_string(),
+            })
+            .collect();
+        Ok(ReadView {
+            stream: stream.to_string(),
+            device: got.device.to_string(),
+            verified: got.read.audit.is_clean(),
+            batches,
+            findings: got.read.audit.findings.iter().map(FindingView::from).collect(),
+            readings,
+            unreadable_batches: unreadable,
+        })
+    }
+
+    /// Audits streams of `device` (default this agent): `stream`, or every one.
+    pub async fn verify(&self, stream: Option<&str>, device: Option<&str>) -> Result<VerifyView> {
+        let device = parse_device(device, self.device())?;
+        let streams: Vec<StreamName> = match stream {
+            Some(s) => vec![parse_stream(s)?],
+            None => {
+                let store = self.store().await?;
+                let mut names: Vec<StreamName> = store
+                    .streams()
+                    .await
+                    .map_err(Error::store)?
+                    .into_iter()
+                    .filter(|s| s.device == device)
+                    .filter_map(|s| StreamName::new(s.stream).ok())
+                    .collect();
+                names.extend(self.local.remembered_streams(device).await.local()?);
+                names.sort();
+                names.dedup();
+                names
+            }
+        };
+        let mut out = Vec::with_capacity(streams.len());
+        for s in &streams {
+            let read = self.audited(device, s, TimeRange::default(), Scope::WHOLE).await?;
+            out.push(StreamAudit {
+                stream: s.to_string(),
+                device: device.to_string(),
+                batches: read.rows.len(),
+                verified: read.audit.statuses.iter().filter(|x| x.is_authentic()).count(),
+                head_seq: read.audit.head.map(|h| h.seq),
+                ok: read.audit.is_clean(),
+                findings: read.audit.findings.iter().map(FindingView::from).collect(),
+            });
+        }
+        Ok(VerifyView { ok: out.iter().all(|s| s.ok), device: device.to_string(), streams: out })
+    }
+
+    /// Paired peers with the grants each way (`peers --json`).
+    pub async fn peers(&self) -> Result<Vec<PeerView>> {
+        let peers = self.local.peers().await.local()?;
+        let given = self.local.grants_out().await.local()?;
+        let received = self.local.grants_in().await.local()?;
+        Ok(peers
+            .iter()
+            .map(|p| {
+                let grants = given
+                    .iter()
+                    .filter(|g| g.peer == p.device)
+                    .map(|g| GrantView::Given {
+                        stream: g.stream.to_string(),
+                        from: format_ms(g.from_ms),
+                        revoked: g.revoked,
+                        published: g.published,
+                    })
+                    .chain(received.iter().filter(|(o, ..)| *o == p.device).map(|(_, s, _, revoked)| {
+                        GrantView::Received { stream: s.to_string(), revoked: revoked.is_some() }
+                    }))
+                    .collect();
+                PeerView::new(p, grants)
+            })
+            .collect())
+    }
+
+    async fn find_peer(&self, what: &str) -> Result<PeerRow> {
+        let peers = self.local.peers().await.local()?;
+        find_peer(&peers, what).cloned()
+    }
+
+    fn grants(&self) -> Result<Grants<'_>> {
+        Ok(Grants { identity: self.identity()?, local: &self.local })
+    }
+
+    /// Lets `peer` (name, device id or fingerprint) read `stream` from `from_ms`
+    /// (default: now, live only) on. Stored; published by the running agent.
+    pub async fn grant(&self, peer: &str, stream: &StreamName, from_ms: Option<i64>) -> Result<GrantedView> {
+        let peer = self.find_peer(peer).await?;
+        let epoch = self.grants()?.share(&peer, stream, from_ms).await?;
+        Ok(GrantedView { peer: peer.name, device_id: peer.device.to_string(), stream: stream.to_string(), epoch })
+    }
+
+    /// Revokes `peer`'s grants of `streams` (all when empty).
+    pub async fn revoke(&self, peer: &str, streams: &[StreamName]) -> Result<RevokedView> {
+        let peer = self.find_peer(peer).await?;
+        let done = self.grants()?.revoke(&peer, streams).await?;
+        if done.is_empty() {
+            let what = streams.iter().map(|s| format!(" of {s}")).collect::<String>();
+            return Err(Error::NoSuchGrant { peer: peer.name, what });
+        }
+        Ok(RevokedView {
+            peer: peer.name,
+            device_id: peer.device.to_string(),
+            revoked: done.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// Seals `stream` under a new key epoch from now on.
+    pub async fn rotate(&self, stream: &StreamName) -> Result<RotatedView> {
+        let epoch = self.grants()?.rotate(stream).await?;
+        Ok(RotatedView { stream: stream.to_string(), epoch })
+    }
+
+    /// Publishes (retained) every grant not yet published; returns how many went out.
+    pub async fn publish_grants(&self, link: &Link) -> Result<usize> {
+        self.grants()?.publish(link, &Topics::new(&self.cfg.mqtt.prefix)).await
+    }
+
+    /// Whether a grant waits to be published.
+    pub async fn grants_unpublished(&self) -> Result<bool> {
+        Ok(self.local.grants_out().await.local()?.iter().any(|g| !g.published))
+    }
+
+    pub fn policy(&self) -> Policy {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The batch policy, with the streams that have their own.
+    pub fn batching(&self) -> BatchingView {
+        let p = PolicyView::from(self.policy());
+        let per_stream = self.cfg.per_stream.iter().map(|(s, p)| (s.to_string(), PolicyView::from(*p))).collect();
+        BatchingView { count: p.count, interval: p.interval, per_stream }
+    }
+
+    fn sealer(&self) -> Result<&mpsc::Sender<SealerCommand>> {
+        self.sealer.as_ref().ok_or_else(|| Error::Stopping("this agent is not running (`edgeseal up`)".into()))
+    }
+
+    /// Applies `p` to the running sealer and keeps it in state.db for the next start.
+    pub async fn set_batching(&self, p: Policy) -> Result<BatchingView> {
+        let sealer = self.sealer()?;
+        let value = serde_json::to_string(&Kept { count: p.count, interval_ms: p.interval_ms })
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.local.put_setting(batching::SETTING, &value).await.local()?;
+        sealer.send(SealerCommand::SetPolicy(p)).await.map_err(|_| Error::Stopping("the agent is stopping".into()))?;
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner()) = p;
+        Ok(self.batching())
+    }
+
+    /// Seals every open batch now (they go to the store and to peers next).
+    pub async fn store_now(&self) -> Result<StoreNowView> {
+        let (tx, rx) = oneshot::channel();
+        let stopping = || Error::Stopping("the agent is stopping".into());
+        self.sealer()?.send(SealerCommand::StoreNow(tx)).await.map_err(|_| stopping())?;
+        rx.await.map_err(|_| stopping())?
+    }
+
+    /// Where the pairing started here stands.
+    pub fn pairing(&self) -> PairingView {
+        self.pairing.borrow().clone()
+    }
+
+    /// Changes to the pairing state.
+    pub fn pairing_changes(&self) -> watch::Receiver<PairingView> {
+        self.pairing.subscribe()
+    }
+
+    fn check_sharing(&self) -> Result<()> {
+        if !self.cfg.has_broker() {
+            return Err(Error::NoBroker(
+                "this agent has no MQTT broker to pair through: set mqtt.broker, or let `up` run the embedded one (broker.listen)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Starts showing a pairing code (ending one shown before) that waits up to
+    /// `wait`; returns once the agent listens for it.
+    pub async fn host(&self, wait: Duration) -> Result<PairingView> {
+        self.check_sharing()?;
+        let identity = self.identity()?.clone();
+        let stop = CancellationToken::new();
+        if let Some(before) = self.hosting.lock().unwrap_or_else(|p| p.into_inner()).stop.replace(stop.clone()) {
+            before.cancel();
+        }
+        let (listening_tx, listening) = oneshot::channel::<()>();
+        let (cfg, local, name, slot) = (self.cfg.clone(), self.local.clone(), self.name.clone(), self.pairing.clone());
+        let task = self.tasks.spawn(async move {
+            let shown = |code: PairCode| {
+                let until = format_ms(now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)));
+                slot.send_replace(PairingView::Waiting { code: code.to_string(), until });
+                let _ = listening_tx.send(());
+            };
+            let no_sas = |_: String, _: &_| Ok(());
+            let pairing = run_pairing(&cfg, &local, &identity, &name, Side::Host { sas: false }, wait, shown, no_sas);
+            tokio::select! {
+                res = pairing => { slot.send_replace(outcome(res)); }
+                _ = stop.cancelled() => {}
+            }
+        });
+        // Dropped unsent when pairing ended before a code was shown: the task then records why
+        // just after, so wait for it rather than read the state before it does.
+        if listening.await.is_err() {
+            let _ = task.await;
+        }
+        match self.pairing() {
+            PairingView::Failed { error } => Err(self.failure(error)),
+            p => Ok(p),
+        }
+    }
+
+    /// The error of a failed pairing, by what failed: the broker, or the pairing.
+    fn failure(&self, error: String) -> Error {
+        if error.starts_with("cannot reach the MQTT broker") || error.starts_with("the connection to") {
+            Error::BrokerUnreachable(error)
+        } else {
+            Error::PairingFailed(error.strip_prefix("pairing failed: ").unwrap_or(&error).to_string())
+        }
+    }
+
+    /// Stops showing a pairing code.
+    pub fn cancel_pairing(&self) {
+        if let Some(stop) = self.hosting.lock().unwrap_or_else(|p| p.into_inner()).stop.take() {
+            stop.cancel();
+        }
+        self.pairing.send_replace(PairingView::Idle);
+    }
+
+    /// Enters the code another agent shows; waits until paired (or failed).
+    pub async fn join(&self, code: &str) -> Result<PeerView> {
+        self.check_sharing()?;
+        let identity = self.identity()?.clone();
+        let code: PairCode = code.trim().parse().map_err(|e: edgeseal_core::Error| Error::bad(e.to_string()))?;
+        let no_sas = |_: String, _: &_| Ok(());
+        let res =
+            run_pairing(&self.cfg, &self.local, &identity, &self.name, Side::Join(code), PAIR_WAIT, |_| {}, no_sas)
+                .await;
+        let broker = matches!(res, Err(Error::BrokerUnreachable(_)));
+        let done = outcome(res);
+        self.pairing.send_replace(done.clone());
+        match done {
+            PairingView::Paired { peer } => Ok(peer),
+            PairingView::Failed { error } if broker => Err(Error::BrokerUnreachable(error)),
+            PairingView::Failed { error } => Err(self.failure(error)),
+            PairingView::Idle | PairingView::Waiting { .. } => {
+                Err(Error::Internal("pairing ended without an outcome".into()))
+            }
+        }
+    }
+}
+
+fn empty_own(name: &str, device: DeviceId) -> StreamView {
+    StreamView {
+        stream: name.to_string(),
+        device: device.to_string(),
+        own: true,
+        batches: 0,
+        readings: 0,
+        first: None,
+        last: None,
+        head_seq: None,
+        epoch: None,
+        pending_readings: None,
+        outbox_batches: None,
+    }
+}
+
+fn outcome(res: Result<PeerRow>) -> PairingView {
+    match res {
+        Ok(peer) => PairingView::Paired { peer: PeerView::new(&peer, Vec::new()) },
+        Err(e) => PairingView::Failed { error: e.to_string() },
+    }
+}

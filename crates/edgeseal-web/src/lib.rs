@@ -1,0 +1,71 @@
+//! The agent's HTTP side, as an axum [`Router`] over the agent's
+//! [`Service`]: the web UI ([`ui`]), the REST API and its OpenAPI document
+//! ([`api`]), live events ([`live`]) and the Home Edge CloudSync API
+//! ([`cloudsync`]), behind one access guard ([`access`]). The caller binds
+//! the listeners and hands them to [`serve`], so tests bind port 0 or call
+//! the router in process.
+
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod api;
+pub mod cloudsync;
+mod error;
+pub mod live;
+pub mod ui;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use edgeseal_agent::live::Live;
+use edgeseal_agent::service::Service;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+pub use access::Access;
+pub use cloudsync::CloudSync;
+pub use error::ApiError;
+
+/// What the routes serve.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub service: Arc<Service>,
+    /// Readings as the agent accepts and receives them.
+    pub live: Arc<Live>,
+    pub access: Arc<Access>,
+    /// The CloudSync API's connections to brokers.
+    pub cloudsync: Arc<CloudSync>,
+}
+
+/// Every route of the agent's server, behind the access guard.
+pub fn router(state: State) -> Router {
+    let ui = Arc::new(ui::Ui::new(state.service.clone(), state.live.clone(), state.access.clone()));
+    let apis = state
+        .cloudsync
+        .clone()
+        .router()
+        .merge(api::router(state.service.clone()))
+        .merge(live::router(state.live.clone()))
+        .merge(ui::router(ui));
+    access::guarded(state.service.device().to_string(), apis, state.access)
+}
+
+/// Serves `router` on every listener until `shutdown`, then lets open
+/// requests finish. Returns when every listener has stopped.
+pub async fn serve(listeners: Vec<TcpListener>, router: Router, shutdown: CancellationToken) {
+    let mut servers = Vec::new();
+    for listener in listeners {
+        let app = router.clone().into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone();
+        servers.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                error!("the web server stopped: {e}");
+            }
+        }));
+    }
+    for s in servers {
+        let _ = s.await;
+    }
+}
