@@ -144,6 +144,39 @@ pub struct Config {
 }
 
 impl Config {
+    /// An agent in `data_dir` with the defaults of `default.toml` but nothing
+    /// that reaches out: no sensors, no broker (embedded or other), no web
+    /// server, the SQLite store in the data directory. For tests and for
+    /// programs that embed the agent and set what they need.
+    pub fn new(data_dir: impl Into<PathBuf>, name: &str) -> Config {
+        let data_dir = data_dir.into();
+        Config {
+            store_url: format!("sqlite://{}", data_dir.join("store.db").display()),
+            data_dir,
+            name: name.to_string(),
+            store_timeout: Duration::from_secs(5),
+            log: "info".into(),
+            batch: Policy::default(),
+            per_stream: HashMap::new(),
+            retry_max: Duration::from_secs(30),
+            checkpoint_every: Duration::from_secs(60),
+            sensors: Vec::new(),
+            grovepi_bus: "/dev/i2c-1".into(),
+            lcd: LcdConfig { enabled: false, streams: Vec::new(), refresh: Duration::from_secs(2) },
+            mqtt: MqttConfig {
+                broker: None,
+                prefix: "edgeseal/v1".into(),
+                protocol: Protocol::V311,
+                username: None,
+                password: None,
+                ca: None,
+                client_cert: None,
+            },
+            embedded: None,
+            web_listen: Vec::new(),
+        }
+    }
+
     /// Whether anything needs the GrovePi bus.
     pub fn uses_grovepi(&self) -> bool {
         self.lcd.enabled || self.sensors.iter().any(|s| matches!(s, SensorSpec::Grove { .. }))

@@ -12,6 +12,8 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_edgeseal");
 const BASE_TS: i64 = 1_767_225_600_000;
 
+#[path = "cli/runtime.rs"]
+mod runtime;
 #[path = "cli/sharing.rs"]
 mod sharing;
 #[path = "cli/web.rs"]
