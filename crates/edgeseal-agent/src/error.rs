@@ -35,7 +35,7 @@ pub enum Error {
     #[error("{0}")]
     BrokerTimedOut(String),
     #[error(transparent)]
-    Mqtt(#[from] edgeseal_mqtt::Error),
+    Mqtt(edgeseal_mqtt::Error),
     /// The store is down or unreachable; retrying later may succeed.
     #[error("{0}")]
     StoreUnreachable(edgeseal_store::Error),
@@ -68,6 +68,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<edgeseal_mqtt::Error> for Error {
+    fn from(e: edgeseal_mqtt::Error) -> Error {
+        use edgeseal_mqtt::Error as M;
+        match e {
+            M::Refused { .. } => Error::BrokerRefused(e.to_string()),
+            M::NotAcknowledged { .. } => Error::BrokerTimedOut(e.to_string()),
+            M::BadUrl(_) | M::BadSetting(_) => Error::Config(e.to_string()),
+            other => Error::Mqtt(other),
+        }
+    }
+}
 
 impl Error {
     /// The store's error, telling an unreachable store apart from the others.

@@ -77,10 +77,13 @@ impl Settings {
     /// files written. Nothing present is replaced.
     pub fn prepare(&self, extra_ips: &[IpAddr]) -> Result<Vec<(PathBuf, bool)>, Error> {
         if self.mutual_tls && !self.level.uses_tls() {
-            return Err(Error::Invalid("mutual TLS needs TLS: use level 2 or 3".into()));
+            return Err(Error::BadSetting("mutual TLS needs TLS: use level 2 or 3".into()));
         }
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::Invalid(format!("cannot create {}: {e}", self.dir.display())))?;
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
+            what: "cannot create",
+            path: self.dir.clone(),
+            source,
+        })?;
         if self.missing_files().is_empty() {
             return Ok(Vec::new());
         }
@@ -104,7 +107,7 @@ pub fn parse_listen(s: &str, default_port: u16) -> Result<SocketAddr, Error> {
         return Ok(addr);
     }
     s.trim_matches(['[', ']']).parse::<IpAddr>().map(|ip| SocketAddr::new(ip, default_port)).map_err(|_| {
-        Error::Invalid(format!(
+        Error::BadSetting(format!(
             "{s:?} is not an IP address with an optional port (e.g. 127.0.0.1:1883, 0.0.0.0, [::1]:8883)"
         ))
     })
@@ -121,7 +124,7 @@ pub fn local_url(addr: SocketAddr, tls: bool) -> BrokerUrl {
 /// [`Error::PortTaken`].
 pub async fn start(s: &Settings) -> Result<Box<dyn Broker>, Error> {
     if let Some(first) = s.missing_files().first() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::BadSetting(format!(
             "the broker's {} is missing (security level {:?}): run `edgeseal broker` once to create it, or `edgeseal broker mosquitto-config --out {}`",
             first.display(),
             s.level,
@@ -133,7 +136,7 @@ pub async fn start(s: &Settings) -> Result<Box<dyn Broker>, Error> {
         return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
             Error::PortTaken(s.listen)
         } else {
-            Error::Invalid(format!("the broker cannot listen on {}: {e}", s.listen))
+            Error::Listen { addr: s.listen, source: e }
         });
     }
     let auth: Arc<dyn AuthProvider> = Arc::new(Access::load(s)?);
@@ -161,12 +164,10 @@ pub async fn start(s: &Settings) -> Result<Box<dyn Broker>, Error> {
     } else {
         config = config.with_bind_addresses(vec![s.listen]);
     }
-    let broker = MqttBroker::with_config(config)
-        .await
-        .map_err(|e| Error::Invalid(format!("the embedded broker did not start: {e}")))?
-        .with_auth_provider(auth);
+    let broker =
+        MqttBroker::with_config(config).await.map_err(|e| Error::BrokerStart(e.to_string()))?.with_auth_provider(auth);
     let addr = if s.level.uses_tls() { broker.tls_local_addr() } else { broker.local_addr() }
-        .ok_or_else(|| Error::Invalid("the embedded broker has no listener".into()))?;
+        .ok_or_else(|| Error::BrokerStart("it has no listener".into()))?;
     let mut ready = broker.ready_receiver();
     let shutdown = broker.shutdown_handle();
     let mut broker = broker;
@@ -226,8 +227,11 @@ impl Access {
             return Ok(Access { anonymous: true, users: HashMap::new() });
         }
         let path = s.dir.join("passwd");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Invalid(format!("cannot read the password file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            what: "cannot read the password file",
+            path: path.clone(),
+            source,
+        })?;
         Ok(Access { anonymous: false, users: parse_password_file(&text, &path)? })
     }
 
@@ -253,7 +257,7 @@ fn parse_password_file(text: &str, path: &Path) -> Result<HashMap<String, Hashed
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |why: &str| Error::Invalid(format!("{} line {}: {why}", path.display(), n + 1));
+        let bad = |why: &str| Error::BadSetting(format!("{} line {}: {why}", path.display(), n + 1));
         let (user, hashed) = line.split_once(':').ok_or_else(|| bad("expected USER:HASH"))?;
         let parts: Vec<&str> = hashed.split('$').collect();
         let ["", "7", iterations, salt, hash] = parts[..] else {

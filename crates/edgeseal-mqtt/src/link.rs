@@ -39,7 +39,7 @@ pub struct BrokerUrl {
 impl FromStr for BrokerUrl {
     type Err = Error;
     fn from_str(s: &str) -> Result<BrokerUrl, Error> {
-        let bad = || Error::Invalid(format!("broker URL {s:?}: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"));
+        let bad = || Error::BadUrl(s.to_string());
         let (tls, rest) = match s.split_once("://") {
             Some(("mqtt", r)) => (false, r),
             Some(("mqtts", r)) => (true, r),
@@ -63,13 +63,19 @@ impl fmt::Display for BrokerUrl {
     }
 }
 
-/// A password that never prints.
+/// A password that never prints and is wiped from memory when dropped;
+/// [`Password::expose`] is the one way to its text.
 #[derive(Clone)]
-pub struct Password(String);
+pub struct Password(zeroize::Zeroizing<String>);
 
 impl Password {
     pub fn new(p: String) -> Self {
-        Password(p)
+        Password(zeroize::Zeroizing::new(p))
+    }
+
+    /// The password's text, for the one place that sends it to the broker.
+    pub fn expose(&self) -> &str {
+        &self.0
     }
 }
 
@@ -93,7 +99,7 @@ impl FromStr for Protocol {
         match s.trim() {
             "3.1.1" | "3" | "4" | "v311" => Ok(Protocol::V311),
             "5" | "5.0" | "v5" => Ok(Protocol::V5),
-            other => Err(Error::Invalid(format!("MQTT version {other:?}: use 3.1.1 or 5"))),
+            other => Err(Error::BadSetting(format!("MQTT version {other:?}: use 3.1.1 or 5"))),
         }
     }
 }
@@ -287,14 +293,14 @@ impl Link {
             let ca = opts
                 .ca_pem
                 .clone()
-                .ok_or_else(|| Error::Invalid(format!("{} needs the CA certificate of the broker", opts.url)))?;
+                .ok_or_else(|| Error::BadSetting(format!("{} needs the CA certificate of the broker", opts.url)))?;
             Transport::Tls(TlsConfiguration::Simple { ca, alpn: None, client_auth: opts.client_cert.clone() })
         } else if opts.client_cert.is_some() {
-            return Err(Error::Invalid("a client certificate needs an mqtts:// broker URL".into()));
+            return Err(Error::BadSetting("a client certificate needs an mqtts:// broker URL".into()));
         } else {
             Transport::Tcp
         };
-        let password = opts.password.as_ref().map(|p| p.0.as_str()).unwrap_or("");
+        let password = opts.password.as_ref().map(Password::expose).unwrap_or("");
         let (connected, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             order: tokio::sync::Mutex::new(()),
@@ -359,7 +365,7 @@ impl Link {
         if let Err(e) = self.client.publish(topic, retain, payload).await {
             // Nothing was queued: take our waiter back out.
             self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.pop_back();
-            return Err(Error::Invalid(format!("cannot publish to {topic:?}: {e}")));
+            return Err(Error::LinkClosed { what: format!("publish to {topic:?}"), why: e });
         }
         Ok(Pending { acked, topic: topic.to_string(), url: self.url.clone(), timeout: self.ack_timeout })
     }
@@ -367,7 +373,10 @@ impl Link {
     /// Subscribes (QoS 1) now and after every reconnect.
     pub async fn subscribe(&self, filter: &str) -> Result<(), Error> {
         self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).push(filter.to_string());
-        self.client.subscribe(filter).await.map_err(|e| Error::Invalid(format!("cannot subscribe to {filter:?}: {e}")))
+        self.client
+            .subscribe(filter)
+            .await
+            .map_err(|why| Error::LinkClosed { what: format!("subscribe to {filter:?}"), why })
     }
 
     /// Unsubscribes now and stops restoring the subscription after reconnects.
@@ -377,7 +386,7 @@ impl Link {
             Client::V311(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
             Client::V5(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
         };
-        r.map_err(|e| Error::Invalid(format!("cannot unsubscribe from {filter:?}: {e}")))
+        r.map_err(|why| Error::LinkClosed { what: format!("unsubscribe from {filter:?}"), why })
     }
 
     /// Whether the link is connected now, and changes to it.
@@ -405,10 +414,7 @@ impl Pending {
         // On time-out the waiter stays queued (its request may still go out); only the answer is dropped.
         match tokio::time::timeout(self.timeout, self.acked).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(reason))) => Err(Error::Invalid(format!(
-                "the broker {} refused the message on {:?}: {reason}",
-                self.url, self.topic
-            ))),
+            Ok(Ok(Err(reason))) => Err(Error::Refused { broker: self.url.to_string(), topic: self.topic, reason }),
             _ => Err(Error::NotAcknowledged { broker: self.url.to_string(), after: self.timeout }),
         }
     }

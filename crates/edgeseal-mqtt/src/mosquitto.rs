@@ -37,7 +37,7 @@ impl Level {
             1 => Ok(Level::Anonymous),
             2 => Ok(Level::Tls),
             3 => Ok(Level::TlsPassword),
-            _ => Err(Error::Invalid(format!(
+            _ => Err(Error::BadSetting(format!(
                 "security level {n} does not exist: 1 = anonymous on 1883, 2 = TLS on 8883, 3 = TLS and passwords"
             ))),
         }
@@ -75,7 +75,7 @@ pub struct Settings<'a> {
 /// The text of `mosquitto.conf`.
 pub fn config(s: &Settings<'_>) -> Result<String, Error> {
     if s.mutual_tls && !s.level.uses_tls() {
-        return Err(Error::Invalid("mutual TLS needs TLS: use level 2 or 3".into()));
+        return Err(Error::BadSetting("mutual TLS needs TLS: use level 2 or 3".into()));
     }
     let path = |f: &str| s.dir.join(f).display().to_string();
     let mut c = String::new();
@@ -115,7 +115,7 @@ pub fn config(s: &Settings<'_>) -> Result<String, Error> {
 /// PBKDF2-HMAC-SHA512 over the password (as `mosquitto_passwd` writes it).
 pub fn password_line(user: &str, password: &str, salt: [u8; 12]) -> Result<String, Error> {
     if user.is_empty() || user.contains([':', '\n']) {
-        return Err(Error::Invalid(format!("{user:?} is not a valid user name for a password file")));
+        return Err(Error::BadSetting(format!("{user:?} is not a valid user name for a password file")));
     }
     let mut hash = [0u8; 64];
     pbkdf2::pbkdf2_hmac::<sha2::Sha512>(password.as_bytes(), &salt, PASSWORD_ITERATIONS, &mut hash);
@@ -191,8 +191,11 @@ pub fn write_setup(
         && let Some((uid, gid)) = system_user("mosquitto")
     {
         for f in &w.broker_secrets {
-            std::os::unix::fs::chown(f, Some(uid), Some(gid))
-                .map_err(|e| Error::Invalid(format!("cannot hand {} to the mosquitto user: {e}", f.display())))?;
+            std::os::unix::fs::chown(f, Some(uid), Some(gid)).map_err(|source| Error::Io {
+                what: "cannot hand to the mosquitto user",
+                path: f.clone(),
+                source,
+            })?;
         }
         w.handed_to_broker_user = true;
     }
@@ -201,7 +204,7 @@ pub fn write_setup(
 
 fn random(buf: &mut [u8]) -> Result<(), Error> {
     use ring::rand::SecureRandom as _;
-    ring::rand::SystemRandom::new().fill(buf).map_err(|_| Error::Invalid("no system randomness".into()))
+    ring::rand::SystemRandom::new().fill(buf).map_err(|_| Error::NoRandomness)
 }
 
 fn save(w: &mut Written, dir: &Path, stem: &str, issued: &Issued) -> Result<(), Error> {

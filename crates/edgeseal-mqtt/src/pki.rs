@@ -78,7 +78,7 @@ pub fn issue(ca: &Issued, leaf: &Leaf, now: OffsetDateTime, days: i64) -> Result
     match leaf {
         Leaf::Server { dns, ips } => {
             if dns.is_empty() && ips.is_empty() {
-                return Err(Error::Invalid(
+                return Err(Error::BadSetting(
                     "a server certificate needs at least one --dns name or --ip address".into(),
                 ));
             }
@@ -86,7 +86,7 @@ pub fn issue(ca: &Issued, leaf: &Leaf, now: OffsetDateTime, days: i64) -> Result
             params.distinguished_name.push(DnType::CommonName, cn);
             for d in dns {
                 params.subject_alt_names.push(SanType::DnsName(
-                    d.clone().try_into().map_err(|_| Error::Invalid(format!("{d:?} is not a DNS name")))?,
+                    d.clone().try_into().map_err(|_| Error::BadSetting(format!("{d:?} is not a DNS name")))?,
                 ));
             }
             for ip in ips {
@@ -96,7 +96,7 @@ pub fn issue(ca: &Issued, leaf: &Leaf, now: OffsetDateTime, days: i64) -> Result
         }
         Leaf::Client { name } => {
             if name.is_empty() || name.contains(['/', '+', '#']) {
-                return Err(Error::Invalid(format!("{name:?} is not usable as an MQTT user name")));
+                return Err(Error::BadSetting(format!("{name:?} is not usable as an MQTT user name")));
             }
             params.distinguished_name.push(DnType::CommonName, name.clone());
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -127,7 +127,7 @@ pub fn save(dir: &Path, stem: &str, issued: &Issued) -> Result<[PathBuf; 2], Err
 
 /// Writes a file afresh, mode 0600 when `private` (0644 otherwise).
 pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Error> {
-    let io = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", path.display()));
+    let io = |source: std::io::Error| Error::Io { what: "cannot write", path: path.to_path_buf(), source };
     let _ = fs::remove_file(path);
     let mut f = fs::OpenOptions::new()
         .write(true)
