@@ -18,12 +18,7 @@ use crate::error::{Error, Result};
 use crate::reading::{BlobBatch, Readings, ScalarBatch};
 use crate::varint::{get_i64, get_len, get_str, get_u64, put_i64, put_str, put_u64, take};
 
-/// Most readings one batch may hold.
-pub const MAX_READINGS: usize = 1 << 20;
-/// Longest unit, media type or label, in bytes.
-pub const MAX_TEXT: usize = 256;
-/// Largest blob reading, in bytes.
-pub const MAX_BLOB: usize = 64 << 20;
+pub use crate::reading::{MAX_BLOB, MAX_READINGS, MAX_TEXT};
 
 const KIND_SCALAR: u8 = 1;
 const KIND_BLOB: u8 = 2;

@@ -1,7 +1,12 @@
 //! Readings as the core sees them: one batch holds readings of one stream, in
-//! columns (the same layout the codec writes).
+//! columns (the same layout the codec writes), and what one batch may hold.
 
-use crate::codec;
+/// Most readings one batch may hold.
+pub const MAX_READINGS: usize = 1 << 20;
+/// Longest unit, media type or label, in bytes.
+pub const MAX_TEXT: usize = 256;
+/// Largest blob reading, in bytes.
+pub const MAX_BLOB: usize = 64 << 20;
 
 /// Scalar readings: a value with a unit per stream and an optional label per
 /// reading. Timestamps are milliseconds since the Unix epoch.
@@ -83,9 +88,9 @@ pub enum Value {
 pub enum Refusal {
     #[error("its time ({0} ms) is outside the years 0000-9999")]
     TimeOutOfRange(i64),
-    #[error("its {what} is {len} bytes long; at most {max} are allowed", max = codec::MAX_TEXT)]
+    #[error("its {what} is {len} bytes long; at most {max} are allowed", max = MAX_TEXT)]
     TextTooLong { what: &'static str, len: usize },
-    #[error("its blob is {0} bytes; at most {max} are allowed", max = codec::MAX_BLOB)]
+    #[error("its blob is {0} bytes; at most {max} are allowed", max = MAX_BLOB)]
     BlobTooLarge(usize),
 }
 
@@ -97,7 +102,7 @@ impl Reading {
             return Err(Refusal::TimeOutOfRange(self.ts));
         }
         let text = |what, s: &str| match s.len() {
-            len if len > codec::MAX_TEXT => Err(Refusal::TextTooLong { what, len }),
+            len if len > MAX_TEXT => Err(Refusal::TextTooLong { what, len }),
             _ => Ok(()),
         };
         match &self.value {
@@ -108,7 +113,7 @@ impl Reading {
             Value::Blob { media_type, data } => {
                 text("media type", media_type)?;
                 match data.len() {
-                    n if n > codec::MAX_BLOB => Err(Refusal::BlobTooLarge(n)),
+                    n if n > MAX_BLOB => Err(Refusal::BlobTooLarge(n)),
                     _ => Ok(()),
                 }
             }
@@ -117,13 +122,13 @@ impl Reading {
 }
 
 /// Most bytes of blobs one batch holds; a blob larger than this gets a batch
-/// of its own (up to [`codec::MAX_BLOB`]), well within the format's
+/// of its own (up to [`MAX_BLOB`]), well within the format's
 /// ciphertext limit.
 pub const BATCH_BLOB_BYTES: usize = 16 << 20;
 
 /// Turns readings of one stream, in order, into batches: a new batch starts
 /// wherever the kind, unit or media type changes, since a batch has one of
-/// each, and wherever the batch would exceed [`codec::MAX_READINGS`] readings
+/// each, and wherever the batch would exceed [`MAX_READINGS`] readings
 /// or [`BATCH_BLOB_BYTES`] of blobs. Returns each batch with the index of its
 /// last input reading.
 pub fn into_batches(readings: &[Reading]) -> Vec<(Readings, usize)> {
@@ -131,7 +136,7 @@ pub fn into_batches(readings: &[Reading]) -> Vec<(Readings, usize)> {
     let mut blob_bytes = 0usize;
     for (i, r) in readings.iter().enumerate() {
         let fits = match (out.last_mut().map(|(b, _)| b), &r.value) {
-            (Some(b), _) if b.len() >= codec::MAX_READINGS => false,
+            (Some(b), _) if b.len() >= MAX_READINGS => false,
             (Some(Readings::Scalar(b)), Value::Scalar { unit, .. }) => &b.unit == unit,
             (Some(Readings::Blob(b)), Value::Blob { media_type, data }) => {
                 &b.media_type == media_type && blob_bytes.saturating_add(data.len()) <= BATCH_BLOB_BYTES
@@ -232,10 +237,10 @@ mod tests {
             Err(Refusal::TimeOutOfRange(crate::time::MAX_TS + 1))
         );
         assert!(matches!(scalar(i64::MIN, "C", None).check(), Err(Refusal::TimeOutOfRange(_))));
-        let long = "x".repeat(codec::MAX_TEXT + 1);
+        let long = "x".repeat(MAX_TEXT + 1);
         assert!(matches!(scalar(1, &long, None).check(), Err(Refusal::TextTooLong { what: "unit", .. })));
         assert!(matches!(scalar(1, "C", Some(&long)).check(), Err(Refusal::TextTooLong { what: "label", .. })));
-        assert_eq!(blob(1, codec::MAX_BLOB + 1).check(), Err(Refusal::BlobTooLarge(codec::MAX_BLOB + 1)));
+        assert_eq!(blob(1, MAX_BLOB + 1).check(), Err(Refusal::BlobTooLarge(MAX_BLOB + 1)));
         assert_eq!(blob(1, 10).check(), Ok(()));
     }
 }

@@ -8,7 +8,7 @@ use edgeseal_agent::config::Config;
 use edgeseal_agent::runtime::broker::{is_port_taken, port_taken_help, start};
 use edgeseal_mqtt::broker;
 
-use crate::up::{shutdown_signal, sleep_opt};
+use crate::signals::{shutdown_signal, sleep_opt};
 
 /// Says which files the broker's first start wrote.
 pub fn say_written(written: &[(std::path::PathBuf, bool)]) {

@@ -1,7 +1,7 @@
-//! The command dispatcher, and the commands that read: `init`, `id`,
-//! `streams`, `fetch`, `verify`, `config`. Each opens the agent's service
-//! once and prints its typed views with the printers below (table, CSV or
-//! JSON over `impl Write`).
+//! The commands that read: `init`, `id`, `streams`, `fetch`, `verify`,
+//! `config show`, and the service opening the other commands share. Each
+//! opens the agent's service once and prints its typed views with the
+//! printers below (table, CSV or JSON over `impl Write`).
 
 use std::io::{BufWriter, IsTerminal, Write};
 use std::process::ExitCode;
@@ -17,91 +17,11 @@ use edgeseal_agent::{Error, now_ms};
 use edgeseal_core::StreamName;
 use edgeseal_core::chain::Audit;
 
-use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, FetchArgs, Format, KeysCommand, SensorsCommand};
-use crate::config::{self, Overrides};
+use crate::cli::{FetchArgs, Format};
 use crate::passphrase::PassphraseSource;
 
 /// Batches opened and printed at a time by `fetch`.
 const FETCH_CHUNK: usize = 1024;
-
-pub async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Config { command: ConfigCommand::PrintDefault } = &cli.command {
-        print!("{}", config::DEFAULT_TOML);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut overrides =
-        Overrides { data_dir: cli.global.data_dir.clone(), store: cli.global.store.clone(), ..Default::default() };
-    overrides.broker(cli.global.broker.clone());
-    match &cli.command {
-        Command::Init { name, .. } => overrides.name = name.clone(),
-        Command::Broker { run, .. } => {
-            overrides.broker = Some(config::BrokerOverrides {
-                listen: run.listen.clone(),
-                level: run.level,
-                mutual_tls: run.mutual_tls,
-                dir: run.dir.clone(),
-            })
-        }
-        Command::Up(args) => {
-            overrides.name = args.name.clone();
-            if args.batch_count.is_some() || args.batch_interval.is_some() {
-                overrides.batch =
-                    Some(config::BatchOverrides { count: args.batch_count, interval: args.batch_interval.clone() });
-            }
-        }
-        _ => {}
-    }
-    let cfg = config::load(cli.global.config.as_deref(), &overrides)?;
-    let agent = matches!(cli.command, Command::Up(_) | Command::Broker { command: None, .. });
-    init_logging(if agent { &cfg.log } else { "warn" });
-    let pass = PassphraseSource { file: cli.global.passphrase_file.clone() };
-    let cfg = Arc::new(cfg);
-    match cli.command {
-        Command::Init { protect, .. } => init(&cfg, &pass, protect),
-        Command::Id { json } => id(&cfg, json),
-        Command::Up(args) => crate::up::up(cfg, args, pass).await,
-        Command::Streams { json } => streams(cfg, json).await,
-        Command::Fetch(args) => fetch(cfg, &pass, args).await,
-        Command::Verify { stream, device, json } => verify(cfg, stream, device, json).await,
-        Command::Keys { command: KeysCommand::Rotate { stream } } => {
-            crate::share_cmd::rotate(cfg, &pass, &stream).await
-        }
-        Command::Pair(args) => crate::share_cmd::pair(cfg, &pass, args).await,
-        Command::Peers { json } => crate::share_cmd::peers(cfg, json).await,
-        Command::Share { stream, peer, from } => crate::share_cmd::share(cfg, &pass, &stream, &peer, from).await,
-        Command::Revoke { peer, stream } => crate::share_cmd::revoke(cfg, &pass, &peer, stream).await,
-        Command::Watch { peer, stream, json, run_for } => {
-            crate::share_cmd::watch(cfg, &pass, peer, stream, json, run_for).await
-        }
-        Command::Config { command: ConfigCommand::Show } => show_config(&cfg),
-        Command::Config { command: ConfigCommand::PrintDefault } => Ok(ExitCode::SUCCESS),
-        Command::Pki { command } => crate::pki_cmd::pki(&cfg, command),
-        Command::Broker { command: Some(command), .. } => crate::pki_cmd::broker(command),
-        Command::Broker { command: None, run } => crate::broker_cmd::run(&cfg, run.run_for.as_deref()).await,
-        Command::Sensors { command: SensorsCommand::List { json } } => crate::sensors_cmd::list(cfg, &pass, json).await,
-        Command::Sensors { command: SensorsCommand::Probe { bus } } => crate::sensors_cmd::probe(&cfg, bus).await,
-        Command::Bench { command: BenchCommand::Storage { readings, batch, json } } => {
-            crate::bench::storage(readings, batch, json).await
-        }
-        Command::Bench { command: BenchCommand::Cloudsync { requests, connections, json } } => {
-            crate::bench_cloudsync::run(&cfg, requests, connections, json).await
-        }
-        Command::Bench { command: BenchCommand::Sharing { messages, json } } => {
-            crate::bench_sharing::sharing(&cfg, messages, json).await
-        }
-    }
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn,mqtt5=warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
-}
 
 /// Opens the agent's service for a command (once per process).
 pub async fn open(cfg: &Arc<Config>, keys: Keys) -> Result<Service, Error> {
@@ -119,7 +39,7 @@ pub fn parse_stream(s: &str) -> Result<StreamName, Error> {
     parse_stream_as("--stream", s)
 }
 
-fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode> {
+pub fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode> {
     let _lock = match DirLock::acquire(&cfg.data_dir, "init", std::time::Duration::from_secs(2))? {
         Ok(lock) => lock,
         Err(holder) => {
@@ -147,7 +67,7 @@ fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
+pub fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
     let (name, public) = datadir::load_public(&cfg.data_dir)?;
     let v = edgeseal_agent::views::IdentityView::new(&name, &public);
     if json {
@@ -162,7 +82,7 @@ fn id(cfg: &Config, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn streams(cfg: Arc<Config>, json: bool) -> Result<ExitCode> {
+pub async fn streams(cfg: Arc<Config>, json: bool) -> Result<ExitCode> {
     let service = open(&cfg, Keys::Public).await?;
     let rows = service.streams().await;
     service.close(std::time::Duration::from_secs(1)).await;
@@ -207,7 +127,7 @@ fn print_streams(w: &mut impl Write, rows: &[StreamView]) -> std::io::Result<()>
     Ok(())
 }
 
-async fn fetch(cfg: Arc<Config>, pass: &PassphraseSource, args: FetchArgs) -> Result<ExitCode> {
+pub async fn fetch(cfg: Arc<Config>, pass: &PassphraseSource, args: FetchArgs) -> Result<ExitCode> {
     let service = open_secret(&cfg, pass).await?;
     let res = fetch_with(&service, args).await;
     service.close(std::time::Duration::from_secs(1)).await;
@@ -345,7 +265,7 @@ impl<W: Write> Printer<W> {
     }
 }
 
-async fn verify(cfg: Arc<Config>, stream: Option<String>, device: Option<String>, json: bool) -> Result<ExitCode> {
+pub async fn verify(cfg: Arc<Config>, stream: Option<String>, device: Option<String>, json: bool) -> Result<ExitCode> {
     if let Some(s) = &stream {
         parse_stream(s)?;
     }
@@ -383,7 +303,7 @@ async fn verify(cfg: Arc<Config>, stream: Option<String>, device: Option<String>
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_INTEGRITY) })
 }
 
-fn show_config(cfg: &Config) -> Result<ExitCode> {
+pub fn show_config(cfg: &Config) -> Result<ExitCode> {
     println!("data_dir = {:?}", cfg.data_dir.display().to_string());
     println!("name = {:?}", cfg.name);
     println!("store = {:?}", edgeseal_store::redact_url(&cfg.store_url));

@@ -281,7 +281,7 @@ async fn watch_with(
     loop {
         let msg = tokio::select! {
             m = rx.recv() => match m { Some(m) => m, None => break },
-            _ = crate::up::shutdown_signal() => break,
+            _ = crate::signals::shutdown_signal() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         };
         for ev in inbox.handle(&msg).await {

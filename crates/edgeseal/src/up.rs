@@ -198,8 +198,8 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     println!("Stop with Ctrl-C: every reading taken is sealed and stored first.");
 
     tokio::select! {
-        _ = shutdown_signal() => info!("signal received; stopping"),
-        _ = sleep_opt(run_for) => info!("--for elapsed; stopping"),
+        _ = crate::signals::shutdown_signal() => info!("signal received; stopping"),
+        _ = crate::signals::sleep_opt(run_for) => info!("--for elapsed; stopping"),
         _ = source_tasks.wait(), if stop_when_sources_end => info!("every sensor has finished; stopping"),
     }
     sources_stop.cancel();
@@ -324,27 +324,5 @@ async fn start_embedded(cfg: &mut Config) -> AgentResult<Option<Box<dyn edgeseal
             Ok(None)
         }
         Err(err) => Err(err),
-    }
-}
-
-pub(crate) async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-pub(crate) async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
