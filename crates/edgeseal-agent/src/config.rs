@@ -214,3 +214,21 @@ impl Config {
         }
     }
 }
+
+/// A value written `5` or `"5"` alike (the environment gives numbers for
+/// numeric text, and JSON clients write either), for `deserialize_with`.
+pub fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Int(u64),
+        Float(f64),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Text(s) => s,
+        Either::Int(n) => n.to_string(),
+        Either::Float(f) => f.to_string(),
+    })
+}

@@ -178,9 +178,7 @@ async fn serve(stream: UnixStream, service: &Service, shutdown: CancellationToke
                                 }
                                 match service.pairing() {
                                     PairingView::Paired { peer } => break answer(Ok(peer)),
-                                    PairingView::Failed { error } => break answer::<()>(Err(Error::PairingFailed(
-                                        error.strip_prefix("pairing failed: ").unwrap_or(&error).to_string(),
-                                    ))),
+                                    PairingView::Failed { error } => break answer::<()>(Err(service.hosting_failure(error))),
                                     PairingView::Idle => break answer::<()>(Err(Error::PairingFailed(
                                         "the code was withdrawn (cancelled, or another code shown) on the running agent".into(),
                                     ))),

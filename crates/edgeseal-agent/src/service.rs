@@ -104,6 +104,9 @@ pub enum Keys {
 #[derive(Debug, Default)]
 struct Hosting {
     stop: Option<CancellationToken>,
+    /// Why the last hosted pairing failed: its error's kind and text, so the
+    /// variant (broker unreachable, pairing refused, …) reaches the caller intact.
+    failure: Option<(&'static str, String)>,
 }
 
 #[derive(Debug)]
@@ -117,7 +120,7 @@ pub struct Service {
     sealer: Option<mpsc::Sender<SealerCommand>>,
     policy: Mutex<Policy>,
     pairing: watch::Sender<PairingView>,
-    hosting: Mutex<Hosting>,
+    hosting: Arc<Mutex<Hosting>>,
     tasks: TaskTracker,
 }
 
@@ -183,7 +186,7 @@ impl Service {
             store,
             sealer: None,
             pairing,
-            hosting: Mutex::default(),
+            hosting: Arc::default(),
             tasks: TaskTracker::new(),
         })
     }
@@ -542,6 +545,7 @@ impl Service {
         }
         let (listening_tx, listening) = oneshot::channel::<()>();
         let (cfg, local, name, slot) = (self.cfg.clone(), self.local.clone(), self.name.clone(), self.pairing.clone());
+        let hosting = self.hosting.clone();
         let task = self.tasks.spawn(async move {
             let shown = |code: PairCode| {
                 let until = format_ms(now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)));
@@ -551,7 +555,12 @@ impl Service {
             let no_sas = |_: String, _: &_| Ok(());
             let pairing = run_pairing(&cfg, &local, &identity, &name, Side::Host { sas: false }, wait, shown, no_sas);
             tokio::select! {
-                res = pairing => { slot.send_replace(outcome(res)); }
+                res = pairing => {
+                    if let Err(e) = &res {
+                        hosting.lock().unwrap_or_else(|p| p.into_inner()).failure = Some((e.kind(), e.to_string()));
+                    }
+                    slot.send_replace(outcome(res));
+                }
                 _ = stop.cancelled() => {}
             }
         });
@@ -561,17 +570,16 @@ impl Service {
             let _ = task.await;
         }
         match self.pairing() {
-            PairingView::Failed { error } => Err(self.failure(error)),
+            PairingView::Failed { error } => Err(self.hosting_failure(error)),
             p => Ok(p),
         }
     }
 
-    /// The error of a failed pairing, by what failed: the broker, or the pairing.
-    fn failure(&self, error: String) -> Error {
-        if error.starts_with("cannot reach the MQTT broker") || error.starts_with("the connection to") {
-            Error::BrokerUnreachable(error)
-        } else {
-            Error::PairingFailed(error.strip_prefix("pairing failed: ").unwrap_or(&error).to_string())
+    /// Why the pairing this agent hosted failed, as the error it failed with.
+    pub fn hosting_failure(&self, shown: String) -> Error {
+        match self.hosting.lock().unwrap_or_else(|p| p.into_inner()).failure.take() {
+            Some((kind, message)) => Error::from_wire(kind, message),
+            None => Error::PairingFailed(shown),
         }
     }
 
@@ -592,15 +600,15 @@ impl Service {
         let res =
             run_pairing(&self.cfg, &self.local, &identity, &self.name, Side::Join(code), PAIR_WAIT, |_| {}, no_sas)
                 .await;
-        let broker = matches!(res, Err(Error::BrokerUnreachable(_)));
-        let done = outcome(res);
-        self.pairing.send_replace(done.clone());
-        match done {
-            PairingView::Paired { peer } => Ok(peer),
-            PairingView::Failed { error } if broker => Err(Error::BrokerUnreachable(error)),
-            PairingView::Failed { error } => Err(self.failure(error)),
-            PairingView::Idle | PairingView::Waiting { .. } => {
-                Err(Error::Internal("pairing ended without an outcome".into()))
+        match res {
+            Ok(peer) => {
+                let view = PeerView::new(&peer, Vec::new());
+                self.pairing.send_replace(PairingView::Paired { peer: view.clone() });
+                Ok(view)
+            }
+            Err(e) => {
+                self.pairing.send_replace(PairingView::Failed { error: e.to_string() });
+                Err(e)
             }
         }
     }

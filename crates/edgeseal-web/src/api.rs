@@ -70,27 +70,10 @@ fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
 
 #[derive(serde::Deserialize)]
 struct BatchingBody {
-    #[serde(deserialize_with = "text_or_number")]
+    #[serde(deserialize_with = "edgeseal_agent::config::text_or_number")]
     count: String,
     #[serde(default)]
     interval: Option<String>,
-}
-
-/// A value written `5` or `"5"` alike.
-fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    use serde::Deserialize;
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Text(String),
-        Int(u64),
-        Float(f64),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::Text(s) => s,
-        Either::Int(n) => n.to_string(),
-        Either::Float(f) => f.to_string(),
-    })
 }
 
 async fn set_batching(State(s): Api, text: String) -> Answer<BatchingView> {

@@ -98,7 +98,11 @@ pub struct RawMqtt {
     broker: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     prefix: String,
-    #[serde(skip_serializing_if = "String::is_empty", deserialize_with = "text_or_number", default)]
+    #[serde(
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "edgeseal_agent::config::text_or_number",
+        default
+    )]
     version: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     username: String,
@@ -413,22 +417,6 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {
         password: some(m.password).map(Password::new),
         ca: some(m.ca).map(PathBuf::from),
         client_cert,
-    })
-}
-
-/// A value written `5` or `"5"` alike (the environment gives numbers for numeric text).
-fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Text(String),
-        Int(u64),
-        Float(f64),
-    }
-    Ok(match Either::deserialize(d)? {
-        Either::Text(s) => s,
-        Either::Int(n) => n.to_string(),
-        Either::Float(f) => f.to_string(),
     })
 }
 
