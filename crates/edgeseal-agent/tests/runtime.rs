@@ -172,6 +172,22 @@ async fn a_stream_that_fails_to_seal_holds_up_no_other_and_loses_nothing() {
 }
 
 #[tokio::test]
+async fn a_batch_interval_of_any_length_is_no_deadline_to_panic_on() {
+    let r = rig("forever", Policy { count: 0, interval_ms: Some(i64::MAX) }).await;
+    r.input.send(reading("a", 0)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let interval = edgeseal_agent::batching::parse_policy("0", "100000000y").unwrap();
+    r.commands.send(SealerCommand::SetPolicy(interval)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(r.outbox().await.is_empty());
+    let (tx, rx) = oneshot::channel();
+    r.commands.send(SealerCommand::StoreNow(tx)).await.unwrap();
+    assert_eq!(rx.await.unwrap().unwrap().readings, 1, "the sealer is alive and holds the reading");
+    r.stop.cancel();
+    r.sealer.await.unwrap();
+}
+
+#[tokio::test]
 async fn store_now_and_the_policy_answer_after_the_input_ends() {
     let r = rig("alive", Policy { count: 100, interval_ms: None }).await;
     r.input.send(reading("a", 0)).await.unwrap();

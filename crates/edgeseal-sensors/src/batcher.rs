@@ -86,7 +86,7 @@ impl Batcher {
         let due: Vec<StreamName> = self
             .open
             .iter()
-            .filter(|(s, o)| self.policy(s).interval_ms.is_some_and(|i| now - o.opened_at >= i))
+            .filter(|(s, o)| self.policy(s).interval_ms.is_some_and(|i| now.saturating_sub(o.opened_at) >= i))
             .map(|(s, _)| s.clone())
             .collect();
         due.iter().filter_map(|s| self.cut(s)).collect()
@@ -94,7 +94,8 @@ impl Batcher {
 
     /// The earliest monotonic time at which [`Batcher::due`] will cut something.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.open.iter().filter_map(|(s, o)| self.policy(s).interval_ms.map(|i| o.opened_at + i)).min()
+        // Saturating: an interval of any length is a deadline, never an overflow.
+        self.open.iter().filter_map(|(s, o)| self.policy(s).interval_ms.map(|i| o.opened_at.saturating_add(i))).min()
     }
 
     /// Cuts everything (on shutdown, or "store now").

@@ -276,7 +276,8 @@ fn sensor_at(i: usize, kind: &str, file: Option<(&Path, &str)>) -> String {
 fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
     let batch = Policy {
         count: raw.batch.count,
-        interval_ms: optional_duration("batch.interval", &raw.batch.interval)?.map(|d| d.as_millis() as i64),
+        interval_ms: optional_duration("batch.interval", &raw.batch.interval)?
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
     };
     if batch.count == 0 && batch.interval_ms.is_none() {
         bail!(
@@ -288,7 +289,8 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         let stream =
             StreamName::new(name.clone()).with_context(|| format!("invalid configuration: [streams.{name}]"))?;
         let interval_ms = match &o.interval {
-            Some(i) => optional_duration(&format!("streams.{name}.interval"), i)?.map(|d| d.as_millis() as i64),
+            Some(i) => optional_duration(&format!("streams.{name}.interval"), i)?
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             None => batch.interval_ms,
         };
         per_stream.insert(stream, Policy { count: o.count.unwrap_or(batch.count), interval_ms });

@@ -185,7 +185,9 @@ impl Sealer {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let cut = self.batcher.next_deadline().map(|d| self.started + Duration::from_millis(d.max(0) as u64));
+        // A deadline too far to name (an interval of centuries) is no deadline.
+        let cut =
+            self.batcher.next_deadline().and_then(|d| self.started.checked_add(Duration::from_millis(d.max(0) as u64)));
         let retry = self.failing.values().map(|(at, _)| *at).min();
         cut.into_iter().chain(retry).min()
     }
