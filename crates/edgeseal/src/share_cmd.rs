@@ -175,7 +175,7 @@ async fn change<T: serde::de::DeserializeOwned>(
     match writer(cfg, command)? {
         Writer::Agent(holder) => {
             let done = control::request(&cfg.data_dir, &request, |_| {}).await?;
-            eprintln!("done by the running agent ({holder}), which publishes it to peers");
+            eprintln!("done by the running agent, {holder}, which publishes it to peers");
             Ok(done)
         }
         Writer::Here(_lock) => {

@@ -26,7 +26,7 @@ pub fn writer(cfg: &Config, command: &str) -> Result<Writer, Error> {
     match DirLock::acquire(&cfg.data_dir, command, PATIENCE)? {
         Ok(lock) => Ok(Writer::Here(lock)),
         Err(holder) if holder.command == "up" => Ok(Writer::Agent(holder)),
-        Err(holder) => Err(busy(cfg, &holder)),
+        Err(holder) => Err(busy(cfg, &holder, command)),
     }
 }
 
@@ -34,21 +34,27 @@ pub fn writer(cfg: &Config, command: &str) -> Result<Writer, Error> {
 pub fn exclusive(cfg: &Config, command: &str) -> Result<DirLock, Error> {
     match DirLock::acquire(&cfg.data_dir, command, PATIENCE)? {
         Ok(lock) => Ok(lock),
-        Err(holder) => Err(busy(cfg, &holder)),
+        Err(holder) => Err(busy(cfg, &holder, command)),
     }
 }
 
-fn busy(cfg: &Config, holder: &Holder) -> Error {
+/// Who holds the data directory, and what to do instead of `command`.
+fn busy(cfg: &Config, holder: &Holder, command: &str) -> Error {
     let dir = cfg.data_dir.display();
-    let advice = match holder.command.as_str() {
-        "up" => {
-            "it already samples, stores, shares and receives for this agent: use its web UI or API, \
-                 or `edgeseal share`, `revoke`, `keys rotate` and `pair`, which go through it; stop it first \
-                 to run this command alone, or give another agent its own --data-dir"
+    let advice = match (holder.command.as_str(), command) {
+        ("up", "watch") => {
+            "it already receives, verifies and stores what peers share: its dashboard and /api/v1/live \
+             show the readings as they arrive, and `edgeseal fetch --device PEER` reads what it stored; \
+             stop it first to run `watch` instead"
         }
-        "watch" => {
-            "stop it (Ctrl-C) first, or run `edgeseal up` instead, which receives what peers share \
-                    and takes `share`, `revoke`, `keys rotate` and `pair` while it runs"
+        ("up", _) => {
+            "it already samples, stores, shares and receives for this agent: use its web UI or API, or \
+             `edgeseal share`, `revoke`, `keys rotate` and `pair`, which go through it; stop it first to \
+             run this command alone, or give another agent its own --data-dir"
+        }
+        ("watch", _) => {
+            "stop it (Ctrl-C) first, or run `edgeseal up` instead, which receives what peers share and \
+             takes `share`, `revoke`, `keys rotate` and `pair` while it runs"
         }
         _ => "wait until it has finished, then try again",
     };

@@ -35,6 +35,9 @@ fn one_writer_per_data_dir() {
         let said = text(&out.stderr);
         assert!(!out.status.success(), "{args:?} ran beside up: {said}");
         assert!(said.contains(&holder) && said.contains("is using the data directory"), "{args:?}: {said}");
+        // Each is told what to do instead: `watch` where the running agent shows what peers share.
+        let instead = if args[0] == "watch" { "/api/v1/live" } else { "stop it first" };
+        assert!(said.contains(instead), "{args:?}: {said}");
     }
     // Reading goes on beside it; a change goes through it.
     for args in [&["streams"][..], &["verify"], &["peers"], &["id"]] {
