@@ -132,15 +132,17 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     // The components, each with its own token, stopped in order below.
     let (sources_stop, sealer_stop, drain_stop, serve_stop) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
+    // Every component runs on `tasks`; the handles below give the order in which they stop.
+    let tasks = TaskTracker::new();
     let source_tasks = TaskTracker::new();
     for s in sources {
         source_tasks.spawn(s.run(sources_stop.clone()));
     }
     source_tasks.close();
     let lcd = match (&bus, cfg.lcd.enabled) {
-        (Some(bus), true) => Some(tokio::spawn(
-            Lcd { bus: bus.clone(), cfg: cfg.lcd.clone(), stats: stats.clone() }.run(sources_stop.clone()),
-        )),
+        (Some(bus), true) => Some(
+            tasks.spawn(Lcd { bus: bus.clone(), cfg: cfg.lcd.clone(), stats: stats.clone() }.run(sources_stop.clone())),
+        ),
         _ => None,
     };
     let wake = Wakers { drainer: Arc::new(Notify::new()), publisher: Arc::new(Notify::new()) };
@@ -155,7 +157,7 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         readings_rx,
         commands_rx,
     );
-    let sealer = tokio::spawn(sealer.run(sealer_stop.clone()));
+    let sealer = tasks.spawn(sealer.run(sealer_stop.clone()));
     service.attach_sealer(commands_tx, policy);
     let service = Arc::new(service);
     let drainer = Drainer {
@@ -167,7 +169,7 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         notify: wake.drainer.clone(),
         stats: stats.clone(),
     };
-    let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
+    let drainer = tasks.spawn(drainer.run(drain_stop.clone()));
 
     let serving = TaskTracker::new();
     let cloudsync = CloudSync::new(cfg.mqtt.clone());
@@ -220,6 +222,10 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     serving.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), serving.wait()).await;
     cloudsync.shutdown(Duration::from_secs(2)).await;
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        warn!("some of the agent's tasks did not end in time");
+    }
     let backlog = service.local().backlog().await.unwrap_or_default();
     service.close(Duration::from_secs(2)).await;
     if let Some(b) = embedded {

@@ -320,13 +320,13 @@ fn the_api_changes_the_running_agent_and_refuses_other_sites() {
     std::thread::sleep(Duration::from_millis(600)); // accepted (journaled within 250 ms)
     let (code, done) = http("POST", &format!("{base}/api/v1/store-now"), Some(""));
     assert_eq!((code, done["batches"].as_u64(), done["readings"].as_u64()), (200, Some(1), Some(3)), "{done}");
-    wait_until("3 stored readings", Duration::from_secs(10), || a.counts("temperature").0 == 3);
+    wait_until("3 stored readings", Duration::from_secs(30), || a.counts("temperature").0 == 3);
 
     // The batch size: applied at once, kept across a restart; bad values are named.
     let (code, v) = http("PUT", &format!("{base}/api/v1/batching"), Some(r#"{"count": 2, "interval": "off"}"#));
     assert_eq!((code, v["count"].as_u64(), v["interval"].as_str()), (200, Some(2), Some("off")), "{v}");
     super::feed(&mut up, "temperature", 3..7);
-    wait_until("two more batches of 2", Duration::from_secs(10), || a.counts("temperature").0 == 7);
+    wait_until("two more batches of 2", Duration::from_secs(30), || a.counts("temperature").0 == 7);
     for (body, says) in [
         (r#"{"count": "many"}"#, "batch count \"many\""),
         (r#"{"count": 0, "interval": "off"}"#, "never cut a batch"),
