@@ -49,9 +49,7 @@ pub fn check_new(data_dir: &Path) -> Result<()> {
 pub fn init(data_dir: &Path, name: &str, passphrase: Option<&Passphrase>) -> Result<Identity> {
     check_new(data_dir)?;
     let path = keystore_path(data_dir);
-    let mut secret = Zeroizing::new([0u8; 96]);
-    getrandom::fill(secret.as_mut()).map_err(randomness)?;
-    let identity = Identity::from_secret_bytes(&secret);
+    let identity = random_identity()?;
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(randomness)?;
     let text = keystore::encode(&identity, name, passphrase.map(|p| p.as_bytes()), KdfParams::default(), salt)?;
@@ -60,7 +58,7 @@ pub fn init(data_dir: &Path, name: &str, passphrase: Option<&Passphrase>) -> Res
     Ok(identity)
 }
 
-/// A throwaway identity (benchmarks, tests).
+/// A new identity from the system's randomness (an agent's, or a throwaway one for benchmarks and tests).
 pub fn random_identity() -> Result<Identity> {
     let mut secret = Zeroizing::new([0u8; 96]);
     getrandom::fill(secret.as_mut()).map_err(randomness)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use edgeseal_agent::config::Config;
-use edgeseal_agent::datadir::{self, DirLock};
+use edgeseal_agent::datadir;
 use edgeseal_agent::service::{Keys, Service, parse_stream_as};
 use edgeseal_agent::times::parse_named;
 use edgeseal_agent::views::{CSV_HEADER, ReadingView, StreamView};
@@ -40,12 +40,7 @@ pub fn parse_stream(s: &str) -> Result<StreamName, Error> {
 }
 
 pub fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode> {
-    let _lock = match DirLock::acquire(&cfg.data_dir, "init", std::time::Duration::from_secs(2))? {
-        Ok(lock) => lock,
-        Err(holder) => {
-            return Err(Error::Busy(format!("{holder} holds the data directory {}", cfg.data_dir.display())).into());
-        }
-    };
+    let _lock = crate::writer::exclusive(cfg, "init")?;
     datadir::check_new(&cfg.data_dir)?;
     let passphrase = pass.get(protect.then_some("New keystore passphrase: "), true)?;
     if protect && passphrase.is_none() {

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Result;
 use edgeseal_agent::config::Config;
 use edgeseal_agent::control::{self, Request};
-use edgeseal_agent::datadir;
 use edgeseal_agent::pairing::{Side, client_id, connected, run_pairing};
 use edgeseal_agent::service::{Keys, Service};
 use edgeseal_agent::share::{Arrival, Event, Inbox, Topics, find_peer};
@@ -86,10 +85,13 @@ pub async fn pair(cfg: Arc<Config>, pass: &PassphraseSource, args: PairArgs) -> 
             .await?
         }
         Writer::Here(_lock) => {
-            let (name, identity) = datadir::load(&cfg.data_dir, pass.existing()).await?;
-            let service = open(&cfg, Keys::Public).await?;
+            let service = open_secret(&cfg, pass).await?;
             let shown = |code: PairCode| show_code(&code.to_string(), code.is_sas());
-            let res = run_pairing(&cfg, service.local(), &identity, &name, side, timeout, shown, confirm).await;
+            let res = async {
+                let identity = service.identity()?;
+                run_pairing(&cfg, service.local(), identity, service.name(), side, timeout, shown, confirm).await
+            }
+            .await;
             service.close(Duration::from_secs(1)).await;
             PeerView::new(&res?, Vec::new())
         }
