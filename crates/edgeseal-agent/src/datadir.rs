@@ -240,15 +240,6 @@ impl DirLock {
             .map_err(io("cannot write the lock file", &path))?;
         Ok(Ok(DirLock { _file: file }))
     }
-
-    /// Who holds the data directory now, if anyone.
-    pub fn holder(data_dir: &Path) -> Option<Holder> {
-        let mut file = OpenOptions::new().read(true).write(true).open(lock_path(data_dir)).ok()?;
-        match file.try_lock() {
-            Ok(()) => None, // released when `file` drops
-            Err(_) => Some(read_holder(&mut file)),
-        }
-    }
 }
 
 fn read_holder(file: &mut fs::File) -> Holder {
@@ -276,9 +267,7 @@ mod tests {
         let other = DirLock::acquire(&d, "share", Duration::from_millis(100)).unwrap().unwrap_err();
         assert_eq!(other, Holder { pid: std::process::id(), command: "up".into() });
         assert_eq!(other.to_string(), format!("`edgeseal up` (pid {})", std::process::id()));
-        assert_eq!(DirLock::holder(&d).map(|h| h.command), Some("up".into()));
         drop(held);
-        assert_eq!(DirLock::holder(&d), None);
         let again = DirLock::acquire(&d, "share", Duration::ZERO).unwrap();
         assert!(again.is_ok());
         let mode = fs::metadata(lock_path(&d)).unwrap().permissions().mode() & 0o777;

@@ -77,12 +77,6 @@ impl std::fmt::Debug for Access {
     }
 }
 
-/// Whether a server with this access may listen on `addr`: addresses other
-/// than loopback need the API token.
-pub fn may_listen(access: &Access, addr: SocketAddr) -> bool {
-    addr.ip().is_loopback() || access.token.is_some()
-}
-
 /// `apis`, health and the login page, behind [`guard`].
 pub fn guarded(device: String, apis: Router, access: Arc<Access>) -> Router {
     let health = get(move || {
