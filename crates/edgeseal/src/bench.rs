@@ -151,7 +151,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
 }
 
 /// User + system CPU time of this process, from /proc (0 where unavailable).
-fn cpu_seconds() -> f64 {
+pub fn cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
         return 0.0;
     };

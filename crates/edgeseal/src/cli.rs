@@ -356,6 +356,27 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The agent's own path end to end: the pipeline `up` runs (source, journal, batcher, seal,
+    /// outbox, store; the publisher with --broker), and a real `up --sensor stdin` fed JSON lines
+    Agent {
+        /// Readings in total (spread over the three simulated sensors at 1 Hz)
+        #[arg(long, default_value_t = 3_000_000)]
+        readings: u64,
+        /// Readings per batch (the agent's batch.count)
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// The store (sqlite://, postgres://, mysql://) [default: SQLite in a temporary directory]
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// Also publish every batch to this MQTT broker
+        #[arg(long, value_name = "URL")]
+        broker: Option<String>,
+        /// Only the in-process pipeline, not the `up --sensor stdin` run
+        #[arg(long)]
+        no_stdin: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Seal+store and fetch+verify+open throughput, and bytes at rest, on SQLite
     Storage {
         /// Readings in total (spread over the three simulated sensors at 1 Hz)

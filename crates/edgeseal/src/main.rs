@@ -4,6 +4,7 @@
 //! itself is the `edgeseal-agent` library, its HTTP side `edgeseal-web`.
 
 mod bench;
+mod bench_agent;
 mod bench_cloudsync;
 mod bench_sharing;
 mod broker_cmd;
@@ -119,6 +120,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Command::Sensors { command: SensorsCommand::Probe { bus } } => sensors_cmd::probe(&cfg, bus).await,
         Command::Bench { command: BenchCommand::Storage { readings, batch, json } } => {
             bench::storage(readings, batch, json).await
+        }
+        Command::Bench { command: BenchCommand::Agent { readings, batch, store, broker, no_stdin, json } } => {
+            bench_agent::agent(readings, batch, store, broker, no_stdin, json).await
         }
         Command::Bench { command: BenchCommand::Cloudsync { requests, connections, json } } => {
             bench_cloudsync::run(&cfg, requests, connections, json).await

@@ -15,16 +15,14 @@ use edgeseal_agent::batching::{describe_policy, kept_policy};
 use edgeseal_agent::config::{Config, SensorSpec};
 use edgeseal_agent::control::ControlServer;
 use edgeseal_agent::datadir;
-use edgeseal_agent::runtime::drainer::Drainer;
 use edgeseal_agent::runtime::lcd::Lcd;
-use edgeseal_agent::runtime::sealer::{Sealer, Wakers};
-use edgeseal_agent::runtime::{FINAL_DRAIN, Stats, broker, resume_from_store, sharing, sources};
+use edgeseal_agent::runtime::{FINAL_DRAIN, Pipeline, Stats, broker, resume_from_store, sharing, sources};
 use edgeseal_agent::service::{Keys, Service};
 use edgeseal_agent::{Error, Result as AgentResult};
 use edgeseal_core::StreamName;
 use edgeseal_sensors::grovepi::bus::{Answer, Bus, Op};
 use edgeseal_web::{Access, CloudSync};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -145,30 +143,10 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         ),
         _ => None,
     };
-    let wake = Wakers { drainer: Arc::new(Notify::new()), publisher: Arc::new(Notify::new()) };
-    let (commands_tx, commands_rx) = mpsc::channel(16);
-    let sealer = Sealer::new(
-        local.clone(),
-        identity.clone(),
-        policy,
-        cfg.per_stream.clone(),
-        wake.clone(),
-        stats.clone(),
-        readings_rx,
-        commands_rx,
-    );
+    let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(&service, &local, policy, &stats, readings_rx)?;
     let sealer = tasks.spawn(sealer.run(sealer_stop.clone()));
-    service.attach_sealer(commands_tx, policy);
+    service.attach_sealer(commands, policy);
     let service = Arc::new(service);
-    let drainer = Drainer {
-        local: local.clone(),
-        store: service.store_cell().clone(),
-        identity: identity.clone(),
-        retry_max: cfg.retry_max,
-        checkpoint_every: cfg.checkpoint_every,
-        notify: wake.drainer.clone(),
-        stats: stats.clone(),
-    };
     let drainer = tasks.spawn(drainer.run(drain_stop.clone()));
 
     let serving = TaskTracker::new();

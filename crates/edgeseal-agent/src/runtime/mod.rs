@@ -60,6 +60,54 @@ pub struct Stats {
     pub live: Arc<Live>,
 }
 
+/// The storage path `up` runs, built once for `up` and for `bench agent`: the
+/// sealer fed by `readings`, and the drainer it wakes. The caller spawns and
+/// stops them (sealer first, so it seals what is open before the drainer's
+/// last attempt), and attaches `commands` to the service.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub sealer: sealer::Sealer,
+    pub drainer: drainer::Drainer,
+    pub wake: sealer::Wakers,
+    pub commands: tokio::sync::mpsc::Sender<crate::service::SealerCommand>,
+}
+
+impl Pipeline {
+    pub fn new(
+        service: &crate::service::Service,
+        local: &LocalState,
+        policy: edgeseal_sensors::batcher::Policy,
+        stats: &Arc<Stats>,
+        readings: tokio::sync::mpsc::Receiver<edgeseal_core::Reading>,
+    ) -> crate::Result<Pipeline> {
+        use tokio::sync::Notify;
+        let cfg = service.config();
+        let identity = service.identity()?.clone();
+        let wake = sealer::Wakers { drainer: Arc::new(Notify::new()), publisher: Arc::new(Notify::new()) };
+        let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
+        let sealer = sealer::Sealer::new(
+            local.clone(),
+            identity.clone(),
+            policy,
+            cfg.per_stream.clone(),
+            wake.clone(),
+            stats.clone(),
+            readings,
+            commands_rx,
+        );
+        let drainer = drainer::Drainer {
+            local: local.clone(),
+            store: service.store_cell().clone(),
+            identity,
+            retry_max: cfg.retry_max,
+            checkpoint_every: cfg.checkpoint_every,
+            notify: wake.drainer.clone(),
+            stats: stats.clone(),
+        };
+        Ok(Pipeline { sealer, drainer, wake, commands })
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
