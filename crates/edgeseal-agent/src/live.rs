@@ -102,6 +102,16 @@ impl Live {
         self.publish(device, &r.stream, r.ts, None, "accepted", value);
     }
 
+    /// Readings of one stream this agent accepted, in order: each goes to the
+    /// listeners; with none listening only the newest is kept, as `latest`.
+    pub fn accepted(&self, device: DeviceId, readings: &[Reading]) {
+        let listened = self.tx.receiver_count() > 0;
+        let skip = if listened { 0 } else { readings.len().saturating_sub(1) };
+        for r in &readings[skip..] {
+            self.local(device, r);
+        }
+    }
+
     /// A polled sensor's read: `Err` with what went wrong.
     pub fn sensor_read(&self, what: &str, interval: Duration, result: Result<(), String>, now_ms: i64) {
         let mut sensors = self.sensors.lock().unwrap_or_else(|p| p.into_inner());

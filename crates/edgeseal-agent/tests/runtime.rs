@@ -107,6 +107,12 @@ impl Rig {
         start.elapsed()
     }
 
+    /// The times of `stream`'s journaled readings not sealed yet.
+    async fn journaled(&self, stream: &str) -> Vec<i64> {
+        let (open, _) = real(self.local.journal_open()).await.unwrap();
+        open.into_iter().filter(|j| j.stream.as_str() == stream).flat_map(|j| j.readings).map(|(_, r)| r.ts).collect()
+    }
+
     async fn sql(&self, q: &'static str) {
         let url = format!("sqlite://{}", self.dir.join("state.db").display());
         real(async {
@@ -156,12 +162,12 @@ async fn a_stream_that_fails_to_seal_holds_up_no_other_and_loses_nothing() {
     assert!(r.outbox().await.iter().all(|(s, _)| s == "b"));
     assert!(r.stats.seal_failures.load(Ordering::Relaxed) >= 1);
     // a's readings are still accepted (journaled), none lost.
-    let pending: Vec<i64> = real(r.local.pending()).await.unwrap().into_iter().map(|(_, r)| r.ts).collect();
+    let pending = r.journaled("a").await;
     assert_eq!(pending.len(), 2, "{pending:?}");
     // The trouble ends: a is tried again by itself, its readings in order.
     r.sql("DROP TRIGGER refuse_a").await;
     r.until("a sealed after the trouble", |o| o.iter().any(|(s, _)| s == "a")).await;
-    assert!(real(r.local.pending()).await.unwrap().is_empty());
+    assert!(r.journaled("a").await.is_empty());
     let a: Vec<u64> = r.outbox().await.into_iter().filter(|(s, _)| s == "a").map(|(_, q)| q).collect();
     assert_eq!(a, [0], "a's two readings are sealed together, in one batch, after the outage");
     let rows = real(r.local.outbox(r.identity.device_id(), 10)).await.unwrap();
@@ -169,6 +175,39 @@ async fn a_stream_that_fails_to_seal_holds_up_no_other_and_loses_nothing() {
     assert_eq!(batch.1.count, 2);
     r.stop.cancel();
     r.sealer.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_is_journaled_as_runs_in_few_transactions_and_every_reading_is_kept() {
+    let r = rig("group", Policy { count: 0, interval_ms: None }).await;
+    for i in 0..1000 {
+        r.input.send(reading("a", i)).await.unwrap();
+    }
+    r.input.send(reading("b", 0)).await.unwrap();
+    let real_start = std::time::Instant::now();
+    while r.stats.accepted.load(Ordering::Relaxed) < 1001 {
+        assert!(real_start.elapsed() < Duration::from_secs(20), "the burst was not accepted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let a = r.journaled("a").await;
+    assert_eq!(a, (0..1000).map(|i| reading("a", i).ts).collect::<Vec<i64>>(), "every reading, in order");
+    let url = format!("sqlite://{}", r.dir.join("state.db").display());
+    let rows: i64 = real(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM journal").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    })
+    .await;
+    // A group per channelful (64 here), a row per stream in it: not a row per reading.
+    assert!(rows < 100, "{rows} journal rows for 1,001 readings");
+    r.stop.cancel();
+    while !r.sealer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Stopping cuts and seals everything open; the journal is empty after it.
+    assert!(r.journaled("a").await.is_empty());
+    assert_eq!(r.outbox().await.len(), 2);
 }
 
 #[tokio::test]

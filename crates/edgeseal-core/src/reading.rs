@@ -57,6 +57,33 @@ impl Readings {
         Some(ts.iter().fold((first, first), |(lo, hi), &t| (lo.min(t), hi.max(t))))
     }
 
+    /// The readings one by one, as `stream`'s (the inverse of [`into_batches`]).
+    pub fn to_readings(&self, stream: &crate::StreamName) -> Vec<Reading> {
+        match self {
+            Readings::Scalar(b) => {
+                b.ts.iter()
+                    .zip(&b.values)
+                    .enumerate()
+                    .map(|(i, (&ts, &value))| Reading {
+                        stream: stream.clone(),
+                        ts,
+                        value: Value::Scalar { value, unit: b.unit.clone(), label: b.labels.get(i).cloned().flatten() },
+                    })
+                    .collect()
+            }
+            Readings::Blob(b) => {
+                b.ts.iter()
+                    .zip(&b.items)
+                    .map(|(&ts, data)| Reading {
+                        stream: stream.clone(),
+                        ts,
+                        value: Value::Blob { media_type: b.media_type.clone(), data: data.clone() },
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Checks that the columns have matching lengths.
     pub fn is_consistent(&self) -> bool {
         match self {
@@ -187,6 +214,19 @@ mod tests {
             ts,
             value: Value::Scalar { value: ts as f64, unit: unit.into(), label: label.map(Into::into) },
         }
+    }
+
+    #[test]
+    fn to_readings_inverts_into_batches() {
+        let blob = |ts: i64| Reading {
+            stream: crate::StreamName::new("s").unwrap(),
+            ts,
+            value: Value::Blob { media_type: "image/png".into(), data: vec![ts as u8; 3] },
+        };
+        let rs = vec![scalar(1, "C", None), scalar(2, "C", Some("hot")), blob(3), scalar(4, "F", None), blob(5)];
+        let back: Vec<Reading> =
+            into_batches(&rs).iter().flat_map(|(b, _)| b.to_readings(&crate::StreamName::new("s").unwrap())).collect();
+        assert_eq!(back, rs);
     }
 
     #[test]

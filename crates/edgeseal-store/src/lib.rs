@@ -166,9 +166,15 @@ pub trait Store: Send + Sync {
     fn url(&self) -> &str;
 }
 
+/// Batches per multi-row insert (9 parameters each: within every backend's limit).
+const ROWS_PER_INSERT: usize = 256;
+/// A multi-row insert stops adding batches past this many sealed bytes (MySQL's packet limit).
+const BYTES_PER_INSERT: usize = 4 << 20;
+
 /// The SQL one backend speaks.
 struct Dialect {
-    insert_batch: &'static str,
+    /// A multi-row insert of batches that skips rows already present: `head` VALUES … `tail`.
+    insert_batches: (&'static str, &'static str),
     batch_hash: &'static str,
     insert_checkpoint: &'static str,
     streams: &'static str,
@@ -177,8 +183,10 @@ struct Dialect {
 }
 
 const SQLITE: Dialect = Dialect {
-    insert_batch: "INSERT INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    insert_batches: (
+        "INSERT INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) ",
+        " ON CONFLICT DO NOTHING",
+    ),
     batch_hash: "SELECT hash FROM batches WHERE device = ? AND stream = ? AND seq = ?",
     insert_checkpoint: "INSERT INTO checkpoints (device, stream, seq, sealed) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
     streams: "SELECT device, stream, COUNT(*) AS batches, SUM(count) AS readings, MIN(first_ts) AS first_ts, \
@@ -189,8 +197,10 @@ const SQLITE: Dialect = Dialect {
 };
 
 const POSTGRES: Dialect = Dialect {
-    insert_batch: "INSERT INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+    insert_batches: (
+        "INSERT INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) ",
+        " ON CONFLICT DO NOTHING",
+    ),
     batch_hash: "SELECT hash FROM batches WHERE device = $1 AND stream = $2 AND seq = $3",
     insert_checkpoint: "INSERT INTO checkpoints (device, stream, seq, sealed) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS BIGINT) AS readings, \
@@ -202,8 +212,10 @@ const POSTGRES: Dialect = Dialect {
 };
 
 const MYSQL: Dialect = Dialect {
-    insert_batch: "INSERT IGNORE INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    insert_batches: (
+        "INSERT IGNORE INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) ",
+        "",
+    ),
     batch_hash: "SELECT hash FROM batches WHERE device = ? AND stream = ? AND seq = ?",
     insert_checkpoint: "INSERT IGNORE INTO checkpoints (device, stream, seq, sealed) VALUES (?, ?, ?, ?)",
     streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS SIGNED) AS readings, \
@@ -256,35 +268,48 @@ macro_rules! backend {
                 let d = &$dialect;
                 let mut report = PutReport::default();
                 let mut tx = self.pool.begin().await?;
-                for (i, r) in rows.iter().enumerate() {
-                    let done = sqlx::query(d.insert_batch)
-                        .bind(&r.device.0[..])
-                        .bind(r.stream.as_str())
-                        .bind(i64_from(r.seq)?)
-                        .bind(r.first_ts)
-                        .bind(r.last_ts)
-                        .bind(r.count as i32)
-                        .bind(i64::from(r.epoch))
-                        .bind(&r.hash[..])
-                        .bind(&r.sealed[..])
-                        .execute(&mut *tx)
-                        .await?;
-                    if done.rows_affected() == 1 {
-                        report.inserted += 1;
-                        continue;
+                let mut start = 0;
+                while start < rows.len() {
+                    // As many rows per statement as the parameter and packet limits allow.
+                    let (mut end, mut bytes) = (start, 0usize);
+                    while end < rows.len() && end - start < ROWS_PER_INSERT && (end == start || bytes < BYTES_PER_INSERT) {
+                        bytes += rows[end].sealed.len();
+                        end += 1;
                     }
-                    let existing: Vec<u8> = sqlx::query(d.batch_hash)
-                        .bind(&r.device.0[..])
-                        .bind(r.stream.as_str())
-                        .bind(i64_from(r.seq)?)
-                        .fetch_one(&mut *tx)
-                        .await?
-                        .try_get(0)?;
-                    if existing == r.hash {
-                        report.already_present += 1;
-                    } else {
-                        report.conflicts.push(i);
+                    let chunk = &rows[start..end];
+                    let seqs = chunk.iter().map(|r| i64_from(r.seq)).collect::<Result<Vec<i64>>>()?;
+                    let mut q = sqlx::QueryBuilder::new(d.insert_batches.0);
+                    q.push_values(chunk.iter().zip(seqs), |mut b, (r, seq)| {
+                        b.push_bind(r.device.0.to_vec())
+                            .push_bind(r.stream.to_string())
+                            .push_bind(seq)
+                            .push_bind(r.first_ts)
+                            .push_bind(r.last_ts)
+                            .push_bind(r.count as i32)
+                            .push_bind(i64::from(r.epoch))
+                            .push_bind(r.hash.to_vec())
+                            .push_bind(r.sealed.clone());
+                    });
+                    q.push(d.insert_batches.1);
+                    let inserted = q.build().execute(&mut *tx).await?.rows_affected() as usize;
+                    report.inserted += inserted;
+                    if inserted < chunk.len() {
+                        // Some were there already: the same batch, or a conflicting one?
+                        for (i, r) in chunk.iter().enumerate() {
+                            let existing: Vec<u8> = sqlx::query(d.batch_hash)
+                                .bind(&r.device.0[..])
+                                .bind(r.stream.as_str())
+                                .bind(i64_from(r.seq)?)
+                                .fetch_one(&mut *tx)
+                                .await?
+                                .try_get(0)?;
+                            if existing != r.hash {
+                                report.conflicts.push(start + i);
+                            }
+                        }
+                        report.already_present += chunk.len() - inserted - report.conflicts.iter().filter(|&&c| c >= start).count();
                     }
+                    start = end;
                 }
                 tx.commit().await?;
                 Ok(report)
@@ -439,7 +464,12 @@ pub enum AnyStore {
 
 /// Opens a SQLite pool: WAL, and synchronous=FULL so a commit survives power loss (the
 /// outbox deletes a batch once the store committed it, so the store must not lose commits).
-pub(crate) async fn sqlite_pool(url: &str, lazy: bool, timeout: Duration) -> Result<sqlx::SqlitePool> {
+pub(crate) async fn sqlite_pool(
+    url: &str,
+    lazy: bool,
+    timeout: Duration,
+    connections: u32,
+) -> Result<sqlx::SqlitePool> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
     let opts = SqliteConnectOptions::from_str(url)
         .map_err(|_| Error::BadUrl(redact_url(url)))?
@@ -450,7 +480,7 @@ pub(crate) async fn sqlite_pool(url: &str, lazy: bool, timeout: Duration) -> Res
         // 1 MiB of page cache per connection (SQLite's default is 2 MiB): this is an
         // append-mostly workload, and the agent must stay small on a 1 GB Pi.
         .pragma("cache_size", "-1024");
-    let pool = SqlitePoolOptions::new().max_connections(4).acquire_timeout(timeout);
+    let pool = SqlitePoolOptions::new().max_connections(connections).acquire_timeout(timeout);
     if lazy {
         Ok(pool.connect_lazy_with(opts))
     } else {
@@ -479,7 +509,9 @@ impl AnyStore {
     pub async fn connect(url: &str, opts: ConnectOptions) -> Result<AnyStore> {
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
         match scheme {
-            "sqlite" => Ok(AnyStore::Sqlite(SqliteStore::new(sqlite_pool(url, opts.lazy, opts.timeout).await?, url))),
+            "sqlite" => {
+                Ok(AnyStore::Sqlite(SqliteStore::new(sqlite_pool(url, opts.lazy, opts.timeout, 4).await?, url)))
+            }
             "postgres" | "postgresql" => {
                 let co = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|_| Error::BadUrl(redact_url(url)))?;
                 if !opts.lazy {

@@ -1,10 +1,12 @@
 //! The agent's durable local state, `state.db` in the data directory.
 //!
-//! Nothing accepted is lost: a reading is journaled before it is acknowledged;
-//! sealing a batch moves its readings from the journal to the outbox and
-//! advances the stream's sequence number in one transaction; a batch leaves the
-//! outbox only after the store acknowledged it. A crash at any point leaves
-//! each reading in exactly one of journal, outbox or store.
+//! Nothing accepted is lost: a reading is journaled before it is acknowledged
+//! (readings arrive in groups, each group one transaction and one row per
+//! stream, its readings encoded as a batch body is); sealing a round of
+//! batches moves their readings from the journal to the outbox and advances
+//! each stream's sequence number in one transaction; a batch leaves the outbox
+//! only after the store acknowledged it. A crash at any point leaves each
+//! reading in exactly one of journal, outbox or store.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,9 +35,41 @@ pub struct Backlog {
     pub outbox_batches: u64,
 }
 
+/// A stream's journaled readings not sealed yet, as [`LocalState::journal_open`] finds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Journaled {
+    pub stream: StreamName,
+    /// Each reading with its position among the stream's accepted readings.
+    pub readings: Vec<(u64, Reading)>,
+    /// The position the stream's next accepted reading takes.
+    pub next_pos: u64,
+}
+
+/// Readings of one stream to journal: `readings` take positions `first_pos..`.
+#[derive(Debug, Clone, Copy)]
+pub struct Run<'a> {
+    pub stream: &'a StreamName,
+    pub first_pos: u64,
+    pub readings: &'a [Reading],
+}
+
+/// A sealed batch of this agent, with the position up to which (exclusive)
+/// its stream's journaled readings are sealed once it is.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub row: BatchRow,
+    pub sealed_pos: u64,
+}
+
+/// Rows per multi-row INSERT (9 columns each, well under SQLite's 32,766 parameters).
+const ROWS_PER_INSERT: usize = 500;
+
 #[derive(Debug, Clone)]
 pub struct LocalState {
+    /// For reading.
     pool: sqlx::SqlitePool,
+    /// The one connection that writes.
+    writer: sqlx::SqlitePool,
     publishing: bool,
 }
 
@@ -58,6 +92,67 @@ pub struct GrantOut {
     pub revoked: bool,
     pub grant: Vec<u8>,
     pub published: bool,
+}
+
+/// Journals `runs` in `tx`: one row per run and kind or unit (the batch body codec).
+async fn append_runs(tx: &mut sqlx::SqliteConnection, runs: &[Run<'_>]) -> Result<()> {
+    let mut body = Vec::new();
+    for run in runs {
+        let mut start = 0usize;
+        for (group, last) in edgeseal_core::reading::into_batches(run.readings) {
+            body.clear();
+            edgeseal_core::codec::encode(&group, &mut body)
+                .map_err(|_| Error::BadRow("a reading the journal cannot encode (check it first)"))?;
+            sqlx::query("INSERT INTO journal (stream, first_pos, count, body) VALUES (?, ?, ?, ?)")
+                .bind(run.stream.as_str())
+                .bind(seq_i64(run.first_pos + start as u64)?)
+                .bind(i64::try_from(group.len()).map_err(|_| Error::BadRow("run too long"))?)
+                .bind(&body[..])
+                .execute(&mut *tx)
+                .await?;
+            start = last + 1;
+        }
+    }
+    Ok(())
+}
+
+/// Remembers `head` of `device`'s `stream` if it is higher than what is remembered.
+fn remember_query<'q>(
+    device: DeviceId,
+    stream: &'q StreamName,
+    head: &Head,
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>> {
+    Ok(sqlx::query(
+        "INSERT INTO seen_heads (device, stream, seq, hash, ts) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (device, stream) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, ts = excluded.ts \
+         WHERE excluded.seq > seen_heads.seq",
+    )
+    .bind(device.0.to_vec())
+    .bind(stream.as_str())
+    .bind(seq_i64(head.seq)?)
+    .bind(head.hash.0.to_vec())
+    .bind(head.ts))
+}
+
+/// Inserts rows `rows` into `table` (`columns`) with as few statements as the parameter limit allows.
+async fn insert_many<'r, T: 'r>(
+    tx: &mut sqlx::SqliteConnection,
+    head: &str,
+    rows: &'r [T],
+    bind: impl Fn(sqlx::query_builder::Separated<'_, sqlx::Sqlite, &'static str>, &'r T) -> Result<()>,
+) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(head);
+        let mut failed = Ok(());
+        q.push_values(chunk, |b, r| {
+            if let Err(e) = bind(b, r) {
+                failed = Err(e);
+            }
+        });
+        failed?;
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// The outbox row of `row`; `device` is the peer that sealed it, `None` for this agent's own.
@@ -100,9 +195,23 @@ impl LocalState {
     /// Opens (creating if needed) the state database at `path`.
     pub async fn open(path: &Path) -> Result<LocalState> {
         let url = format!("sqlite://{}", path.display());
-        let pool = crate::sqlite_pool(&url, false, Duration::from_secs(10)).await?;
-        crate::retry_busy(|| async { Ok(sqlx::migrate!("./migrations/local").run(&pool).await?) }).await?;
-        Ok(LocalState { pool, publishing: false })
+        // One connection writes, so writers queue here in order instead of
+        // sleeping in SQLite's busy handler; readers (WAL) never wait for it.
+        let writer = crate::sqlite_pool(&url, false, Duration::from_secs(30), 1).await?;
+        crate::retry_busy(|| async { Ok(sqlx::migrate!("./migrations/local").run(&writer).await?) }).await?;
+        let pool = crate::sqlite_pool(&url, false, Duration::from_secs(10), 3).await?;
+        let local = LocalState { pool, writer, publishing: false };
+        let (moved, set_aside) = local.move_legacy_readings().await?;
+        if moved + set_aside > 0 {
+            tracing::info!(
+                "moved {moved} readings journaled by an earlier version into the journal{}",
+                match set_aside {
+                    0 => String::new(),
+                    n => format!("; {n} that can never be sealed were set aside in state.db (table set_aside)"),
+                }
+            );
+        }
+        Ok(local)
     }
 
     /// From now on every sealed batch also joins the publish queue.
@@ -110,72 +219,111 @@ impl LocalState {
         self.publishing = true;
     }
 
-    /// Journals accepted readings in one transaction; returns their ids.
-    pub async fn journal(&self, readings: &[Reading]) -> Result<Vec<i64>> {
-        let mut tx = self.pool.begin().await?;
-        let mut ids = Vec::with_capacity(readings.len());
-        for r in readings {
-            let q = sqlx::query(
-                "INSERT INTO pending_readings (stream, ts, value, unit, label, media_type, blob) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(r.stream.as_str())
-            .bind(r.ts);
-            let q = match &r.value {
-                Value::Scalar { value, unit, label } => {
-                    q.bind(*value).bind(unit.as_str()).bind(label.as_deref()).bind(None::<&str>).bind(None::<&[u8]>)
-                }
-                Value::Blob { media_type, data } => {
-                    q.bind(None::<f64>).bind(None::<&str>).bind(None::<&str>).bind(media_type.as_str()).bind(&data[..])
-                }
-            };
-            ids.push(q.execute(&mut *tx).await?.last_insert_rowid());
-        }
+    /// Journals accepted readings (one transaction, one row per run and kind or unit).
+    pub async fn journal_append(&self, runs: &[Run<'_>]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        append_runs(&mut tx, runs).await?;
         tx.commit().await?;
-        Ok(ids)
+        Ok(())
     }
 
-    /// Every journaled reading, oldest first, with its id.
-    pub async fn pending(&self) -> Result<Vec<(i64, Reading)>> {
+    /// Every stream's journaled readings that are not sealed yet, oldest first,
+    /// and the position its next reading takes (every stream this agent has
+    /// journaled or sealed). A journal row that does not decode (a damaged
+    /// state.db) is skipped and named in the second list.
+    pub async fn journal_open(&self) -> Result<(Vec<Journaled>, Vec<String>)> {
+        let mut out: std::collections::BTreeMap<String, Journaled> = std::collections::BTreeMap::new();
+        let mut sealed: HashMap<String, u64> = HashMap::new();
+        for r in sqlx::query("SELECT stream, sealed_pos FROM streams").fetch_all(&self.pool).await? {
+            let stream = stream_from(&r)?;
+            let pos =
+                u64::try_from(r.try_get::<i64, _>("sealed_pos")?).map_err(|_| Error::BadRow("negative position"))?;
+            sealed.insert(stream.to_string(), pos);
+            out.insert(stream.to_string(), Journaled { stream, readings: Vec::new(), next_pos: pos });
+        }
+        let rows = sqlx::query("SELECT id, stream, first_pos, count, body FROM journal ORDER BY stream, first_pos")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut damaged = Vec::new();
+        for r in rows {
+            let stream = stream_from(&r)?;
+            let first =
+                u64::try_from(r.try_get::<i64, _>("first_pos")?).map_err(|_| Error::BadRow("negative position"))?;
+            let count = u64::try_from(r.try_get::<i64, _>("count")?).map_err(|_| Error::BadRow("negative count"))?;
+            let j = out.entry(stream.to_string()).or_insert_with(|| Journaled {
+                stream: stream.clone(),
+                readings: Vec::new(),
+                next_pos: 0,
+            });
+            j.next_pos = j.next_pos.max(first + count);
+            let body: Vec<u8> = r.try_get("body")?;
+            let readings = match edgeseal_core::codec::decode(&body) {
+                Ok(b) if b.len() as u64 == count => b.to_readings(&stream),
+                _ => {
+                    let id: i64 = r.try_get("id")?;
+                    damaged.push(format!("journal row {id} ({count} readings of {stream}) does not decode"));
+                    continue;
+                }
+            };
+            let sealed = sealed.get(stream.as_str()).copied().unwrap_or(0);
+            let positioned = (first..).zip(readings).filter(|(pos, _)| *pos >= sealed);
+            j.readings.extend(positioned);
+        }
+        Ok((out.into_values().collect(), damaged))
+    }
+
+    /// Moves readings journaled by versions before the journal of runs
+    /// (`pending_readings`, a row per reading) into it, oldest first, in one
+    /// transaction; those that could never be sealed go to `set_aside` with
+    /// the reason instead. Returns (moved, set aside).
+    async fn move_legacy_readings(&self) -> Result<(usize, usize)> {
         let rows = sqlx::query(
             "SELECT id, stream, ts, value, unit, label, media_type, blob FROM pending_readings ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let stream: String = r.try_get("stream")?;
-                let stream = StreamName::new(stream).map_err(|_| Error::BadRow("invalid stream name"))?;
-                let value = match r.try_get::<Option<Vec<u8>>, _>("blob")? {
-                    Some(data) => Value::Blob {
-                        media_type: r.try_get::<Option<String>, _>("media_type")?.unwrap_or_default(),
-                        data,
-                    },
-                    None => Value::Scalar {
-                        value: r.try_get::<Option<f64>, _>("value")?.unwrap_or(f64::NAN),
-                        unit: r.try_get::<Option<String>, _>("unit")?.unwrap_or_default(),
-                        label: r.try_get("label")?,
-                    },
-                };
-                Ok((r.try_get("id")?, Reading { stream, ts: r.try_get("ts")?, value }))
-            })
-            .collect()
-    }
-
-    /// Moves a journaled reading that can never be sealed (`reason`) out of
-    /// the journal into `set_aside`, where it is kept but never retried.
-    pub async fn set_aside(&self, id: i64, reason: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO set_aside (id, stream, ts, value, unit, label, media_type, blob, reason) \
-             SELECT id, stream, ts, value, unit, label, media_type, blob, ? FROM pending_readings WHERE id = ?",
-        )
-        .bind(reason)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM pending_readings WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        if rows.is_empty() {
+            return Ok((0, 0));
+        }
+        let mut by_stream: std::collections::BTreeMap<StreamName, Vec<Reading>> = std::collections::BTreeMap::new();
+        let mut refused: Vec<(i64, String)> = Vec::new();
+        for r in &rows {
+            let stream = stream_from(r)?;
+            let value = match r.try_get::<Option<Vec<u8>>, _>("blob")? {
+                Some(data) => {
+                    Value::Blob { media_type: r.try_get::<Option<String>, _>("media_type")?.unwrap_or_default(), data }
+                }
+                None => Value::Scalar {
+                    value: r.try_get::<Option<f64>, _>("value")?.unwrap_or(f64::NAN),
+                    unit: r.try_get::<Option<String>, _>("unit")?.unwrap_or_default(),
+                    label: r.try_get("label")?,
+                },
+            };
+            let reading = Reading { stream: stream.clone(), ts: r.try_get("ts")?, value };
+            match reading.check() {
+                Ok(()) => by_stream.entry(stream).or_default().push(reading),
+                Err(why) => refused.push((r.try_get("id")?, why.to_string())),
+            }
+        }
+        let (open, _) = self.journal_open().await?;
+        let next = |s: &StreamName| open.iter().find(|j| &j.stream == s).map_or(0, |j| j.next_pos);
+        let runs: Vec<Run> =
+            by_stream.iter().map(|(s, rs)| Run { stream: s, first_pos: next(s), readings: rs }).collect();
+        let mut tx = self.writer.begin().await?;
+        append_runs(&mut tx, &runs).await?;
+        for (id, reason) in &refused {
+            sqlx::query(
+                "INSERT INTO set_aside (id, stream, ts, value, unit, label, media_type, blob, reason) \
+                 SELECT id, stream, ts, value, unit, label, media_type, blob, ? FROM pending_readings WHERE id = ?",
+            )
+            .bind(reason)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM pending_readings").execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok((rows.len() - refused.len(), refused.len()))
     }
 
     pub async fn stream_state(&self, stream: &StreamName) -> Result<StreamState> {
@@ -216,14 +364,14 @@ impl LocalState {
         .bind(seq_i64(next_seq)?)
         .bind(&head.0[..])
         .bind(i64::from(epoch))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Starts a new key epoch for a stream at `now_ms`; returns it.
     pub async fn rotate_epoch(&self, stream: &StreamName, now_ms: i64) -> Result<u32> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING")
             .bind(stream.as_str())
             .bind(&[0u8; 32][..])
@@ -255,43 +403,82 @@ impl LocalState {
         u32::try_from(e.unwrap_or(0)).map_err(|_| Error::BadRow("epoch out of range"))
     }
 
-    /// Records a sealed batch: the outbox gains it, the journal loses the
-    /// readings it holds (ids ≤ `last_reading_id` of its stream, if any), and
-    /// the stream's next number and head advance — atomically. Fails if the
-    /// stream has moved on since `row.seq` was chosen.
-    pub async fn commit_sealed(&self, row: &BatchRow, last_reading_id: Option<i64>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let stream = row.stream.as_str();
-        sqlx::query("INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING")
-            .bind(stream)
+    /// Records a round of this agent's sealed batches, in one transaction: the
+    /// outbox (and the publish queue, when publishing) gains them, each
+    /// stream's next number, head and sealed position advance, and journal
+    /// rows now wholly sealed go. A stream's batches must follow each other
+    /// and the stream's recorded state: fails, recording nothing, if the
+    /// stream has moved on since they were numbered.
+    pub async fn commit_sealed(&self, batches: &[Sealed]) -> Result<()> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        // Per stream: its first and last batch of the round.
+        let mut streams: Vec<(&StreamName, &Sealed, &Sealed)> = Vec::new();
+        for b in batches {
+            match streams.iter_mut().find(|(s, ..)| **s == b.row.stream) {
+                Some((_, _, last)) => {
+                    if b.row.seq != last.row.seq + 1 {
+                        return Err(Error::BadRow("a stream's batches of one round are not consecutive"));
+                    }
+                    *last = b;
+                }
+                None => streams.push((&b.row.stream, b, b)),
+            }
+        }
+        for (stream, first, last) in &streams {
+            sqlx::query(
+                "INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING",
+            )
+            .bind(stream.as_str())
             .bind(&[0u8; 32][..])
             .execute(&mut *tx)
             .await?;
-        let updated = sqlx::query("UPDATE streams SET next_seq = ?, head = ? WHERE stream = ? AND next_seq = ?")
-            .bind(seq_i64(row.seq + 1)?)
-            .bind(&row.hash[..])
-            .bind(stream)
-            .bind(seq_i64(row.seq)?)
+            let updated = sqlx::query(
+                "UPDATE streams SET next_seq = ?, head = ?, sealed_pos = MAX(sealed_pos, ?) WHERE stream = ? AND next_seq = ?",
+            )
+            .bind(seq_i64(last.row.seq + 1)?)
+            .bind(&last.row.hash[..])
+            .bind(seq_i64(last.sealed_pos)?)
+            .bind(stream.as_str())
+            .bind(seq_i64(first.row.seq)?)
             .execute(&mut *tx)
             .await?;
-        if updated.rows_affected() != 1 {
-            return Err(Error::BadRow("the stream's sequence number moved on while sealing"));
+            if updated.rows_affected() != 1 {
+                return Err(Error::BadRow("the stream's sequence number moved on while sealing"));
+            }
+            sqlx::query("DELETE FROM journal WHERE stream = ? AND first_pos + count <= ?")
+                .bind(stream.as_str())
+                .bind(seq_i64(last.sealed_pos)?)
+                .execute(&mut *tx)
+                .await?;
         }
-        outbox_insert(row, None)?.execute(&mut *tx).await?;
+        insert_many(
+            &mut tx,
+            "INSERT INTO outbox (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) ",
+            batches,
+            |mut b, s| {
+                let r = &s.row;
+                b.push_bind(None::<Vec<u8>>)
+                    .push_bind(r.stream.to_string())
+                    .push_bind(seq_i64(r.seq)?)
+                    .push_bind(r.first_ts)
+                    .push_bind(r.last_ts)
+                    .push_bind(i64::from(r.count))
+                    .push_bind(i64::from(r.epoch))
+                    .push_bind(&r.hash[..])
+                    .push_bind(&r.sealed[..]);
+                Ok(())
+            },
+        )
+        .await?;
         if self.publishing {
-            sqlx::query("INSERT INTO publish_queue (stream, seq, sealed) VALUES (?, ?, ?)")
-                .bind(stream)
-                .bind(seq_i64(row.seq)?)
-                .bind(&row.sealed[..])
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(id) = last_reading_id {
-            sqlx::query("DELETE FROM pending_readings WHERE stream = ? AND id <= ?")
-                .bind(stream)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            insert_many(&mut tx, "INSERT INTO publish_queue (stream, seq, sealed) ", batches, |mut b, s| {
+                b.push_bind(s.row.stream.to_string()).push_bind(seq_i64(s.row.seq)?).push_bind(&s.row.sealed[..]);
+                Ok(())
+            })
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -299,10 +486,20 @@ impl LocalState {
 
     /// The oldest `limit` batches waiting for the store, with their outbox ids.
     pub async fn outbox(&self, device: DeviceId, limit: u32) -> Result<Vec<(i64, BatchRow)>> {
+        self.outbox_upto(device, limit, u64::MAX).await
+    }
+
+    /// The oldest batches waiting for the store: at most `limit`, and no more
+    /// after the first that reach `max_bytes` of sealed bytes together.
+    pub async fn outbox_upto(&self, device: DeviceId, limit: u32, max_bytes: u64) -> Result<Vec<(i64, BatchRow)>> {
         let rows = sqlx::query(
-            "SELECT id, device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed FROM outbox ORDER BY id LIMIT ?",
+            "SELECT id, device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed FROM \
+             (SELECT *, SUM(LENGTH(sealed)) OVER (ORDER BY id) - LENGTH(sealed) AS before FROM \
+              (SELECT * FROM outbox ORDER BY id LIMIT ?)) \
+             WHERE before < ? ORDER BY id",
         )
         .bind(i64::from(limit))
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -330,9 +527,20 @@ impl LocalState {
             .collect()
     }
 
-    /// Removes stored batches from the outbox; batches the store refused go to `rejected`.
-    pub async fn outbox_done(&self, stored: &[i64], rejected: &[(i64, String)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+    /// Removes every outbox batch up to id `through` (the oldest ones, as
+    /// [`LocalState::outbox`] gave them): stored, or refused by the store and
+    /// kept in `rejected` with the reason; and remembers the stored `heads`
+    /// (as [`LocalState::remember`]), in one transaction.
+    pub async fn outbox_done(
+        &self,
+        through: i64,
+        rejected: &[(i64, String)],
+        heads: &[(DeviceId, &StreamName, Head)],
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for (device, stream, head) in heads {
+            remember_query(*device, stream, head)?.execute(&mut *tx).await?;
+        }
         for (id, reason) in rejected {
             sqlx::query("INSERT INTO rejected (stream, seq, reason, sealed) SELECT stream, seq, ?, sealed FROM outbox WHERE id = ?")
                 .bind(reason.as_str())
@@ -340,9 +548,7 @@ impl LocalState {
                 .execute(&mut *tx)
                 .await?;
         }
-        for id in stored.iter().chain(rejected.iter().map(|(id, _)| id)) {
-            sqlx::query("DELETE FROM outbox WHERE id = ?").bind(id).execute(&mut *tx).await?;
-        }
+        sqlx::query("DELETE FROM outbox WHERE id <= ?").bind(through).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -350,7 +556,10 @@ impl LocalState {
     /// What waits locally, per stream.
     pub async fn backlog(&self) -> Result<HashMap<String, Backlog>> {
         let mut out: HashMap<String, Backlog> = HashMap::new();
-        for r in sqlx::query("SELECT stream, COUNT(*) AS n FROM pending_readings GROUP BY stream")
+        for r in sqlx::query(
+            "SELECT j.stream AS stream, MAX(j.first_pos + j.count) - MAX(COALESCE(s.sealed_pos, 0), MIN(j.first_pos)) AS n \
+             FROM journal j LEFT JOIN streams s ON s.stream = j.stream GROUP BY j.stream",
+        )
             .fetch_all(&self.pool)
             .await?
         {
@@ -390,24 +599,13 @@ impl LocalState {
 
     /// Remembers `head` if it is higher than what is remembered.
     pub async fn remember(&self, device: DeviceId, stream: &StreamName, head: Head) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO seen_heads (device, stream, seq, hash, ts) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (device, stream) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, ts = excluded.ts \
-             WHERE excluded.seq > seen_heads.seq",
-        )
-        .bind(&device.0[..])
-        .bind(stream.as_str())
-        .bind(seq_i64(head.seq)?)
-        .bind(&head.hash.0[..])
-        .bind(head.ts)
-        .execute(&self.pool)
-        .await?;
+        remember_query(device, stream, &head)?.execute(&self.writer).await?;
         Ok(())
     }
 
     /// Queues a batch received from a peer for the store (the outbox keeps it until the store acked).
     pub async fn commit_received(&self, row: &BatchRow) -> Result<()> {
-        outbox_insert(row, Some(&row.device.0[..]))?.execute(&self.pool).await?;
+        outbox_insert(row, Some(&row.device.0[..]))?.execute(&self.writer).await?;
         Ok(())
     }
 
@@ -420,17 +618,13 @@ impl LocalState {
         rows.iter().map(|r| Ok((r.try_get("id")?, stream_from(r)?, r.try_get("sealed")?))).collect()
     }
 
-    /// Removes published batches from the queue.
-    pub async fn published(&self, ids: &[i64]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for id in ids {
-            sqlx::query("DELETE FROM publish_queue WHERE id = ?").bind(id).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+    /// Removes published batches from the queue: every one up to id `through`
+    /// (the oldest ones, as [`LocalState::publish_queue`] gave them).
+    pub async fn published(&self, through: i64) -> Result<()> {
+        sqlx::query("DELETE FROM publish_queue WHERE id <= ?").bind(through).execute(&self.writer).await?;
         Ok(())
     }
 
-    /// A setting changed while the agent ran (see [`LocalState::put_setting`]).
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
         Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = ?").bind(key).fetch_optional(&self.pool).await?)
     }
@@ -439,7 +633,7 @@ impl LocalState {
         sqlx::query("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)")
             .bind(key)
             .bind(value)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -452,7 +646,7 @@ impl LocalState {
             .bind(&peer.public.ed25519[..])
             .bind(&peer.public.x25519[..])
             .bind(peer.paired_ms)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -490,7 +684,7 @@ impl LocalState {
         .bind(g.revoked)
         .bind(&g.grant[..])
         .bind(g.published)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -524,7 +718,7 @@ impl LocalState {
             .bind(&peer.0[..])
             .bind(stream.as_str())
             .bind(grant)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -553,7 +747,7 @@ impl LocalState {
             .bind(stream.as_str())
             .bind(issued_ms)
             .bind(grant)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -572,6 +766,7 @@ impl LocalState {
 
     /// Closes the pool, checkpointing the WAL.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

@@ -11,7 +11,7 @@ use edgeseal_core::envelope::{BatchHash, SealParams, seal};
 use edgeseal_core::keys::Identity;
 use edgeseal_core::{Reading, Value};
 use edgeseal_core::{Readings, ScalarBatch, StreamName};
-use edgeseal_store::local::LocalState;
+use edgeseal_store::local::{LocalState, Run, Sealed};
 use edgeseal_store::reader::{open_all, read_stream};
 use edgeseal_store::{AnyStore, BatchRow, ConnectOptions, Store, TimeRange};
 
@@ -122,6 +122,12 @@ async fn suite(store: AnyStore) {
     assert_eq!((r.inserted, r.already_present, r.conflicts.len()), (0, 2, 0));
     let (other, _) = chain(&id, &id, "temperature", 1);
     assert_eq!(store.put_batches(&other).await.unwrap().conflicts, vec![0]);
+    // One multi-row insert with a new batch, one already there and a conflict among them.
+    let stranger = random_identity();
+    let (more, _) = chain(&stranger, &stranger, "temperature", 1);
+    let mixed = [rows[1].clone(), other[0].clone(), more[0].clone()];
+    let r = store.put_batches(&mixed).await.unwrap();
+    assert_eq!((r.inserted, r.already_present, r.conflicts), (1, 1, vec![1]));
     store.put_checkpoint(id.device_id(), &rows[0].stream, 5, &checkpoint(&id, "temperature", heads[5])).await.unwrap();
 
     let info = store.streams().await.unwrap().into_iter().find(|s| s.device == id.device_id()).unwrap();
@@ -389,6 +395,89 @@ fn local_state_opens_while_others_create_it() {
     });
 }
 
+/// Readings of `stream` at times `ts` (°C, one label among them, and a blob).
+fn mixed(stream: &StreamName, ts: std::ops::Range<i64>) -> Vec<Reading> {
+    ts.map(|t| Reading {
+        stream: stream.clone(),
+        ts: t,
+        value: match t % 5 {
+            4 => Value::Blob { media_type: "image/jpeg".into(), data: vec![t as u8; 7] },
+            3 => Value::Scalar { value: t as f64 / 10.0, unit: "°C".into(), label: Some("warm".into()) },
+            _ => Value::Scalar { value: t as f64 / 10.0, unit: "°C".into(), label: None },
+        },
+    })
+    .collect()
+}
+
+#[test]
+fn the_journal_keeps_runs_as_rows_and_gives_back_each_reading_at_its_position() {
+    run(async {
+        let dir = tempdir("journal");
+        let local = LocalState::open(&dir.join("state.db")).await.unwrap();
+        let (a, b) = (StreamName::new("a").unwrap(), StreamName::new("b").unwrap());
+        let (ra, rb) = (mixed(&a, 0..1000), mixed(&b, 0..10));
+        local
+            .journal_append(&[
+                Run { stream: &a, first_pos: 0, readings: &ra[..600] },
+                Run { stream: &b, first_pos: 0, readings: &rb },
+            ])
+            .await
+            .unwrap();
+        local.journal_append(&[Run { stream: &a, first_pos: 600, readings: &ra[600..] }]).await.unwrap();
+        let url = format!("sqlite://{}", dir.join("state.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journal").fetch_one(&pool).await.unwrap();
+        // One row per run and kind: a's runs alternate scalars and blobs every 5 readings.
+        assert!(rows < 1000, "{rows} rows for 1,010 readings");
+        let (open, _) = local.journal_open().await.unwrap();
+        let got_a: Vec<Reading> = open[0].readings.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(got_a, ra, "every value, unit, label and blob comes back");
+        assert!(open[0].readings.iter().enumerate().all(|(i, (p, _))| *p == i as u64));
+        assert_eq!((open[0].next_pos, open[1].next_pos), (1000, 10));
+        assert_eq!(local.backlog().await.unwrap()["a"].pending_readings, 1000);
+
+        // A damaged row is named and skipped; the others still come back.
+        sqlx::query("UPDATE journal SET body = x'00ff' WHERE stream = 'b'").execute(&pool).await.unwrap();
+        let (open, damaged) = local.journal_open().await.unwrap();
+        assert_eq!(open[0].readings.len(), 1000);
+        assert!(damaged.iter().all(|d| d.contains("of b") && d.contains("does not decode")), "{damaged:?}");
+        assert!(!damaged.is_empty());
+        assert_eq!(open[1].next_pos, 10, "positions are not reused after a damaged row");
+        pool.close().await;
+    });
+}
+
+#[test]
+fn readings_journaled_by_an_earlier_version_move_into_the_journal() {
+    run(async {
+        let dir = tempdir("legacy");
+        let path = dir.join("state.db");
+        LocalState::open(&path).await.unwrap().close().await;
+        let url = format!("sqlite://{}", path.display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for (ts, unit) in [(1i64, "°C"), (2, "°C"), (300_000_000_000_000, "°C"), (3, "%")] {
+            sqlx::query("INSERT INTO pending_readings (stream, ts, value, unit) VALUES ('t', ?, 1.5, ?)")
+                .bind(ts)
+                .bind(unit)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        let local = LocalState::open(&path).await.unwrap();
+        let (open, _) = local.journal_open().await.unwrap();
+        let ts: Vec<(u64, i64)> = open[0].readings.iter().map(|(p, r)| (*p, r.ts)).collect();
+        assert_eq!(ts, vec![(0, 1), (1, 2), (2, 3)], "in order; the one that can never be sealed is not among them");
+        local.close().await;
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pending_readings").fetch_one(&pool).await.unwrap();
+        let aside: String = sqlx::query_scalar("SELECT reason FROM set_aside").fetch_one(&pool).await.unwrap();
+        assert_eq!(left, 0);
+        assert!(aside.contains("time"), "{aside}");
+        pool.close().await;
+    });
+}
+
 #[test]
 fn local_state_keeps_everything_across_reopen() {
     run(async {
@@ -405,23 +494,29 @@ fn local_state_keeps_everything_across_reopen() {
                     value: Value::Scalar { value: i as f64, unit: "°C".into(), label: None },
                 })
                 .collect();
-            let ids = local.journal(&pending).await.unwrap();
+            local.journal_append(&[Run { stream: &s, first_pos: 0, readings: &pending }]).await.unwrap();
             let (rows, heads) = chain(&id, &id, "temperature", 1);
-            local.commit_sealed(&rows[0], Some(ids[2])).await.unwrap();
-            assert!(local.commit_sealed(&rows[0], None).await.is_err(), "a number is used once");
+            // The first batch seals the journal's readings 0, 1 and 2.
+            local.commit_sealed(&[Sealed { row: rows[0].clone(), sealed_pos: 3 }]).await.unwrap();
+            let again = local.commit_sealed(&[Sealed { row: rows[0].clone(), sealed_pos: 3 }]).await;
+            assert!(again.is_err(), "a number is used once");
             local.remember(id.device_id(), &s, heads[0]).await.unwrap();
             local.close().await;
         }
         let local = LocalState::open(&path).await.unwrap();
-        let pending = local.pending().await.unwrap();
-        assert_eq!(pending.iter().map(|(_, p)| p.ts).collect::<Vec<_>>(), vec![3, 4]);
+        let (open, damaged) = local.journal_open().await.unwrap();
+        assert!(damaged.is_empty());
+        assert_eq!(open.len(), 1);
+        let positions: Vec<(u64, i64)> = open[0].readings.iter().map(|(p, r)| (*p, r.ts)).collect();
+        assert_eq!(positions, vec![(3, 3), (4, 4)], "what the batch sealed is not journaled any more");
+        assert_eq!(open[0].next_pos, 5);
         let st = local.stream_state(&s).await.unwrap();
         assert_eq!(st.next_seq, 1);
         assert_eq!(local.rotate_epoch(&s, 1).await.unwrap(), 1);
         assert_eq!(local.stream_state(&s).await.unwrap().epoch, 1);
         let out = local.outbox(id.device_id(), 10).await.unwrap();
         assert_eq!(out.len(), 1);
-        local.outbox_done(&[out[0].0], &[]).await.unwrap();
+        local.outbox_done(out[0].0, &[], &[]).await.unwrap();
         assert!(local.outbox(id.device_id(), 10).await.unwrap().is_empty());
         assert_eq!(local.remembered(id.device_id(), &s).await.unwrap().unwrap().seq, 0);
     });

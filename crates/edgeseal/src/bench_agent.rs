@@ -111,11 +111,15 @@ pub async fn agent(
             true => None,
             false => Some(through_up(&root.join("stdin"), readings, batch, store.as_deref()).await?),
         };
-        Ok::<_, anyhow::Error>((lib, stdin))
+        let live = match &broker {
+            Some(b) => Some(live_latency(&root.join("live"), b.clone(), LIVE_READINGS).await?),
+            None => None,
+        };
+        Ok::<_, anyhow::Error>((lib, stdin, live))
     }
     .await;
     let _ = std::fs::remove_dir_all(&root);
-    let (lib, stdin) = result?;
+    let (lib, stdin, live) = result?;
     let store_name = store.as_deref().map(scheme).unwrap_or("sqlite");
     if json_out {
         println!(
@@ -132,6 +136,10 @@ pub async fn agent(
                 "batch": batch,
                 "store": store_name,
                 "broker": broker.is_some(),
+                "live_p50_ms": live.as_ref().map(|l| round2(l.p50_ms)),
+                "live_p99_ms": live.as_ref().map(|l| round2(l.p99_ms)),
+                "live_max_ms": live.as_ref().map(|l| round2(l.max_ms)),
+                "live_lost": live.as_ref().map(|l| l.lost),
             })
         );
     } else {
@@ -157,6 +165,13 @@ pub async fn agent(
             lib.bytes_per_reading(),
             if store_name == "sqlite" { " (the SQLite file)" } else { " (sealed batches and checkpoints)" }
         );
+        if let Some(l) = &live {
+            println!(
+                "  live:    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms from a reading at one agent to a paired agent's live feed \
+                 ({LIVE_READINGS} readings at 10/s, a batch each, {} lost)",
+                l.p50_ms, l.p99_ms, l.max_ms, l.lost
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -167,6 +182,126 @@ fn round2(v: f64) -> f64 {
 
 fn scheme(url: &str) -> &str {
     url.split(':').next().unwrap_or(url)
+}
+
+/// Readings of the live latency run (at 10 per second).
+const LIVE_READINGS: usize = 200;
+
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    lost: usize,
+}
+
+/// Opens a new agent in `dir` for the live run, its pipeline at one reading per batch.
+async fn live_agent(dir: &Path, name: &str, broker: &BrokerUrl) -> Result<(Arc<Service>, Arc<Stats>)> {
+    let mut cfg = Config::new(dir, name);
+    cfg.mqtt.broker = Some(broker.clone());
+    cfg.mqtt.prefix = format!("edgeseal-bench/{}", std::process::id());
+    cfg.batch = Policy { count: 1, interval_ms: None };
+    let identity = datadir::init(dir, name, None)?;
+    let cfg = Arc::new(cfg);
+    let service = Service::open(cfg, Keys::Secret(Box::new(identity)), false).await?;
+    Ok((Arc::new(service), Arc::new(Stats::default())))
+}
+
+/// Starts `service`'s pipeline and sharing (its peers must be known by now).
+async fn start_live(
+    service: &mut Arc<Service>,
+    stats: &Arc<Stats>,
+    stop: &CancellationToken,
+) -> Result<mpsc::Sender<Reading>> {
+    let svc = Arc::get_mut(service).context("the service is shared already")?;
+    let cfg = svc.config().clone();
+    let identity = svc.identity()?.clone();
+    let mut local = svc.local().clone();
+    local.enable_publishing();
+    let (tx, rx) = mpsc::channel(edgeseal_agent::runtime::sealer::JOURNAL_MAX);
+    let policy = cfg.batch;
+    let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(svc, &local, policy, stats, rx)?;
+    svc.attach_sealer(commands, policy);
+    tokio::spawn(sealer.run(stop.clone()));
+    tokio::spawn(drainer.run(stop.clone()));
+    let (publisher, receiver) =
+        sharing::connect(&cfg, identity, local, wake.drainer.clone(), wake.publisher.clone(), stats.clone()).await?;
+    tokio::spawn(publisher.run(stop.clone()));
+    tokio::spawn(receiver.run(stop.clone()));
+    Ok(tx)
+}
+
+/// Two agents paired through `broker`: one reading every 100 ms at the first,
+/// timed until it shows in the second's live feed (what its `watch` and
+/// dashboard show), through both agents' whole path: journal, seal, outbox,
+/// publish queue, broker, verify, order, open.
+async fn live_latency(dir: &Path, broker: BrokerUrl, n: usize) -> Result<Latency> {
+    let (mut a, a_stats) = live_agent(&dir.join("a"), "bench-a", &broker).await?;
+    let (mut b, b_stats) = live_agent(&dir.join("b"), "bench-b", &broker).await?;
+    let stop = CancellationToken::new();
+    let stream = StreamName::new("temperature")?;
+    for (me, other) in [(&a, &b), (&b, &a)] {
+        let peer = edgeseal_store::local::PeerRow {
+            device: other.device(),
+            name: other.name().to_string(),
+            public: other.identity()?.public(),
+            paired_ms: edgeseal_agent::now_ms(),
+        };
+        me.local().add_peer(&peer).await?;
+    }
+    a.grant(&b.device().to_string(), &stream, None).await?;
+    let tx = start_live(&mut a, &a_stats, &stop).await?;
+    start_live(&mut b, &b_stats, &stop).await?;
+    let t0 = Instant::now();
+    while b.local().grants_in().await?.is_empty() {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("the grant did not reach the second agent through the broker in 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut feed = b_stats.live.subscribe();
+    let sent: Arc<std::sync::Mutex<std::collections::HashMap<i64, Instant>>> = Arc::default();
+    let sent_ = sent.clone();
+    let source = tokio::spawn(async move {
+        let base = edgeseal_agent::now_ms();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for i in 0..n as i64 {
+            tick.tick().await;
+            let ts = base + i;
+            sent_.lock().expect("not poisoned").insert(ts, Instant::now());
+            let r = Reading {
+                stream: StreamName::new("temperature").expect("valid"),
+                ts,
+                value: Value::Scalar { value: 21.0 + i as f64 / 10.0, unit: "°C".into(), label: None },
+            };
+            if tx.send(r).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut latencies = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(100 * n as u64) + Duration::from_secs(10);
+    while latencies.len() < n {
+        let ev = match tokio::time::timeout_at(deadline, feed.recv()).await {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) | Err(_) => break,
+        };
+        if ev.origin != "peer" {
+            continue;
+        }
+        if let Some(at) = sent.lock().expect("not poisoned").remove(&ev.ts_ms) {
+            latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    source.await?;
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    if latencies.is_empty() {
+        bail!("no reading reached the second agent through the broker");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok(Latency { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0), lost: n - latencies.len() })
 }
 
 /// The pipeline `up` runs, in this process.
@@ -188,7 +323,7 @@ async fn in_process(dir: &Path, n: u64, batch: usize, store: Option<&str>, broke
         local.enable_publishing();
     }
     let stats = Arc::new(Stats::default());
-    let (tx, rx) = mpsc::channel(4096);
+    let (tx, rx) = mpsc::channel(edgeseal_agent::runtime::sealer::JOURNAL_MAX);
     let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(&service, &local, policy, &stats, rx)?;
     service.attach_sealer(commands, policy);
     let service = Arc::new(service);
@@ -239,6 +374,8 @@ async fn in_process(dir: &Path, n: u64, batch: usize, store: Option<&str>, broke
     }
     let secs = t0.elapsed().as_secs_f64();
     let cpu_s = crate::bench::cpu_seconds() - cpu0;
+    // The agent's peak, before verifying (which reads everything back) adds its own.
+    let rss_mb = peak_rss_mb("/proc/self/status");
     sealer_stop.cancel();
     sealer.await?;
     drain_stop.cancel();
@@ -252,7 +389,7 @@ async fn in_process(dir: &Path, n: u64, batch: usize, store: Option<&str>, broke
     }
     let bytes_at_rest = check_and_measure(&service, n, &cfg).await?;
     service.close(Duration::from_secs(2)).await;
-    Ok(Run { readings: n, secs, cpu_s, rss_mb: peak_rss_mb("/proc/self/status"), bytes_at_rest })
+    Ok(Run { readings: n, secs, cpu_s, rss_mb, bytes_at_rest })
 }
 
 /// Verifies what the agent in `service` stored (every stream clean, `n` readings)

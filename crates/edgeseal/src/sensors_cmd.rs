@@ -61,8 +61,10 @@ async fn last_readings(
         return Ok(out);
     }
     let public = crate::commands::open(cfg, edgeseal_agent::service::Keys::Public).await?;
-    for (_, r) in public.local().pending().await? {
-        out.insert(r.stream.to_string(), (r.ts, show(&r.value)));
+    for j in public.local().journal_open().await?.0 {
+        if let Some((_, r)) = j.readings.last() {
+            out.insert(r.stream.to_string(), (r.ts, show(&r.value)));
+        }
     }
     public.close(std::time::Duration::from_secs(1)).await;
     let missing: Vec<&String> = streams.iter().filter(|s| !out.contains_key(*s)).collect();

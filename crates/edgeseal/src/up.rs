@@ -81,7 +81,7 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         None
     };
     let stats = Arc::new(Stats::default());
-    let (readings_tx, readings_rx) = mpsc::channel(4096);
+    let (readings_tx, readings_rx) = mpsc::channel(edgeseal_agent::runtime::sealer::JOURNAL_MAX);
     let sources = sources::build(&cfg, bus.as_ref(), &readings_tx, &stats)?;
     drop(readings_tx);
     // An agent that only receives from peers runs until stopped, not until its (no) sensors finish.

@@ -1,5 +1,5 @@
 //! The drainer: moves sealed batches from the outbox to the store (in
-//! transactions of [`DRAIN_CHUNK`]), remembers this agent's heads and signs
+//! transactions of [`DRAIN_CHUNK`] batches or [`DRAIN_BYTES`]), remembers this agent's heads and signs
 //! checkpoints. While the store is down it backs off and keeps everything in
 //! the outbox; at shutdown it makes one last attempt.
 
@@ -24,7 +24,9 @@ use crate::now_ms;
 use crate::service::StoreCell;
 
 /// Batches per store transaction.
-pub const DRAIN_CHUNK: u32 = 256;
+pub const DRAIN_CHUNK: u32 = 1024;
+/// A store transaction takes no more batches once they reach this many bytes.
+pub const DRAIN_BYTES: u64 = 8 << 20;
 
 #[derive(Debug)]
 pub struct Drainer {
@@ -106,7 +108,7 @@ impl Drainer {
     async fn pass(&self, device: DeviceId, dirty: &mut BTreeSet<StreamName>) -> edgeseal_store::Result<()> {
         let store = self.store.get().await?;
         loop {
-            let batch = self.local.outbox(device, DRAIN_CHUNK).await?;
+            let batch = self.local.outbox_upto(device, DRAIN_CHUNK, DRAIN_BYTES).await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -122,8 +124,6 @@ impl Drainer {
             }
             let stored: Vec<i64> =
                 ids.iter().enumerate().filter(|(i, _)| !report.conflicts.contains(i)).map(|(_, &id)| id).collect();
-            self.local.outbox_done(&stored, &rejected).await?;
-            self.stats.stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
             // Heads of this agent's streams (received batches were remembered on arrival).
             let mut heads: HashMap<&StreamName, &BatchRow> = HashMap::new();
             for (i, r) in rows.iter().enumerate() {
@@ -134,11 +134,16 @@ impl Drainer {
                     heads.insert(&r.stream, r);
                 }
             }
-            for (stream, r) in heads {
-                let head = Head { seq: r.seq, hash: edgeseal_core::envelope::BatchHash(r.hash), ts: r.last_ts };
-                self.local.remember(device, stream, head).await?;
-                dirty.insert(stream.clone());
-            }
+            let heads: Vec<(DeviceId, &StreamName, Head)> = heads
+                .into_iter()
+                .map(|(s, r)| {
+                    (device, s, Head { seq: r.seq, hash: edgeseal_core::envelope::BatchHash(r.hash), ts: r.last_ts })
+                })
+                .collect();
+            let through = *ids.last().expect("the chunk is not empty");
+            self.local.outbox_done(through, &rejected, &heads).await?;
+            self.stats.stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
+            dirty.extend(heads.iter().map(|(_, s, _)| (*s).clone()));
             debug!("stored {} batches", stored.len());
         }
     }

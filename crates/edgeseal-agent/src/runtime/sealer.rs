@@ -2,13 +2,20 @@
 //! into batches and seals them into the outbox. The batcher has one owner,
 //! this task; the service reaches it through [`SealerCommand`]s.
 //!
+//! Group commit: whatever the sources handed over is journaled at once, in
+//! one transaction (a row per stream, not per reading); while that commit is
+//! on disk the next readings gather in the channel and make the next group.
+//! An idle agent commits each reading as it comes; a busy one commits many per
+//! transaction, with no fixed window either way. The batches a group cuts are
+//! sealed and recorded in one more transaction.
+//!
 //! A reading that could never be sealed (a time outside 0000–9999, a label
 //! over 256 bytes, a blob over the limit) is refused and counted before it
 //! is journaled, so it can never wedge the agent. A stream whose batch fails
 //! to seal (state.db trouble) keeps its readings in the journal and in
 //! order, is tried again with backoff, and holds up no other stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,7 +26,7 @@ use edgeseal_core::reading::into_batches;
 use edgeseal_core::{Reading, StreamName};
 use edgeseal_sensors::batcher::{Batcher, Cut, Policy};
 use edgeseal_store::BatchRow;
-use edgeseal_store::local::LocalState;
+use edgeseal_store::local::{LocalState, Run, Sealed};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,11 +38,12 @@ use crate::service::SealerCommand;
 use crate::views::StoreNowView;
 use crate::{Error, Result};
 
-/// Readings are journaled (accepted) at most this long after they were read,
-/// in one transaction, so a busy agent commits a few times a second rather than per reading.
-pub const JOURNAL_WINDOW: Duration = Duration::from_millis(250);
-/// Most readings journaled in one transaction.
-pub const JOURNAL_MAX: usize = 1024;
+/// Most readings journaled in one transaction (and the size of the channel
+/// the sources fill, so one group can take all that waits).
+pub const JOURNAL_MAX: usize = 16 * 1024;
+/// Most batches recorded in one transaction (a round that cuts more, such as
+/// a resumed journal at one reading per batch, is recorded in several).
+const ROUND_MAX: usize = 4096;
 /// The first wait before a stream whose batch failed to seal is tried again; it doubles up to a minute.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -61,6 +69,8 @@ pub struct Sealer {
     commands: mpsc::Receiver<SealerCommand>,
     /// Streams whose last seal failed: when to try again, and the wait after that.
     failing: HashMap<StreamName, (Instant, Duration)>,
+    /// The journal position of each stream's next accepted reading.
+    next_pos: HashMap<StreamName, u64>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -92,6 +102,7 @@ impl Sealer {
             input,
             commands,
             failing: HashMap::new(),
+            next_pos: HashMap::new(),
         }
     }
 
@@ -115,15 +126,7 @@ impl Sealer {
                         input_open = false;
                         continue;
                     }
-                    // Gather what else arrives shortly, so one commit journals many readings.
-                    let window = Instant::now() + JOURNAL_WINDOW;
-                    while buf.len() < JOURNAL_MAX {
-                        let room = JOURNAL_MAX - buf.len();
-                        tokio::select! {
-                            n = self.input.recv_many(&mut buf, room) => if n == 0 { input_open = false; break },
-                            _ = tokio::time::sleep_until(window) => break,
-                        }
-                    }
+                    // Whatever waits is one group: no window to wait out.
                     self.accept(&mut buf).await;
                 }
                 _ = sleep_until_opt(deadline) => {
@@ -155,30 +158,25 @@ impl Sealer {
         debug!("sealer stopped after sealing {readings} readings in its last round");
     }
 
-    /// Readings journaled before the last stop are batched again (those that
-    /// could never be sealed are set aside in state.db, not retried forever).
+    /// Readings journaled before the last stop are batched again, at their
+    /// journal positions.
     async fn resume(&mut self) {
-        let pending = match self.local.pending().await {
-            Ok(p) => p,
+        let (journaled, damaged) = match self.local.journal_open().await {
+            Ok(j) => j,
             Err(e) => return error!("cannot read the readings journaled before the last stop: {e}"),
         };
-        if !pending.is_empty() {
-            info!("resuming {} readings accepted before the last stop", pending.len());
+        for d in damaged {
+            error!("{d}: state.db is damaged there, and those readings cannot be sealed");
+        }
+        let waiting: usize = journaled.iter().map(|j| j.readings.len()).sum();
+        if waiting > 0 {
+            info!("resuming {waiting} readings accepted before the last stop");
         }
         let mut cuts = Vec::new();
-        for (id, r) in pending {
-            match r.check() {
-                Ok(()) => cuts.extend(self.batcher.push(id, r, self.mono())),
-                Err(why) => {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    warn!(
-                        "a reading of {} journaled before can never be sealed ({why}); set aside in state.db",
-                        r.stream
-                    );
-                    if let Err(e) = self.local.set_aside(id, &why.to_string()).await {
-                        error!("cannot set the reading aside: {e}");
-                    }
-                }
+        for j in journaled {
+            self.next_pos.insert(j.stream, j.next_pos);
+            for (pos, r) in j.readings {
+                cuts.extend(self.batcher.push(pos as i64, r, self.mono()));
             }
         }
         self.seal_round(cuts).await;
@@ -208,142 +206,181 @@ impl Sealer {
         }
     }
 
-    /// Accepts what can be sealed: journals it (one transaction) and batches it.
+    /// Accepts what can be sealed: journals it (one transaction, a run per
+    /// stream) and batches it.
     async fn accept(&mut self, buf: &mut Vec<Reading>) {
         if buf.is_empty() {
             return;
         }
-        let mut readings = Vec::with_capacity(buf.len());
+        // Per stream, in order of arrival.
+        let mut streams: Vec<(StreamName, Vec<Reading>)> = Vec::new();
         for r in buf.drain(..) {
-            match r.check() {
-                Ok(()) => readings.push(r),
-                Err(why) => {
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    warn!("refused a reading of {}: {why}", r.stream);
-                }
+            if let Err(why) = r.check() {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                warn!("refused a reading of {}: {why}", r.stream);
+                continue;
+            }
+            match streams.iter_mut().find(|(s, _)| *s == r.stream) {
+                Some((_, rs)) => rs.push(r),
+                None => streams.push((r.stream.clone(), vec![r])),
             }
         }
-        let ids = match self.local.journal(&readings).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                self.stats.refused.fetch_add(readings.len() as u64, Ordering::Relaxed);
-                error!("cannot journal {} readings in state.db, so they were not accepted: {e}", readings.len());
-                return;
-            }
-        };
-        self.stats.accepted.fetch_add(ids.len() as u64, Ordering::Relaxed);
+        let runs: Vec<Run> = streams
+            .iter()
+            .map(|(s, rs)| Run { stream: s, first_pos: self.next_pos.get(s).copied().unwrap_or(0), readings: rs })
+            .collect();
+        let n: usize = runs.iter().map(|r| r.readings.len()).sum();
+        if n == 0 {
+            return;
+        }
+        if let Err(e) = self.local.journal_append(&runs).await {
+            self.stats.refused.fetch_add(n as u64, Ordering::Relaxed);
+            error!("cannot journal {n} readings in state.db, so they were not accepted: {e}");
+            return;
+        }
+        self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
         let device = self.identity.device_id();
-        for r in &readings {
-            self.stats.live.local(device, r);
-        }
         let mut cuts = Vec::new();
-        for (id, r) in ids.into_iter().zip(readings) {
-            cuts.extend(self.batcher.push(id, r, self.mono()));
+        let mono = self.mono();
+        for (stream, readings) in streams {
+            self.stats.live.accepted(device, &readings);
+            let next = self.next_pos.entry(stream).or_insert(0);
+            for r in readings {
+                cuts.extend(self.batcher.push(*next as i64, r, mono));
+                *next += 1;
+            }
         }
         self.seal_round(cuts).await;
     }
 
-    /// Seals what one round cut; returns (batches, readings) sealed. Only the
+    /// Seals what one round cut and records it (one transaction per
+    /// [`ROUND_MAX`] batches); returns (batches, readings) recorded. Only the
     /// last batch of each stream in the round is signed: it covers the earlier
     /// ones through their chain links (format.md), so a burst of small batches
     /// (the live "every reading" cadence) costs one signature per stream and
     /// round, and every round ends on a signed batch. A stream that fails (or
-    /// waits to be tried again) has its readings put back, oldest first.
+    /// waits to be tried again) has its readings put back, oldest first, and
+    /// holds up no other: when the round's transaction fails, each stream's
+    /// batches are recorded on their own.
     async fn seal_round(&mut self, cuts: Vec<Cut>) -> (usize, usize) {
-        let last: HashMap<StreamName, usize> = cuts.iter().enumerate().map(|(i, c)| (c.stream.clone(), i)).collect();
-        let now = Instant::now();
-        let mut parked: BTreeMap<StreamName, Cut> = BTreeMap::new();
         let (mut batches, mut readings) = (0, 0);
-        for (i, cut) in cuts.into_iter().enumerate() {
-            let waiting = self.failing.get(&cut.stream).is_some_and(|(at, _)| *at > now);
-            if let Some(p) = parked.get_mut(&cut.stream) {
-                p.readings.extend(cut.readings);
-                p.ids.extend(cut.ids);
-                continue;
-            }
-            if waiting {
-                parked.insert(cut.stream.clone(), cut);
-                continue;
-            }
-            let sign = last.get(&cut.stream) == Some(&i);
-            let (b, done, result) = self.seal(&cut, sign).await;
+        let mut cuts = cuts.into_iter().peekable();
+        while cuts.peek().is_some() {
+            let round: Vec<Cut> = cuts.by_ref().take(ROUND_MAX).collect();
+            let (b, r) = self.seal_some(round).await;
             batches += b;
-            readings += done;
-            match result {
-                Ok(()) => {
-                    self.failing.remove(&cut.stream);
-                }
-                Err(e) => {
-                    let wait = self.failing.get(&cut.stream).map_or(RETRY_FIRST, |(_, w)| *w);
-                    self.failing.insert(cut.stream.clone(), (now + wait, (wait * 2).min(RETRY_MAX)));
-                    self.stats.seal_failures.fetch_add(1, Ordering::Relaxed);
-                    error!(
-                        "cannot seal {} readings of {}: {e}. They stay journaled and are tried again in {}; other streams go on",
-                        cut.readings.len() - done,
-                        cut.stream,
-                        humantime::format_duration(wait)
-                    );
-                    let Cut { stream, mut readings, mut ids } = cut;
-                    parked.insert(
-                        stream.clone(),
-                        Cut { stream, readings: readings.split_off(done), ids: ids.split_off(done) },
-                    );
-                }
-            }
-        }
-        let mono = self.mono();
-        for (_, cut) in parked {
-            self.batcher.put_back(cut, mono);
+            readings += r;
         }
         (batches, readings)
     }
 
-    /// Seals one cut (in as many batches as the format needs); returns the
-    /// batches and readings sealed, and the error that stopped it, if any.
-    async fn seal(&mut self, cut: &Cut, sign: bool) -> (usize, usize, Result<()>) {
-        let batches = into_batches(&cut.readings);
-        let n = batches.len();
-        let (mut sealed, mut done) = (0, 0);
-        for (i, (readings, last)) in batches.into_iter().enumerate() {
-            let signed = sign && i + 1 == n;
-            match self.seal_one(&cut.stream, &readings, signed, cut.ids[last]).await {
-                Ok(()) => {
-                    sealed += 1;
-                    done = last + 1;
-                }
-                Err(e) => return (sealed, done, Err(e)),
+    async fn seal_some(&mut self, cuts: Vec<Cut>) -> (usize, usize) {
+        let now = Instant::now();
+        // Each stream's cuts, in order; streams in order of their first cut.
+        let mut per_stream: Vec<(StreamName, Vec<Cut>)> = Vec::new();
+        for cut in cuts {
+            match per_stream.iter_mut().find(|(s, _)| *s == cut.stream) {
+                Some((_, cs)) => cs.push(cut),
+                None => per_stream.push((cut.stream.clone(), vec![cut])),
             }
         }
-        (sealed, done, Ok(()))
+        let mut sealed: Vec<Sealed> = Vec::new();
+        let mut spans: Vec<(StreamName, std::ops::Range<usize>, Vec<Cut>)> = Vec::new();
+        let mut parked: Vec<Vec<Cut>> = Vec::new();
+        for (stream, cuts) in per_stream {
+            if self.failing.get(&stream).is_some_and(|(at, _)| *at > now) {
+                parked.push(cuts);
+                continue;
+            }
+            let start = sealed.len();
+            match self.seal_stream(&stream, &cuts, &mut sealed).await {
+                Ok(()) => spans.push((stream, start..sealed.len(), cuts)),
+                Err(e) => {
+                    sealed.truncate(start);
+                    self.failed(&stream, &cuts, &e, now);
+                    parked.push(cuts);
+                }
+            }
+        }
+        let (mut batches, mut readings) = (0, 0);
+        let all_at_once = self.local.commit_sealed(&sealed).await;
+        for (stream, span, cuts) in spans {
+            let result = match &all_at_once {
+                Ok(()) => Ok(()),
+                Err(_) => self.local.commit_sealed(&sealed[span.clone()]).await.map_err(Error::Local),
+            };
+            match result {
+                Ok(()) => {
+                    self.failing.remove(&stream);
+                    batches += span.len();
+                    readings += cuts.iter().map(|c| c.readings.len()).sum::<usize>();
+                }
+                Err(e) => {
+                    self.failed(&stream, &cuts, &e, now);
+                    parked.push(cuts);
+                }
+            }
+        }
+        if batches > 0 {
+            self.stats.sealed.fetch_add(batches as u64, Ordering::Relaxed);
+            debug!("sealed {batches} batches ({readings} readings)");
+            self.wake.drainer.notify_one();
+            self.wake.publisher.notify_one();
+        }
+        let mono = self.mono();
+        for cuts in parked {
+            // Oldest last, since each goes in front of what is open.
+            for cut in cuts.into_iter().rev() {
+                self.batcher.put_back(cut, mono);
+            }
+        }
+        (batches, readings)
     }
 
-    async fn seal_one(
-        &mut self,
-        stream: &StreamName,
-        readings: &edgeseal_core::Readings,
-        signed: bool,
-        last_id: i64,
-    ) -> Result<()> {
-        let signer = signed.then_some(&*self.identity);
+    /// Notes that sealing `stream` failed: it is tried again after a backoff.
+    fn failed(&mut self, stream: &StreamName, cuts: &[Cut], e: &Error, now: Instant) {
+        let wait = self.failing.get(stream).map_or(RETRY_FIRST, |(_, w)| *w);
+        self.failing.insert(stream.clone(), (now + wait, (wait * 2).min(RETRY_MAX)));
+        self.stats.seal_failures.fetch_add(1, Ordering::Relaxed);
+        error!(
+            "cannot seal {} readings of {stream}: {e}. They stay journaled and are tried again in {}; other streams go on",
+            cuts.iter().map(|c| c.readings.len()).sum::<usize>(),
+            humantime::format_duration(wait)
+        );
+    }
+
+    /// Seals one stream's cuts of a round (in as many batches as the format
+    /// needs), numbered and chained after its recorded state; the last is signed.
+    async fn seal_stream(&mut self, stream: &StreamName, cuts: &[Cut], out: &mut Vec<Sealed>) -> Result<()> {
         let st = self.local.stream_state(stream).await.map_err(Error::Local)?;
         let key = self.identity.epoch_key(stream, st.epoch);
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).map_err(|e| Error::Internal(format!("no system randomness: {e}")))?;
-        let params = SealParams {
-            device: self.identity.device_id(),
-            stream: stream.clone(),
-            seq: st.next_seq,
-            epoch: st.epoch,
-            prev: st.head,
-            salt,
-        };
-        let sealed = seal(readings, &params, &key, signer, &mut self.scratch)?;
-        let row = BatchRow::from(sealed);
-        self.local.commit_sealed(&row, Some(last_id)).await.map_err(Error::Local)?;
-        self.stats.sealed.fetch_add(1, Ordering::Relaxed);
-        debug!("sealed batch {} of {} ({} readings)", row.seq, row.stream, row.count);
-        self.wake.drainer.notify_one();
-        self.wake.publisher.notify_one();
+        let (mut seq, mut prev) = (st.next_seq, st.head);
+        let groups: Vec<Vec<(edgeseal_core::Readings, usize)>> =
+            cuts.iter().map(|c| into_batches(&c.readings)).collect();
+        // Every batch's salt, from one call for the round.
+        let mut salts = vec![0u8; 16 * groups.iter().map(Vec::len).sum::<usize>()];
+        getrandom::fill(&mut salts).map_err(|e| Error::Internal(format!("no system randomness: {e}")))?;
+        let mut salts = salts.chunks_exact(16);
+        for (c, (cut, groups)) in cuts.iter().zip(groups).enumerate() {
+            let n = groups.len();
+            for (i, (readings, last)) in groups.into_iter().enumerate() {
+                let signer = (c + 1 == cuts.len() && i + 1 == n).then_some(&*self.identity);
+                let salt: [u8; 16] = salts.next().and_then(|s| s.try_into().ok()).expect("a salt per batch");
+                let params = SealParams {
+                    device: self.identity.device_id(),
+                    stream: stream.clone(),
+                    seq,
+                    epoch: st.epoch,
+                    prev,
+                    salt,
+                };
+                let sealed = seal(&readings, &params, &key, signer, &mut self.scratch)?;
+                prev = sealed.hash;
+                seq += 1;
+                let sealed_pos = u64::try_from(cut.ids[last]).unwrap_or(0) + 1;
+                out.push(Sealed { row: BatchRow::from(sealed), sealed_pos });
+            }
+        }
         Ok(())
     }
 }

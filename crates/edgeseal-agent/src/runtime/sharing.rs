@@ -139,7 +139,9 @@ impl Publisher {
             // before an earlier one.
             let done: Vec<i64> =
                 queue.iter().zip(&results).take_while(|(_, r)| r.is_ok()).map(|((id, ..), _)| *id).collect();
-            if let Err(e) = self.local.published(&done).await {
+            if let Some(&through) = done.last()
+                && let Err(e) = self.local.published(through).await
+            {
                 error!("cannot update the publish queue: {e}");
             }
             self.stats.published.fetch_add(done.len() as u64, Ordering::Relaxed);
