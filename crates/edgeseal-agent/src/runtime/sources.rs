@@ -89,7 +89,14 @@ impl Source {
         match kind {
             Kind::Polled { sensor, interval } => poll(sensor, interval, out, shutdown, stats).await,
             Kind::Lines { command: None } => {
-                read_lines(BufReader::new(tokio::io::stdin()), "standard input", &out, &shutdown, &stats).await;
+                read_lines(
+                    BufReader::with_capacity(LINE_BUFFER, tokio::io::stdin()),
+                    "standard input",
+                    &out,
+                    &shutdown,
+                    &stats,
+                )
+                .await;
             }
             Kind::Lines { command: Some(c) } => run_command(&c, out, shutdown, stats).await,
         }
@@ -105,7 +112,14 @@ async fn forward(r: Reading, what: &str, tx: &mpsc::Sender<Reading>, stats: &Sta
             warn!("{what}: dropped a reading of {} that is not a number ({value})", r.stream);
             return true;
         }
-        stats.latest.lock().unwrap_or_else(|p| p.into_inner()).insert(r.stream.clone(), (*value, unit.clone()));
+        let mut latest = stats.latest.lock().unwrap_or_else(|p| p.into_inner());
+        match latest.get_mut(&r.stream) {
+            // The common case allocates nothing.
+            Some((v, u)) if u == unit => *v = *value,
+            _ => {
+                latest.insert(r.stream.clone(), (*value, unit.clone()));
+            }
+        }
     }
     tx.send(r).await.is_ok()
 }
@@ -165,27 +179,41 @@ async fn poll(
     }
 }
 
+/// Bytes read from a JSON-lines source at a time.
+const LINE_BUFFER: usize = 256 * 1024;
+
 async fn read_lines<R: AsyncBufRead + Unpin>(
-    reader: R,
+    mut reader: R,
     what: &str,
     tx: &mpsc::Sender<Reading>,
     stop: &CancellationToken,
     stats: &Stats,
 ) {
-    let mut lines = reader.lines();
+    let mut bytes = Vec::new();
     let mut n = 0u64;
     loop {
+        bytes.clear();
+        // Not cancel safe, and need not be: a cancelled read ends the source.
         let line = tokio::select! {
             _ = stop.cancelled() => return,
-            l = lines.next_line() => l,
+            r = reader.read_until(b'\n', &mut bytes) => r,
         };
         match line {
-            Ok(Some(l)) => {
+            Ok(0) => {
+                info!("{what}: end of input after {n} lines");
+                return;
+            }
+            Ok(_) => {
                 n += 1;
+                let Ok(l) = std::str::from_utf8(&bytes) else {
+                    stats.read_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!("{what}: line {n} is not UTF-8 text; skipped");
+                    continue;
+                };
                 if l.trim().is_empty() {
                     continue;
                 }
-                match parse_line(&l, n, now_ms()) {
+                match parse_line(l, n, now_ms()) {
                     Ok(r) => {
                         if !forward(r, what, tx, stats).await {
                             return;
@@ -196,10 +224,6 @@ async fn read_lines<R: AsyncBufRead + Unpin>(
                         warn!("{what}: {e}");
                     }
                 }
-            }
-            Ok(None) => {
-                info!("{what}: end of input after {n} lines");
-                return;
             }
             Err(e) => {
                 warn!("{what}: cannot read: {e}");
@@ -224,7 +248,7 @@ async fn run_command(command: &str, tx: mpsc::Sender<Reading>, stop: Cancellatio
         match child {
             Ok(mut child) => {
                 if let Some(out) = child.stdout.take() {
-                    read_lines(BufReader::new(out), &what, &tx, &stop, &stats).await;
+                    read_lines(BufReader::with_capacity(LINE_BUFFER, out), &what, &tx, &stop, &stats).await;
                 }
                 let _ = child.start_kill();
                 let _ = child.wait().await;

@@ -78,6 +78,8 @@ fn no_reading_and_no_store_row_can_wedge_the_agent() {
         format!("{{\"stream\":\"u\",\"value\":7,\"ts\":{}}}", BASE_TS + 2000),
     ];
     up.stdin.as_mut().unwrap().write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+    // A line that is not UTF-8 is skipped and counted, and the lines after it are read.
+    up.stdin.as_mut().unwrap().write_all(b"{\"stream\":\"t\",\"value\":8,\"unit\":\"\xff\"}\n").unwrap();
     wait_until("the good readings stored", Duration::from_secs(30), || a.counts("t").0 == 3);
     wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", web)).is_ok());
 
@@ -120,6 +122,7 @@ fn no_reading_and_no_store_row_can_wedge_the_agent() {
     let logs = a.logs();
     assert!(logs.contains("3 refused"), "{logs}");
     assert!(logs.contains("outside the years 0000-9999") && logs.contains("label is 300 bytes long"), "{logs}");
+    assert!(logs.contains("line 8 is not UTF-8 text; skipped"), "{logs}");
     // And it starts again: nothing it accepted waits that it cannot seal.
     let out = a.ok(&["up", "--sensor", "none"]);
     assert!(out.contains("stopped: 0 readings accepted"), "{out}");
