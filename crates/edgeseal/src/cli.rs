@@ -357,7 +357,9 @@ pub enum BenchCommand {
         json: bool,
     },
     /// The agent's own path end to end: the pipeline `up` runs (source, journal, batcher, seal,
-    /// outbox, store; the publisher with --broker), and a real `up --sensor stdin` fed JSON lines
+    /// outbox, store), and a real `up --sensor stdin` fed JSON lines; with --broker URL also
+    /// publishing, and a reading's latency to a paired agent's live feed. --store URL: that
+    /// database [default: SQLite in a temporary directory]
     Agent {
         /// Readings in total (spread over the three simulated sensors at 1 Hz)
         #[arg(long, default_value_t = 3_000_000)]
@@ -365,12 +367,6 @@ pub enum BenchCommand {
         /// Readings per batch (the agent's batch.count)
         #[arg(long, default_value_t = 1000)]
         batch: usize,
-        /// The store (sqlite://, postgres://, mysql://) [default: SQLite in a temporary directory]
-        #[arg(long, value_name = "URL")]
-        store: Option<String>,
-        /// Also publish every batch to this MQTT broker
-        #[arg(long, value_name = "URL")]
-        broker: Option<String>,
         /// Only the in-process pipeline, not the `up --sensor stdin` run
         #[arg(long)]
         no_stdin: bool,

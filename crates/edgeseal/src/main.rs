@@ -96,6 +96,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     init_logging(if agent { &cfg.log } else { "warn" });
     let pass = PassphraseSource { file: cli.global.passphrase_file.clone() };
     let cfg = Arc::new(cfg);
+    // `bench agent` uses a database and a broker only when given on the command line.
+    let (store_flag, broker_flag) = (cli.global.store.clone(), cli.global.broker.clone());
     match cli.command {
         Command::Init { protect, .. } => commands::init(&cfg, &pass, protect),
         Command::Id { json } => commands::id(&cfg, json),
@@ -121,8 +123,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { command: BenchCommand::Storage { readings, batch, json } } => {
             bench::storage(readings, batch, json).await
         }
-        Command::Bench { command: BenchCommand::Agent { readings, batch, store, broker, no_stdin, json } } => {
-            bench_agent::agent(readings, batch, store, broker, no_stdin, json).await
+        Command::Bench { command: BenchCommand::Agent { readings, batch, no_stdin, json } } => {
+            bench_agent::agent(readings, batch, store_flag, broker_flag, no_stdin, json).await
         }
         Command::Bench { command: BenchCommand::Cloudsync { requests, connections, json } } => {
             bench_cloudsync::run(&cfg, requests, connections, json).await
