@@ -214,15 +214,19 @@ impl Sealer {
         }
         // Per stream, in order of arrival.
         let mut streams: Vec<(StreamName, Vec<Reading>)> = Vec::new();
+        let mut index: HashMap<StreamName, usize> = HashMap::new();
         for r in buf.drain(..) {
             if let Err(why) = r.check() {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 warn!("refused a reading of {}: {why}", r.stream);
                 continue;
             }
-            match streams.iter_mut().find(|(s, _)| *s == r.stream) {
-                Some((_, rs)) => rs.push(r),
-                None => streams.push((r.stream.clone(), vec![r])),
+            match index.get(&r.stream) {
+                Some(&i) => streams[i].1.push(r),
+                None => {
+                    index.insert(r.stream.clone(), streams.len());
+                    streams.push((r.stream.clone(), vec![r]));
+                }
             }
         }
         let runs: Vec<Run> = streams
