@@ -134,7 +134,8 @@ fn remember_query<'q>(
     .bind(head.ts))
 }
 
-/// Inserts rows `rows` into `table` (`columns`) with as few statements as the parameter limit allows.
+/// Inserts `rows` after `head` (`INSERT INTO table (columns) `), bound by `bind`, in as few
+/// statements as the parameter limit allows.
 async fn insert_many<'r, T: 'r>(
     tx: &mut sqlx::SqliteConnection,
     head: &str,
@@ -155,24 +156,35 @@ async fn insert_many<'r, T: 'r>(
     Ok(())
 }
 
-/// The outbox row of `row`; `device` is the peer that sealed it, `None` for this agent's own.
-fn outbox_insert<'q>(
-    row: &'q BatchRow,
-    device: Option<&'q [u8]>,
-) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>> {
-    Ok(sqlx::query(
-        "INSERT INTO outbox (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(device)
-    .bind(row.stream.as_str())
-    .bind(seq_i64(row.seq)?)
-    .bind(row.first_ts)
-    .bind(row.last_ts)
-    .bind(i64::from(row.count))
-    .bind(i64::from(row.epoch))
-    .bind(&row.hash[..])
-    .bind(&row.sealed[..]))
+/// The head of a multi-row insert into the outbox (rows bound by [`push_outbox_row`]).
+const OUTBOX_INSERT: &str = "INSERT INTO outbox (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) ";
+
+/// Binds the outbox row of `row`; `device` is the peer that sealed it, `None` for this agent's own.
+fn push_outbox_row(
+    mut b: sqlx::query_builder::Separated<'_, sqlx::Sqlite, &'static str>,
+    row: &BatchRow,
+    device: Option<&[u8]>,
+) -> Result<()> {
+    b.push_bind(device.map(<[u8]>::to_vec))
+        .push_bind(row.stream.to_string())
+        .push_bind(seq_i64(row.seq)?)
+        .push_bind(row.first_ts)
+        .push_bind(row.last_ts)
+        .push_bind(i64::from(row.count))
+        .push_bind(i64::from(row.epoch))
+        .push_bind(&row.hash[..])
+        .push_bind(&row.sealed[..]);
+    Ok(())
+}
+
+/// Creates `stream`'s state (sequence 0, no head, epoch 0) unless it exists.
+async fn ensure_stream(tx: &mut sqlx::SqliteConnection, stream: &StreamName) -> Result<()> {
+    sqlx::query("INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING")
+        .bind(stream.as_str())
+        .bind(&[0u8; 32][..])
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 fn seq_i64(seq: u64) -> Result<i64> {
@@ -372,11 +384,7 @@ impl LocalState {
     /// Starts a new key epoch for a stream at `now_ms`; returns it.
     pub async fn rotate_epoch(&self, stream: &StreamName, now_ms: i64) -> Result<u32> {
         let mut tx = self.writer.begin().await?;
-        sqlx::query("INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING")
-            .bind(stream.as_str())
-            .bind(&[0u8; 32][..])
-            .execute(&mut *tx)
-            .await?;
+        ensure_stream(&mut tx, stream).await?;
         let epoch: i64 = sqlx::query("UPDATE streams SET epoch = epoch + 1 WHERE stream = ? RETURNING epoch")
             .bind(stream.as_str())
             .fetch_one(&mut *tx)
@@ -428,13 +436,7 @@ impl LocalState {
             }
         }
         for (stream, first, last) in &streams {
-            sqlx::query(
-                "INSERT INTO streams (stream, next_seq, head, epoch) VALUES (?, 0, ?, 0) ON CONFLICT DO NOTHING",
-            )
-            .bind(stream.as_str())
-            .bind(&[0u8; 32][..])
-            .execute(&mut *tx)
-            .await?;
+            ensure_stream(&mut tx, stream).await?;
             let updated = sqlx::query(
                 "UPDATE streams SET next_seq = ?, head = ?, sealed_pos = MAX(sealed_pos, ?) WHERE stream = ? AND next_seq = ?",
             )
@@ -454,25 +456,7 @@ impl LocalState {
                 .execute(&mut *tx)
                 .await?;
         }
-        insert_many(
-            &mut tx,
-            "INSERT INTO outbox (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) ",
-            batches,
-            |mut b, s| {
-                let r = &s.row;
-                b.push_bind(None::<Vec<u8>>)
-                    .push_bind(r.stream.to_string())
-                    .push_bind(seq_i64(r.seq)?)
-                    .push_bind(r.first_ts)
-                    .push_bind(r.last_ts)
-                    .push_bind(i64::from(r.count))
-                    .push_bind(i64::from(r.epoch))
-                    .push_bind(&r.hash[..])
-                    .push_bind(&r.sealed[..]);
-                Ok(())
-            },
-        )
-        .await?;
+        insert_many(&mut tx, OUTBOX_INSERT, batches, |b, s| push_outbox_row(b, &s.row, None)).await?;
         if self.publishing {
             insert_many(&mut tx, "INSERT INTO publish_queue (stream, seq, sealed) ", batches, |mut b, s| {
                 b.push_bind(s.row.stream.to_string()).push_bind(seq_i64(s.row.seq)?).push_bind(&s.row.sealed[..]);
@@ -605,7 +589,11 @@ impl LocalState {
 
     /// Queues a batch received from a peer for the store (the outbox keeps it until the store acked).
     pub async fn commit_received(&self, row: &BatchRow) -> Result<()> {
-        outbox_insert(row, Some(&row.device.0[..]))?.execute(&self.writer).await?;
+        let mut conn = self.writer.acquire().await?;
+        insert_many(&mut conn, OUTBOX_INSERT, std::slice::from_ref(row), |b, r| {
+            push_outbox_row(b, r, Some(&r.device.0[..]))
+        })
+        .await?;
         Ok(())
     }
 

@@ -163,7 +163,11 @@ pub async fn agent(
         println!(
             "  at rest: {:>7.3} bytes/reading in the store{}",
             lib.bytes_per_reading(),
-            if store_name == "sqlite" { " (the SQLite file)" } else { " (sealed batches and checkpoints)" }
+            if store_name == "sqlite" {
+                " (the SQLite file)"
+            } else {
+                " (sealed bytes; the database's row overhead comes on top)"
+            }
         );
         if let Some(l) = &live {
             println!(
@@ -195,39 +199,63 @@ struct Latency {
 }
 
 /// Opens a new agent in `dir` for the live run, its pipeline at one reading per batch.
-async fn live_agent(dir: &Path, name: &str, broker: &BrokerUrl) -> Result<(Arc<Service>, Arc<Stats>)> {
+async fn live_agent(dir: &Path, name: &str, broker: &BrokerUrl) -> Result<Service> {
     let mut cfg = Config::new(dir, name);
     cfg.mqtt.broker = Some(broker.clone());
     cfg.mqtt.prefix = format!("edgeseal-bench/{}", std::process::id());
     cfg.batch = Policy { count: 1, interval_ms: None };
     let identity = datadir::init(dir, name, None)?;
-    let cfg = Arc::new(cfg);
-    let service = Service::open(cfg, Keys::Secret(Box::new(identity)), false).await?;
-    Ok((Arc::new(service), Arc::new(Stats::default())))
+    Ok(Service::open(Arc::new(cfg), Keys::Secret(Box::new(identity)), false).await?)
 }
 
-/// Starts `service`'s pipeline and sharing (its peers must be known by now).
-async fn start_live(
-    service: &mut Arc<Service>,
-    stats: &Arc<Stats>,
-    stop: &CancellationToken,
-) -> Result<mpsc::Sender<Reading>> {
-    let svc = Arc::get_mut(service).context("the service is shared already")?;
-    let cfg = svc.config().clone();
-    let identity = svc.identity()?.clone();
-    let mut local = svc.local().clone();
-    local.enable_publishing();
-    let (tx, rx) = mpsc::channel(edgeseal_agent::runtime::sealer::JOURNAL_MAX);
+/// An agent's pipeline, and its sharing when it has a broker, running as `up` runs them.
+struct Running {
+    readings: mpsc::Sender<Reading>,
+    sealer: tokio::task::JoinHandle<()>,
+    /// The drainer, and the publisher and receiver.
+    rest: Vec<tokio::task::JoinHandle<()>>,
+    sealer_stop: CancellationToken,
+    drain_stop: CancellationToken,
+}
+
+/// Starts `service`'s pipeline at its configured batch policy, publishing to
+/// (and receiving from) its broker when it has one; its peers must be known by now.
+async fn start(service: &mut Service, stats: &Arc<Stats>) -> Result<Running> {
+    let cfg = service.config().clone();
+    let sharing_on = cfg.mqtt.broker.is_some();
+    let mut local = service.local().clone();
+    if sharing_on {
+        local.enable_publishing();
+    }
+    let (readings, rx) = mpsc::channel(edgeseal_agent::runtime::sealer::JOURNAL_MAX);
     let policy = cfg.batch;
-    let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(svc, &local, policy, stats, rx)?;
-    svc.attach_sealer(commands, policy);
-    tokio::spawn(sealer.run(stop.clone()));
-    tokio::spawn(drainer.run(stop.clone()));
-    let (publisher, receiver) =
-        sharing::connect(&cfg, identity, local, wake.drainer.clone(), wake.publisher.clone(), stats.clone()).await?;
-    tokio::spawn(publisher.run(stop.clone()));
-    tokio::spawn(receiver.run(stop.clone()));
-    Ok(tx)
+    let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(service, &local, policy, stats, rx)?;
+    service.attach_sealer(commands, policy);
+    let (sealer_stop, drain_stop) = (CancellationToken::new(), CancellationToken::new());
+    let sealer = tokio::spawn(sealer.run(sealer_stop.clone()));
+    let mut rest = vec![tokio::spawn(drainer.run(drain_stop.clone()))];
+    if sharing_on {
+        let identity = service.identity()?.clone();
+        let (publisher, receiver) =
+            sharing::connect(&cfg, identity, local, wake.drainer.clone(), wake.publisher.clone(), stats.clone())
+                .await?;
+        rest.push(tokio::spawn(publisher.run(drain_stop.clone())));
+        rest.push(tokio::spawn(receiver.run(drain_stop.clone())));
+    }
+    Ok(Running { readings, sealer, rest, sealer_stop, drain_stop })
+}
+
+impl Running {
+    /// Stops in `up`'s order: the sealer (sealing what is open), then the rest (a last attempt each).
+    async fn stop(self) -> Result<()> {
+        self.sealer_stop.cancel();
+        self.sealer.await?;
+        self.drain_stop.cancel();
+        for t in self.rest {
+            t.await?;
+        }
+        Ok(())
+    }
 }
 
 /// Two agents paired through `broker`: one reading every 100 ms at the first,
@@ -235,9 +263,9 @@ async fn start_live(
 /// dashboard show), through both agents' whole path: journal, seal, outbox,
 /// publish queue, broker, verify, order, open.
 async fn live_latency(dir: &Path, broker: BrokerUrl, n: usize) -> Result<Latency> {
-    let (mut a, a_stats) = live_agent(&dir.join("a"), "bench-a", &broker).await?;
-    let (mut b, b_stats) = live_agent(&dir.join("b"), "bench-b", &broker).await?;
-    let stop = CancellationToken::new();
+    let mut a = live_agent(&dir.join("a"), "bench-a", &broker).await?;
+    let mut b = live_agent(&dir.join("b"), "bench-b", &broker).await?;
+    let (a_stats, b_stats) = (Arc::new(Stats::default()), Arc::new(Stats::default()));
     let stream = StreamName::new("temperature")?;
     for (me, other) in [(&a, &b), (&b, &a)] {
         let peer = edgeseal_store::local::PeerRow {
@@ -249,8 +277,9 @@ async fn live_latency(dir: &Path, broker: BrokerUrl, n: usize) -> Result<Latency
         me.local().add_peer(&peer).await?;
     }
     a.grant(&b.device().to_string(), &stream, None).await?;
-    let tx = start_live(&mut a, &a_stats, &stop).await?;
-    start_live(&mut b, &b_stats, &stop).await?;
+    let a_running = start(&mut a, &a_stats).await?;
+    let b_running = start(&mut b, &b_stats).await?;
+    let tx = a_running.readings.clone();
     let t0 = Instant::now();
     while b.local().grants_in().await?.is_empty() {
         if t0.elapsed() > Duration::from_secs(30) {
@@ -294,8 +323,8 @@ async fn live_latency(dir: &Path, broker: BrokerUrl, n: usize) -> Result<Latency
         }
     }
     source.await?;
-    stop.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    a_running.stop().await?;
+    b_running.stop().await?;
     if latencies.is_empty() {
         bail!("no reading reached the second agent through the broker");
     }
@@ -317,33 +346,9 @@ async fn in_process(dir: &Path, n: u64, batch: usize, store: Option<&str>, broke
     let identity = datadir::init(dir, "bench", None)?;
     let cfg = Arc::new(cfg);
     let mut service = Service::open(cfg.clone(), Keys::Secret(Box::new(identity)), false).await?;
-    let identity = service.identity()?.clone();
-    let mut local = service.local().clone();
-    if sharing_on {
-        local.enable_publishing();
-    }
     let stats = Arc::new(Stats::default());
-    let (tx, rx) = mpsc::channel(edgeseal_agent::runtime::sealer::JOURNAL_MAX);
-    let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(&service, &local, policy, &stats, rx)?;
-    service.attach_sealer(commands, policy);
-    let service = Arc::new(service);
-    let (sealer_stop, drain_stop) = (CancellationToken::new(), CancellationToken::new());
-    let sealer = tokio::spawn(sealer.run(sealer_stop.clone()));
-    let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
-    let mut sharing_tasks = Vec::new();
-    if sharing_on {
-        let (publisher, receiver) = sharing::connect(
-            &cfg,
-            identity,
-            local.clone(),
-            wake.drainer.clone(),
-            wake.publisher.clone(),
-            stats.clone(),
-        )
-        .await?;
-        sharing_tasks.push(tokio::spawn(publisher.run(drain_stop.clone())));
-        sharing_tasks.push(tokio::spawn(receiver.run(drain_stop.clone())));
-    }
+    let running = start(&mut service, &stats).await?;
+    let tx = running.readings.clone();
 
     let cpu0 = crate::bench::cpu_seconds();
     let t0 = Instant::now();
@@ -376,13 +381,7 @@ async fn in_process(dir: &Path, n: u64, batch: usize, store: Option<&str>, broke
     let cpu_s = crate::bench::cpu_seconds() - cpu0;
     // The agent's peak, before verifying (which reads everything back) adds its own.
     let rss_mb = peak_rss_mb("/proc/self/status");
-    sealer_stop.cancel();
-    sealer.await?;
-    drain_stop.cancel();
-    drainer.await?;
-    for t in sharing_tasks {
-        t.await?;
-    }
+    running.stop().await?;
     let accepted = n_(&stats.accepted);
     if accepted != n {
         bail!("the pipeline accepted {accepted} of {n} readings");
@@ -409,14 +408,14 @@ async fn check_and_measure(service: &Service, n: u64, cfg: &Config) -> Result<u6
         let wal = PathBuf::from(format!("{}-wal", file.display()));
         return Ok(std::fs::metadata(&file)?.len() + std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0));
     }
-    // Another database: what it holds for this device (its own row overhead comes on top).
+    // Another database: the sealed bytes it holds for this device (its own row and index overhead comes on top).
     let mut bytes = 0u64;
     for k in KINDS {
         let stream = StreamName::new(k.name())?;
         let range = edgeseal_store::TimeRange::default();
         use edgeseal_store::Store as _;
         for b in store.batches(service.device(), &stream, range).await? {
-            bytes += b.sealed.len() as u64 + 80;
+            bytes += b.sealed.len() as u64;
         }
     }
     Ok(bytes)
@@ -427,12 +426,11 @@ async fn through_up(dir: &Path, n: u64, batch: usize, store: Option<&str>) -> Re
     datadir::create_private_dir(dir)?;
     let data = dir.join("data");
     let config = dir.join("edgeseal.toml");
-    let mut toml = format!(
+    let toml = format!(
         "data_dir = {data:?}\nlog = \"warn\"\nstore = {:?}\n[batch]\ncount = {batch}\ninterval = \"60s\"\n\
          [mqtt]\nbroker = \"\"\n[broker]\nlisten = \"\"\n[web]\nlisten = \"\"\n",
         store.unwrap_or("")
     );
-    toml.push('\n');
     std::fs::write(&config, toml)?;
     let exe = std::env::current_exe().context("finding this program to run `up`")?;
     let t0 = Instant::now();

@@ -122,8 +122,7 @@ impl Drainer {
                 );
                 rejected.push((ids[i], format!("the store holds a different batch {}", rows[i].seq)));
             }
-            let stored: Vec<i64> =
-                ids.iter().enumerate().filter(|(i, _)| !report.conflicts.contains(i)).map(|(_, &id)| id).collect();
+            let stored = ids.len() - report.conflicts.len();
             // Heads of this agent's streams (received batches were remembered on arrival).
             let mut heads: HashMap<&StreamName, &BatchRow> = HashMap::new();
             for (i, r) in rows.iter().enumerate() {
@@ -142,9 +141,9 @@ impl Drainer {
                 .collect();
             let through = *ids.last().expect("the chunk is not empty");
             self.local.outbox_done(through, &rejected, &heads).await?;
-            self.stats.stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
+            self.stats.stored.fetch_add(stored as u64, Ordering::Relaxed);
             dirty.extend(heads.iter().map(|(_, s, _)| (*s).clone()));
-            debug!("stored {} batches", stored.len());
+            debug!("stored {stored} batches");
         }
     }
 
