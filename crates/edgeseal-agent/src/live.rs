@@ -42,7 +42,8 @@ pub struct LiveReading {
     pub stream: String,
     pub ts_ms: i64,
     pub time: String,
-    /// `accepted`, `verified`, or `verified; N batch(es) before it missing`.
+    /// `accepted`; for a peer's: `live` (a signed live frame: authentic, not
+    /// stored), `verified` (a stored batch), or `verified; N batch(es) before it missing`.
     pub status: String,
     #[serde(flatten)]
     pub value: LiveValue,

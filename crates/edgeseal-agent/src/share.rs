@@ -3,6 +3,7 @@
 //!
 //! Topics, under the configured prefix (default `edgeseal/v1`):
 //! - `PREFIX/<device>/<stream>/batch`: every sealed batch, QoS 1, the same bytes the store holds;
+//! - `PREFIX/<device>/<stream>/live`: a signed live frame per journal commit of a granted stream, QoS 0;
 //! - `PREFIX/<owner>/<stream>/grant/<peer>`: the owner's latest grant to that peer, retained;
 //! - `PREFIX/pair/<channel>/<host|joiner>`: pairing messages.
 
@@ -11,9 +12,9 @@ use std::sync::Arc;
 
 use edgeseal_core::chain::Head;
 use edgeseal_core::envelope::{self, Authorship};
-use edgeseal_core::grant;
 use edgeseal_core::keys::{EpochKey, Identity};
 use edgeseal_core::{DeviceId, Readings, StreamName};
+use edgeseal_core::{frame, grant};
 use edgeseal_mqtt::link::{Link, Message};
 use edgeseal_store::BatchRow;
 use edgeseal_store::local::{GrantOut, LocalState, PeerRow};
@@ -37,6 +38,7 @@ pub struct Topics {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Topic {
     Batch { device: DeviceId, stream: StreamName },
+    Live { device: DeviceId, stream: StreamName },
     Grant { owner: DeviceId, stream: StreamName, peer: DeviceId },
 }
 
@@ -49,6 +51,10 @@ impl Topics {
         format!("{}/{device}/{stream}/batch", self.prefix)
     }
 
+    pub fn live(&self, device: DeviceId, stream: &StreamName) -> String {
+        format!("{}/{device}/{stream}/live", self.prefix)
+    }
+
     pub fn grant(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
         format!("{}/{owner}/{stream}/grant/{peer}", self.prefix)
     }
@@ -58,8 +64,12 @@ impl Topics {
     }
 
     /// The filters a receiver subscribes to for one peer.
-    pub fn peer_filters(&self, peer: DeviceId, me: DeviceId) -> [String; 2] {
-        [format!("{}/{peer}/+/batch", self.prefix), format!("{}/{peer}/+/grant/{me}", self.prefix)]
+    pub fn peer_filters(&self, peer: DeviceId, me: DeviceId) -> [String; 3] {
+        [
+            format!("{}/{peer}/+/batch", self.prefix),
+            format!("{}/{peer}/+/live", self.prefix),
+            format!("{}/{peer}/+/grant/{me}", self.prefix),
+        ]
     }
 
     pub fn parse(&self, topic: &str) -> Option<Topic> {
@@ -68,6 +78,9 @@ impl Topics {
         match parts.as_slice() {
             [device, stream, "batch"] => {
                 Some(Topic::Batch { device: device.parse().ok()?, stream: StreamName::new(*stream).ok()? })
+            }
+            [device, stream, "live"] => {
+                Some(Topic::Live { device: device.parse().ok()?, stream: StreamName::new(*stream).ok()? })
             }
             [owner, stream, "grant", peer] => Some(Topic::Grant {
                 owner: owner.parse().ok()?,
@@ -255,7 +268,7 @@ pub enum Arrival {
 /// What the inbox made of a message.
 #[derive(Debug)]
 pub enum Event {
-    /// A verified batch, opened.
+    /// A verified batch, opened. `readings` leaves out what a live frame showed already.
     Readings {
         peer: String,
         device: DeviceId,
@@ -263,6 +276,16 @@ pub enum Event {
         seq: u64,
         readings: Readings,
         arrival: Arrival,
+    },
+    /// A peer's live frame, verified (signed by the device) and opened: shown, never stored
+    /// (the stored batch with the same readings follows). `missed` readings before it did not come live.
+    Live {
+        peer: String,
+        device: DeviceId,
+        stream: StreamName,
+        pos: u64,
+        readings: Readings,
+        missed: u64,
     },
     /// A verified batch this agent has no key for (yet): kept, opened when a grant arrives.
     Locked {
@@ -308,15 +331,36 @@ pub struct Inbox {
     locked: HashMap<PeerStream, Vec<Vec<u8>>>,
     /// Unsigned batches (and how each arrived) waiting for the signed batch that covers them.
     held: HashMap<PeerStream, Vec<(Vec<u8>, Arrival)>>,
+    /// Each stream's live frames so far.
+    live: HashMap<PeerStream, LiveMark>,
     /// Queue received batches for the store (the agent); `watch` only shows them.
     pub store: bool,
+}
+
+/// How far a peer stream's live frames went.
+#[derive(Debug, Clone, Copy)]
+struct LiveMark {
+    /// The position after the last frame's readings: a frame must start at or after it.
+    next_pos: u64,
+    /// The newest reading a frame showed: batches show only what is newer.
+    shown_ts: i64,
 }
 
 impl Inbox {
     pub async fn new(identity: Arc<Identity>, local: LocalState, topics: Topics) -> Result<Inbox> {
         let peers = local.peers().await.local()?.into_iter().map(|p| (p.device, p)).collect();
         let keys = KeyRing::load(identity.clone(), &local).await?;
-        Ok(Inbox { identity, local, topics, peers, keys, locked: HashMap::new(), held: HashMap::new(), store: false })
+        Ok(Inbox {
+            identity,
+            local,
+            topics,
+            peers,
+            keys,
+            locked: HashMap::new(),
+            held: HashMap::new(),
+            live: HashMap::new(),
+            store: false,
+        })
     }
 
     /// Picks up peers paired since the inbox started (subscribing to them) and their grants.
@@ -354,6 +398,10 @@ impl Inbox {
         let refused = |reason: String| vec![Event::Refused { topic: msg.topic.clone(), reason }];
         match self.topics.parse(&msg.topic) {
             Some(Topic::Batch { device, stream }) => match self.batch(device, &stream, &msg.payload).await {
+                Ok(ev) => ev,
+                Err(e) => refused(e.to_string()),
+            },
+            Some(Topic::Live { device, stream }) => match self.frame(device, &stream, &msg.payload).await {
                 Ok(ev) => ev,
                 Err(e) => refused(e.to_string()),
             },
@@ -486,6 +534,61 @@ impl Inbox {
         Ok(events)
     }
 
+    /// A live frame: shown only if the device signed it, it moves forward
+    /// (position and time) and this agent holds its key; never stored.
+    async fn frame(&mut self, device: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
+        let Some(peer) = self.peers.get(&device) else {
+            return refuse(format!("a live frame from {device}, which is not a peer"));
+        };
+        let p = frame::parse_frame(bytes).map_err(|e| Error::BadInput(format!("not a live frame: {e}")))?;
+        let h = &p.header;
+        if h.device != device || h.stream != *stream {
+            return refuse(format!(
+                "live frame {} of {} of {} was published on another device's or stream's topic",
+                h.pos, h.stream, h.device
+            ));
+        }
+        if p.authorship() != Authorship::Device {
+            return refuse(format!(
+                "live frame {} of {stream} is not signed by {} (forged or altered)",
+                h.pos, peer.name
+            ));
+        }
+        let slot = (device, stream.clone());
+        let mark = self.live.get(&slot).copied();
+        if let Some(m) = mark
+            && h.pos < m.next_pos
+        {
+            return refuse(format!(
+                "live frame {} of {stream} replayed or out of order (frames already reached {})",
+                h.pos, m.next_pos
+            ));
+        }
+        // Before the first frame since this agent started: nothing older than what is stored.
+        if let Some(head) = self.local.remembered(device, stream).await.local()?
+            && h.last_ts <= head.ts
+        {
+            return refuse(format!(
+                "live frame {} of {stream} is no newer than the batches received (a replay, or late)",
+                h.pos
+            ));
+        }
+        let Some(key) = self.keys.key(device, stream, h.epoch) else {
+            debug!("a live frame of {}/{stream} under epoch {}, not granted (yet)", peer.name, h.epoch);
+            return Ok(Vec::new());
+        };
+        let readings = match p.open(&key) {
+            Ok(r) => r,
+            Err(e) => return refuse(format!("live frame {} of {stream} does not open: {e}", h.pos)),
+        };
+        let missed = mark.map_or(0, |m| h.pos - m.next_pos);
+        let next_pos = h.pos.saturating_add(u64::from(h.count));
+        let shown_ts = mark.map_or(h.last_ts, |m| m.shown_ts.max(h.last_ts));
+        self.live.insert(slot, LiveMark { next_pos, shown_ts });
+        let peer = peer.name.clone();
+        Ok(vec![Event::Live { peer, device, stream: stream.clone(), pos: h.pos, readings, missed }])
+    }
+
     /// Opens a batch already verified (`p` is `bytes` parsed), or keeps it until its key arrives.
     fn open_verified(&mut self, p: &envelope::Parsed<'_>, bytes: &[u8], arrival: Arrival) -> Result<Vec<Event>> {
         let (device, stream) = (p.header.device, &p.header.stream);
@@ -497,10 +600,13 @@ impl Inbox {
             }
             return Ok(vec![Event::Locked { peer, stream: stream.clone(), seq: p.header.seq, epoch: p.header.epoch }]);
         };
-        let readings = match p.open(&key) {
+        let mut readings = match p.open(&key) {
             Ok(r) => r,
             Err(e) => return refuse(format!("batch {} of {stream} does not open: {e}", p.header.seq)),
         };
+        if let Some(m) = self.live.get(&(device, stream.clone())) {
+            readings.retain_after(m.shown_ts);
+        }
         Ok(vec![Event::Readings { peer, device, stream: stream.clone(), seq: p.header.seq, readings, arrival }])
     }
 }
@@ -516,7 +622,15 @@ pub fn log_event(e: &Event) {
             if let Arrival::Gap { missing } = arrival {
                 warn!("{missing} batch(es) of {peer}/{stream} before batch {seq} never arrived");
             }
-            debug!("received batch {seq} of {peer}/{stream} ({} readings)", readings.len());
+            debug!("received batch {seq} of {peer}/{stream} ({} readings not shown live)", readings.len());
+        }
+        Event::Live { peer, stream, pos, readings, missed, .. } => {
+            if *missed > 0 {
+                debug!(
+                    "{missed} live reading(s) of {peer}/{stream} before {pos} did not arrive live (they come with the stored batch)"
+                );
+            }
+            debug!("live frame {pos} of {peer}/{stream} ({} readings)", readings.len());
         }
         Event::Locked { peer, stream, seq, epoch } => {
             info!("batch {seq} of {peer}/{stream} is sealed under epoch {epoch}, which {peer} has not granted (yet)")
@@ -600,6 +714,80 @@ mod tests {
         let said = format!("{real3:?}{real4:?}");
         assert!(said.contains("replayed or out of order") && said.contains("a fork or a forgery"), "{said}");
         assert!(values(&real3).is_empty() && values(&real4).is_empty(), "the forged reading was shown: {said}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn live_frames_show_at_once_only_moving_forward_and_their_batch_adds_only_the_rest() {
+        let dir = std::env::temp_dir().join(format!("edgeseal-inbox-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (owner, me) = (crate::datadir::random_identity().unwrap(), crate::datadir::random_identity().unwrap());
+        let local = LocalState::open(&dir.join("state.db")).await.unwrap();
+        let peer = PeerRow { device: owner.device_id(), name: "pi".into(), public: owner.public(), paired_ms: 0 };
+        local.add_peer(&peer).await.unwrap();
+        let topics = Topics::new("edgeseal/v1");
+        let mut inbox = Inbox::new(Arc::new(me), local, topics.clone()).await.unwrap();
+        let stream = StreamName::new("t").unwrap();
+        let me_pub = inbox.identity.public();
+        let g = grant::issue(&owner, &me_pub, &stream, 1, 0, &[(0, owner.epoch_key(&stream, 0))], &mut rng()).unwrap();
+        let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false };
+        inbox.handle(&msg(topics.grant(owner.device_id(), &stream, me_pub.device_id()), g)).await;
+        let live = topics.live(owner.device_id(), &stream);
+        let frame = |signer: &Identity, pos: u64, value: f64| {
+            let r = Readings::Scalar(ScalarBatch {
+                unit: "u".into(),
+                ts: vec![pos as i64],
+                values: vec![value],
+                labels: vec![],
+            });
+            let at = frame::FrameParams { stream: stream.clone(), pos, epoch: 0, salt: [pos as u8; 16] };
+            frame::seal_frame(&r, &at, &owner.epoch_key(&stream, 0), signer, &mut Vec::new()).unwrap()
+        };
+        let live_values = |events: &[Event]| -> Vec<f64> {
+            events
+                .iter()
+                .flat_map(|e| match e {
+                    Event::Live { readings: Readings::Scalar(s), .. } => s.values.clone(),
+                    _ => vec![],
+                })
+                .collect()
+        };
+
+        // Shown on arrival: a signed frame needs no later batch.
+        assert_eq!(live_values(&inbox.handle(&msg(live.clone(), frame(&owner, 0, 1.0))).await), [1.0]);
+        assert_eq!(live_values(&inbox.handle(&msg(live.clone(), frame(&owner, 1, 2.0))).await), [2.0]);
+        // A replay, and a frame signed by another holder of the stream key, show nothing.
+        let replayed = inbox.handle(&msg(live.clone(), frame(&owner, 0, 1.0))).await;
+        assert!(format!("{replayed:?}").contains("replayed or out of order"), "{replayed:?}");
+        let intruder = crate::datadir::random_identity().unwrap();
+        let mut forged = frame(&intruder, 2, 99.0);
+        forged[4..20].copy_from_slice(&owner.device_id().0);
+        let forged = inbox.handle(&msg(live.clone(), forged)).await;
+        assert!(format!("{forged:?}").contains("not signed by pi"), "{forged:?}");
+        // On a batch's topic, a frame is no batch.
+        let on_batch = inbox.handle(&msg(topics.batch(owner.device_id(), &stream), frame(&owner, 5, 5.0))).await;
+        assert!(matches!(on_batch[..], [Event::Refused { .. }]), "{on_batch:?}");
+
+        // The stored batch of readings 0..=2 (2 never came live) shows only reading 2.
+        let r = Readings::Scalar(ScalarBatch {
+            unit: "u".into(),
+            ts: vec![0, 1, 2],
+            values: vec![1.0, 2.0, 3.0],
+            labels: vec![],
+        });
+        let params = SealParams {
+            device: owner.device_id(),
+            stream: stream.clone(),
+            seq: 0,
+            epoch: 0,
+            prev: BatchHash::default(),
+            salt: [9; 16],
+        };
+        let b = seal(&r, &params, &owner.epoch_key(&stream, 0), Some(&owner), &mut Vec::new()).unwrap();
+        assert_eq!(values(&inbox.handle(&msg(topics.batch(owner.device_id(), &stream), b.bytes)).await), [3.0]);
+        // A frame no newer than what the batches brought is late or replayed.
+        let late = inbox.handle(&msg(live.clone(), frame(&owner, 2, 3.0))).await;
+        assert!(format!("{late:?}").contains("no newer than the batches"), "{late:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -49,6 +49,7 @@ struct Rig {
     stop: CancellationToken,
     sealer: tokio::task::JoinHandle<()>,
     wake: Wakers,
+    frames: edgeseal_agent::runtime::frames::FrameFeed,
 }
 
 /// Runs a query of the test's own on the real clock: while SQLite works on its
@@ -78,11 +79,21 @@ async fn rig(tag: &str, policy: Policy) -> Rig {
     let (input, rx) = mpsc::channel(64);
     let (commands, crx) = mpsc::channel(4);
     let wake = Wakers { drainer: Arc::new(Notify::new()), publisher: Arc::new(Notify::new()) };
-    let sealer =
-        Sealer::new(local.clone(), identity.clone(), policy, Default::default(), wake.clone(), stats.clone(), rx, crx);
+    let (tap, frames) = edgeseal_agent::runtime::frames::channel();
+    let sealer = Sealer::new(
+        local.clone(),
+        identity.clone(),
+        policy,
+        Default::default(),
+        wake.clone(),
+        stats.clone(),
+        rx,
+        crx,
+        tap,
+    );
     let stop = CancellationToken::new();
     let sealer = tokio::spawn(sealer.run(stop.clone()));
-    Rig { dir, local, identity, stats, input, commands, stop, sealer, wake }
+    Rig { dir, local, identity, stats, input, commands, stop, sealer, wake, frames }
 }
 
 impl Rig {
@@ -208,6 +219,32 @@ async fn a_burst_is_journaled_as_runs_in_few_transactions_and_every_reading_is_k
     // Stopping cuts and seals everything open; the journal is empty after it.
     assert!(r.journaled("a").await.is_empty());
     assert_eq!(r.outbox().await.len(), 2);
+}
+
+#[tokio::test]
+async fn every_accepted_reading_of_a_granted_stream_is_offered_live_at_its_position() {
+    let mut r = rig("frames", Policy { count: 1000, interval_ms: None }).await;
+    r.frames.streams.replace([StreamName::new("a").unwrap()].into());
+    for i in 0..200 {
+        r.input.send(reading("a", i)).await.unwrap();
+        r.input.send(reading("b", i)).await.unwrap();
+    }
+    let mut next = 0;
+    let real_start = std::time::Instant::now();
+    while next < 200 {
+        assert!(real_start.elapsed() < Duration::from_secs(20), "only {next} readings were offered live");
+        let a = real(r.frames.rx.recv()).await.unwrap();
+        assert_eq!(a.stream.as_str(), "a", "b is granted to nobody");
+        assert_eq!(a.first_pos, next, "positions follow on");
+        let ts: Vec<i64> = a.readings.iter().map(|x| x.ts).collect();
+        let want: Vec<i64> = (next..next + ts.len() as u64).map(|i| reading("a", i as i64).ts).collect();
+        assert_eq!(ts, want);
+        next += ts.len() as u64;
+    }
+    // Offered at acceptance: nothing was sealed yet (the batch holds 1000).
+    assert!(r.outbox().await.is_empty());
+    r.stop.cancel();
+    r.sealer.await.unwrap();
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ pub const VERSION: u8 = 1;
 /// ChaCha20-Poly1305 + HKDF-SHA256 + Ed25519 + SHA-256.
 pub const SUITE_1: u8 = 1;
 pub const FLAG_SIGNED: u8 = 0x01;
-const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 const TRAILER_LEN: usize = 32 + 64;
 /// Largest ciphertext accepted (a batch of large blobs).
 pub const MAX_CIPHERTEXT: usize = 256 << 20;
@@ -146,7 +146,7 @@ pub fn seal(
     let mut bytes = Vec::with_capacity(128 + ct_len + TRAILER_LEN);
     header.encode(ct_len as u32, &mut bytes);
     let header_len = bytes.len();
-    let key = batch_key(key, &header);
+    let key = item_key(BATCH_KEY, key, &header.salt, header.device, &header.stream, header.seq, header.epoch);
     let tag = key
         .seal_in_place_separate_tag(zero_nonce(), aead::Aad::from(&bytes[..header_len]), scratch)
         .map_err(|_| Error::Unencodable("encryption failed"))?;
@@ -267,7 +267,8 @@ impl Parsed<'_> {
     /// Decrypts and decodes the body, checking it against the header.
     pub fn open(&self, key: &EpochKey) -> Result<Readings> {
         let mut buf = self.ciphertext.to_vec();
-        let plain = batch_key(key, &self.header)
+        let h = &self.header;
+        let plain = item_key(BATCH_KEY, key, &h.salt, h.device, &h.stream, h.seq, h.epoch)
             .open_in_place(zero_nonce(), aead::Aad::from(self.header_bytes), &mut buf)
             .map_err(|_| Error::CouldNotOpen)?;
         let readings = codec::decode(plain)?;
@@ -280,37 +281,59 @@ impl Parsed<'_> {
 }
 
 fn hash_parts(header: &[u8], ciphertext: &[u8]) -> BatchHash {
+    digest(b"edgeseal/v1/batch", header, ciphertext)
+}
+
+/// SHA-256 of `label ‖ header ‖ ciphertext`: a batch's or a live frame's hash.
+pub(crate) fn digest(label: &[u8], header: &[u8], ciphertext: &[u8]) -> BatchHash {
     let mut h = Sha256::new();
-    h.update(b"edgeseal/v1/batch");
+    h.update(label);
     h.update(header);
     h.update(ciphertext);
     BatchHash(h.finalize().into())
 }
 
 fn sig_message(hash: &BatchHash) -> [u8; 53] {
-    let mut m = [0u8; 53];
-    m[..21].copy_from_slice(b"edgeseal/v1/batch-sig");
-    m[21..].copy_from_slice(&hash.0);
+    labelled::<53>(b"edgeseal/v1/batch-sig", hash)
+}
+
+/// `label ‖ hash` in a fixed array of `N` = label length + 32 bytes.
+pub(crate) fn labelled<const N: usize>(label: &[u8], hash: &BatchHash) -> [u8; N] {
+    let mut m = [0u8; N];
+    m[..N - 32].copy_from_slice(label);
+    m[N - 32..].copy_from_slice(&hash.0);
     m
 }
 
-fn batch_key(epoch_key: &EpochKey, h: &Header) -> aead::LessSafeKey {
-    let hk = Hkdf::<Sha256>::new(Some(&h.salt), epoch_key.0.expose_secret());
-    let stream = h.stream.as_str().as_bytes();
+const BATCH_KEY: &[u8] = b"edgeseal/v1/batch-key";
+
+/// The one-use AEAD key of a batch (`label` = "edgeseal/v1/batch-key") or a
+/// live frame: HKDF-SHA256(salt, epoch key, label ‖ device ‖ L ‖ stream ‖ number ‖ epoch).
+pub(crate) fn item_key(
+    label: &[u8],
+    epoch_key: &EpochKey,
+    salt: &[u8; 16],
+    device: DeviceId,
+    stream: &StreamName,
+    number: u64,
+    epoch: u32,
+) -> aead::LessSafeKey {
+    let hk = Hkdf::<Sha256>::new(Some(salt), epoch_key.0.expose_secret());
+    let stream = stream.as_str().as_bytes();
     let mut info = Vec::with_capacity(64 + stream.len());
-    info.extend_from_slice(b"edgeseal/v1/batch-key");
-    info.extend_from_slice(&h.device.0);
+    info.extend_from_slice(label);
+    info.extend_from_slice(&device.0);
     info.push(stream.len() as u8);
     info.extend_from_slice(stream);
-    info.extend_from_slice(&h.seq.to_be_bytes());
-    info.extend_from_slice(&h.epoch.to_be_bytes());
+    info.extend_from_slice(&number.to_be_bytes());
+    info.extend_from_slice(&epoch.to_be_bytes());
     let mut okm = zeroize::Zeroizing::new([0u8; 32]);
     hk.expand(&info, okm.as_mut()).expect("32 bytes is a valid HKDF-SHA256 length");
     aead::LessSafeKey::new(aead::UnboundKey::new(&aead::CHACHA20_POLY1305, okm.as_ref()).expect("32-byte key"))
 }
 
 /// Every batch key is used once (fresh salt), so the nonce may be constant.
-fn zero_nonce() -> aead::Nonce {
+pub(crate) fn zero_nonce() -> aead::Nonce {
     aead::Nonce::assume_unique_for_key([0u8; 12])
 }
 

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod envelope;
 mod error;
+pub mod frame;
 pub mod grant;
 pub mod id;
 pub mod keys;

@@ -84,6 +84,30 @@ impl Readings {
         }
     }
 
+    /// Keeps only the readings later than `ts` (in their order).
+    pub fn retain_after(&mut self, ts: i64) {
+        fn keep<T>(col: &mut Vec<T>, times: &[i64], ts: i64) {
+            if col.len() == times.len() {
+                let mut i = 0;
+                col.retain(|_| {
+                    i += 1;
+                    times[i - 1] > ts
+                });
+            }
+        }
+        match self {
+            Readings::Scalar(b) => {
+                keep(&mut b.values, &b.ts, ts);
+                keep(&mut b.labels, &b.ts, ts);
+                b.ts.retain(|&t| t > ts);
+            }
+            Readings::Blob(b) => {
+                keep(&mut b.items, &b.ts, ts);
+                b.ts.retain(|&t| t > ts);
+            }
+        }
+    }
+
     /// Checks that the columns have matching lengths.
     pub fn is_consistent(&self) -> bool {
         match self {
@@ -227,6 +251,16 @@ mod tests {
         let back: Vec<Reading> =
             into_batches(&rs).iter().flat_map(|(b, _)| b.to_readings(&crate::StreamName::new("s").unwrap())).collect();
         assert_eq!(back, rs);
+    }
+
+    #[test]
+    fn retain_after_keeps_later_readings_with_their_labels() {
+        let rs = vec![scalar(3, "C", Some("a")), scalar(1, "C", None), scalar(5, "C", Some("b")), scalar(2, "C", None)];
+        let (mut b, _) = into_batches(&rs).remove(0);
+        b.retain_after(2);
+        let s = crate::StreamName::new("s").unwrap();
+        assert_eq!(b.to_readings(&s), vec![rs[0].clone(), rs[2].clone()]);
+        assert!(b.is_consistent());
     }
 
     #[test]

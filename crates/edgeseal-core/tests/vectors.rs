@@ -1,4 +1,4 @@
-//! Known-answer vectors for format v1 (`tests/vectors/*.json`), checked byte
+//! Known-answer vectors for format v1 and the live frame (`tests/vectors/*.json`), checked byte
 //! for byte, and malformed inputs that must be rejected without a panic.
 //! `EDGESEAL_WRITE_VECTORS=1 cargo test -p edgeseal-core --test vectors`
 //! regenerates them (only when the format changes on purpose).
@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use edgeseal_core::checkpoint::Checkpoint;
 use edgeseal_core::envelope::{self, Authorship, BatchHash, SealParams, seal};
+use edgeseal_core::frame::{FrameParams, parse_frame, seal_frame};
 use edgeseal_core::keys::Identity;
 use edgeseal_core::{BlobBatch, Readings, ScalarBatch, StreamName, codec};
 use serde_json::{Value, json};
@@ -202,6 +203,37 @@ fn known_answers() {
         let want = if c.signed { Authorship::Device } else { Authorship::Unsigned };
         assert_eq!(parsed.authorship(&parsed.hash()), want);
         assert_eq!(readings_json(&parsed.open(&key).unwrap()), readings_json(&c.readings), "{}", c.name);
+    }
+
+    // A live frame: the same body, its own header, key label and signature.
+    let stream = StreamName::new("temperature").unwrap();
+    let key = id.epoch_key(&stream, 0);
+    let readings = Readings::Scalar(ScalarBatch {
+        unit: "°C".into(),
+        ts: vec![1_767_225_600_000],
+        values: vec![21.5],
+        labels: vec![Some("Normal".into())],
+    });
+    let at = FrameParams { stream: stream.clone(), pos: 1234, epoch: 0, salt: [0x77; 16] };
+    let bytes = seal_frame(&readings, &at, &key, &id, &mut Vec::new()).unwrap();
+    let vector = json!({
+        "description": "edgeseal live frame, version 1, suite 1",
+        "identity_secret": hex::encode(identity_secret()),
+        "stream": "temperature", "pos": 1234, "epoch": 0, "salt": hex::encode([0x77; 16]),
+        "readings": readings_json(&readings),
+        "epoch_key": hex::encode(key.0.expose_secret()),
+        "frame": hex::encode(&bytes),
+    });
+    let path = dir().join("frame-scalar.json");
+    if writing() {
+        std::fs::write(&path, serde_json::to_string_pretty(&vector).unwrap() + "\n").unwrap();
+    } else {
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(stored["frame"], vector["frame"], "frame-scalar: frame differs");
+        let bytes = hex::decode(stored["frame"].as_str().unwrap()).unwrap();
+        let p = parse_frame(&bytes).unwrap();
+        assert_eq!(p.authorship(), Authorship::Device);
+        assert_eq!(readings_json(&p.open(&key).unwrap()), readings_json(&readings));
     }
 
     let cp = Checkpoint {

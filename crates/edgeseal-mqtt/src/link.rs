@@ -178,6 +178,16 @@ impl Client {
         }
     }
 
+    /// At most once: no packet id, no acknowledgement, never queued for an offline session.
+    async fn publish_qos0(&self, topic: &str, payload: Vec<u8>) -> Result<(), String> {
+        match self {
+            Client::V311(c) => c.publish(topic, QoS::AtMostOnce, false, payload).await.map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                c.publish(topic, v5::mqttbytes::QoS::AtMostOnce, false, payload).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
     async fn subscribe(&self, filter: &str) -> Result<(), String> {
         match self {
             Client::V311(c) => c.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| e.to_string()),
@@ -227,7 +237,11 @@ impl Driver for rumqttc::EventLoop {
     }
 
     fn drop_pending_publishes(&mut self) -> usize {
-        let unsent = self.pending.iter().filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0)).count();
+        let unsent = self
+            .pending
+            .iter()
+            .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0 && p.qos != QoS::AtMostOnce))
+            .count();
         self.pending.retain(|r| !matches!(r, Request::Publish(_)));
         unsent
     }
@@ -254,7 +268,11 @@ impl Driver for v5::EventLoop {
     }
 
     fn drop_pending_publishes(&mut self) -> usize {
-        let unsent = self.pending.iter().filter(|r| matches!(r, v5::Request::Publish(p) if p.pkid == 0)).count();
+        let unsent = self
+            .pending
+            .iter()
+            .filter(|r| matches!(r, v5::Request::Publish(p) if p.pkid == 0 && p.qos != v5::mqttbytes::QoS::AtMostOnce))
+            .count();
         self.pending.retain(|r| !matches!(r, v5::Request::Publish(_)));
         unsent
     }
@@ -370,6 +388,17 @@ impl Link {
         Ok(Pending { acked, topic: topic.to_string(), url: self.url.clone(), timeout: self.ack_timeout })
     }
 
+    /// Publishes at QoS 0, not retained: at most once, with no
+    /// acknowledgement, and never queued by the broker for an offline
+    /// session. For live frames, which stored batches back up.
+    pub async fn publish_once(&self, topic: &str, payload: Vec<u8>) -> Result<(), Error> {
+        let _order = self.shared.order.lock().await;
+        self.client
+            .publish_qos0(topic, payload)
+            .await
+            .map_err(|why| Error::LinkClosed { what: format!("publish to {topic:?}"), why })
+    }
+
     /// Subscribes (QoS 1) now and after every reconnect.
     pub async fn subscribe(&self, filter: &str) -> Result<(), Error> {
         self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).push(filter.to_string());
@@ -476,6 +505,8 @@ impl Task {
                         let _ = done.send(ack);
                     }
                 }
+                // Packet id 0 is a QoS 0 publish (a live frame): nobody waits for it.
+                Ok(Ev::Sent(0)) => {}
                 Ok(Ev::Sent(pkid)) => {
                     let mut w = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
                     if !w.inflight.contains_key(&pkid)

@@ -211,3 +211,44 @@ async fn a_refused_publish_fails_under_mqtt5() {
     broker.kill().unwrap();
     broker.wait().unwrap();
 }
+
+/// QoS 0 publishes (live frames) between QoS 1 ones: each QoS 1 publish is
+/// still matched to its own acknowledgement, and everything arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_publishes_leave_acknowledgements_matched() {
+    if !have_mosquitto() {
+        return;
+    }
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let dir = tempdir("qos0");
+        let port = free_port();
+        setup(&dir, Level::Anonymous, false, port);
+        let mut broker = start_broker(&dir, port).await;
+        let stop = CancellationToken::new();
+        let mut o = options(&dir, Level::Anonymous, false, port);
+        o.protocol = protocol;
+        let (link, mut rx) = Link::start(o, stop.clone()).unwrap();
+        link.subscribe("edgeseal/test/#").await.unwrap();
+        wait_connected(&link).await;
+        let mut pending = Vec::new();
+        for i in 0..50u8 {
+            link.publish_once("edgeseal/test/a/live", vec![b'l', i]).await.unwrap();
+            pending.push(link.send("edgeseal/test/a/batch", vec![b'b', i], false).await.unwrap());
+        }
+        for p in pending {
+            p.acked().await.unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            let m = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+            got.push(m.payload);
+        }
+        let lives: Vec<u8> = got.iter().filter(|p| p[0] == b'l').map(|p| p[1]).collect();
+        let batches: Vec<u8> = got.iter().filter(|p| p[0] == b'b').map(|p| p[1]).collect();
+        assert_eq!(lives, (0..50).collect::<Vec<_>>(), "{protocol:?}");
+        assert_eq!(batches, (0..50).collect::<Vec<_>>(), "{protocol:?}");
+        stop.cancel();
+        broker.kill().unwrap();
+        broker.wait().unwrap();
+    }
+}

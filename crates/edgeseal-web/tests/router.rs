@@ -51,6 +51,7 @@ async fn app(tag: &str, sealer: bool, token: Option<&str>) -> (axum::Router, Arc
             Arc::new(Stats::default()),
             rx,
             crx,
+            edgeseal_agent::runtime::frames::channel().0,
         );
         tokio::spawn(s.run(stop.clone()));
         service.attach_sealer(commands, cfg.batch);

@@ -140,6 +140,8 @@ pub async fn agent(
                 "live_p99_ms": live.as_ref().map(|l| round2(l.p99_ms)),
                 "live_max_ms": live.as_ref().map(|l| round2(l.max_ms)),
                 "live_lost": live.as_ref().map(|l| l.lost),
+                "live_bytes_per_reading": live.as_ref().map(|l| round2(l.sender_bytes)),
+                "live_peer_bytes_per_reading": live.as_ref().map(|l| round2(l.receiver_bytes)),
             })
         );
     } else {
@@ -172,8 +174,12 @@ pub async fn agent(
         if let Some(l) = &live {
             println!(
                 "  live:    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms from a reading at one agent to a paired agent's live feed \
-                 ({LIVE_READINGS} readings at 10/s, a batch each, {} lost)",
+                 ({LIVE_READINGS} readings at 10/s, each in a live frame; {} lost)",
                 l.p50_ms, l.p99_ms, l.max_ms, l.lost
+            );
+            println!(
+                "           stored at the default batching: {:.2} sealed bytes/reading at the sharing agent, {:.2} at the receiving one",
+                l.sender_bytes, l.receiver_bytes
             );
         }
     }
@@ -188,22 +194,26 @@ fn scheme(url: &str) -> &str {
     url.split(':').next().unwrap_or(url)
 }
 
-/// Readings of the live latency run (at 10 per second).
-const LIVE_READINGS: usize = 200;
+/// Readings of the live latency run (at 10 per second): a minute, so the
+/// stored batches are cut by the default policy's interval as in real use.
+const LIVE_READINGS: usize = 600;
 
 struct Latency {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
     lost: usize,
+    /// Sealed bytes per reading in the sharing agent's store and in the
+    /// receiving agent's (what it stored of what it received).
+    sender_bytes: f64,
+    receiver_bytes: f64,
 }
 
-/// Opens a new agent in `dir` for the live run, its pipeline at one reading per batch.
+/// Opens a new agent in `dir` for the live run, at the default batch policy.
 async fn live_agent(dir: &Path, name: &str, broker: &BrokerUrl) -> Result<Service> {
     let mut cfg = Config::new(dir, name);
     cfg.mqtt.broker = Some(broker.clone());
     cfg.mqtt.prefix = format!("edgeseal-bench/{}", std::process::id());
-    cfg.batch = Policy { count: 1, interval_ms: None };
     let identity = datadir::init(dir, name, None)?;
     Ok(Service::open(Arc::new(cfg), Keys::Secret(Box::new(identity)), false).await?)
 }
@@ -212,7 +222,7 @@ async fn live_agent(dir: &Path, name: &str, broker: &BrokerUrl) -> Result<Servic
 struct Running {
     readings: mpsc::Sender<Reading>,
     sealer: tokio::task::JoinHandle<()>,
-    /// The drainer, and the publisher and receiver.
+    /// The drainer, and the publisher, frame sender and receiver.
     rest: Vec<tokio::task::JoinHandle<()>>,
     sealer_stop: CancellationToken,
     drain_stop: CancellationToken,
@@ -229,18 +239,17 @@ async fn start(service: &mut Service, stats: &Arc<Stats>) -> Result<Running> {
     }
     let (readings, rx) = mpsc::channel(edgeseal_agent::runtime::sealer::JOURNAL_MAX);
     let policy = cfg.batch;
-    let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(service, &local, policy, stats, rx)?;
+    let Pipeline { sealer, drainer, wake, commands, frames } = Pipeline::new(service, &local, policy, stats, rx)?;
     service.attach_sealer(commands, policy);
     let (sealer_stop, drain_stop) = (CancellationToken::new(), CancellationToken::new());
     let sealer = tokio::spawn(sealer.run(sealer_stop.clone()));
     let mut rest = vec![tokio::spawn(drainer.run(drain_stop.clone()))];
     if sharing_on {
         let identity = service.identity()?.clone();
-        let (publisher, receiver) =
-            sharing::connect(&cfg, identity, local, wake.drainer.clone(), wake.publisher.clone(), stats.clone())
-                .await?;
-        rest.push(tokio::spawn(publisher.run(drain_stop.clone())));
-        rest.push(tokio::spawn(receiver.run(drain_stop.clone())));
+        let sharing = sharing::connect(&cfg, identity, local, &wake, frames, stats.clone()).await?;
+        rest.push(tokio::spawn(sharing.publisher.run(drain_stop.clone())));
+        rest.push(tokio::spawn(sharing.frames.run(drain_stop.clone())));
+        rest.push(tokio::spawn(sharing.receiver.run(drain_stop.clone())));
     }
     Ok(Running { readings, sealer, rest, sealer_stop, drain_stop })
 }
@@ -293,14 +302,15 @@ async fn live_latency(dir: &Path, broker: BrokerUrl, n: usize) -> Result<Latency
     let source = tokio::spawn(async move {
         let base = edgeseal_agent::now_ms();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut model = Model::new(Kind::Temperature, 1);
         for i in 0..n as i64 {
             tick.tick().await;
-            let ts = base + i;
+            let ts = base + i * 100;
             sent_.lock().expect("not poisoned").insert(ts, Instant::now());
             let r = Reading {
                 stream: StreamName::new("temperature").expect("valid"),
                 ts,
-                value: Value::Scalar { value: 21.0 + i as f64 / 10.0, unit: "°C".into(), label: None },
+                value: Value::Scalar { value: model.sample(ts), unit: Kind::Temperature.unit().into(), label: None },
             };
             if tx.send(r).await.is_err() {
                 break;
@@ -324,13 +334,45 @@ async fn live_latency(dir: &Path, broker: BrokerUrl, n: usize) -> Result<Latency
     }
     source.await?;
     a_running.stop().await?;
-    b_running.stop().await?;
     if latencies.is_empty() {
         bail!("no reading reached the second agent through the broker");
     }
+    // The second agent stores the batches it receives: wait for the last, then check both stores.
+    let from = a.device();
+    let t0 = Instant::now();
+    while stored_of(&b, from).await? < n as u64 {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("the second agent stored {} of the {n} readings in 30 s", stored_of(&b, from).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b_running.stop().await?;
+    for (who, agent, device) in [("the sharing agent", &a, None), ("the receiving agent", &b, Some(from.to_string()))] {
+        let v = agent.verify(None, device.as_deref()).await?;
+        if !v.ok {
+            bail!("what {who} stored did not verify: {}", serde_json::to_string(&v)?);
+        }
+    }
+    let sender_bytes = sealed_bytes(&a, from, &stream).await? as f64 / n as f64;
+    let receiver_bytes = sealed_bytes(&b, from, &stream).await? as f64 / n as f64;
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-    Ok(Latency { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0), lost: n - latencies.len() })
+    let lost = n - latencies.len();
+    Ok(Latency { p50_ms: at(0.5), p99_ms: at(0.99), max_ms: at(1.0), lost, sender_bytes, receiver_bytes })
+}
+
+/// Readings of `device` in `service`'s store.
+async fn stored_of(service: &Service, device: edgeseal_core::DeviceId) -> Result<u64> {
+    let device = device.to_string();
+    Ok(service.streams().await?.iter().filter(|s| s.device == device).map(|s| s.readings).sum())
+}
+
+/// The sealed bytes of `device`'s `stream` in `service`'s store.
+async fn sealed_bytes(service: &Service, device: edgeseal_core::DeviceId, stream: &StreamName) -> Result<u64> {
+    use edgeseal_store::Store as _;
+    let store = service.store().await?;
+    let rows = store.batches(device, stream, edgeseal_store::TimeRange::default()).await?;
+    Ok(rows.iter().map(|b| b.sealed.len() as u64).sum())
 }
 
 /// The pipeline `up` runs, in this process.

@@ -299,6 +299,69 @@ async fn watch_with(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints readings a peer shared, one line (or JSON object, with `at`'s fields) each.
+#[allow(clippy::too_many_arguments)]
+fn print_readings(
+    out: &mut impl Write,
+    peer: &str,
+    device: edgeseal_core::DeviceId,
+    s: &StreamName,
+    at: &serde_json::Value,
+    readings: &Readings,
+    status: &str,
+    json_out: bool,
+) -> Result<()> {
+    let object = |mut v: serde_json::Value| {
+        if let (Some(m), Some(extra)) = (v.as_object_mut(), at.as_object()) {
+            m.extend(extra.clone());
+        }
+        v
+    };
+    match readings {
+        Readings::Scalar(b) => {
+            for i in 0..b.ts.len() {
+                let label = b.labels.get(i).cloned().flatten();
+                if json_out {
+                    let v = json!({"peer": peer, "device": device.to_string(), "stream": s.as_str(),
+                        "time": format_ms(b.ts[i]), "ts_ms": b.ts[i], "value": b.values[i], "unit": b.unit,
+                        "label": label, "status": status});
+                    writeln!(out, "{}", object(v))?;
+                } else {
+                    let row = format!(
+                        "{:<24}  {:<24}  {:>12} {:<6} {}",
+                        format_ms(b.ts[i]),
+                        format!("{peer}/{s}"),
+                        b.values[i],
+                        b.unit,
+                        label.unwrap_or_default()
+                    );
+                    writeln!(out, "{}", row.trim_end())?;
+                }
+            }
+        }
+        Readings::Blob(b) => {
+            for i in 0..b.ts.len() {
+                if json_out {
+                    let v = json!({"peer": peer, "device": device.to_string(), "stream": s.as_str(),
+                        "time": format_ms(b.ts[i]), "ts_ms": b.ts[i], "media_type": b.media_type,
+                        "bytes": b.items[i].len(), "status": status});
+                    writeln!(out, "{}", object(v))?;
+                } else {
+                    let size = format!("{} B", b.items[i].len());
+                    writeln!(
+                        out,
+                        "{:<24}  {:<24}  {size:>12} {}",
+                        format_ms(b.ts[i]),
+                        format!("{peer}/{s}"),
+                        b.media_type
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn print_event(
     out: &mut impl Write,
     ev: &Event,
@@ -306,9 +369,12 @@ fn print_event(
     stream: Option<&StreamName>,
     json_out: bool,
 ) -> Result<()> {
+    let wanted = |device: &edgeseal_core::DeviceId, s: &StreamName| {
+        only.is_none_or(|d| d == *device) && stream.is_none_or(|x| x == s)
+    };
     match ev {
         Event::Readings { peer, device, stream: s, seq, readings, arrival } => {
-            if only.is_some_and(|d| d != *device) || stream.is_some_and(|x| x != s) {
+            if !wanted(device, s) {
                 return Ok(());
             }
             if let Arrival::Gap { missing } = arrival {
@@ -318,48 +384,15 @@ fn print_event(
                 Arrival::Gap { .. } => "verified, after a gap",
                 _ => "verified",
             };
-            match readings {
-                Readings::Scalar(b) => {
-                    for i in 0..b.ts.len() {
-                        let label = b.labels.get(i).cloned().flatten();
-                        if json_out {
-                            let v = json!({"peer": peer, "device": device.to_string(), "stream": s.as_str(), "seq": seq,
-                                "time": format_ms(b.ts[i]), "ts_ms": b.ts[i], "value": b.values[i], "unit": b.unit,
-                                "label": label, "status": status});
-                            writeln!(out, "{v}")?;
-                        } else {
-                            let row = format!(
-                                "{:<24}  {:<24}  {:>12} {:<6} {}",
-                                format_ms(b.ts[i]),
-                                format!("{peer}/{s}"),
-                                b.values[i],
-                                b.unit,
-                                label.unwrap_or_default()
-                            );
-                            writeln!(out, "{}", row.trim_end())?;
-                        }
-                    }
-                }
-                Readings::Blob(b) => {
-                    for i in 0..b.ts.len() {
-                        if json_out {
-                            let v = json!({"peer": peer, "device": device.to_string(), "stream": s.as_str(), "seq": seq,
-                                "time": format_ms(b.ts[i]), "ts_ms": b.ts[i], "media_type": b.media_type,
-                                "bytes": b.items[i].len(), "status": status});
-                            writeln!(out, "{v}")?;
-                        } else {
-                            let size = format!("{} B", b.items[i].len());
-                            writeln!(
-                                out,
-                                "{:<24}  {:<24}  {size:>12} {}",
-                                format_ms(b.ts[i]),
-                                format!("{peer}/{s}"),
-                                b.media_type
-                            )?;
-                        }
-                    }
-                }
+            let at = json!({"seq": seq});
+            print_readings(out, peer, *device, s, &at, readings, status, json_out)?;
+        }
+        Event::Live { peer, device, stream: s, pos, readings, .. } => {
+            if !wanted(device, s) {
+                return Ok(());
             }
+            let at = json!({"seq": null, "pos": pos});
+            print_readings(out, peer, *device, s, &at, readings, "live", json_out)?;
         }
         Event::Locked { peer, stream, seq, epoch } => {
             eprintln!(

@@ -143,7 +143,8 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         ),
         _ => None,
     };
-    let Pipeline { sealer, drainer, wake, commands } = Pipeline::new(&service, &local, policy, &stats, readings_rx)?;
+    let Pipeline { sealer, drainer, wake, commands, frames } =
+        Pipeline::new(&service, &local, policy, &stats, readings_rx)?;
     let sealer = tasks.spawn(sealer.run(sealer_stop.clone()));
     service.attach_sealer(commands, policy);
     let service = Arc::new(service);
@@ -162,17 +163,10 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     }
     let sharing_tasks = TaskTracker::new();
     if cfg.mqtt.broker.is_some() {
-        let (publisher, receiver) = sharing::connect(
-            &cfg,
-            identity.clone(),
-            local.clone(),
-            wake.drainer.clone(),
-            wake.publisher.clone(),
-            stats.clone(),
-        )
-        .await?;
-        sharing_tasks.spawn(publisher.run(drain_stop.clone()));
-        sharing_tasks.spawn(receiver.run(drain_stop.clone()));
+        let sharing = sharing::connect(&cfg, identity.clone(), local.clone(), &wake, frames, stats.clone()).await?;
+        sharing_tasks.spawn(sharing.publisher.run(drain_stop.clone()));
+        sharing_tasks.spawn(sharing.frames.run(drain_stop.clone()));
+        sharing_tasks.spawn(sharing.receiver.run(drain_stop.clone()));
     }
     sharing_tasks.close();
     println!("Stop with Ctrl-C: every reading taken is sealed and stored first.");

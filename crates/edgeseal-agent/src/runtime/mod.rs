@@ -6,6 +6,7 @@
 //!                                                                      │ notify
 //!            Drainer: outbox → store, remember heads, sign checkpoints ┘
 //!            Publisher: publish queue → broker (and grants)
+//!            FrameSender: each journal commit of a granted stream → signed live frame → broker
 //!            Receiver: broker → inbox (verify, order, open) → outbox
 //!            Lcd: newest values and the agent's state on the Grove LCD
 //! ```
@@ -16,6 +17,7 @@
 
 pub mod broker;
 pub mod drainer;
+pub mod frames;
 pub mod lcd;
 pub mod sealer;
 pub mod sharing;
@@ -53,6 +55,9 @@ pub struct Stats {
     /// The broker is configured but unreachable (shown on the LCD).
     pub broker_down: AtomicBool,
     pub published: AtomicU64,
+    /// Live frames sent, and journal commits that went without one (the sender was behind or the broker down).
+    pub frames_sent: AtomicU64,
+    pub frames_dropped: AtomicU64,
     pub received: AtomicU64,
     /// The newest value of each scalar stream (shown on the LCD).
     pub latest: Mutex<HashMap<StreamName, (f64, String)>>,
@@ -70,6 +75,8 @@ pub struct Pipeline {
     pub drainer: drainer::Drainer,
     pub wake: sealer::Wakers,
     pub commands: tokio::sync::mpsc::Sender<crate::service::SealerCommand>,
+    /// What the sealer accepts, for live frames: give it to `sharing::connect`, or drop it.
+    pub frames: frames::FrameFeed,
 }
 
 impl Pipeline {
@@ -85,6 +92,7 @@ impl Pipeline {
         let identity = service.identity()?.clone();
         let wake = sealer::Wakers { drainer: Arc::new(Notify::new()), publisher: Arc::new(Notify::new()) };
         let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
+        let (tap, frames) = frames::channel();
         let sealer = sealer::Sealer::new(
             local.clone(),
             identity.clone(),
@@ -94,6 +102,7 @@ impl Pipeline {
             stats.clone(),
             readings,
             commands_rx,
+            tap,
         );
         let drainer = drainer::Drainer {
             local: local.clone(),
@@ -104,7 +113,7 @@ impl Pipeline {
             notify: wake.drainer.clone(),
             stats: stats.clone(),
         };
-        Ok(Pipeline { sealer, drainer, wake, commands })
+        Ok(Pipeline { sealer, drainer, wake, commands, frames })
     }
 }
 

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::frames::FrameTap;
 use super::{Stats, sleep_until_opt};
 use crate::batching::describe_policy;
 use crate::service::SealerCommand;
@@ -71,6 +72,8 @@ pub struct Sealer {
     failing: HashMap<StreamName, (Instant, Duration)>,
     /// The journal position of each stream's next accepted reading.
     next_pos: HashMap<StreamName, u64>,
+    /// Accepted readings, for live frames.
+    frames: FrameTap,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -90,6 +93,7 @@ impl Sealer {
         stats: Arc<Stats>,
         input: mpsc::Receiver<Reading>,
         commands: mpsc::Receiver<SealerCommand>,
+        frames: FrameTap,
     ) -> Sealer {
         Sealer {
             local,
@@ -103,6 +107,7 @@ impl Sealer {
             commands,
             failing: HashMap::new(),
             next_pos: HashMap::new(),
+            frames,
         }
     }
 
@@ -248,6 +253,8 @@ impl Sealer {
         let mono = self.mono();
         for (stream, readings) in streams {
             self.stats.live.accepted(device, &readings);
+            let first = self.next_pos.get(&stream).copied().unwrap_or(0);
+            self.frames.offer(&stream, first, &readings, &self.stats);
             let next = self.next_pos.entry(stream).or_insert(0);
             for r in readings {
                 cuts.extend(self.batcher.push(*next as i64, r, mono));

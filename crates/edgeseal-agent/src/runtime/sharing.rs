@@ -1,13 +1,17 @@
 //! Sharing while the agent runs: the [`Publisher`] sends sealed batches from
 //! the durable publish queue to the broker, in order, each removed only once
-//! acknowledged (and publishes pending grants, retained); the [`Receiver`]
-//! verifies, opens and queues for the store what peers publish.
+//! acknowledged (and publishes pending grants, retained); the
+//! [`FrameSender`] seals and publishes a signed live frame for every journal
+//! commit of a granted stream; the [`Receiver`] verifies, opens and queues for
+//! the store what peers publish, and shows their live frames.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use edgeseal_core::frame::{FrameParams, seal_frame};
 use edgeseal_core::keys::Identity;
+use edgeseal_core::reading::into_batches;
 use edgeseal_mqtt::link::{Link, Message};
 use edgeseal_store::local::LocalState;
 use tokio::sync::{Notify, mpsc};
@@ -15,6 +19,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use super::frames::{Accepted, FrameFeed};
+use super::sealer::Wakers;
 use super::{FINAL_DRAIN, Stats};
 use crate::Result;
 use crate::config::Config;
@@ -25,16 +31,24 @@ const PUBLISH_CHUNK: u32 = 256;
 /// How often an idle publisher looks for grants to publish (`share` and `revoke` store them).
 const GRANT_POLL: Duration = Duration::from_secs(1);
 
-/// Connects the agent's persistent MQTT session and makes the two sharing
+/// The sharing components over one MQTT session; `up` spawns each.
+#[derive(Debug)]
+pub struct Sharing {
+    pub publisher: Publisher,
+    pub frames: FrameSender,
+    pub receiver: Receiver,
+}
+
+/// Connects the agent's persistent MQTT session and makes the sharing
 /// components over it. The link lives until the publisher's last attempt.
 pub async fn connect(
     cfg: &Config,
     identity: Arc<Identity>,
     local: LocalState,
-    drainer: Arc<Notify>,
-    sealed: Arc<Notify>,
+    wake: &Wakers,
+    feed: FrameFeed,
     stats: Arc<Stats>,
-) -> Result<(Publisher, Receiver)> {
+) -> Result<Sharing> {
     let device = identity.device_id();
     let mut opts = cfg.mqtt.link_options(&format!("edgeseal-{device}"))?;
     opts.persistent_session = true;
@@ -44,9 +58,28 @@ pub async fn connect(
     let mut inbox = Inbox::new(identity.clone(), local.clone(), topics.clone()).await?;
     inbox.store = true;
     inbox.subscribe(&link).await?;
-    let publisher = Publisher { sealed, local, link: link.clone(), topics, identity, stats: stats.clone(), link_stop };
-    let receiver = Receiver { inbox, link, rx, drainer, stats };
-    Ok((publisher, receiver))
+    let frames = FrameSender {
+        feed,
+        local: local.clone(),
+        link: link.clone(),
+        topics: topics.clone(),
+        identity: identity.clone(),
+        stats: stats.clone(),
+        scratch: Vec::new(),
+    };
+    // Readings accepted from now on go out live for the streams granted now.
+    frames.granted().await;
+    let publisher = Publisher {
+        sealed: wake.publisher.clone(),
+        local,
+        link: link.clone(),
+        topics,
+        identity,
+        stats: stats.clone(),
+        link_stop,
+    };
+    let receiver = Receiver { inbox, link, rx, drainer: wake.drainer.clone(), stats };
+    Ok(Sharing { publisher, frames, receiver })
 }
 
 /// Publishes sealed batches from the durable publish queue, in order, each
@@ -158,6 +191,90 @@ impl Publisher {
     }
 }
 
+/// How often the frame sender looks up which streams are granted (`share` and `revoke` change that).
+const LIVE_POLL: Duration = Duration::from_secs(1);
+
+/// Seals each journal commit of a granted stream into a signed live frame
+/// (under the stream's current key epoch, read when it is sealed, so a
+/// revoked peer gets nothing after its revocation) and publishes it at QoS 0:
+/// at once, never queued by the broker, and dropped (counted) while the
+/// broker is down, since the stored batches carry the same readings.
+pub struct FrameSender {
+    feed: FrameFeed,
+    local: LocalState,
+    link: Link,
+    topics: Topics,
+    identity: Arc<Identity>,
+    stats: Arc<Stats>,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for FrameSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameSender").field("link", &self.link).finish_non_exhaustive()
+    }
+}
+
+impl FrameSender {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut poll = tokio::time::interval(LIVE_POLL);
+        let connected = self.link.connected();
+        let mut buf = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = poll.tick() => self.granted().await,
+                n = self.feed.rx.recv_many(&mut buf, 256) => {
+                    if n == 0 {
+                        return;
+                    }
+                    let up = *connected.borrow();
+                    for a in buf.drain(..) {
+                        if !up {
+                            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if let Err(e) = self.send(&a).await {
+                            self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                            debug!("no live frame for {} readings of {}: {e}", a.readings.len(), a.stream);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Which streams are granted to a peer now.
+    async fn granted(&self) {
+        match self.local.grants_out().await {
+            Ok(g) => self.feed.streams.replace(g.into_iter().filter(|g| !g.revoked).map(|g| g.stream).collect()),
+            Err(e) => warn!("cannot read the grants for live frames: {e}"),
+        }
+    }
+
+    async fn send(&mut self, a: &Accepted) -> Result<()> {
+        let epoch = self.local.stream_state(&a.stream).await.map_err(crate::Error::Local)?.epoch;
+        let key = self.identity.epoch_key(&a.stream, epoch);
+        let topic = self.topics.live(self.identity.device_id(), &a.stream);
+        let mut pos = a.first_pos;
+        for (readings, last) in into_batches(&a.readings) {
+            let mut salt = [0u8; 16];
+            getrandom::fill(&mut salt).map_err(|e| crate::Error::Internal(format!("no system randomness: {e}")))?;
+            // Too large for a frame (a camera's image): it goes with its stored batch only.
+            let at = FrameParams { stream: a.stream.clone(), pos, epoch, salt };
+            match seal_frame(&readings, &at, &key, &self.identity, &mut self.scratch) {
+                Ok(bytes) => {
+                    self.link.publish_once(&topic, bytes).await?;
+                    self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => debug!("readings {pos}.. of {} go without a live frame: {e}", a.stream),
+            }
+            pos = a.first_pos + last as u64 + 1;
+        }
+        Ok(())
+    }
+}
+
 /// Verifies, opens and queues for the store what peers publish; picks up
 /// peers paired while it runs; tells the LCD whether the broker is reachable.
 pub struct Receiver {
@@ -205,6 +322,9 @@ impl Receiver {
                     _ => "verified".to_string(),
                 };
                 self.stats.live.received(peer, *device, stream, readings, &status);
+            }
+            if let Event::Live { peer, device, stream, readings, .. } = &ev {
+                self.stats.live.received(peer, *device, stream, readings, "live");
             }
             if matches!(ev, Event::Readings { .. } | Event::Locked { .. }) {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);

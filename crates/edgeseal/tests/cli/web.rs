@@ -644,12 +644,14 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
     browser.open(&format!("{b_url}/"));
     let received = "return [...document.querySelectorAll('#streams tr')].filter(r => r.textContent.includes('from alpha')).map(r => r.querySelector('[data-f=status]').textContent).join()";
     wait_until("alpha's readings on bravo's dashboard", Duration::from_secs(30), || {
-        browser.eval(received).as_str().is_some_and(|s| s.starts_with("verified"))
+        // A signed live frame, or a stored batch's reading.
+        browser.eval(received).as_str().is_some_and(|s| s.starts_with("live") || s.starts_with("verified"))
     });
     browser.screenshot("dashboard-received.png");
     browser.open(&format!("{b_url}/sharing"));
     assert!(
-        text_of("#received").contains("temperature") && text_of("#received").contains("verified"),
+        text_of("#received").contains("temperature")
+            && (text_of("#received").contains("live") || text_of("#received").contains("verified")),
         "{}",
         text_of("#received")
     );
