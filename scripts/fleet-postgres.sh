@@ -3,14 +3,14 @@
 # SQLite state.db) at full speed into one PostgreSQL at URL, all at once; prints
 # the total rate, the agents' CPU against PostgreSQL's, and any agent's errors.
 # Run from the checkout after `cargo build --release`:
-#   N=20 R=1000000 URL=postgres://postgres@127.0.0.1/test scripts/fleet-postgres.sh
+#   N=20 R=1000000 B=1000 URL=postgres://postgres@127.0.0.1/test scripts/fleet-postgres.sh
 set -u
 OUT=$(mktemp -d)
-N=${N:-20}; R=${R:-1000000}; URL=${URL:-postgres://postgres@127.0.0.1/test}
+N=${N:-20}; R=${R:-1000000}; B=${B:-1000}; URL=${URL:-postgres://postgres@127.0.0.1/test}
 # Every postgres process's own CPU, plus what the postmaster reaped from ended backends (cutime, cstime).
 pgcpu() { local t=0 m=$(pgrep -o -x postgres); for p in $(pgrep -x postgres); do read -r -a f < <(sed 's/.*) //' /proc/$p/stat 2>/dev/null); t=$((t + ${f[11]:-0} + ${f[12]:-0})); [ "$p" = "$m" ] && t=$((t + ${f[13]:-0} + ${f[14]:-0})); done; echo $t; }
 c0=$(pgcpu); t0=$(date +%s.%N)
-for i in $(seq $N); do "${EDGESEAL:-target/release/edgeseal}" --store "$URL" bench agent --readings $R --no-stdin --json > "$OUT"/fleet.$i.json 2>"$OUT"/fleet.$i.err & done
+for i in $(seq $N); do "${EDGESEAL:-target/release/edgeseal}" --store "$URL" bench agent --readings $R --batch $B --no-stdin --json > "$OUT"/fleet.$i.json 2>"$OUT"/fleet.$i.err & done
 wait
 t1=$(date +%s.%N); c1=$(pgcpu)
 python3 - "$N" "$R" "$t0" "$t1" "$c0" "$c1" "$OUT" <<'PY'

@@ -392,7 +392,7 @@ impl Link {
     /// acknowledgement, and never queued by the broker for an offline
     /// session. For live frames, which stored batches back up.
     pub async fn publish_once(&self, topic: &str, payload: Vec<u8>) -> Result<(), Error> {
-        let _order = self.shared.order.lock().await;
+        // No waiter to queue, so no need to take `order`: a QoS 0 publish has no packet id to match.
         self.client
             .publish_qos0(topic, payload)
             .await

@@ -18,7 +18,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { count: 1000, interval_ms: Some(60_000) }
+        Policy { count: 1000, interval_ms: Some(300_000) }
     }
 }
 

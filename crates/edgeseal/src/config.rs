@@ -454,7 +454,7 @@ mod tests {
     fn defaults_parse() {
         let raw: Raw = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
         let c = validate(raw, None).unwrap();
-        assert_eq!(c.batch, Policy { count: 1000, interval_ms: Some(60_000) });
+        assert_eq!(c.batch, Policy { count: 1000, interval_ms: Some(300_000) });
         assert_eq!(c.sensors.len(), 4);
         assert!(c.store_url.ends_with("edgeseal-data/store.db"));
     }

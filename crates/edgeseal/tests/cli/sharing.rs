@@ -240,6 +240,12 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
     assert_eq!(got, super::expected(0..40));
     let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
     assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
+    // Seen live one by one, stored compactly: one batch of 40 on both sides, at the batch policy.
+    for (who, agent) in [("pi", &pi), ("laptop", &laptop)] {
+        let streams: Value = serde_json::from_str(&agent.ok(&["streams", "--json"])).unwrap();
+        let s = streams.as_array().unwrap().iter().find(|s| s["device"] == pi_dev.as_str()).unwrap().clone();
+        assert_eq!((s["batches"].as_u64(), s["readings"].as_u64()), (Some(1), Some(40)), "{who}: {s}");
+    }
     let _ = Command::new("kill").args(["-TERM", &laptop_up.id().to_string()]).status();
     let _ = laptop_up.wait();
     drop(watch);
