@@ -20,6 +20,8 @@ use crate::{Error, Result};
 /// How to reach the MQTT broker.
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
+    /// Unsigned batches a receiver holds until a signature covers them.
+    pub tentative: TentativeLimits,
     pub broker: Option<BrokerUrl>,
     pub prefix: String,
     pub protocol: Protocol,
@@ -27,6 +29,21 @@ pub struct MqttConfig {
     pub password: Option<Password>,
     pub ca: Option<PathBuf>,
     pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+/// How many bytes of unsigned batches a receiver holds, per stream and in
+/// all, until a signature covers them (`mqtt.tentative_max`,
+/// `mqtt.tentative_total_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TentativeLimits {
+    pub stream: usize,
+    pub total: usize,
+}
+
+impl Default for TentativeLimits {
+    fn default() -> Self {
+        TentativeLimits { stream: 4 << 20, total: 16 << 20 }
+    }
 }
 
 impl MqttConfig {
@@ -164,6 +181,7 @@ impl Config {
             grovepi_bus: "/dev/i2c-1".into(),
             lcd: LcdConfig { enabled: false, streams: Vec::new(), refresh: Duration::from_secs(2) },
             mqtt: MqttConfig {
+                tentative: TentativeLimits::default(),
                 broker: None,
                 prefix: "edgeseal/v1".into(),
                 protocol: Protocol::V311,

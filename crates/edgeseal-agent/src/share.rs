@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use edgeseal_core::chain::Head;
-use edgeseal_core::envelope::{self, Authorship};
+use edgeseal_core::envelope::{self, Authorship, BatchHash};
 use edgeseal_core::keys::{EpochKey, Identity};
 use edgeseal_core::{DeviceId, Readings, StreamName};
 use edgeseal_core::{frame, grant};
@@ -20,6 +20,7 @@ use edgeseal_store::BatchRow;
 use edgeseal_store::local::{GrantOut, LocalState, PeerRow};
 use tracing::{debug, info, warn};
 
+use crate::config::TentativeLimits;
 use crate::error::LocalContext;
 use crate::{Error, Result, now_ms};
 
@@ -313,9 +314,67 @@ pub enum Event {
 
 /// Verified batches without a key yet, kept per stream for when the grant arrives.
 const LOCKED_MAX: usize = 1000;
-/// Unsigned batches held per stream until a signed one covers them (the
-/// sealer signs at least the last batch of every round of up to 1024 readings).
-const HELD_MAX: usize = 4096;
+/// An unsigned batch held until a signed batch covers it.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    prev: BatchHash,
+    bytes: Vec<u8>,
+}
+
+/// One stream's held unsigned batches, by hash: candidates, not state. Forged
+/// ones may sit beside the device's own; the signed batch that ends a run
+/// picks out the device's by the chain, and the rest are dropped.
+#[derive(Debug, Default)]
+struct Tentative {
+    items: HashMap<BatchHash, Held>,
+    bytes: usize,
+}
+
+impl Tentative {
+    fn take(&mut self, hash: &BatchHash) -> Option<Held> {
+        let h = self.items.remove(hash)?;
+        self.bytes -= h.bytes.len();
+        Some(h)
+    }
+
+    /// Drops the held batches whose chain does not reach `head` (nothing
+    /// could ever cover them in order); returns how many bytes went.
+    fn drop_unlinked(&mut self, head: Option<&Head>) -> usize {
+        // Each batch's chain is walked down once: sequence numbers fall along it, so it ends.
+        let mut reaches: HashMap<BatchHash, bool> = HashMap::with_capacity(self.items.len());
+        for start in self.items.keys() {
+            let (mut path, mut cur) = (Vec::new(), *start);
+            let result = loop {
+                if let Some(&known) = reaches.get(&cur) {
+                    break known;
+                }
+                let h = &self.items[&cur];
+                path.push(cur);
+                let to_head = match head {
+                    Some(t) => Some(h.seq) == t.seq.checked_add(1) && h.prev == t.hash,
+                    None => h.seq == 0,
+                };
+                if to_head {
+                    break true;
+                }
+                match self.items.get(&h.prev) {
+                    Some(p) if p.seq.checked_add(1) == Some(h.seq) => cur = h.prev,
+                    _ => break false,
+                }
+            };
+            for p in path {
+                reaches.insert(p, result);
+            }
+        }
+        let linked: std::collections::HashSet<BatchHash> =
+            reaches.into_iter().filter(|(_, r)| *r).map(|(h, _)| h).collect();
+        let before = self.bytes;
+        self.items.retain(|hash, _| linked.contains(hash));
+        self.bytes = self.items.values().map(|h| h.bytes.len()).sum();
+        before - self.bytes
+    }
+}
 
 /// A peer's stream.
 type PeerStream = (DeviceId, StreamName);
@@ -329,8 +388,10 @@ pub struct Inbox {
     peers: HashMap<DeviceId, PeerRow>,
     keys: KeyRing,
     locked: HashMap<PeerStream, Vec<Vec<u8>>>,
-    /// Unsigned batches (and how each arrived) waiting for the signed batch that covers them.
-    held: HashMap<PeerStream, Vec<(Vec<u8>, Arrival)>>,
+    /// Unsigned batches waiting for the signed batch that covers them, within `limits`.
+    held: HashMap<PeerStream, Tentative>,
+    held_bytes: usize,
+    pub limits: TentativeLimits,
     /// Each stream's live frames so far.
     live: HashMap<PeerStream, LiveMark>,
     /// Queue received batches for the store (the agent); `watch` only shows them.
@@ -358,6 +419,8 @@ impl Inbox {
             keys,
             locked: HashMap::new(),
             held: HashMap::new(),
+            held_bytes: 0,
+            limits: TentativeLimits::default(),
             live: HashMap::new(),
             store: false,
         })
@@ -377,6 +440,11 @@ impl Inbox {
             self.peers.insert(p.device, p);
         }
         Ok(())
+    }
+
+    /// Bytes of unsigned batches held until a signature covers them.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &PeerRow> {
@@ -474,63 +542,125 @@ impl Inbox {
             }
         };
         let head = self.local.remembered(device, stream).await.local()?;
-        let arrival = match head {
-            None => Arrival::First,
-            Some(last) if h.seq <= last.seq => {
-                return refuse(format!(
-                    "batch {} of {stream} replayed or out of order (already have up to {})",
-                    h.seq, last.seq
-                ));
-            }
-            // Checked arithmetic: a hostile header may carry any number.
-            Some(last) if Some(h.seq) == last.seq.checked_add(1) => {
-                if h.prev != last.hash {
-                    return refuse(format!(
-                        "batch {} of {stream} does not follow batch {} (a fork or a forgery)",
-                        h.seq, last.seq
-                    ));
-                }
-                Arrival::InOrder
-            }
-            Some(last) => Arrival::Gap { missing: h.seq.saturating_sub(last.seq).saturating_sub(1) },
-        };
-        let slot = (device, stream.clone());
-        if !signed && self.held.get(&slot).is_some_and(|held| held.len() >= HELD_MAX) {
+        if let Some(last) = &head
+            && h.seq <= last.seq
+        {
             return refuse(format!(
-                "batch {} of {stream} is unsigned and {HELD_MAX} unsigned batches already wait for a signature",
-                h.seq
+                "batch {} of {stream} replayed or out of order (already have up to {})",
+                h.seq, last.seq
             ));
         }
-        let row = BatchRow::new(h.clone(), hash, bytes.to_vec());
-        self.local.remember(device, stream, Head { seq: h.seq, hash, ts: h.last_ts }).await.local()?;
-        if self.store {
-            self.local.commit_received(&row).await.local()?;
+        let slot = (device, stream.clone());
+        if !signed {
+            // Nothing is recorded, stored or shown on the strength of an unsigned batch.
+            return self.hold(&slot, Held { seq: h.seq, prev: h.prev, bytes: bytes.to_vec() }, hash, head.as_ref());
         }
-        // Unsigned batches wait for the signed batch that ends their run; a run the chain
-        // breaks (a batch missed) can no longer be covered.
+        // The signed batch covers the held run that ends at it, back to the newest authentic batch.
+        let mut run: Vec<Held> = Vec::new();
+        let (mut seq, mut prev) = (h.seq, h.prev);
+        let arrival = loop {
+            if let Some(last) = &head
+                && Some(seq) == last.seq.checked_add(1)
+            {
+                if prev != last.hash {
+                    return refuse(format!(
+                        "batch {seq} of {stream} does not follow batch {} (a fork or a forgery)",
+                        last.seq
+                    ));
+                }
+                break Arrival::InOrder;
+            }
+            let tentative = self.held.get_mut(&slot);
+            match tentative
+                .and_then(|t| t.items.get(&prev).is_some_and(|c| c.seq.checked_add(1) == Some(seq)).then_some(t))
+            {
+                Some(t) if seq > 0 => {
+                    let c = t.take(&prev).expect("present");
+                    self.held_bytes -= c.bytes.len();
+                    (seq, prev) = (c.seq, c.prev);
+                    run.push(c);
+                }
+                _ => match &head {
+                    None => break Arrival::First,
+                    Some(last) => break Arrival::Gap { missing: seq - last.seq - 1 },
+                },
+            }
+        };
         let mut events = Vec::new();
-        let mut held = self.held.remove(&slot).unwrap_or_default();
-        if !held.is_empty() && arrival != Arrival::InOrder {
+        // What is left at or before the signed batch is not on its chain: forged, or cut off by a gap.
+        if let Some(t) = self.held.get_mut(&slot) {
+            let before = t.items.len();
+            let freed: usize = t.items.values().filter(|c| c.seq <= h.seq).map(|c| c.bytes.len()).sum();
+            t.items.retain(|_, c| c.seq > h.seq);
+            t.bytes -= freed;
+            self.held_bytes -= freed;
+            let dropped = before - t.items.len();
+            if dropped > 0 {
+                events.push(Event::Refused {
+                    topic: self.topics.batch(device, stream),
+                    reason: format!(
+                        "{dropped} unsigned batch(es) of {stream} up to batch {} are not on the chain its signature covers (forged, or cut off by a gap): dropped",
+                        h.seq
+                    ),
+                });
+            }
+        }
+        let mut how = arrival;
+        let authentic = run.into_iter().rev().map(|c| c.bytes).chain(std::iter::once(bytes.to_vec()));
+        for b in authentic {
+            let q = parse(&b)?;
+            let row = BatchRow::new(q.header.clone(), q.hash(), b.clone());
+            self.local
+                .remember(device, stream, Head { seq: q.header.seq, hash: q.hash(), ts: q.header.last_ts })
+                .await
+                .local()?;
+            if self.store {
+                self.local.commit_received(&row).await.local()?;
+            }
+            events.extend(self.open_verified(&q, &b, std::mem::replace(&mut how, Arrival::InOrder))?);
+        }
+        Ok(events)
+    }
+
+    /// Holds an unsigned batch as a candidate until a signature covers it,
+    /// within the per-stream and total byte bounds: when full, held batches
+    /// that cannot reach the newest authentic one go first, then the newcomer
+    /// is refused.
+    fn hold(&mut self, slot: &PeerStream, c: Held, hash: BatchHash, head: Option<&Head>) -> Result<Vec<Event>> {
+        let stream = &slot.1;
+        let size = c.bytes.len();
+        let t = self.held.entry(slot.clone()).or_default();
+        if t.items.contains_key(&hash) {
+            return Ok(Vec::new()); // the same batch again
+        }
+        let over =
+            |t: &Tentative, total: usize, l: &TentativeLimits| t.bytes + size > l.stream || total + size > l.total;
+        let mut events = Vec::new();
+        if over(t, self.held_bytes, &self.limits) {
+            let freed = t.drop_unlinked(head);
+            self.held_bytes -= freed;
+            if freed > 0 {
+                events.push(Event::Refused {
+                    topic: self.topics.batch(slot.0, stream),
+                    reason: format!(
+                        "dropped {freed} bytes of unsigned batches of {stream} that do not link to the newest authentic batch (the tentative buffer is full)"
+                    ),
+                });
+            }
+        }
+        if over(t, self.held_bytes, &self.limits) {
             events.push(Event::Refused {
-                topic: self.topics.batch(device, stream),
+                topic: self.topics.batch(slot.0, stream),
                 reason: format!(
-                    "{} unsigned batches of {stream} before batch {} were never covered by a signature",
-                    held.len(),
-                    h.seq
+                    "batch {} of {stream} is unsigned and the buffer of batches waiting for a signature is full ({} of {} bytes for this stream, {} of {} in all)",
+                    c.seq, t.bytes, self.limits.stream, self.held_bytes, self.limits.total
                 ),
             });
-            held.clear();
-        }
-        if !signed {
-            held.push((bytes.to_vec(), arrival));
-            self.held.insert(slot, held);
             return Ok(events);
         }
-        for (earlier, how) in held {
-            let q = parse(&earlier)?;
-            events.extend(self.open_verified(&q, &earlier, how)?);
-        }
-        events.extend(self.open_verified(&p, bytes, arrival)?);
+        t.bytes += size;
+        self.held_bytes += size;
+        t.items.insert(hash, c);
         Ok(events)
     }
 
@@ -704,16 +834,17 @@ mod tests {
         assert!(inbox.handle(&msg(on.clone(), b1)).await.is_empty());
         assert_eq!(values(&inbox.handle(&msg(on.clone(), b2)).await), [1.0, 2.0, 3.0]);
 
-        // Another holder of the epoch key slips in an unsigned batch 3 ahead of the device's own.
+        // Another holder of the epoch key slips in an unsigned batch 3 ahead of the device's own:
+        // held beside it, never shown, and dropped when the device's signature picks its own.
         let (forged, _) = batch(&owner, 3, h2, 99.0, false);
         assert!(inbox.handle(&msg(on.clone(), forged)).await.is_empty());
         let (b3, h3) = batch(&owner, 3, h2, 4.0, false);
         let (b4, _) = batch(&owner, 4, h3, 5.0, true);
-        let real3 = inbox.handle(&msg(on.clone(), b3)).await;
+        assert!(inbox.handle(&msg(on.clone(), b3)).await.is_empty());
         let real4 = inbox.handle(&msg(on.clone(), b4)).await;
-        let said = format!("{real3:?}{real4:?}");
-        assert!(said.contains("replayed or out of order") && said.contains("a fork or a forgery"), "{said}");
-        assert!(values(&real3).is_empty() && values(&real4).is_empty(), "the forged reading was shown: {said}");
+        assert_eq!(values(&real4), [4.0, 5.0], "{real4:?}");
+        assert!(format!("{real4:?}").contains("not on the chain"), "{real4:?}");
+        assert_eq!(inbox.held_bytes(), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -788,6 +919,85 @@ mod tests {
         // A frame no newer than what the batches brought is late or replayed.
         let late = inbox.handle(&msg(live.clone(), frame(&owner, 2, 3.0))).await;
         assert!(format!("{late:?}").contains("no newer than the batches"), "{late:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An inbox of `me` that knows `owner` as the peer "pi" and holds its grant of `t`.
+    async fn granted_inbox(tag: &str, owner: &Identity) -> (Inbox, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("edgeseal-inbox-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = crate::datadir::random_identity().unwrap();
+        let local = LocalState::open(&dir.join("state.db")).await.unwrap();
+        let peer = PeerRow { device: owner.device_id(), name: "pi".into(), public: owner.public(), paired_ms: 0 };
+        local.add_peer(&peer).await.unwrap();
+        let topics = Topics::new("edgeseal/v1");
+        let mut inbox = Inbox::new(Arc::new(me), local, topics.clone()).await.unwrap();
+        inbox.store = true;
+        let stream = StreamName::new("t").unwrap();
+        let me_pub = inbox.identity.public();
+        let g = grant::issue(owner, &me_pub, &stream, 1, 0, &[(0, owner.epoch_key(&stream, 0))], &mut rng()).unwrap();
+        let m =
+            Message { topic: topics.grant(owner.device_id(), &stream, me_pub.device_id()), payload: g, retain: false };
+        inbox.handle(&m).await;
+        (inbox, dir)
+    }
+
+    #[tokio::test]
+    async fn an_injected_unsigned_batch_advances_nothing_and_the_real_ones_still_arrive_and_store() {
+        let owner = crate::datadir::random_identity().unwrap();
+        let (mut inbox, dir) = granted_inbox("inject", &owner).await;
+        let stream = StreamName::new("t").unwrap();
+        let on = inbox.topics.batch(owner.device_id(), &stream);
+        let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false };
+        let (b0, h0) = batch(&owner, 0, BatchHash::default(), 1.0, true);
+        assert_eq!(values(&inbox.handle(&msg(b0)).await), [1.0]);
+        // The broker (no key) injects unsigned batches: the next number, and a huge one.
+        for seq in [1, u64::MAX - 1] {
+            let mut junk = batch(&owner, seq, h0, 0.0, false).0;
+            let n = junk.len();
+            junk[n - 20] ^= 1; // it cannot even encrypt: altered ciphertext
+            assert!(inbox.handle(&msg(junk)).await.is_empty());
+        }
+        let head = inbox.local.remembered(owner.device_id(), &stream).await.unwrap().unwrap();
+        assert_eq!(head.seq, 0, "an unsigned batch moved the stream's state");
+        // The device's own batches arrive, are shown and are queued for the store.
+        let (b1, h1) = batch(&owner, 1, h0, 2.0, false);
+        let (b2, _) = batch(&owner, 2, h1, 3.0, true);
+        assert!(inbox.handle(&msg(b1)).await.is_empty());
+        assert_eq!(values(&inbox.handle(&msg(b2)).await), [2.0, 3.0]);
+        let head = inbox.local.remembered(owner.device_id(), &stream).await.unwrap().unwrap();
+        assert_eq!(head.seq, 2);
+        let queued = inbox.local.outbox(owner.device_id(), 10).await.unwrap();
+        assert_eq!(queued.iter().map(|(_, r)| r.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_chained_unsigned_junk_stays_within_the_tentative_bound() {
+        let owner = crate::datadir::random_identity().unwrap();
+        let (mut inbox, dir) = granted_inbox("flood", &owner).await;
+        inbox.limits = TentativeLimits { stream: 64 << 10, total: 96 << 10 };
+        let stream = StreamName::new("t").unwrap();
+        let on = inbox.topics.batch(owner.device_id(), &stream);
+        let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false };
+        let (b0, h0) = batch(&owner, 0, BatchHash::default(), 1.0, true);
+        inbox.handle(&msg(b0)).await;
+        // A co-grantee (it holds the key) chains 2,000 unsigned batches onto the real head.
+        let mut prev = h0;
+        let mut refused = 0;
+        for seq in 1..=2000 {
+            let (junk, h) = batch(&owner, seq, prev, 99.0, false);
+            prev = h;
+            refused += inbox.handle(&msg(junk)).await.len();
+            assert!(inbox.held_bytes() <= 64 << 10, "{} bytes held", inbox.held_bytes());
+        }
+        assert!(refused > 0, "the full buffer was never reported");
+        // The device's next signed batch still arrives, and the junk before it goes.
+        let (b1, _) = batch(&owner, 1, h0, 2.0, true);
+        let events = inbox.handle(&msg(b1)).await;
+        assert_eq!(values(&events), [2.0], "{events:?}");
+        assert!(inbox.held_bytes() < 64 << 10);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

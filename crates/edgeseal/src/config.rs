@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use edgeseal_agent::config::{Config, LcdConfig, MqttConfig, SensorSpec};
+use edgeseal_agent::config::{Config, LcdConfig, MqttConfig, SensorSpec, TentativeLimits};
 use edgeseal_core::StreamName;
 use edgeseal_mqtt::broker;
 use edgeseal_mqtt::link::{BrokerUrl, Password};
@@ -46,6 +46,8 @@ const ENV_KEYS: &[&str] = &[
     "mqtt.ca",
     "mqtt.client_cert",
     "mqtt.client_key",
+    "mqtt.tentative_max",
+    "mqtt.tentative_total_max",
     "broker.listen",
     "broker.level",
     "broker.mutual_tls",
@@ -114,6 +116,10 @@ pub struct RawMqtt {
     client_cert: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     client_key: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    tentative_max: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    tentative_total_max: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -411,7 +417,12 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {
         _ => bail!("invalid configuration: mqtt.client_cert and mqtt.client_key go together (mutual TLS)"),
     };
     let protocol = m.version.parse().map_err(|e| anyhow!("invalid configuration: mqtt.version: {e}"))?;
+    let tentative = TentativeLimits {
+        stream: bytes_setting("mqtt.tentative_max", &m.tentative_max)?,
+        total: bytes_setting("mqtt.tentative_total_max", &m.tentative_total_max)?,
+    };
     Ok(MqttConfig {
+        tentative,
         broker,
         prefix,
         protocol,
@@ -420,6 +431,31 @@ fn validate_mqtt(m: RawMqtt) -> Result<MqttConfig> {
         ca: some(m.ca).map(PathBuf::from),
         client_cert,
     })
+}
+
+/// A size such as "4MiB", "512KiB", "16MB" or a plain number of bytes.
+fn bytes_setting(key: &str, s: &str) -> Result<usize> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let unit: usize = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            bail!("invalid configuration: {key} = {s:?}: use a size such as \"4MiB\", \"512KiB\" or a number of bytes")
+        }
+    };
+    let n: usize = t[..digits].parse().map_err(|_| {
+        anyhow!("invalid configuration: {key} = {s:?}: use a size such as \"4MiB\" or a number of bytes")
+    })?;
+    match n.checked_mul(unit) {
+        Some(v) if v > 0 => Ok(v),
+        _ => bail!("invalid configuration: {key} = {s:?}: must be above zero and below {} bytes", usize::MAX),
+    }
 }
 
 fn duration(key: &str, s: &str) -> Result<Duration> {

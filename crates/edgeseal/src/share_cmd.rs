@@ -266,6 +266,7 @@ async fn watch_with(
 ) -> Result<ExitCode> {
     let mut inbox =
         Inbox::new(service.identity()?.clone(), service.local().clone(), Topics::new(&cfg.mqtt.prefix)).await?;
+    inbox.limits = cfg.mqtt.tentative;
     let peers: Vec<_> = inbox.peers().cloned().collect();
     if peers.is_empty() {
         return Err(Error::NoSuchPeer("this agent has no peers yet: pair with `edgeseal pair` first".into()).into());

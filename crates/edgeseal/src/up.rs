@@ -206,7 +206,18 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     let waiting: u64 = backlog.values().map(|b| b.outbox_batches).sum();
     let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let shared = match cfg.mqtt.broker {
-        Some(_) => format!(", {} published, {} received from peers", n(&stats.published), n(&stats.received)),
+        Some(_) => {
+            let frames = match (n(&stats.frames_sent), n(&stats.frames_dropped)) {
+                (0, 0) => String::new(),
+                (sent, 0) => format!(" ({sent} live frames)"),
+                (sent, dropped) => format!(" ({sent} live frames; {dropped} commits went without one)"),
+            };
+            let refused = match n(&stats.refused_received) {
+                0 => String::new(),
+                r => format!(", {r} messages from peers refused (see the log)"),
+            };
+            format!(", {} published{frames}, {} received from peers{refused}", n(&stats.published), n(&stats.received))
+        }
         None => String::new(),
     };
     let refused = match n(&stats.refused) {

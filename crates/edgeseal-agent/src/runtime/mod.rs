@@ -59,6 +59,8 @@ pub struct Stats {
     pub frames_sent: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub received: AtomicU64,
+    /// Messages on peers' topics the inbox refused (forged, replayed, out of order, over the tentative bound).
+    pub refused_received: AtomicU64,
     /// The newest value of each scalar stream (shown on the LCD).
     pub latest: Mutex<HashMap<StreamName, (f64, String)>>,
     /// Readings as they are accepted and received, for the HTTP server.

@@ -56,6 +56,7 @@ pub async fn connect(
     let (link, rx) = Link::start(opts, link_stop.clone())?;
     let topics = Topics::new(&cfg.mqtt.prefix);
     let mut inbox = Inbox::new(identity.clone(), local.clone(), topics.clone()).await?;
+    inbox.limits = cfg.mqtt.tentative;
     inbox.store = true;
     inbox.subscribe(&link).await?;
     let frames = FrameSender {
@@ -325,6 +326,9 @@ impl Receiver {
             }
             if let Event::Live { peer, device, stream, readings, .. } = &ev {
                 self.stats.live.received(peer, *device, stream, readings, "live");
+            }
+            if matches!(ev, Event::Refused { .. }) {
+                self.stats.refused_received.fetch_add(1, Ordering::Relaxed);
             }
             if matches!(ev, Event::Readings { .. } | Event::Locked { .. }) {
                 self.stats.received.fetch_add(1, Ordering::Relaxed);
