@@ -287,6 +287,79 @@ fn sealed_batches_wait_in_the_outbox_while_the_broker_is_down() {
     assert_eq!(published, 5, "{}", broker.log());
 }
 
+/// The broker, which holds no key, publishes unsigned batches on a peer's topic with the next
+/// and with a huge sequence number (a real batch with its signature cut off and its number
+/// changed): the receiving agent records, stores and shows nothing of them, and the device's
+/// real batches after them still arrive and are stored, across a restart of the receiver.
+#[test]
+fn injected_unsigned_batches_cannot_wedge_a_peer_stream() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let url = broker.url();
+    let (pi, laptop) = (with_broker("inj-pi", &url), with_broker("inj-laptop", &url));
+    let (h, j) = pair(&pi, &laptop);
+    assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
+    pi.ok(&["share", "temperature", "--with", "inj-laptop"]);
+    let pi_dev = device_of(&pi);
+    let topic = format!("edgeseal/v1/{pi_dev}/temperature/batch");
+    let capture = pi.dir.parent().unwrap().join("batches.hex");
+    let mut sniffer = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", &topic, "-F", "%x"])
+        .stdout(std::fs::File::create(&capture).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let receiver = || {
+        laptop
+            .cmd(&["up", "--sensor", "none", "--for", "60s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(laptop.dir.parent().unwrap().join("up.err")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let stored = || {
+        let out = laptop.run(&["fetch", "--stream", "temperature", "--device", &pi_dev, "--format", "json"]);
+        serde_json::from_slice::<Value>(&out.stdout).map(|v| v.as_array().map_or(0, Vec::len)).unwrap_or(0)
+    };
+    let mut laptop_up = receiver();
+    pi.run_lines("temperature", 0..3, &["--batch-count", "1"]);
+    wait_until("the laptop to store 3 readings", Duration::from_secs(20), || stored() == 3);
+
+    // Forge from a captured batch: no signature, flag cleared, another number.
+    let first = std::fs::read_to_string(&capture).unwrap().lines().next().unwrap().to_string();
+    let real: Vec<u8> =
+        (0..first.len()).step_by(2).map(|i| u8::from_str_radix(&first[i..i + 2], 16).unwrap()).collect();
+    let seq_at = 22 + "temperature".len();
+    for (n, seq) in [(0, 3u64), (1, u64::MAX - 1)] {
+        let mut junk = real[..real.len() - 96].to_vec();
+        junk[4] = 0;
+        junk[seq_at..seq_at + 8].copy_from_slice(&seq.to_be_bytes());
+        let file = pi.dir.parent().unwrap().join(format!("junk{n}.bin"));
+        std::fs::write(&file, &junk).unwrap();
+        let sent = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", &topic, "-f"])
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The receiver restarts in between: nothing of the junk was recorded to trip it later.
+    let _ = Command::new("kill").args(["-TERM", &laptop_up.id().to_string()]).status();
+    let _ = laptop_up.wait();
+    let mut laptop_up = receiver();
+    pi.run_lines("temperature", 3..6, &["--batch-count", "1"]);
+    wait_until("the laptop to store all 6 readings", Duration::from_secs(20), || stored() == 6);
+    let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
+    assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
+    let _ = Command::new("kill").args(["-TERM", &laptop_up.id().to_string()]).status();
+    let _ = laptop_up.wait();
+    let _ = sniffer.kill();
+    let _ = sniffer.wait();
+}
+
 /// Rewrites the n-th relayed message.
 type Tamper = fn(usize, Vec<u8>) -> Vec<u8>;
 
