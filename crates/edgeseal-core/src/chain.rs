@@ -22,6 +22,9 @@ pub struct Row<'a> {
     pub seq: u64,
     pub first_ts: i64,
     pub last_ts: i64,
+    pub count: i64,
+    pub epoch: i64,
+    pub hash: &'a [u8],
     pub bytes: &'a [u8],
 }
 
@@ -69,6 +72,15 @@ pub fn inspect(device: DeviceId, stream: &StreamName, row: Row<'_>) -> Inspected
         }
         if h.first_ts != row.first_ts || h.last_ts != row.last_ts {
             return Err(RowProblem::Tampered("clear time columns differ from the signed header"));
+        }
+        if i64::from(h.count) != row.count {
+            return Err(RowProblem::Tampered("clear count column differs from the signed header"));
+        }
+        if i64::from(h.epoch) != row.epoch {
+            return Err(RowProblem::Tampered("clear epoch column differs from the signed header"));
+        }
+        if row.hash != hash.0 {
+            return Err(RowProblem::Tampered("clear hash column differs from the batch's hash"));
         }
         Ok(Good { header: h, hash, signed })
     })();
@@ -444,6 +456,40 @@ mod tests {
         Fixture { id, stream, batches, heads }
     }
 
+    /// The row a store that edits nothing would hold for `bytes` (`hash` receives the hash column).
+    fn honest_row<'a>(seq: u64, bytes: &'a [u8], hash: &'a mut [u8; 32]) -> Row<'a> {
+        let (f, l, c, e) = envelope::parse(bytes)
+            .map(|p| {
+                *hash = p.hash().0;
+                (p.header.first_ts, p.header.last_ts, p.header.count, p.header.epoch)
+            })
+            .unwrap_or_default();
+        Row { seq, first_ts: f, last_ts: l, count: c.into(), epoch: e.into(), hash: &hash[..], bytes }
+    }
+
+    #[test]
+    fn every_clear_column_is_checked_against_the_signed_header() {
+        let fx = fixture(1);
+        let b = &fx.batches[0];
+        let mut hash = [0u8; 32];
+        let honest = honest_row(0, b, &mut hash);
+        assert!(inspect(fx.id.device_id(), &fx.stream, honest).verdict.is_ok());
+        let other_hash = [7u8; 32];
+        let edits: [(&str, Row<'_>); 5] = [
+            ("time", Row { first_ts: honest.first_ts - 1, ..honest }),
+            ("time", Row { last_ts: honest.last_ts + 1, ..honest }),
+            ("count", Row { count: honest.count + 1, ..honest }),
+            ("epoch", Row { epoch: honest.epoch + 1, ..honest }),
+            ("hash", Row { hash: &other_hash, ..honest }),
+        ];
+        for (what, row) in edits {
+            match inspect(fx.id.device_id(), &fx.stream, row).verdict {
+                Err(RowProblem::Tampered(why)) => assert!(why.contains(what), "{what}: {why}"),
+                other => panic!("an edited {what} column went unnoticed: {other:?}"),
+            }
+        }
+    }
+
     impl Fixture {
         fn rows(&self) -> Vec<(u64, Vec<u8>)> {
             self.batches.iter().enumerate().map(|(i, b)| (i as u64, b.clone())).collect()
@@ -452,10 +498,7 @@ mod tests {
         fn run(&self, rows: &[(u64, Vec<u8>)], cps: &[Vec<u8>], remembered: Option<Head>) -> Audit {
             let inspected: Vec<Inspected> = rows
                 .iter()
-                .map(|(seq, b)| {
-                    let (f, l) = envelope::parse(b).map(|p| (p.header.first_ts, p.header.last_ts)).unwrap_or((0, 0));
-                    inspect(self.id.device_id(), &self.stream, Row { seq: *seq, first_ts: f, last_ts: l, bytes: b })
-                })
+                .map(|(seq, b)| inspect(self.id.device_id(), &self.stream, honest_row(*seq, b, &mut [0; 32])))
                 .collect();
             let cps: Vec<&[u8]> = cps.iter().map(|c| c.as_slice()).collect();
             audit(self.id.device_id(), &self.stream, &inspected, &cps, remembered, Scope::WHOLE)

@@ -100,6 +100,10 @@ pub struct StoredBatch {
     pub seq: u64,
     pub first_ts: i64,
     pub last_ts: i64,
+    /// The clear columns as stored (the reader checks them against the signed header).
+    pub count: i64,
+    pub epoch: i64,
+    pub hash: Vec<u8>,
     pub sealed: Vec<u8>,
 }
 
@@ -191,7 +195,7 @@ const SQLITE: Dialect = Dialect {
     insert_checkpoint: "INSERT INTO checkpoints (device, stream, seq, sealed) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
     streams: "SELECT device, stream, COUNT(*) AS batches, SUM(count) AS readings, MIN(first_ts) AS first_ts, \
               MAX(last_ts) AS last_ts, MAX(seq) AS head FROM batches GROUP BY device, stream ORDER BY stream, device",
-    batches: "SELECT seq, first_ts, last_ts, sealed FROM batches WHERE device = ? AND stream = ? \
+    batches: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches WHERE device = ? AND stream = ? \
               AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
 };
@@ -206,8 +210,8 @@ const POSTGRES: Dialect = Dialect {
     streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS BIGINT) AS readings, \
               MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts, MAX(seq) AS head \
               FROM batches GROUP BY device, stream ORDER BY stream, device",
-    batches: "SELECT seq, first_ts, last_ts, sealed FROM batches WHERE device = $1 AND stream = $2 \
-              AND last_ts >= $3 AND first_ts <= $4 ORDER BY seq",
+    batches: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
+              WHERE device = $1 AND stream = $2 AND last_ts >= $3 AND first_ts <= $4 ORDER BY seq",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = $1 AND stream = $2 ORDER BY seq DESC LIMIT $3",
 };
 
@@ -221,8 +225,8 @@ const MYSQL: Dialect = Dialect {
     streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS SIGNED) AS readings, \
               MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts, MAX(seq) AS head \
               FROM batches GROUP BY device, stream ORDER BY stream, device",
-    batches: "SELECT seq, first_ts, last_ts, sealed FROM batches WHERE device = ? AND stream = ? \
-              AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
+    batches: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
+              WHERE device = ? AND stream = ? AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
 };
 
@@ -358,6 +362,10 @@ macro_rules! backend {
                             seq: u64_from(r.try_get("seq")?, "negative sequence number")?,
                             first_ts: r.try_get("first_ts")?,
                             last_ts: r.try_get("last_ts")?,
+                            // Out of range is kept as a value no header can hold, so the check names it.
+                            count: r.try_get::<i64, _>("count")?,
+                            epoch: r.try_get::<i64, _>("epoch")?,
+                            hash: r.try_get("hash")?,
                             sealed: r.try_get("sealed")?,
                         })
                     })

@@ -67,7 +67,19 @@ async fn covering_rows<S: Store>(
 /// Inspects rows in parallel.
 pub fn inspect_all(device: DeviceId, stream: &StreamName, rows: &[StoredBatch]) -> Vec<Inspected> {
     par_map(rows, |r| {
-        chain::inspect(device, stream, Row { seq: r.seq, first_ts: r.first_ts, last_ts: r.last_ts, bytes: &r.sealed })
+        chain::inspect(
+            device,
+            stream,
+            Row {
+                seq: r.seq,
+                first_ts: r.first_ts,
+                last_ts: r.last_ts,
+                count: r.count,
+                epoch: r.epoch,
+                hash: &r.hash,
+                bytes: &r.sealed,
+            },
+        )
     })
 }
 

@@ -184,6 +184,25 @@ async fn suite(store: AnyStore) {
     .await;
     let f = findings(&store, &id, "t-meta", None).await;
     assert!(matches!(f[..], [Finding::Tampered { row_seq: 1, .. }]), "{f:?}");
+    // Every other clear column, each on its own stream: the count (what `streams` sums), the
+    // key epoch and the hash.
+    for (name, set, what) in [
+        ("t-count", "count = count + 1", "count"),
+        ("t-epoch", "epoch = epoch + 1", "epoch"),
+        ("t-hash", "hash = ?", "hash"),
+    ] {
+        setup(name).await;
+        let q = format!("UPDATE batches SET {set} WHERE device = ? AND stream = '{name}' AND seq = 4");
+        let other = [7u8; 32];
+        let binds: &[Bind<'_>] =
+            if set.contains('?') { &[Bind::Bytes(&other), Bind::Bytes(dev)] } else { &[Bind::Bytes(dev)] };
+        sql(&store, &q, binds).await;
+        let f = findings(&store, &id, name, None).await;
+        assert!(
+            matches!(f[..], [Finding::Tampered { row_seq: 4, what: w }] if w.contains(what)),
+            "an edited {what} column: {f:?}"
+        );
+    }
 
     // A batch moved to another stream.
     setup("t-move-a").await;

@@ -313,9 +313,9 @@ fn the_api_changes_the_running_agent_and_refuses_other_sites() {
     wait_for_web(port);
     let base = format!("http://127.0.0.1:{port}");
     let (_, policy) = http("GET", &format!("{base}/api/v1/batching"), None);
-    assert_eq!((policy["count"].as_u64(), policy["interval"].as_str()), (Some(1000), Some("1m")), "{policy}");
+    assert_eq!((policy["count"].as_u64(), policy["interval"].as_str()), (Some(1000), Some("5m")), "{policy}");
 
-    // Store now: the open batch is sealed and stored at once, not after a minute.
+    // Store now: the open batch is sealed and stored at once, not after five minutes.
     super::feed(&mut up, "temperature", 0..3);
     std::thread::sleep(Duration::from_millis(600)); // accepted (journaled within 250 ms)
     let (code, done) = http("POST", &format!("{base}/api/v1/store-now"), Some(""));
