@@ -146,19 +146,62 @@ impl Status {
 /// One problem found, naming sequence numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    Tampered { row_seq: u64, what: &'static str },
-    Foreign { row_seq: u64, signer: DeviceId },
-    Moved { row_seq: u64, device: DeviceId, stream: StreamName, seq: u64 },
-    Duplicate { seq: u64, row_seq: u64 },
-    Conflict { seq: u64 },
-    Reordered { seq: u64, row_seq: u64 },
-    Gap { from: u64, to: u64 },
-    ChainBroken { seq: u64 },
-    TruncatedTail { last: Option<u64>, checkpoint: u64 },
-    Rollback { store_head: Option<u64>, seen: u64, seen_ts: i64 },
-    Fork { seq: u64 },
-    BadCheckpoint { seq: u64 },
-    Unsigned { seq: u64 },
+    Tampered {
+        row_seq: u64,
+        what: &'static str,
+    },
+    Foreign {
+        row_seq: u64,
+        signer: DeviceId,
+    },
+    Moved {
+        row_seq: u64,
+        device: DeviceId,
+        stream: StreamName,
+        seq: u64,
+    },
+    Duplicate {
+        seq: u64,
+        row_seq: u64,
+    },
+    Conflict {
+        seq: u64,
+    },
+    Reordered {
+        seq: u64,
+        row_seq: u64,
+    },
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    ChainBroken {
+        seq: u64,
+    },
+    TruncatedTail {
+        last: Option<u64>,
+        checkpoint: u64,
+    },
+    Rollback {
+        store_head: Option<u64>,
+        seen: u64,
+        seen_ts: i64,
+    },
+    Fork {
+        seq: u64,
+    },
+    BadCheckpoint {
+        seq: u64,
+    },
+    Unsigned {
+        seq: u64,
+    },
+    /// The batch just before or after a time range is not in the store, so
+    /// the range cannot be shown complete at that edge.
+    RangeEdgeMissing {
+        seq: u64,
+        at_start: bool,
+    },
 }
 
 impl Finding {
@@ -178,6 +221,7 @@ impl Finding {
             Finding::Fork { .. } => "fork",
             Finding::BadCheckpoint { .. } => "bad-checkpoint",
             Finding::Unsigned { .. } => "unsigned",
+            Finding::RangeEdgeMissing { .. } => "range-edge-missing",
         }
     }
 }
@@ -227,6 +271,11 @@ impl fmt::Display for Finding {
                 write!(f, "checkpoint for batch {seq}: not signed by this device")
             }
             Finding::Unsigned { seq } => write!(f, "batch {seq}: unsigned and not covered by a signed checkpoint"),
+            Finding::RangeEdgeMissing { seq, at_start } => write!(
+                f,
+                "batch {seq}: missing, just {} the range (readings at that end of the range may be missing)",
+                if *at_start { "before" } else { "after" }
+            ),
         }
     }
 }

@@ -159,6 +159,23 @@ pub trait Store: Send + Sync {
         stream: &StreamName,
         range: TimeRange,
     ) -> impl Future<Output = Result<Vec<StoredBatch>>> + Send;
+    /// Batches of a stream numbered `first..=last`, in sequence order.
+    fn batches_by_seq(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        first: u64,
+        last: u64,
+    ) -> impl Future<Output = Result<Vec<StoredBatch>>> + Send;
+    /// The batch of a stream that ends last before `ts` (the one before a time range).
+    fn last_before(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        ts: i64,
+    ) -> impl Future<Output = Result<Option<StoredBatch>>> + Send;
+    /// The highest sequence number the store holds of a stream.
+    fn head_seq(&self, device: DeviceId, stream: &StreamName) -> impl Future<Output = Result<Option<u64>>> + Send;
     /// The `limit` highest-numbered checkpoints of a stream.
     fn checkpoints(
         &self,
@@ -182,6 +199,10 @@ struct Dialect {
     batch_hash: &'static str,
     insert_checkpoint: &'static str,
     streams: &'static str,
+    /// Batches by sequence number (`first..=last`), the newest ending before a time, the highest number.
+    batches_by_seq: &'static str,
+    last_before: &'static str,
+    head_seq: &'static str,
     batches: &'static str,
     checkpoints: &'static str,
 }
@@ -197,6 +218,11 @@ const SQLITE: Dialect = Dialect {
               MAX(last_ts) AS last_ts, MAX(seq) AS head FROM batches GROUP BY device, stream ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches WHERE device = ? AND stream = ? \
               AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
+    batches_by_seq: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches \
+                     WHERE device = ? AND stream = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+    last_before: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches \
+                  WHERE device = ? AND stream = ? AND last_ts < ? ORDER BY last_ts DESC, seq DESC LIMIT 1",
+    head_seq: "SELECT MAX(seq) AS head FROM batches WHERE device = ? AND stream = ?",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
 };
 
@@ -212,6 +238,11 @@ const POSTGRES: Dialect = Dialect {
               FROM batches GROUP BY device, stream ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
               WHERE device = $1 AND stream = $2 AND last_ts >= $3 AND first_ts <= $4 ORDER BY seq",
+    batches_by_seq: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
+                     WHERE device = $1 AND stream = $2 AND seq >= $3 AND seq <= $4 ORDER BY seq",
+    last_before: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
+                  WHERE device = $1 AND stream = $2 AND last_ts < $3 ORDER BY last_ts DESC, seq DESC LIMIT 1",
+    head_seq: "SELECT MAX(seq) AS head FROM batches WHERE device = $1 AND stream = $2",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = $1 AND stream = $2 ORDER BY seq DESC LIMIT $3",
 };
 
@@ -227,6 +258,11 @@ const MYSQL: Dialect = Dialect {
               FROM batches GROUP BY device, stream ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
               WHERE device = ? AND stream = ? AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
+    batches_by_seq: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
+                     WHERE device = ? AND stream = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+    last_before: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
+                  WHERE device = ? AND stream = ? AND last_ts < ? ORDER BY last_ts DESC, seq DESC LIMIT 1",
+    head_seq: "SELECT MAX(seq) AS head FROM batches WHERE device = ? AND stream = ?",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
 };
 
@@ -240,6 +276,22 @@ fn u64_from(v: i64, what: &'static str) -> Result<u64> {
 
 fn i64_from(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::BadRow("number above 2^63"))
+}
+
+/// A row of a `batches` query, whichever driver returned it.
+macro_rules! stored_batch {
+    ($r:expr) => {{
+        let r = $r;
+        Ok::<_, Error>(StoredBatch {
+            seq: u64_from(r.try_get("seq")?, "negative sequence number")?,
+            first_ts: r.try_get("first_ts")?,
+            last_ts: r.try_get("last_ts")?,
+            count: r.try_get::<i64, _>("count")?,
+            epoch: r.try_get::<i64, _>("epoch")?,
+            hash: r.try_get("hash")?,
+            sealed: r.try_get("sealed")?,
+        })
+    }};
 }
 
 /// One backend: the same code over each sqlx driver, with its dialect.
@@ -356,20 +408,38 @@ macro_rules! backend {
                     .bind(range.to.unwrap_or(i64::MAX))
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(StoredBatch {
-                            seq: u64_from(r.try_get("seq")?, "negative sequence number")?,
-                            first_ts: r.try_get("first_ts")?,
-                            last_ts: r.try_get("last_ts")?,
-                            // Out of range is kept as a value no header can hold, so the check names it.
-                            count: r.try_get::<i64, _>("count")?,
-                            epoch: r.try_get::<i64, _>("epoch")?,
-                            hash: r.try_get("hash")?,
-                            sealed: r.try_get("sealed")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(|r| stored_batch!(r)).collect()
+            }
+
+            async fn batches_by_seq(&self, device: DeviceId, stream: &StreamName, first: u64, last: u64) -> Result<Vec<StoredBatch>> {
+                let rows = sqlx::query($dialect.batches_by_seq)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(i64::try_from(first).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(last).unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| stored_batch!(r)).collect()
+            }
+
+            async fn last_before(&self, device: DeviceId, stream: &StreamName, ts: i64) -> Result<Option<StoredBatch>> {
+                let row = sqlx::query($dialect.last_before)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(ts)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(|r| stored_batch!(r)).transpose()
+            }
+
+            async fn head_seq(&self, device: DeviceId, stream: &StreamName) -> Result<Option<u64>> {
+                let head: Option<i64> = sqlx::query($dialect.head_seq)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get("head")?;
+                head.map(|h| u64_from(h, "negative sequence number")).transpose()
             }
 
             async fn checkpoints(&self, device: DeviceId, stream: &StreamName, limit: u32) -> Result<Vec<Vec<u8>>> {
@@ -588,6 +658,21 @@ impl Store for AnyStore {
     }
     async fn checkpoints(&self, device: DeviceId, stream: &StreamName, limit: u32) -> Result<Vec<Vec<u8>>> {
         dispatch!(self, s => s.checkpoints(device, stream, limit).await)
+    }
+    async fn batches_by_seq(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<StoredBatch>> {
+        dispatch!(self, s => s.batches_by_seq(device, stream, first, last).await)
+    }
+    async fn last_before(&self, device: DeviceId, stream: &StreamName, ts: i64) -> Result<Option<StoredBatch>> {
+        dispatch!(self, s => s.last_before(device, stream, ts).await)
+    }
+    async fn head_seq(&self, device: DeviceId, stream: &StreamName) -> Result<Option<u64>> {
+        dispatch!(self, s => s.head_seq(device, stream).await)
     }
     fn url(&self) -> &str {
         dispatch!(self, s => s.url())

@@ -1,7 +1,7 @@
 //! Reading a stream back: fetch rows and checkpoints, inspect every row (on
 //! all cores), audit the chain, and open the authentic batches.
 
-use edgeseal_core::chain::{self, Audit, Head, Inspected, Row, Scope};
+use edgeseal_core::chain::{self, Audit, Finding, Head, Inspected, Row, Scope};
 use edgeseal_core::keys::EpochKey;
 use edgeseal_core::{DeviceId, Readings, StreamName};
 
@@ -27,19 +27,76 @@ pub async fn read_stream<S: Store>(
     scope: Scope,
 ) -> Result<StreamRead> {
     let mut rows = store.batches(device, stream, range).await?;
-    if let Some(to) = range.to {
-        rows.extend(covering_rows(store, device, stream, to, &rows).await?);
+    let mut edge_findings = Vec::new();
+    if range.from.is_some() || range.to.is_some() {
+        edge_findings = add_edges(store, device, stream, range, &mut rows).await?;
+        if let Some(last) = rows.last().map(|r| r.last_ts) {
+            rows.extend(covering_rows(store, device, stream, last, &rows).await?);
+        }
     }
     let checkpoints = store.checkpoints(device, stream, CHECKPOINTS).await?;
     let inspected = inspect_all(device, stream, &rows);
     let cps: Vec<&[u8]> = checkpoints.iter().map(Vec::as_slice).collect();
-    let audit = chain::audit(device, stream, &inspected, &cps, remembered, scope);
+    let mut audit = chain::audit(device, stream, &inspected, &cps, remembered, scope);
+    audit.findings.extend(edge_findings);
     Ok(StreamRead { rows, audit })
 }
 
+/// A time range is shown complete at both ends by the batches just outside
+/// it: the one before its first batch and the one after its last (for a
+/// range that holds none, the last batch before it and the one after that),
+/// which the audit then checks in the chain with the rest. An edge batch the
+/// store should hold (its number is below the store's newest) but does not
+/// is a finding. A range after the stream's newest batch, as `--from -10m`
+/// on an idle agent, reads that batch, so the stream's end is shown too.
+async fn add_edges<S: Store>(
+    store: &S,
+    device: DeviceId,
+    stream: &StreamName,
+    range: TimeRange,
+    rows: &mut Vec<StoredBatch>,
+) -> Result<Vec<Finding>> {
+    let Some(head) = store.head_seq(device, stream).await? else {
+        return Ok(Vec::new()); // nothing stored: the audit's checkpoint check speaks
+    };
+    let lo = rows.iter().map(|r| r.seq).min();
+    let hi = rows.iter().map(|r| r.seq).max();
+    let (before, after) = match (lo, hi) {
+        (Some(lo), Some(hi)) => (range.from.and(lo.checked_sub(1)), hi.checked_add(1)),
+        _ => {
+            let prev = match range.from {
+                Some(f) => store.last_before(device, stream, f).await?,
+                None => None,
+            };
+            match prev {
+                Some(p) => {
+                    let next = p.seq.checked_add(1);
+                    rows.push(p);
+                    (None, next)
+                }
+                // Nothing ends before the range: the stream's first batch must come after it.
+                None => (None, Some(0)),
+            }
+        }
+    };
+    let mut findings = Vec::new();
+    for (seq, at_start) in [(before, true), (after, false)] {
+        let Some(seq) = seq.filter(|&s| s <= head) else { continue };
+        if rows.iter().any(|r| r.seq == seq) {
+            continue;
+        }
+        match store.batches_by_seq(device, stream, seq, seq).await?.into_iter().next() {
+            Some(r) => rows.push(r),
+            None => findings.push(Finding::RangeEdgeMissing { seq, at_start }),
+        }
+    }
+    rows.sort_by_key(|r| r.seq);
+    Ok(findings)
+}
+
 /// The sealer signs only the last batch of a burst, which covers the earlier
-/// ones through the chain; a range that ends inside such a run is read on (in
-/// doubling windows, up to a day) to the signed batch that covers it.
+/// ones through the chain; rows that end inside such a run are read on from
+/// `to` (in growing windows, up to a day) to the signed batch that covers them.
 async fn covering_rows<S: Store>(
     store: &S,
     device: DeviceId,

@@ -275,6 +275,49 @@ async fn suite(store: AnyStore) {
         vec![Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]
     );
 
+    // Time ranges are shown complete at both ends. Batch k holds [base(k), base(k) + 9 s].
+    let base = |k: i64| 1_700_000_000_000 + k * 10_000;
+    let ranged = |name: &'static str, from: i64, to: Option<i64>| {
+        let store = &store;
+        let id = &id;
+        async move {
+            let s = StreamName::new(name).unwrap();
+            let scope = Scope { from_start: false, to_end: to.is_none() };
+            let range = TimeRange { from: Some(from), to };
+            read_stream(store, id.device_id(), &s, range, None, scope).await.unwrap()
+        }
+    };
+    setup("t-range").await;
+    let read = ranged("t-range", base(2), Some(base(4) + 9_000)).await;
+    assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
+    assert_eq!(
+        read.rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5],
+        "read with the batch on each side"
+    );
+    // The first batch of the range deleted: named, not silently left out.
+    setup("t-range-start").await;
+    sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-range-start' AND seq = 2", &[Bind::Bytes(dev)])
+        .await;
+    let f = ranged("t-range-start", base(2), Some(base(4) + 9_000)).await.audit.findings;
+    assert_eq!(f, [Finding::RangeEdgeMissing { seq: 2, at_start: true }]);
+    // The last batch of a past range deleted.
+    setup("t-range-end").await;
+    sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-range-end' AND seq = 4", &[Bind::Bytes(dev)])
+        .await;
+    let f = ranged("t-range-end", base(2), Some(base(4) + 9_000)).await.audit.findings;
+    assert_eq!(f, [Finding::RangeEdgeMissing { seq: 4, at_start: false }]);
+    // A range after the stream's newest batch (an idle agent's `fetch --from -10m`): clean,
+    // while the same range over a truncated tail is still named.
+    setup("t-idle").await;
+    let read = ranged("t-idle", base(5) + 60_000, None).await;
+    assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
+    setup("t-idle-cut").await;
+    sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-idle-cut' AND seq >= 4", &[Bind::Bytes(dev)])
+        .await;
+    let f = ranged("t-idle-cut", base(5) + 60_000, None).await.audit.findings;
+    assert_eq!(f, [Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]);
+
     // A rollback of the whole stream to an older state: batches and checkpoints.
     let (_, heads) = setup("t-roll").await;
     sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-roll' AND seq >= 3", &[Bind::Bytes(dev)]).await;

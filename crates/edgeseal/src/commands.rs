@@ -141,9 +141,6 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     }
     let got = service.retrieve(&stream, args.device.as_deref(), from, to).await?;
     let rows = got.read.rows.len();
-    if rows == 0 && got.read.audit.is_clean() {
-        eprintln!("no batches of {stream} in that range");
-    }
     let problems = !got.read.audit.is_clean();
     if problems {
         report_findings(&stream, &got.read.audit);
@@ -159,12 +156,16 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     });
     let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
     let mut out = Printer::new(args.format, BufWriter::with_capacity(1 << 16, std::io::stdout().lock()));
-    let mut unreadable = 0usize;
+    let (mut unreadable, mut printed) = (0usize, 0usize);
     for start in (0..rows).step_by(FETCH_CHUNK) {
         let end = (start + FETCH_CHUNK).min(rows);
         for o in got.open(start..end).into_iter().flatten() {
             match o {
-                Ok(r) => ignore_broken_pipe(out.readings(&ReadingView::of_batch(&stream, &r, keep)))?,
+                Ok(r) => {
+                    let views = ReadingView::of_batch(&stream, &r, keep);
+                    printed += views.len();
+                    ignore_broken_pipe(out.readings(&views))?
+                }
                 Err(_) => unreadable += 1,
             }
         }
@@ -176,6 +177,9 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
         b.finish_and_clear();
     }
     ignore_broken_pipe(out.finish())?;
+    if printed == 0 && !problems && unreadable == 0 {
+        eprintln!("no readings of {stream} in that range");
+    }
     if unreadable > 0 {
         eprintln!(
             "warning: {unreadable} authentic batches could not be opened (no key for their epoch on this agent: not granted, or damaged)"

@@ -210,6 +210,12 @@ fn sigterm_seals_and_stores_the_open_batch() {
     assert!(a.logs().contains("300 readings accepted"), "{}", a.logs());
     assert_eq!(a.counts("t"), (300, 0, 0));
     assert_eq!(a.fetch("t"), expected(0..300));
+    // The README's `fetch --from -10m` on a store whose newest reading is older: no false
+    // alarm, and `--strict` agrees.
+    let out = a.run(&["fetch", "--stream", "t", "--from", "-10m", "--strict"]);
+    let said = text(&out.stderr);
+    assert!(out.status.success() && !said.contains("truncated") && !said.contains("warning"), "{said}");
+    assert!(said.contains("no readings of t in that range"), "{said}");
 }
 
 #[test]
