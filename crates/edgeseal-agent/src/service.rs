@@ -473,7 +473,7 @@ impl Service {
 
     /// Publishes (retained) every grant not yet published; returns how many went out.
     pub async fn publish_grants(&self, link: &Link) -> Result<usize> {
-        self.grants()?.publish(link, &Topics::new(&self.cfg.mqtt.prefix)).await
+        self.grants()?.publish(link, &Topics::new(&self.cfg.mqtt.prefix), false).await
     }
 
     /// Whether a grant waits to be published.

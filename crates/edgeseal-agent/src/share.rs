@@ -5,6 +5,8 @@
 //! - `PREFIX/<device>/<stream>/batch`: every sealed batch, QoS 1, the same bytes the store holds;
 //! - `PREFIX/<device>/<stream>/live`: a signed live frame per journal commit of a granted stream, QoS 0;
 //! - `PREFIX/<owner>/<stream>/grant/<peer>`: the owner's latest grant to that peer, retained;
+//! - `PREFIX/<owner>/<stream>/request/<peer>`: a peer asks for batches it missed (JSON `{"from", "to"}`);
+//! - `PREFIX/<owner>/<stream>/repair/<peer>`: the owner's answer, the same sealed bytes, QoS 1;
 //! - `PREFIX/pair/<channel>/<host|joiner>`: pairing messages.
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +43,8 @@ pub enum Topic {
     Batch { device: DeviceId, stream: StreamName },
     Live { device: DeviceId, stream: StreamName },
     Grant { owner: DeviceId, stream: StreamName, peer: DeviceId },
+    Request { owner: DeviceId, stream: StreamName, peer: DeviceId },
+    Repair { owner: DeviceId, stream: StreamName, peer: DeviceId },
 }
 
 impl Topics {
@@ -60,16 +64,30 @@ impl Topics {
         format!("{}/{owner}/{stream}/grant/{peer}", self.prefix)
     }
 
+    pub fn request(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
+        format!("{}/{owner}/{stream}/request/{peer}", self.prefix)
+    }
+
+    pub fn repair(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
+        format!("{}/{owner}/{stream}/repair/{peer}", self.prefix)
+    }
+
+    /// Where peers ask this agent for batches they missed.
+    pub fn requests_to(&self, me: DeviceId) -> String {
+        format!("{}/{me}/+/request/+", self.prefix)
+    }
+
     pub fn pair(&self, channel: u16, side: &str) -> String {
         format!("{}/pair/{channel}/{side}", self.prefix)
     }
 
     /// The filters a receiver subscribes to for one peer.
-    pub fn peer_filters(&self, peer: DeviceId, me: DeviceId) -> [String; 3] {
+    pub fn peer_filters(&self, peer: DeviceId, me: DeviceId) -> [String; 4] {
         [
             format!("{}/{peer}/+/batch", self.prefix),
             format!("{}/{peer}/+/live", self.prefix),
             format!("{}/{peer}/+/grant/{me}", self.prefix),
+            format!("{}/{peer}/+/repair/{me}", self.prefix),
         ]
     }
 
@@ -83,11 +101,14 @@ impl Topics {
             [device, stream, "live"] => {
                 Some(Topic::Live { device: device.parse().ok()?, stream: StreamName::new(*stream).ok()? })
             }
-            [owner, stream, "grant", peer] => Some(Topic::Grant {
-                owner: owner.parse().ok()?,
-                stream: StreamName::new(*stream).ok()?,
-                peer: peer.parse().ok()?,
-            }),
+            [owner, stream, kind @ ("grant" | "request" | "repair"), peer] => {
+                let (owner, stream, peer) = (owner.parse().ok()?, StreamName::new(*stream).ok()?, peer.parse().ok()?);
+                Some(match *kind {
+                    "grant" => Topic::Grant { owner, stream, peer },
+                    "request" => Topic::Request { owner, stream, peer },
+                    _ => Topic::Repair { owner, stream, peer },
+                })
+            }
             _ => None,
         }
     }
@@ -200,12 +221,14 @@ impl Grants<'_> {
         Ok(done)
     }
 
-    /// Publishes (retained) every grant not yet published. Returns how many went out.
-    pub async fn publish(&self, link: &Link, topics: &Topics) -> Result<usize> {
+    /// Publishes (retained) every grant not yet published, or with `all`
+    /// every current one again (after a reconnect: a broker that lost its
+    /// retained messages has them back). Returns how many went out.
+    pub async fn publish(&self, link: &Link, topics: &Topics, all: bool) -> Result<usize> {
         let me = self.identity.device_id();
         let mut n = 0;
         for g in self.local.grants_out().await.local()? {
-            if g.published {
+            if g.published && !all {
                 continue;
             }
             link.publish(&topics.grant(me, &g.stream, g.peer), g.grant.clone(), true).await.map_err(|e| {
@@ -305,6 +328,20 @@ pub enum Event {
         peer: String,
         stream: StreamName,
     },
+    /// Batches `from..=to` of a peer's stream never arrived: ask the peer for them.
+    Missing {
+        device: DeviceId,
+        stream: StreamName,
+        from: u64,
+        to: u64,
+    },
+    /// Missed batches that came back on request, verified through the chain and stored.
+    Repaired {
+        peer: String,
+        stream: StreamName,
+        from: u64,
+        to: u64,
+    },
     /// Something on a peer's topic that does not verify, or a replay: dropped.
     Refused {
         topic: String,
@@ -394,8 +431,35 @@ pub struct Inbox {
     pub limits: TentativeLimits,
     /// Each stream's live frames so far.
     live: HashMap<PeerStream, LiveMark>,
+    /// Holes behind each stream's newest batch, asked for, with what came back so far.
+    gaps: HashMap<PeerStream, Vec<Hole>>,
     /// Queue received batches for the store (the agent); `watch` only shows them.
     pub store: bool,
+}
+
+/// Most batches asked for at once (a bigger hole is asked for from its top down).
+pub const REPAIR_MAX: u64 = 1024;
+
+/// Batches `from..=to` of a stream are missing; the batch after them names `top` as its predecessor.
+/// (Kept in memory: a hole open when the agent stops is not asked for after it starts again.)
+#[derive(Debug)]
+struct Hole {
+    from: u64,
+    to: u64,
+    top: BatchHash,
+    /// What came back so far, by number.
+    got: BTreeMap<u64, Vec<u8>>,
+    asked: std::time::Instant,
+}
+
+/// How long an open hole waits before it is asked for again.
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Hole {
+    /// The part asked for: the top `REPAIR_MAX` batches (they verify from the top down).
+    fn wanted(&self) -> (u64, u64) {
+        (self.from.max(self.to.saturating_sub(REPAIR_MAX - 1)), self.to)
+    }
 }
 
 /// How far a peer stream's live frames went.
@@ -422,6 +486,7 @@ impl Inbox {
             held_bytes: 0,
             limits: TentativeLimits::default(),
             live: HashMap::new(),
+            gaps: HashMap::new(),
             store: false,
         })
     }
@@ -473,6 +538,12 @@ impl Inbox {
                 Ok(ev) => ev,
                 Err(e) => refused(e.to_string()),
             },
+            Some(Topic::Repair { owner, stream, peer }) if peer == self.identity.device_id() => {
+                match self.repaired(owner, &stream, &msg.payload).await {
+                    Ok(ev) => ev,
+                    Err(e) => refused(e.to_string()),
+                }
+            }
             Some(Topic::Grant { owner, stream, peer }) if peer == self.identity.device_id() => {
                 if msg.payload.is_empty() {
                     return Vec::new(); // a cleared retained message
@@ -587,6 +658,19 @@ impl Inbox {
             }
         };
         let mut events = Vec::new();
+        if let (Arrival::Gap { .. }, Some(last)) = (&arrival, &head) {
+            // `seq` and `prev` are those of the first batch after the hole.
+            let hole = Hole {
+                from: last.seq + 1,
+                to: seq - 1,
+                top: prev,
+                got: BTreeMap::new(),
+                asked: std::time::Instant::now(),
+            };
+            let (from, to) = hole.wanted();
+            self.gaps.entry(slot.clone()).or_default().push(hole);
+            events.push(Event::Missing { device, stream: stream.clone(), from, to });
+        }
         // What is left at or before the signed batch is not on its chain: forged, or cut off by a gap.
         if let Some(t) = self.held.get_mut(&slot) {
             let before = t.items.len();
@@ -661,6 +745,85 @@ impl Inbox {
         t.bytes += size;
         self.held_bytes += size;
         t.items.insert(hash, c);
+        Ok(events)
+    }
+
+    /// Holes to ask for (again): each at most every few seconds, while it is still open.
+    pub fn due_requests(&mut self) -> Vec<(DeviceId, StreamName, u64, u64)> {
+        let mut out = Vec::new();
+        for ((device, stream), holes) in &mut self.gaps {
+            for h in holes.iter_mut().filter(|h| h.asked.elapsed() >= ASK_AGAIN) {
+                h.asked = std::time::Instant::now();
+                let (from, to) = h.wanted();
+                out.push((*device, stream.clone(), from, to));
+            }
+        }
+        out
+    }
+
+    /// A batch the peer sent back on request (the device sends the newest
+    /// first): kept with its hole, and from the hole's top down, as far as
+    /// they go, verified (each batch's hash is what its successor names) and
+    /// stored; the hole shrinks to what is still missing.
+    async fn repaired(&mut self, device: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
+        let Some(peer) = self.peers.get(&device).map(|p| p.name.clone()) else {
+            return refuse(format!("a repair from {device}, which is not a peer"));
+        };
+        let p = parse(bytes)?;
+        let h = &p.header;
+        if h.device != device || h.stream != *stream {
+            return refuse(format!(
+                "batch {} of {} of {} was sent on another device's or stream's topic",
+                h.seq, h.stream, h.device
+            ));
+        }
+        if !matches!(p.authorship(&p.hash()), Authorship::Device | Authorship::Unsigned) {
+            return refuse(format!("batch {} of {stream} is not signed by {peer} (forged or altered)", h.seq));
+        }
+        let slot = (device, stream.clone());
+        let Some(holes) = self.gaps.get_mut(&slot) else {
+            return Ok(Vec::new()); // nothing missing (any more): a late or repeated answer
+        };
+        let Some(hole) = holes.iter_mut().find(|x| (x.from..=x.to).contains(&h.seq)) else {
+            return Ok(Vec::new());
+        };
+        if hole.got.len() as u64 >= REPAIR_MAX {
+            return refuse(format!("batch {} of {stream} sent as a repair, but enough are waiting", h.seq));
+        }
+        hole.got.insert(h.seq, bytes.to_vec());
+        let top = hole.to;
+        let (mut rows, mut events) = (Vec::new(), Vec::new());
+        while let Some(b) = hole.got.remove(&hole.to) {
+            let q = parse(&b)?;
+            if q.hash() != hole.top {
+                events.push(Event::Refused {
+                    topic: self.topics.repair(device, stream, self.identity.device_id()),
+                    reason: format!(
+                        "batch {} of {stream} sent as a repair is not the one the chain names",
+                        q.header.seq
+                    ),
+                });
+                break;
+            }
+            hole.top = q.header.prev;
+            rows.push(BatchRow::new(q.header.clone(), q.hash(), b.clone()));
+            if hole.to == hole.from {
+                break;
+            }
+            hole.to -= 1;
+        }
+        let Some(lowest) = rows.last().map(|r| r.seq) else {
+            return Ok(events);
+        };
+        if lowest == hole.from {
+            holes.retain(|x| x.from != lowest);
+        }
+        if self.store {
+            for row in rows.iter().rev() {
+                self.local.commit_received(row).await.local()?;
+            }
+        }
+        events.push(Event::Repaired { peer, stream: stream.clone(), from: lowest, to: top });
         Ok(events)
     }
 
@@ -767,6 +930,14 @@ pub fn log_event(e: &Event) {
         }
         Event::Granted { peer, stream, epochs } => info!("{peer} granted {stream} ({epochs} key epoch(s))"),
         Event::Revoked { peer, stream } => info!("{peer} revoked this agent's access to {stream}"),
+        Event::Missing { stream, from, to, .. } => {
+            info!("asking for batches {from}..={to} of {stream}, which never arrived")
+        }
+        Event::Repaired { peer, stream, from, to } => {
+            info!(
+                "batches {from}..={to} of {peer}/{stream} arrived on request, verified through the chain, and are stored"
+            )
+        }
         Event::Refused { topic, reason } => warn!("refused a message on {topic}: {reason}"),
     }
 }
@@ -998,6 +1169,49 @@ mod tests {
         let events = inbox.handle(&msg(b1)).await;
         assert_eq!(values(&events), [2.0], "{events:?}");
         assert!(inbox.held_bytes() < 64 << 10);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_hole_is_asked_for_and_filled_from_the_top_down_with_the_batches_the_chain_names() {
+        let owner = crate::datadir::random_identity().unwrap();
+        let (mut inbox, dir) = granted_inbox("repair", &owner).await;
+        let stream = StreamName::new("t").unwrap();
+        let me = inbox.identity.device_id();
+        let (on, back) =
+            (inbox.topics.batch(owner.device_id(), &stream), inbox.topics.repair(owner.device_id(), &stream, me));
+        let msg = |topic: &String, payload: Vec<u8>| Message { topic: topic.clone(), payload, retain: false };
+        let mut prev = BatchHash::default();
+        let mut real = Vec::new();
+        for seq in 0..6 {
+            let (b, h) = batch(&owner, seq, prev, seq as f64, seq == 0 || seq == 5);
+            real.push(b);
+            prev = h;
+        }
+        inbox.handle(&msg(&on, real[0].clone())).await;
+        let events = inbox.handle(&msg(&on, real[5].clone())).await;
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Missing { from: 1, to: 4, .. })),
+            "the hole was not asked for: {events:?}"
+        );
+        // Another holder of the key answers first with its own batch 4: refused by the chain.
+        let (forged, _) = batch(&owner, 4, BatchHash::default(), 99.0, false);
+        let said = inbox.handle(&msg(&back, forged)).await;
+        assert!(format!("{said:?}").contains("not the one the chain names"), "{said:?}");
+        // The device's answer, newest first, in two parts.
+        for seq in [4, 3] {
+            inbox.handle(&msg(&back, real[seq].clone())).await;
+        }
+        assert_eq!(inbox.due_requests().len(), 0, "asked again too soon");
+        assert_eq!(inbox.gaps.values().flatten().map(|h| (h.from, h.to)).collect::<Vec<_>>(), [(1, 2)]);
+        for seq in [2, 1] {
+            inbox.handle(&msg(&back, real[seq].clone())).await;
+        }
+        assert!(inbox.gaps.values().all(Vec::is_empty), "the hole stayed open");
+        let mut stored: Vec<u64> =
+            inbox.local.outbox(owner.device_id(), 10).await.unwrap().into_iter().map(|(_, r)| r.seq).collect();
+        stored.sort_unstable();
+        assert_eq!(stored, [0, 1, 2, 3, 4, 5]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -246,7 +246,8 @@ async fn start(service: &mut Service, stats: &Arc<Stats>) -> Result<Running> {
     let mut rest = vec![tokio::spawn(drainer.run(drain_stop.clone()))];
     if sharing_on {
         let identity = service.identity()?.clone();
-        let sharing = sharing::connect(&cfg, identity, local, &wake, frames, stats.clone()).await?;
+        let sharing =
+            sharing::connect(&cfg, identity, local, &wake, frames, service.store_cell().clone(), stats.clone()).await?;
         rest.push(tokio::spawn(sharing.publisher.run(drain_stop.clone())));
         rest.push(tokio::spawn(sharing.frames.run(drain_stop.clone())));
         rest.push(tokio::spawn(sharing.receiver.run(drain_stop.clone())));

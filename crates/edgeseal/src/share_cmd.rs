@@ -403,6 +403,8 @@ fn print_event(
         Event::Granted { peer, stream, epochs } => eprintln!("{peer} granted {stream} ({epochs} key epoch(s))"),
         Event::Revoked { peer, stream } => eprintln!("{peer} revoked this agent's access to {stream}"),
         Event::Refused { topic, reason } => eprintln!("refused a message on {topic}: {reason}"),
+        // `watch` keeps nothing, so it does not ask for what it missed (the agent does).
+        Event::Missing { .. } | Event::Repaired { .. } => {}
     }
     Ok(())
 }

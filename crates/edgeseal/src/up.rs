@@ -163,7 +163,16 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     }
     let sharing_tasks = TaskTracker::new();
     if cfg.mqtt.broker.is_some() {
-        let sharing = sharing::connect(&cfg, identity.clone(), local.clone(), &wake, frames, stats.clone()).await?;
+        let sharing = sharing::connect(
+            &cfg,
+            identity.clone(),
+            local.clone(),
+            &wake,
+            frames,
+            service.store_cell().clone(),
+            stats.clone(),
+        )
+        .await?;
         sharing_tasks.spawn(sharing.publisher.run(drain_stop.clone()));
         sharing_tasks.spawn(sharing.frames.run(drain_stop.clone()));
         sharing_tasks.spawn(sharing.receiver.run(drain_stop.clone()));

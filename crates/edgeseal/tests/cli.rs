@@ -105,6 +105,11 @@ impl Agent {
         assert!(up.wait().unwrap().success(), "{}", self.logs());
     }
 
+    /// A log file the test sent an agent's output to, beside its data dir.
+    fn logs_of(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.parent().unwrap().join(file)).unwrap_or_default()
+    }
+
     fn logs(&self) -> String {
         let log = self.dir.parent().unwrap();
         format!(

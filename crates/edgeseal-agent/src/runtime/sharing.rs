@@ -12,19 +12,22 @@ use std::time::Duration;
 use edgeseal_core::frame::{FrameParams, seal_frame};
 use edgeseal_core::keys::Identity;
 use edgeseal_core::reading::into_batches;
+use edgeseal_core::{DeviceId, StreamName};
 use edgeseal_mqtt::link::{Link, Message};
+use edgeseal_store::Store as _;
 use edgeseal_store::local::LocalState;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::frames::{Accepted, FrameFeed};
 use super::sealer::Wakers;
 use super::{FINAL_DRAIN, Stats};
 use crate::Result;
 use crate::config::Config;
-use crate::share::{Arrival, Event, Grants, Inbox, Topics, log_event};
+use crate::service::StoreCell;
+use crate::share::{Arrival, Event, Grants, Inbox, REPAIR_MAX, Topic, Topics, log_event};
 
 /// Batches published (in flight together) per round.
 const PUBLISH_CHUNK: u32 = 256;
@@ -47,6 +50,7 @@ pub async fn connect(
     local: LocalState,
     wake: &Wakers,
     feed: FrameFeed,
+    store: Arc<StoreCell>,
     stats: Arc<Stats>,
 ) -> Result<Sharing> {
     let device = identity.device_id();
@@ -72,14 +76,16 @@ pub async fn connect(
     frames.granted().await;
     let publisher = Publisher {
         sealed: wake.publisher.clone(),
-        local,
+        local: local.clone(),
         link: link.clone(),
-        topics,
+        topics: topics.clone(),
         identity,
         stats: stats.clone(),
         link_stop,
     };
-    let receiver = Receiver { inbox, link, rx, drainer: wake.drainer.clone(), stats };
+    link.subscribe(&topics.requests_to(device)).await?;
+    let repairs = Repairs { me: device, local, store, link: link.clone(), topics, busy: Default::default() };
+    let receiver = Receiver { inbox, link, rx, drainer: wake.drainer.clone(), stats, repairs };
     Ok(Sharing { publisher, frames, receiver })
 }
 
@@ -111,6 +117,7 @@ impl Publisher {
         let mut final_deadline: Option<Instant> = None;
         let mut connected = self.link.connected();
         let mut last_grants: Option<Instant> = None;
+        let mut grants_since_connect = false;
         loop {
             if stop.is_cancelled() && final_deadline.is_none() {
                 final_deadline = Some(Instant::now() + FINAL_DRAIN);
@@ -119,6 +126,8 @@ impl Publisher {
                 return;
             }
             if !*connected.borrow_and_update() {
+                grants_since_connect = false;
+                last_grants = None;
                 // Nothing queued: no need to wait for the broker at shutdown.
                 if final_deadline.is_some() && self.local.publish_queue(1).await.is_ok_and(|q| q.is_empty()) {
                     return;
@@ -130,11 +139,13 @@ impl Publisher {
                 }
                 continue;
             }
-            // Grants change rarely (`share`, `revoke`): look for new ones now and then, not every round.
+            // Grants change rarely (`share`, `revoke`): look for new ones now and then, not every
+            // round; after each (re)connection publish them all again, in case the broker lost them.
             if last_grants.is_none_or(|t| t.elapsed() >= GRANT_POLL) {
                 let grants = Grants { identity: &self.identity, local: &self.local };
-                if let Err(e) = grants.publish(&self.link, &self.topics).await {
-                    debug!("grants wait: {e}");
+                match grants.publish(&self.link, &self.topics, !grants_since_connect).await {
+                    Ok(_) => grants_since_connect = true,
+                    Err(e) => debug!("grants wait: {e}"),
                 }
                 last_grants = Some(Instant::now());
             }
@@ -285,6 +296,70 @@ pub struct Receiver {
     /// Woken for each received batch queued for the store.
     drainer: Arc<Notify>,
     stats: Arc<Stats>,
+    /// What answers peers' requests for batches they missed.
+    repairs: Repairs,
+}
+
+/// Answers a peer's request for batches it missed, from the store, with the
+/// same sealed bytes: only streams granted to that peer, at most
+/// [`REPAIR_MAX`] batches a request, one answer per peer and stream at a time.
+#[derive(Clone)]
+struct Repairs {
+    me: DeviceId,
+    local: LocalState,
+    store: Arc<StoreCell>,
+    link: Link,
+    topics: Topics,
+    busy: Arc<std::sync::Mutex<std::collections::HashSet<(DeviceId, StreamName)>>>,
+}
+
+impl Repairs {
+    async fn answer(&self, stream: StreamName, peer: DeviceId, payload: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Ask {
+            from: u64,
+            to: u64,
+        }
+        let Ok(ask) = serde_json::from_slice::<Ask>(payload) else {
+            return warn!("a request for batches of {stream} that is not {{\"from\", \"to\"}}: ignored");
+        };
+        let granted = match self.local.grants_out().await {
+            Ok(g) => g.iter().any(|g| g.peer == peer && g.stream == stream && !g.revoked),
+            Err(e) => return warn!("cannot read the grants to answer a request: {e}"),
+        };
+        if !granted {
+            return debug!("a request for {stream} from {peer}, which holds no grant of it: ignored");
+        }
+        if !self.busy.lock().unwrap_or_else(|p| p.into_inner()).insert((peer, stream.clone())) {
+            return debug!("already answering {peer} about {stream}");
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let to = ask.to.min(ask.from.saturating_add(REPAIR_MAX - 1));
+            if let Err(e) = me.send(&stream, peer, ask.from, to).await {
+                warn!("cannot answer the request for batches {}..={to} of {stream}: {e}", ask.from);
+            }
+            me.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&(peer, stream));
+        });
+    }
+
+    async fn send(&self, stream: &StreamName, peer: DeviceId, from: u64, to: u64) -> Result<()> {
+        let store = self.store.get().await.map_err(crate::Error::store)?;
+        let rows = store.batches_by_seq(self.me, stream, from, to).await.map_err(crate::Error::store)?;
+        let topic = self.topics.repair(self.me, stream, peer);
+        let mut pending = Vec::with_capacity(rows.len());
+        // Newest first: the peer verifies from the top of its hole down, so whatever part of
+        // the answer a broker drops (a full queue drops the last), what arrives is usable.
+        for r in rows.into_iter().rev() {
+            pending.push(self.link.send(&topic, r.sealed, false).await?);
+        }
+        let n = pending.len();
+        for p in pending {
+            p.acked().await?;
+        }
+        info!("sent batches {from}..={to} of {stream} again ({n} found) to a peer that missed them");
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Receiver {
@@ -306,6 +381,10 @@ impl Receiver {
                     if let Err(e) = self.inbox.refresh_peers(&self.link).await {
                         warn!("cannot reload peers: {e}");
                     }
+                    // Holes not filled yet are asked for again (the request or part of its answer may be lost).
+                    for (device, stream, from, to) in self.inbox.due_requests() {
+                        self.ask(device, &stream, from, to).await;
+                    }
                 }
                 m = self.rx.recv() => {
                     let Some(m) = m else { return };
@@ -315,8 +394,29 @@ impl Receiver {
         }
     }
 
+    /// Asks `device` for batches `from..=to` of `stream` (QoS 1, not waited for).
+    async fn ask(&self, device: DeviceId, stream: &StreamName, from: u64, to: u64) {
+        let topic = self.repairs.topics.request(device, stream, self.repairs.me);
+        let body = serde_json::json!({ "from": from, "to": to }).to_string().into_bytes();
+        if let Err(e) = self.link.send(&topic, body, false).await {
+            debug!("cannot ask for batches {from}..={to} of {stream} now: {e}");
+        }
+    }
+
     async fn handle(&mut self, m: &Message) {
+        if let Some(Topic::Request { owner, stream, peer }) = self.repairs.topics.parse(&m.topic) {
+            if owner == self.repairs.me && self.inbox.peers().any(|p| p.device == peer) {
+                self.repairs.answer(stream, peer, &m.payload).await;
+            }
+            return;
+        }
         for ev in self.inbox.handle(m).await {
+            if let Event::Missing { device, stream, from, to } = &ev {
+                self.ask(*device, stream, *from, *to).await;
+            }
+            if matches!(ev, Event::Repaired { .. }) {
+                self.drainer.notify_one();
+            }
             if let Event::Readings { peer, device, stream, readings, arrival, .. } = &ev {
                 let status = match arrival {
                     Arrival::Gap { missing } => format!("verified; {missing} batch(es) before it missing"),

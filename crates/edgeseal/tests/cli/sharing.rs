@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, BASE_TS, feed, free_port, mosquitto_tools, tempdir, text, wait_until};
+use super::{Agent, BASE_TS, feed, free_port, mosquitto_tools, sigterm, tempdir, text, wait_until};
 
 /// A mosquitto of the test's own on a free port (its own retained messages), stopped on drop.
 pub(super) struct Broker {
@@ -18,12 +18,17 @@ pub(super) struct Broker {
 
 impl Broker {
     pub(super) fn start(port: u16) -> Broker {
+        Broker::start_with(port, "")
+    }
+
+    /// With `extra` lines of mosquitto configuration (no persistence either way).
+    fn start_with(port: u16, extra: &str) -> Broker {
         let dir = tempdir("broker");
         let conf = dir.join("mosquitto.conf");
         let log = dir.join("mosquitto.log");
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type all\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type all\n{extra}"),
         )
         .unwrap();
         // The log goes through a file the test opens: mosquitto may drop root and not reach the temp dir.
@@ -358,6 +363,78 @@ fn injected_unsigned_batches_cannot_wedge_a_peer_stream() {
     let _ = laptop_up.wait();
     let _ = sniffer.kill();
     let _ = sniffer.wait();
+}
+
+/// A peer that was offline while mosquitto dropped most of what it queued for it
+/// (`max_queued_messages 10`), and then a broker restarted without persistence in
+/// the middle of live sharing: the peer asks the device for what it missed and ends
+/// with every batch, in order, none twice, verified.
+#[test]
+fn gaps_repair_themselves_after_a_broker_drops_or_forgets() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let port = free_port();
+    let mut broker = Broker::start_with(port, "max_queued_messages 10\n");
+    let url = broker.url();
+    let (pi, laptop) = (with_broker("gap-pi", &url), with_broker("gap-laptop", &url));
+    let (h, j) = pair(&pi, &laptop);
+    assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
+    pi.ok(&["share", "temperature", "--with", "gap-laptop"]);
+    let pi_dev = device_of(&pi);
+    let receiver = || {
+        laptop
+            .cmd(&["up", "--sensor", "none", "--for", "120s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(laptop.dir.parent().unwrap().join("up.err")).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let stored = || laptop.run(&["fetch", "--stream", "temperature", "--device", &pi_dev, "--format", "json"]);
+    let count =
+        || serde_json::from_slice::<Value>(&stored().stdout).map(|v| v.as_array().map_or(0, Vec::len)).unwrap_or(0);
+    let mut up = pi.spawn_stdin(&["--batch-count", "1"]);
+    let mut laptop_up = receiver();
+    feed(&mut up, "temperature", 0..1);
+    wait_until("the laptop to store the first reading", Duration::from_secs(20), || count() == 1);
+
+    // The laptop goes offline; its persistent session queues only 10 of the next 60 batches.
+    sigterm(&laptop_up);
+    let _ = laptop_up.wait();
+    feed(&mut up, "temperature", 1..61);
+    wait_until("the pi to store 61 readings", Duration::from_secs(20), || pi.counts("temperature").0 == 61);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut laptop_up = receiver();
+    feed(&mut up, "temperature", 61..66);
+    let t0 = std::time::Instant::now();
+    while count() != 66 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "the laptop has {} of 66 readings\nlaptop:\n{}\npi:\n{}",
+            count(),
+            laptop.logs_of("up.err"),
+            pi.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(laptop.logs_of("up.err").contains("arrived on request"), "{}", laptop.logs_of("up.err"));
+
+    // The broker restarts without persistence mid-stream: sessions, queues and retained grants gone.
+    drop(broker);
+    feed(&mut up, "temperature", 66..71);
+    broker = Broker::start_with(port, "");
+    feed(&mut up, "temperature", 71..76);
+    wait_until("the laptop to get every reading after the restart", Duration::from_secs(60), || count() == 76);
+
+    let got = laptop.fetch_from("temperature", Some(&pi_dev));
+    assert_eq!(got, super::expected(0..76), "every batch, in order, none twice");
+    let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
+    assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
+    drop(up.stdin.take());
+    let _ = up.wait();
+    sigterm(&laptop_up);
+    let _ = laptop_up.wait();
+    drop(broker);
 }
 
 /// Rewrites the n-th relayed message.
