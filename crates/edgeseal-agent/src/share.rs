@@ -981,21 +981,11 @@ mod tests {
 
     #[tokio::test]
     async fn unsigned_batches_wait_for_their_signature_and_a_forged_one_never_shows() {
-        let dir = std::env::temp_dir().join(format!("edgeseal-inbox-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (owner, me) = (crate::datadir::random_identity().unwrap(), crate::datadir::random_identity().unwrap());
-        let local = LocalState::open(&dir.join("state.db")).await.unwrap();
-        let peer = PeerRow { device: owner.device_id(), name: "pi".into(), public: owner.public(), paired_ms: 0 };
-        local.add_peer(&peer).await.unwrap();
-        let topics = Topics::new("edgeseal/v1");
-        let mut inbox = Inbox::new(Arc::new(me), local, topics.clone()).await.unwrap();
+        let owner = crate::datadir::random_identity().unwrap();
+        let (mut inbox, dir) = granted_inbox("held", &owner).await;
         let stream = StreamName::new("t").unwrap();
-        let me_pub = inbox.identity.public();
-        let g = grant::issue(&owner, &me_pub, &stream, 1, 0, &[(0, owner.epoch_key(&stream, 0))], &mut rng()).unwrap();
         let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false };
-        let granted = inbox.handle(&msg(topics.grant(owner.device_id(), &stream, me_pub.device_id()), g)).await;
-        assert!(matches!(granted[..], [Event::Granted { .. }]), "{granted:?}");
-        let on = topics.batch(owner.device_id(), &stream);
+        let on = inbox.topics.batch(owner.device_id(), &stream);
 
         // Two unsigned batches show nothing until the signed one that covers them arrives.
         let (b0, h0) = batch(&owner, 0, BatchHash::default(), 1.0, false);
@@ -1021,19 +1011,11 @@ mod tests {
 
     #[tokio::test]
     async fn live_frames_show_at_once_only_moving_forward_and_their_batch_adds_only_the_rest() {
-        let dir = std::env::temp_dir().join(format!("edgeseal-inbox-live-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (owner, me) = (crate::datadir::random_identity().unwrap(), crate::datadir::random_identity().unwrap());
-        let local = LocalState::open(&dir.join("state.db")).await.unwrap();
-        let peer = PeerRow { device: owner.device_id(), name: "pi".into(), public: owner.public(), paired_ms: 0 };
-        local.add_peer(&peer).await.unwrap();
-        let topics = Topics::new("edgeseal/v1");
-        let mut inbox = Inbox::new(Arc::new(me), local, topics.clone()).await.unwrap();
+        let owner = crate::datadir::random_identity().unwrap();
+        let (mut inbox, dir) = granted_inbox("live", &owner).await;
+        let topics = inbox.topics.clone();
         let stream = StreamName::new("t").unwrap();
-        let me_pub = inbox.identity.public();
-        let g = grant::issue(&owner, &me_pub, &stream, 1, 0, &[(0, owner.epoch_key(&stream, 0))], &mut rng()).unwrap();
         let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false };
-        inbox.handle(&msg(topics.grant(owner.device_id(), &stream, me_pub.device_id()), g)).await;
         let live = topics.live(owner.device_id(), &stream);
         let frame = |signer: &Identity, pos: u64, value: f64| {
             let r = Readings::Scalar(ScalarBatch {
