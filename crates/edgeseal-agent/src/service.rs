@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgeseal_core::chain::Scope;
+use edgeseal_core::chain::{Finding, Scope};
 use edgeseal_core::keys::{Identity, PublicIdentity};
 use edgeseal_core::pairing::PairCode;
 use edgeseal_core::time::format_ms;
@@ -299,9 +299,19 @@ impl Service {
     ) -> Result<StreamRead> {
         let store = self.store().await?;
         let remembered = self.local.remembered(device, stream).await.local()?;
-        let read = read_stream(store, device, stream, range, remembered, scope).await.map_err(Error::store)?;
+        let mut read = read_stream(store, device, stream, range, remembered, scope).await.map_err(Error::store)?;
         if let Some(head) = read.audit.head {
             self.local.remember(device, stream, head).await.local()?;
+        }
+        // Checkpoint rows that vanished: the store's newest is older than one seen before.
+        let seen = self.local.checkpoint_seen(device, stream).await.local()?;
+        if let Some(seen) = seen
+            && read.audit.checkpoint.is_none_or(|s| s < seen)
+        {
+            read.audit.findings.push(Finding::CheckpointsRemoved { seen, store: read.audit.checkpoint });
+        }
+        if let Some(cp) = read.audit.checkpoint.filter(|&c| seen.is_none_or(|s| c > s)) {
+            self.local.saw_checkpoint(device, stream, cp).await.local()?;
         }
         Ok(read)
     }

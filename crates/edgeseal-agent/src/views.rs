@@ -220,7 +220,8 @@ impl From<&Finding> for FindingView {
             | Finding::Fork { seq }
             | Finding::BadCheckpoint { seq }
             | Finding::Unsigned { seq }
-            | Finding::RangeEdgeMissing { seq, .. } => FindingAt::Seq { seq: *seq },
+            | Finding::RangeEdgeMissing { seq, .. }
+            | Finding::CheckpointsRemoved { seen: seq, .. } => FindingAt::Seq { seq: *seq },
             Finding::Gap { from, to } => FindingAt::Gap { from: *from, to: *to },
             Finding::TruncatedTail { last, checkpoint } => {
                 FindingAt::Truncated { last: *last, checkpoint: *checkpoint }

@@ -196,6 +196,11 @@ pub enum Finding {
     Unsigned {
         seq: u64,
     },
+    /// The store's newest checkpoint is older than one this reader saw (or it holds none).
+    CheckpointsRemoved {
+        seen: u64,
+        store: Option<u64>,
+    },
     /// The batch just before or after a time range is not in the store, so
     /// the range cannot be shown complete at that edge.
     RangeEdgeMissing {
@@ -222,6 +227,7 @@ impl Finding {
             Finding::BadCheckpoint { .. } => "bad-checkpoint",
             Finding::Unsigned { .. } => "unsigned",
             Finding::RangeEdgeMissing { .. } => "range-edge-missing",
+            Finding::CheckpointsRemoved { .. } => "checkpoints-removed",
         }
     }
 }
@@ -271,6 +277,15 @@ impl fmt::Display for Finding {
                 write!(f, "checkpoint for batch {seq}: not signed by this device")
             }
             Finding::Unsigned { seq } => write!(f, "batch {seq}: unsigned and not covered by a signed checkpoint"),
+            Finding::CheckpointsRemoved { seen, store } => match store {
+                Some(s) => write!(
+                    f,
+                    "checkpoints removed: the store's newest names batch {s}, but one naming batch {seen} was seen before"
+                ),
+                None => {
+                    write!(f, "checkpoints removed: the store holds none, but one naming batch {seen} was seen before")
+                }
+            },
             Finding::RangeEdgeMissing { seq, at_start } => write!(
                 f,
                 "batch {seq}: missing, just {} the range (readings at that end of the range may be missing)",
@@ -288,6 +303,8 @@ pub struct Audit {
     pub findings: Vec<Finding>,
     /// The highest authentic head seen (a signed batch or checkpoint), to remember.
     pub head: Option<Head>,
+    /// The batch the store's newest valid checkpoint names.
+    pub checkpoint: Option<u64>,
 }
 
 impl Audit {
@@ -436,12 +453,13 @@ pub fn audit(
         hash: g.hash,
         ts: g.header.last_ts,
     });
-    if let Some(cp) = best_cp
+    if let Some(cp) = &best_cp
         && head.is_none_or(|h| cp.seq > h.seq)
     {
         head = Some(Head { seq: cp.seq, hash: cp.head, ts: cp.ts });
     }
-    Audit { statuses, findings, head }
+    let checkpoint = best_cp.as_ref().map(|c| c.seq);
+    Audit { statuses, findings, head, checkpoint }
 }
 
 /// Reports `from..=to` as missing, less the numbers already reported as bad rows.

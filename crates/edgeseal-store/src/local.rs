@@ -587,6 +587,30 @@ impl LocalState {
         Ok(())
     }
 
+    /// The newest checkpoint this agent wrote or verified of a stream.
+    pub async fn checkpoint_seen(&self, device: DeviceId, stream: &StreamName) -> Result<Option<u64>> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM seen_checkpoints WHERE device = ? AND stream = ?")
+            .bind(&device.0[..])
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        seq.map(|s| u64::try_from(s).map_err(|_| Error::BadRow("negative seq"))).transpose()
+    }
+
+    /// Remembers a checkpoint of batch `seq` if it is newer than the one remembered.
+    pub async fn saw_checkpoint(&self, device: DeviceId, stream: &StreamName, seq: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO seen_checkpoints (device, stream, seq) VALUES (?, ?, ?) \
+             ON CONFLICT (device, stream) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        )
+        .bind(&device.0[..])
+        .bind(stream.as_str())
+        .bind(i64::try_from(seq).map_err(|_| Error::BadRow("seq above 2^63"))?)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// Queues a batch received from a peer for the store (the outbox keeps it until the store acked).
     pub async fn commit_received(&self, row: &BatchRow) -> Result<()> {
         let mut conn = self.writer.acquire().await?;

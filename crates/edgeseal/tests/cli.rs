@@ -291,6 +291,23 @@ fn rollback_of_the_whole_database_is_detected() {
 }
 
 #[test]
+fn checkpoint_rows_that_vanish_are_noticed() {
+    let a = Agent::new("cp-gone");
+    a.run_lines("c", 0..30, &["--batch-count", "10"]);
+    assert!(a.ok(&["verify"]).contains("c: ok (3 batches verified, head 2)"));
+    // Every batch stays; only the signed checkpoints go.
+    let db = a.dir.join("store.db");
+    assert!(Command::new("sqlite3").arg(&db).arg("DELETE FROM checkpoints").status().unwrap().success());
+    let out = a.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stdout));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("checkpoints removed: the store holds none, but one naming batch 2 was seen before"),
+        "{report}"
+    );
+}
+
+#[test]
 fn key_rotation_keeps_old_batches_readable() {
     let a = Agent::new("rotate");
     let run_batch = |range| a.run_lines("s", range, &["--batch-count", "5"]);

@@ -155,6 +155,7 @@ impl Drainer {
                 let bytes =
                     cp.sign(&self.identity).map_err(|_| edgeseal_store::Error::BadRow("checkpoint signing failed"))?;
                 store.put_checkpoint(device, &stream, head.seq, &bytes).await?;
+                self.local.saw_checkpoint(device, &stream, head.seq).await?;
                 debug!("checkpoint {} of {stream}", head.seq);
             }
             dirty.remove(&stream);
