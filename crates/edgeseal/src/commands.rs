@@ -180,6 +180,16 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     if printed == 0 && !problems && unreadable == 0 {
         eprintln!("no readings of {stream} in that range");
     }
+    // This agent's own readings that are accepted but not in a stored batch yet.
+    if got.device == service.device() {
+        let waiting =
+            service.local().backlog().await.ok().and_then(|b| b.get(stream.as_str()).map(|b| b.pending_readings));
+        if let Some(n) = waiting.filter(|&n| n > 0) {
+            eprintln!(
+                "note: {n} more readings of {stream} are accepted but not stored yet (they go into the store with the next batch; `edgeseal streams` shows them)"
+            );
+        }
+    }
     if unreadable > 0 {
         eprintln!(
             "warning: {unreadable} authentic batches could not be opened (no key for their epoch on this agent: not granted, or damaged)"
