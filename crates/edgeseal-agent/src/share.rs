@@ -450,10 +450,13 @@ struct Hole {
     /// What came back so far, by number.
     got: BTreeMap<u64, Vec<u8>>,
     asked: std::time::Instant,
+    /// How long until it is asked for again.
+    wait: std::time::Duration,
 }
 
-/// How long an open hole waits before it is asked for again.
+/// How long an open hole waits before it is asked for again, at first and at most.
 const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(3);
+const ASK_AGAIN_MAX: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Hole {
     /// The part asked for: the top `REPAIR_MAX` batches (they verify from the top down).
@@ -666,6 +669,7 @@ impl Inbox {
                 top: prev,
                 got: BTreeMap::new(),
                 asked: std::time::Instant::now(),
+                wait: ASK_AGAIN,
             };
             let (from, to) = hole.wanted();
             self.gaps.entry(slot.clone()).or_default().push(hole);
@@ -752,8 +756,10 @@ impl Inbox {
     pub fn due_requests(&mut self) -> Vec<(DeviceId, StreamName, u64, u64)> {
         let mut out = Vec::new();
         for ((device, stream), holes) in &mut self.gaps {
-            for h in holes.iter_mut().filter(|h| h.asked.elapsed() >= ASK_AGAIN) {
+            for h in holes.iter_mut().filter(|h| h.asked.elapsed() >= h.wait) {
                 h.asked = std::time::Instant::now();
+                // A hole that stays open (the device cannot send it) is asked for less and less often.
+                h.wait = (h.wait * 2).min(ASK_AGAIN_MAX);
                 let (from, to) = h.wanted();
                 out.push((*device, stream.clone(), from, to));
             }
@@ -815,6 +821,7 @@ impl Inbox {
         let Some(lowest) = rows.last().map(|r| r.seq) else {
             return Ok(events);
         };
+        hole.wait = ASK_AGAIN;
         if lowest == hole.from {
             holes.retain(|x| x.from != lowest);
         }

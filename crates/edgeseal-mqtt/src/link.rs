@@ -152,6 +152,15 @@ pub struct Message {
     pub retain: bool,
 }
 
+/// The largest MQTT packet the link sends or takes (16 MiB).
+pub const MAX_PACKET: usize = 16 << 20;
+
+/// Whether a message of `payload` bytes on `topic` fits in one packet of this link.
+pub fn fits(topic: &str, payload: usize) -> bool {
+    // Fixed header (5), topic length (2), packet id (2), MQTT 5 properties (a few): 64 is ample.
+    payload + topic.len() + 64 <= MAX_PACKET
+}
+
 /// The broker's answer to a publish: accepted, or refused with a reason (MQTT 5).
 type Ack = Result<(), String>;
 
@@ -333,7 +342,7 @@ impl Link {
                 let mut mo = MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
                 mo.set_keep_alive(opts.keep_alive);
                 mo.set_clean_session(!opts.persistent_session);
-                mo.set_max_packet_size(16 << 20, 16 << 20);
+                mo.set_max_packet_size(MAX_PACKET, MAX_PACKET);
                 // Publishes awaiting PUBACK at once (rumqttc's default is 100).
                 mo.set_inflight(INFLIGHT);
                 if let Some(user) = &opts.username {
@@ -353,7 +362,7 @@ impl Link {
                     // Under MQTT 5 a session ends with the connection unless it has an expiry.
                     mo.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
                 }
-                mo.set_max_packet_size(Some(16 << 20));
+                mo.set_max_packet_size(Some(MAX_PACKET as u32));
                 if let Some(user) = &opts.username {
                     mo.set_credentials(user, password);
                 }

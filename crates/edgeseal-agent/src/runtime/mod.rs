@@ -55,6 +55,8 @@ pub struct Stats {
     /// The broker is configured but unreachable (shown on the LCD).
     pub broker_down: AtomicBool,
     pub published: AtomicU64,
+    /// Batches too large for an MQTT packet: stored, never published.
+    pub unpublishable: AtomicU64,
     /// Live frames sent, and journal commits that went without one (the sender was behind or the broker down).
     pub frames_sent: AtomicU64,
     pub frames_dropped: AtomicU64,

@@ -169,17 +169,37 @@ impl Publisher {
                 continue;
             }
             // Queued one after another, so they reach the broker in order; acknowledged together.
+            // A batch too large for an MQTT packet can never go: it is stored, named and passed over.
             let mut pending = Vec::with_capacity(queue.len());
+            let mut too_large = 0;
             for (_, stream, sealed) in &queue {
-                match self.link.send(&self.topics.batch(device, stream), sealed.clone(), false).await {
-                    Ok(p) => pending.push(p),
+                let topic = self.topics.batch(device, stream);
+                if !edgeseal_mqtt::link::fits(&topic, sealed.len()) {
+                    self.stats.unpublishable.fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        "a batch of {stream} is {} MB, more than the {} MiB an MQTT packet carries here: it is stored, but peers do not receive it",
+                        sealed.len() / 1_000_000,
+                        edgeseal_mqtt::link::MAX_PACKET >> 20
+                    );
+                    pending.push(None);
+                    too_large += 1;
+                    continue;
+                }
+                match self.link.send(&topic, sealed.clone(), false).await {
+                    Ok(p) => pending.push(Some(p)),
                     Err(e) => {
                         debug!("publishing waits: {e}");
                         break;
                     }
                 }
             }
-            let results = futures_util::future::join_all(pending.into_iter().map(|p| p.acked())).await;
+            let results = futures_util::future::join_all(pending.into_iter().map(|p| async move {
+                match p {
+                    Some(p) => p.acked().await,
+                    None => Ok(()),
+                }
+            }))
+            .await;
             // Only the acknowledged prefix leaves the queue, so a peer never sees a later batch twice
             // before an earlier one.
             let done: Vec<i64> =
@@ -189,7 +209,8 @@ impl Publisher {
             {
                 error!("cannot update the publish queue: {e}");
             }
-            self.stats.published.fetch_add(done.len() as u64, Ordering::Relaxed);
+            // (Those too large count among the done when all went; a partial round's count may include them.)
+            self.stats.published.fetch_add(done.len().saturating_sub(too_large) as u64, Ordering::Relaxed);
             if done.len() < queue.len() {
                 if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                     debug!("publishing waits: {e}");
@@ -351,7 +372,9 @@ impl Repairs {
         // Newest first: the peer verifies from the top of its hole down, so whatever part of
         // the answer a broker drops (a full queue drops the last), what arrives is usable.
         for r in rows.into_iter().rev() {
-            pending.push(self.link.send(&topic, r.sealed, false).await?);
+            if edgeseal_mqtt::link::fits(&topic, r.sealed.len()) {
+                pending.push(self.link.send(&topic, r.sealed, false).await?);
+            }
         }
         let n = pending.len();
         for p in pending {

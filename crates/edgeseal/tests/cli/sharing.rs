@@ -437,6 +437,35 @@ fn gaps_repair_themselves_after_a_broker_drops_or_forgets() {
     drop(broker);
 }
 
+/// A batch larger than an MQTT packet (a 17 MiB image) is stored, named in the
+/// log and passed over; it does not hold up the batches after it.
+#[test]
+fn a_batch_too_large_for_mqtt_is_stored_and_passed_over() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let pi = with_broker("huge", &broker.url());
+    let mut up = pi.spawn_stdin(&["--batch-count", "1"]);
+    let image = super::base64_encode(&vec![0x5a; 17 << 20]);
+    let mut lines =
+        format!("{{\"stream\":\"cam\",\"blob\":\"{image}\",\"media_type\":\"image/jpeg\",\"ts\":{BASE_TS}}}\n");
+    lines.push_str(&lines_of("t", 0..3));
+    std::io::Write::write_all(up.stdin.as_mut().unwrap(), lines.as_bytes()).unwrap();
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", pi.logs());
+    let logs = pi.logs();
+    assert!(logs.contains("peers do not receive it"), "{logs}");
+    assert!(logs.contains("3 published"), "{logs}");
+    let dev = device_of(&pi);
+    assert_eq!(broker.log().matches(&format!("/{dev}/t/batch")).count(), 3, "{}", broker.log());
+    assert_eq!(pi.counts("cam").0, 1, "the image is stored");
+}
+
+fn lines_of(stream: &str, range: std::ops::Range<i64>) -> String {
+    lines(stream, range).concat()
+}
+
 /// Rewrites the n-th relayed message.
 type Tamper = fn(usize, Vec<u8>) -> Vec<u8>;
 
