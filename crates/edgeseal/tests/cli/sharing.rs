@@ -329,7 +329,14 @@ fn injected_unsigned_batches_cannot_wedge_a_peer_stream() {
         serde_json::from_slice::<Value>(&out.stdout).map(|v| v.as_array().map_or(0, Vec::len)).unwrap_or(0)
     };
     let mut laptop_up = receiver();
-    pi.run_lines("temperature", 0..3, &["--batch-count", "1"]);
+    // The grant reaches the laptop when the pi's agent first connects: then the laptop is subscribed.
+    let mut pi_up = pi.spawn_stdin(&["--batch-count", "1"]);
+    wait_until("the grant to reach the laptop", Duration::from_secs(20), || {
+        laptop.logs_of("up.err").contains("granted temperature")
+    });
+    feed(&mut pi_up, "temperature", 0..3);
+    drop(pi_up.stdin.take());
+    assert!(pi_up.wait().unwrap().success(), "{}", pi.logs());
     wait_until("the laptop to store 3 readings", Duration::from_secs(20), || stored() == 3);
 
     // Forge from a captured batch: no signature, flag cleared, another number.
@@ -395,6 +402,11 @@ fn gaps_repair_themselves_after_a_broker_drops_or_forgets() {
         || serde_json::from_slice::<Value>(&stored().stdout).map(|v| v.as_array().map_or(0, Vec::len)).unwrap_or(0);
     let mut up = pi.spawn_stdin(&["--batch-count", "1"]);
     let mut laptop_up = receiver();
+    // Subscribed once it has the grant (published when the pi's agent connects); a batch sent
+    // before the laptop's first session exists is missed at first sight, which is no hole.
+    wait_until("the grant to reach the laptop", Duration::from_secs(20), || {
+        laptop.logs_of("up.err").contains("granted temperature")
+    });
     feed(&mut up, "temperature", 0..1);
     wait_until("the laptop to store the first reading", Duration::from_secs(20), || count() == 1);
 
