@@ -441,7 +441,7 @@ pub struct Inbox {
 pub const REPAIR_MAX: u64 = 1024;
 
 /// Batches `from..=to` of a stream are missing; the batch after them names `top` as its predecessor.
-/// (Kept in memory: a hole open when the agent stops is not asked for after it starts again.)
+/// (Recorded in state.db, so a hole open when the agent stops is asked for after it starts again.)
 #[derive(Debug)]
 struct Hole {
     from: u64,
@@ -478,6 +478,13 @@ impl Inbox {
     pub async fn new(identity: Arc<Identity>, local: LocalState, topics: Topics) -> Result<Inbox> {
         let peers = local.peers().await.local()?.into_iter().map(|p| (p.device, p)).collect();
         let keys = KeyRing::load(identity.clone(), &local).await?;
+        // Holes recorded before the last stop are asked for again at once.
+        let mut gaps: HashMap<PeerStream, Vec<Hole>> = HashMap::new();
+        for (device, stream, from, to, top) in local.holes().await.local()? {
+            let asked = std::time::Instant::now().checked_sub(ASK_AGAIN).unwrap_or_else(std::time::Instant::now);
+            let hole = Hole { from, to, top, got: BTreeMap::new(), asked, wait: ASK_AGAIN };
+            gaps.entry((device, stream)).or_default().push(hole);
+        }
         Ok(Inbox {
             identity,
             local,
@@ -489,7 +496,7 @@ impl Inbox {
             held_bytes: 0,
             limits: TentativeLimits::default(),
             live: HashMap::new(),
-            gaps: HashMap::new(),
+            gaps,
             store: false,
         })
     }
@@ -672,6 +679,7 @@ impl Inbox {
                 wait: ASK_AGAIN,
             };
             let (from, to) = hole.wanted();
+            self.local.set_hole(device, stream, hole.from, hole.to, hole.top).await.local()?;
             self.gaps.entry(slot.clone()).or_default().push(hole);
             events.push(Event::Missing { device, stream: stream.clone(), from, to });
         }
@@ -822,9 +830,13 @@ impl Inbox {
             return Ok(events);
         };
         hole.wait = ASK_AGAIN;
-        if lowest == hole.from {
+        // What is still missing, for after a restart: nothing (`to < from`; a hole starts after batch 0) once filled.
+        let (from, top_hash) = (hole.from, hole.top);
+        let to = if lowest == from { from.saturating_sub(1) } else { hole.to };
+        if lowest == from {
             holes.retain(|x| x.from != lowest);
         }
+        self.local.set_hole(device, stream, from, to, top_hash).await.local()?;
         if self.store {
             for row in rows.iter().rev() {
                 self.local.commit_received(row).await.local()?;
@@ -1193,10 +1205,16 @@ mod tests {
         }
         assert_eq!(inbox.due_requests().len(), 0, "asked again too soon");
         assert_eq!(inbox.gaps.values().flatten().map(|h| (h.from, h.to)).collect::<Vec<_>>(), [(1, 2)]);
+        // The agent restarts: what is still missing is asked for at once.
+        let mut inbox = Inbox::new(inbox.identity.clone(), inbox.local.clone(), inbox.topics.clone()).await.unwrap();
+        inbox.store = true;
+        let due: Vec<(u64, u64)> = inbox.due_requests().into_iter().map(|(_, _, f, t)| (f, t)).collect();
+        assert_eq!(due, [(1, 2)]);
         for seq in [2, 1] {
             inbox.handle(&msg(&back, real[seq].clone())).await;
         }
         assert!(inbox.gaps.values().all(Vec::is_empty), "the hole stayed open");
+        assert!(inbox.local.holes().await.unwrap().is_empty(), "the filled hole is still recorded");
         let mut stored: Vec<u64> =
             inbox.local.outbox(owner.device_id(), 10).await.unwrap().into_iter().map(|(_, r)| r.seq).collect();
         stored.sort_unstable();

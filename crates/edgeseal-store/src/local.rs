@@ -587,6 +587,64 @@ impl LocalState {
         Ok(())
     }
 
+    /// Every hole recorded: (device, stream, from, to, the hash the batch after it names).
+    pub async fn holes(&self) -> Result<Vec<(DeviceId, StreamName, u64, u64, BatchHash)>> {
+        let rows =
+            sqlx::query("SELECT device, stream, from_seq, to_seq, top FROM holes ORDER BY device, stream, from_seq")
+                .fetch_all(&self.pool)
+                .await?;
+        let seq = |v: i64| u64::try_from(v).map_err(|_| Error::BadRow("negative seq"));
+        rows.iter()
+            .map(|r| {
+                let device = DeviceId(
+                    r.try_get::<Vec<u8>, _>("device")?
+                        .try_into()
+                        .map_err(|_| Error::BadRow("device id is not 16 bytes"))?,
+                );
+                Ok((
+                    device,
+                    stream_from(r)?,
+                    seq(r.try_get("from_seq")?)?,
+                    seq(r.try_get("to_seq")?)?,
+                    hash_from(&r.try_get::<Vec<u8>, _>("top")?)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Records (or, with `to < from`, forgets) the hole of `device`'s `stream` that starts at `from`.
+    pub async fn set_hole(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        from: u64,
+        to: u64,
+        top: BatchHash,
+    ) -> Result<()> {
+        let i = |v: u64| i64::try_from(v).map_err(|_| Error::BadRow("seq above 2^63"));
+        if to < from {
+            sqlx::query("DELETE FROM holes WHERE device = ? AND stream = ? AND from_seq = ?")
+                .bind(&device.0[..])
+                .bind(stream.as_str())
+                .bind(i(from)?)
+                .execute(&self.writer)
+                .await?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO holes (device, stream, from_seq, to_seq, top) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (device, stream, from_seq) DO UPDATE SET to_seq = excluded.to_seq, top = excluded.top",
+        )
+        .bind(&device.0[..])
+        .bind(stream.as_str())
+        .bind(i(from)?)
+        .bind(i(to)?)
+        .bind(&top.0[..])
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     /// The newest checkpoint this agent wrote or verified of a stream.
     pub async fn checkpoint_seen(&self, device: DeviceId, stream: &StreamName) -> Result<Option<u64>> {
         let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM seen_checkpoints WHERE device = ? AND stream = ?")
