@@ -16,7 +16,8 @@ pub enum Error {
     /// Something the caller gave is malformed; the message names the field.
     #[error("{0}")]
     BadInput(String),
-    #[error("no stream {0:?}")]
+    /// No such stream; the message lists the streams there are.
+    #[error("{0}")]
     NoSuchStream(String),
     /// No peer matches; `known` lists the peers there are.
     #[error("{0}")]

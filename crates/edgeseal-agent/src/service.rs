@@ -289,6 +289,37 @@ impl Service {
         Ok(rows.into_values().collect())
     }
 
+    /// Fails with [`Error::NoSuchStream`], naming the streams there are, unless
+    /// the store holds batches of `stream` of `device` or this agent knows it
+    /// (it remembers a head of it, or, for its own, has state or readings waiting).
+    async fn known_stream(&self, device: DeviceId, stream: &StreamName) -> Result<()> {
+        let store = self.store().await?;
+        if store.head_seq(device, stream).await.map_err(Error::store)?.is_some()
+            || self.local.remembered(device, stream).await.local()?.is_some()
+        {
+            return Ok(());
+        }
+        if device == self.device()
+            && (self.local.stream_states().await.local()?.iter().any(|(s, _)| s == stream)
+                || self.local.backlog().await.local()?.contains_key(stream.as_str()))
+        {
+            return Ok(());
+        }
+        let names: Vec<String> = store
+            .streams()
+            .await
+            .map_err(Error::store)?
+            .into_iter()
+            .filter(|s| s.device == device)
+            .map(|s| s.stream)
+            .collect();
+        let whose = if device == self.device() { "this agent".to_string() } else { format!("device {device}") };
+        Err(Error::NoSuchStream(match names.as_slice() {
+            [] => format!("no stream {stream:?} of {whose}: the store holds no stream of it yet"),
+            _ => format!("no stream {stream:?} of {whose}; its streams: {}", names.join(", ")),
+        }))
+    }
+
     /// Fetches and audits one stream, remembering any newer authentic head.
     async fn audited(
         &self,
@@ -333,6 +364,7 @@ impl Service {
         }
         let now = now_ms();
         let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
+        self.known_stream(device, stream).await?;
         let read = self.audited(device, stream, TimeRange { from, to }, scope).await?;
         let keys = KeyRing::load(identity, &self.local).await?;
         Ok(Retrieved { device, stream: stream.clone(), read, keys })
@@ -384,7 +416,11 @@ impl Service {
     pub async fn verify(&self, stream: Option<&str>, device: Option<&str>) -> Result<VerifyView> {
         let device = parse_device(device, self.device())?;
         let streams: Vec<StreamName> = match stream {
-            Some(s) => vec![parse_stream(s)?],
+            Some(s) => {
+                let s = parse_stream(s)?;
+                self.known_stream(device, &s).await?;
+                vec![s]
+            }
             None => {
                 let store = self.store().await?;
                 let mut names: Vec<StreamName> = store
