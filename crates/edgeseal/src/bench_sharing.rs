@@ -15,7 +15,7 @@ use edgeseal_core::envelope::{self, BatchHash, SealParams, seal};
 use edgeseal_core::keys::{EpochKey, Identity};
 use edgeseal_core::pairing::{Host, Joiner, PairCode};
 use edgeseal_core::{Readings, ScalarBatch, StreamName};
-use edgeseal_mqtt::link::{BrokerUrl, Link, LinkOptions, Message};
+use edgeseal_mqtt::link::{Link, LinkOptions, Message, Protocol};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -127,20 +127,22 @@ impl Ends {
     }
 }
 
-async fn link(url: &BrokerUrl, name: &str, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
-    let mut o = LinkOptions::new(url.clone(), format!("edgeseal-bench-{name}-{}", std::process::id()));
+/// A link made from the configured options (`mqtt.version`, credentials, TLS), as `name`.
+async fn link(base: &LinkOptions, name: &str, stop: &CancellationToken) -> Result<(Link, mpsc::Receiver<Message>)> {
+    let mut o = base.clone();
+    o.client_id = format!("edgeseal-bench-{name}-{}", std::process::id());
     o.ack_timeout = Duration::from_secs(60);
     Ok(edgeseal_agent::pairing::connected(o, stop).await?)
 }
 
 /// Sends `n` messages (at `rate` per second, or as fast as the broker takes them) and measures the receiver.
-async fn run(url: &BrokerUrl, ends: Arc<Ends>, mode: Mode, n: usize, rate: Option<u32>) -> Result<Run> {
+async fn run(base: &LinkOptions, ends: Arc<Ends>, mode: Mode, n: usize, rate: Option<u32>) -> Result<Run> {
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
     let topic =
         format!("edgeseal-bench/{}/{}", std::process::id(), if mode == Mode::Sealed { "sealed" } else { "plain" });
-    let (publisher, _) = link(url, "pub", &stop).await?;
-    let (subscriber, mut rx) = link(url, "sub", &stop).await?;
+    let (publisher, _) = link(base, "pub", &stop).await?;
+    let (subscriber, mut rx) = link(base, "sub", &stop).await?;
     subscriber.subscribe(&topic).await?;
     subscriber.publish(&format!("{topic}/sync"), Vec::new(), false).await?;
     // Sealed before sending when measuring throughput (so it is the link and receiver that are measured,
@@ -244,12 +246,12 @@ async fn run(url: &BrokerUrl, ends: Arc<Ends>, mode: Mode, n: usize, rate: Optio
 }
 
 /// Pairs two identities through the broker (both sides in this process); returns milliseconds.
-async fn pair_once(url: &BrokerUrl) -> Result<f64> {
+async fn pair_once(base: &LinkOptions) -> Result<f64> {
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
     let (a, b) = (random_identity()?, random_identity()?);
-    let (la, mut ra) = link(url, "pair-a", &stop).await?;
-    let (lb, mut rb) = link(url, "pair-b", &stop).await?;
+    let (la, mut ra) = link(base, "pair-a", &stop).await?;
+    let (lb, mut rb) = link(base, "pair-b", &stop).await?;
     let code = PairCode::random(&mut rng());
     let base = format!("edgeseal-bench/{}/pair/{}", std::process::id(), code.channel);
     let (to_host, to_joiner) = (format!("{base}/joiner"), format!("{base}/host"));
@@ -280,19 +282,24 @@ async fn pair_once(url: &BrokerUrl) -> Result<f64> {
 }
 
 pub async fn sharing(cfg: &edgeseal_agent::config::Config, messages: usize, json_out: bool) -> Result<ExitCode> {
-    let url: BrokerUrl = cfg.link_options("bench")?.url;
+    let base = cfg.link_options("bench")?;
+    let url = base.url.clone();
+    let version = match base.protocol {
+        Protocol::V311 => "3.1.1",
+        Protocol::V5 => "5",
+    };
     if messages == 0 {
         bail!("--messages must be above 0");
     }
     let id = Arc::new(random_identity()?);
     let stream = StreamName::new("temperature")?;
     let ends = Arc::new(Ends { key: id.epoch_key(&stream, 0), id, stream });
-    let plain = run(&url, ends.clone(), Mode::Plain, messages, None).await?;
-    let sealed = run(&url, ends.clone(), Mode::Sealed, messages, None).await?;
+    let plain = run(&base, ends.clone(), Mode::Plain, messages, None).await?;
+    let sealed = run(&base, ends.clone(), Mode::Sealed, messages, None).await?;
     let paced_n = 3000.min(messages.max(1000));
-    let paced_plain = run(&url, ends.clone(), Mode::Plain, paced_n, Some(1000)).await?;
-    let paced = run(&url, ends.clone(), Mode::Sealed, paced_n, Some(1000)).await?;
-    let pair_ms = pair_once(&url).await?;
+    let paced_plain = run(&base, ends.clone(), Mode::Plain, paced_n, Some(1000)).await?;
+    let paced = run(&base, ends.clone(), Mode::Sealed, paced_n, Some(1000)).await?;
+    let pair_ms = pair_once(&base).await?;
     // Sealing alone (encrypt one reading; sign each, or one in ROUND), for scale.
     let seal_rate = |burst: bool| -> Result<f64> {
         let start = Instant::now();
@@ -313,10 +320,11 @@ pub async fn sharing(cfg: &edgeseal_agent::config::Config, messages: usize, json
                 "plain_p50_ms": paced_plain.p50_ms, "plain_p99_ms": paced_plain.p99_ms,
                 "plain_lost": plain.lost + paced_plain.lost, "seal_per_s": seal_per_s.round(),
                 "seal_burst_per_s": seal_burst_per_s.round(), "messages": messages,
+                "mqtt_version": version,
             })
         );
     } else {
-        println!("broker {url}, {messages} messages of one reading each, QoS 1");
+        println!("broker {url} (MQTT {version}), {messages} messages of one reading each, QoS 1");
         println!("  plaintext:  {:>9.0} msg/s", plain.per_s);
         println!(
             "  sealed:     {:>9.0} msg/s  ({:.0} % of plaintext)",

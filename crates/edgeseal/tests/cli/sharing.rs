@@ -478,6 +478,21 @@ fn lines_of(stream: &str, range: std::ops::Range<i64>) -> String {
     lines(stream, range).concat()
 }
 
+/// `bench sharing` connects as configured (here `mqtt.version = 5`) and says so.
+#[test]
+fn bench_sharing_uses_the_configured_mqtt_version() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let mut a = with_broker("bench-v5", &broker.url());
+    a.env.push(("EDGESEAL_MQTT__VERSION".into(), "5".into()));
+    let out = a.ok(&["bench", "sharing", "--messages", "200", "--json"]);
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!((v["mqtt_version"].as_str(), v["lost"].as_u64()), (Some("5"), Some(0)), "{v}");
+    assert!(broker.log().contains("as edgeseal-bench-pub") && broker.log().contains("p5"), "{}", broker.log());
+}
+
 /// Rewrites the n-th relayed message.
 type Tamper = fn(usize, Vec<u8>) -> Vec<u8>;
 
