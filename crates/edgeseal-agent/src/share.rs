@@ -597,7 +597,15 @@ impl Inbox {
         Ok(events)
     }
 
-    async fn batch(&mut self, device: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
+    /// A sealed batch on `device`'s `stream` topic, checked as far as its bytes
+    /// alone allow: from a paired peer, of that device and stream, and signed by
+    /// the device or not signed. Returns it parsed, with its hash and whether it is signed.
+    fn checked<'b>(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        bytes: &'b [u8],
+    ) -> Result<(envelope::Parsed<'b>, BatchHash, bool)> {
         let Some(peer) = self.peers.get(&device) else {
             return refuse(format!("a batch from {device}, which is not a peer"));
         };
@@ -622,6 +630,12 @@ impl Inbox {
                 ));
             }
         };
+        Ok((p, hash, signed))
+    }
+
+    async fn batch(&mut self, device: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
+        let (p, hash, signed) = self.checked(device, stream, bytes)?;
+        let h = &p.header;
         let head = self.local.remembered(device, stream).await.local()?;
         if let Some(last) = &head
             && h.seq <= last.seq
@@ -705,9 +719,10 @@ impl Inbox {
         let authentic = run.into_iter().rev().map(|c| c.bytes).chain(std::iter::once(bytes.to_vec()));
         for b in authentic {
             let q = parse(&b)?;
-            let row = BatchRow::new(q.header.clone(), q.hash(), b.clone());
+            let q_hash = q.hash();
+            let row = BatchRow::new(q.header.clone(), q_hash, b.clone());
             self.local
-                .remember(device, stream, Head { seq: q.header.seq, hash: q.hash(), ts: q.header.last_ts })
+                .remember(device, stream, Head { seq: q.header.seq, hash: q_hash, ts: q.header.last_ts })
                 .await
                 .local()?;
             if self.store {
@@ -780,20 +795,9 @@ impl Inbox {
     /// they go, verified (each batch's hash is what its successor names) and
     /// stored; the hole shrinks to what is still missing.
     async fn repaired(&mut self, device: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
-        let Some(peer) = self.peers.get(&device).map(|p| p.name.clone()) else {
-            return refuse(format!("a repair from {device}, which is not a peer"));
-        };
-        let p = parse(bytes)?;
+        let (p, _, _) = self.checked(device, stream, bytes)?;
         let h = &p.header;
-        if h.device != device || h.stream != *stream {
-            return refuse(format!(
-                "batch {} of {} of {} was sent on another device's or stream's topic",
-                h.seq, h.stream, h.device
-            ));
-        }
-        if !matches!(p.authorship(&p.hash()), Authorship::Device | Authorship::Unsigned) {
-            return refuse(format!("batch {} of {stream} is not signed by {peer} (forged or altered)", h.seq));
-        }
+        let peer = self.peers.get(&device).map(|p| p.name.clone()).unwrap_or_default();
         let slot = (device, stream.clone());
         let Some(holes) = self.gaps.get_mut(&slot) else {
             return Ok(Vec::new()); // nothing missing (any more): a late or repeated answer
@@ -809,7 +813,8 @@ impl Inbox {
         let (mut rows, mut events) = (Vec::new(), Vec::new());
         while let Some(b) = hole.got.remove(&hole.to) {
             let q = parse(&b)?;
-            if q.hash() != hole.top {
+            let q_hash = q.hash();
+            if q_hash != hole.top {
                 events.push(Event::Refused {
                     topic: self.topics.repair(device, stream, self.identity.device_id()),
                     reason: format!(
@@ -820,7 +825,7 @@ impl Inbox {
                 break;
             }
             hole.top = q.header.prev;
-            rows.push(BatchRow::new(q.header.clone(), q.hash(), b.clone()));
+            rows.push(BatchRow::new(q.header.clone(), q_hash, b));
             if hole.to == hole.from {
                 break;
             }

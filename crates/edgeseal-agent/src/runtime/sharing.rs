@@ -171,7 +171,6 @@ impl Publisher {
             // Queued one after another, so they reach the broker in order; acknowledged together.
             // A batch too large for an MQTT packet can never go: it is stored, named and passed over.
             let mut pending = Vec::with_capacity(queue.len());
-            let mut too_large = 0;
             for (_, stream, sealed) in &queue {
                 let topic = self.topics.batch(device, stream);
                 if !edgeseal_mqtt::link::fits(&topic, sealed.len()) {
@@ -182,7 +181,6 @@ impl Publisher {
                         edgeseal_mqtt::link::MAX_PACKET >> 20
                     );
                     pending.push(None);
-                    too_large += 1;
                     continue;
                 }
                 match self.link.send(&topic, sealed.clone(), false).await {
@@ -193,24 +191,28 @@ impl Publisher {
                     }
                 }
             }
+            // Each entry's outcome: Ok(true) published, Ok(false) passed over (too large).
             let results = futures_util::future::join_all(pending.into_iter().map(|p| async move {
                 match p {
-                    Some(p) => p.acked().await,
-                    None => Ok(()),
+                    Some(p) => p.acked().await.map(|()| true),
+                    None => Ok(false),
                 }
             }))
             .await;
             // Only the acknowledged prefix leaves the queue, so a peer never sees a later batch twice
             // before an earlier one.
-            let done: Vec<i64> =
-                queue.iter().zip(&results).take_while(|(_, r)| r.is_ok()).map(|((id, ..), _)| *id).collect();
-            if let Some(&through) = done.last()
+            let done: Vec<(i64, bool)> = queue
+                .iter()
+                .zip(&results)
+                .map_while(|((id, ..), r)| r.as_ref().ok().map(|&sent| (*id, sent)))
+                .collect();
+            if let Some(&(through, _)) = done.last()
                 && let Err(e) = self.local.published(through).await
             {
                 error!("cannot update the publish queue: {e}");
             }
-            // (Those too large count among the done when all went; a partial round's count may include them.)
-            self.stats.published.fetch_add(done.len().saturating_sub(too_large) as u64, Ordering::Relaxed);
+            let published = done.iter().filter(|(_, sent)| *sent).count();
+            self.stats.published.fetch_add(published as u64, Ordering::Relaxed);
             if done.len() < queue.len() {
                 if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                     debug!("publishing waits: {e}");
