@@ -37,6 +37,8 @@ pub enum Request {
         peer: String,
         stream: String,
         from_ms: Option<i64>,
+        #[serde(default)]
+        to_ms: Option<i64>,
     },
     Revoke {
         peer: String,
@@ -138,8 +140,8 @@ async fn serve(stream: UnixStream, service: &Service, shutdown: CancellationToke
         }
     };
     let reply = match request {
-        Request::Grant { peer, stream, from_ms } => match parse_stream(&stream) {
-            Ok(s) => answer(service.grant(&peer, &s, from_ms).await),
+        Request::Grant { peer, stream, from_ms, to_ms } => match parse_stream(&stream) {
+            Ok(s) => answer(service.grant(&peer, &s, from_ms, to_ms).await),
             Err(e) => answer::<()>(Err(e)),
         },
         Request::Revoke { peer, streams } => {

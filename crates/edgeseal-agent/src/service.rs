@@ -43,6 +43,8 @@ pub enum SealerCommand {
     StoreNow(oneshot::Sender<Result<StoreNowView>>),
     /// The batch policy of streams without their own.
     SetPolicy(Policy),
+    /// Start a new batch of the stream at these reading times (a grant's ends).
+    CutAt(StreamName, Vec<i64>),
 }
 
 /// The store, connected and migrated on first use, then kept for the
@@ -386,6 +388,8 @@ impl Service {
         for o in got.open(0..got.read.rows.len()).into_iter().flatten() {
             match o {
                 Ok(r) => readings.extend(ReadingView::of_batch(stream, &r, keep)),
+                // Outside the time granted: not this agent's to read, not damage.
+                Err(edgeseal_core::Error::NotGranted) => {}
                 Err(_) => unreadable += 1,
             }
         }
@@ -467,6 +471,7 @@ impl Service {
                     .map(|g| GrantView::Given {
                         stream: g.stream.to_string(),
                         from: format_ms(g.from_ms),
+                        to: g.to_ms.map(format_ms),
                         revoked: g.revoked,
                         published: g.published,
                     })
@@ -488,11 +493,24 @@ impl Service {
         Ok(Grants { identity: self.identity()?, local: &self.local })
     }
 
-    /// Lets `peer` (name, device id or fingerprint) read `stream` from `from_ms`
-    /// (default: now, live only) on. Stored; published by the running agent.
-    pub async fn grant(&self, peer: &str, stream: &StreamName, from_ms: Option<i64>) -> Result<GrantedView> {
+    /// Lets `peer` (name, device id or fingerprint) read the batches of
+    /// `stream` that begin from `from_ms` (default: now, live only) up to
+    /// `to_ms` (default: no end), and nothing else. Stored; published by the
+    /// running agent, whose sealer starts a new batch at those times.
+    pub async fn grant(
+        &self,
+        peer: &str,
+        stream: &StreamName,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+    ) -> Result<GrantedView> {
         let peer = self.find_peer(peer).await?;
-        let epoch = self.grants()?.share(&peer, stream, from_ms).await?;
+        let from_ms = Some(from_ms.unwrap_or_else(now_ms));
+        let epoch = self.grants()?.share(&peer, stream, from_ms, to_ms).await?;
+        if let Some(sealer) = &self.sealer {
+            let cuts = from_ms.into_iter().chain(to_ms.and_then(|t| t.checked_add(1)));
+            let _ = sealer.send(SealerCommand::CutAt(stream.clone(), cuts.collect())).await;
+        }
         Ok(GrantedView { peer: peer.name, device_id: peer.device.to_string(), stream: stream.to_string(), epoch })
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use edgeseal_core::chain::Head;
 use edgeseal_core::envelope::{self, Authorship, BatchHash};
-use edgeseal_core::keys::{EpochKey, Identity};
+use edgeseal_core::keys::{EpochKeys, Identity, TreeNode};
 use edgeseal_core::{DeviceId, Readings, StreamName};
 use edgeseal_core::{frame, grant};
 use edgeseal_mqtt::link::{Link, Message};
@@ -155,16 +155,31 @@ pub struct Grants<'a> {
 }
 
 impl Grants<'_> {
-    /// Issues (and stores, unpublished) a grant of epochs `first_epoch..=current` to `peer`.
-    async fn issue(&self, peer: &PeerRow, stream: &StreamName, from_ms: i64, first_epoch: u32) -> Result<GrantOut> {
+    /// Issues (and stores, unpublished) a grant to `peer` of the batches that
+    /// begin in `from_ms..=to_ms`, in epochs `first_epoch..=current`: in each
+    /// epoch, the few nodes of its key tree that hold exactly that time.
+    async fn issue(
+        &self,
+        peer: &PeerRow,
+        stream: &StreamName,
+        (from_ms, to_ms): (i64, Option<i64>),
+        first_epoch: u32,
+    ) -> Result<GrantOut> {
         let current = self.local.stream_state(stream).await.local()?.epoch;
-        let first = first_epoch.max(current.saturating_sub(1023));
-        let keys: Vec<(u32, EpochKey)> = (first..=current).map(|e| (e, self.identity.epoch_key(stream, e))).collect();
-        let bytes = grant::issue(self.identity, &peer.public, stream, now_ms(), from_ms, &keys, &mut rng())?;
+        let first = first_epoch.max(current.saturating_sub(GRANT_EPOCHS - 1));
+        let until = to_ms.unwrap_or(i64::MAX);
+        let keys: Vec<(u32, TreeNode)> = (first..=current)
+            .flat_map(|e| {
+                grant::range_nodes(&self.identity.epoch_key(stream, e), from_ms, until).into_iter().map(move |n| (e, n))
+            })
+            .collect();
+        let terms = grant::Terms { issued_ms: now_ms(), from_ms, to_ms: until };
+        let bytes = grant::issue(self.identity, &peer.public, stream, terms, &keys, &mut rng())?;
         let g = GrantOut {
             peer: peer.device,
             stream: stream.clone(),
             from_ms,
+            to_ms,
             first_epoch,
             revoked: false,
             grant: bytes,
@@ -174,14 +189,22 @@ impl Grants<'_> {
         Ok(g)
     }
 
-    /// Grants `stream` to `peer`: from `from_ms` on (the epochs covering it), or
-    /// live only (a new epoch starts now, so nothing sealed before opens).
-    pub async fn share(&self, peer: &PeerRow, stream: &StreamName, from_ms: Option<i64>) -> Result<u32> {
-        let first_epoch = match from_ms {
-            Some(t) => self.local.epoch_at(stream, t).await.local()?,
-            None => self.rotate(stream).await?,
-        };
-        let g = self.issue(peer, stream, from_ms.unwrap_or_else(now_ms), first_epoch).await?;
+    /// Grants `stream` to `peer`: the batches that begin from `from_ms` (now
+    /// when `None`: live only) up to `to_ms` (no end when `None`), and nothing
+    /// sealed before or after. Returns the current epoch.
+    pub async fn share(
+        &self,
+        peer: &PeerRow,
+        stream: &StreamName,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+    ) -> Result<u32> {
+        let from_ms = from_ms.unwrap_or_else(now_ms);
+        if to_ms.is_some_and(|t| t < from_ms) {
+            return Err(Error::BadInput("--to is before --from: that grants nothing".into()));
+        }
+        let first_epoch = self.local.epoch_at(stream, from_ms).await.local()?;
+        let g = self.issue(peer, stream, (from_ms, to_ms), first_epoch).await?;
         Ok(self.local.stream_state(&g.stream).await.local()?.epoch)
     }
 
@@ -195,7 +218,7 @@ impl Grants<'_> {
                 && !g.revoked
                 && let Some(p) = peers.iter().find(|p| p.device == g.peer)
             {
-                self.issue(p, stream, g.from_ms, g.first_epoch).await?;
+                self.issue(p, stream, (g.from_ms, g.to_ms), g.first_epoch).await?;
             }
         }
         Ok(epoch)
@@ -210,7 +233,8 @@ impl Grants<'_> {
             if g.peer != peer.device || g.revoked || !(streams.is_empty() || streams.contains(&g.stream)) {
                 continue;
             }
-            let bytes = grant::issue(self.identity, &peer.public, &g.stream, now_ms(), g.from_ms, &[], &mut rng())?;
+            let terms = grant::Terms { issued_ms: now_ms(), from_ms: g.from_ms, to_ms: g.to_ms.unwrap_or(i64::MAX) };
+            let bytes = grant::issue(self.identity, &peer.public, &g.stream, terms, &[], &mut rng())?;
             self.local
                 .put_grant_out(&GrantOut { revoked: true, grant: bytes, published: false, ..g.clone() })
                 .await
@@ -245,7 +269,7 @@ impl Grants<'_> {
 #[derive(Default, Debug)]
 pub struct KeyRing {
     own: Option<(DeviceId, Arc<Identity>)>,
-    granted: HashMap<(DeviceId, StreamName), BTreeMap<u32, EpochKey>>,
+    granted: HashMap<(DeviceId, StreamName), BTreeMap<u32, EpochKeys>>,
 }
 
 impl KeyRing {
@@ -265,14 +289,16 @@ impl KeyRing {
 
     fn add(&mut self, g: &grant::Grant) {
         let slot = self.granted.entry((g.info.owner, g.info.stream.clone())).or_default();
-        for (e, k) in &g.keys {
-            slot.insert(*e, k.clone());
+        for (e, node) in &g.keys {
+            slot.entry(*e).or_default().add(node.clone());
         }
     }
 
-    pub fn key(&self, device: DeviceId, stream: &StreamName, epoch: u32) -> Option<EpochKey> {
+    /// What this agent holds of `epoch` of a stream: all of it for its own
+    /// streams, the granted time of a peer's.
+    pub fn key(&self, device: DeviceId, stream: &StreamName, epoch: u32) -> Option<EpochKeys> {
         match &self.own {
-            Some((me, id)) if *me == device => Some(id.epoch_key(stream, epoch)),
+            Some((me, id)) if *me == device => Some(id.epoch_key(stream, epoch).into()),
             _ => self.granted.get(&(device, stream.clone()))?.get(&epoch).cloned(),
         }
     }
@@ -351,6 +377,8 @@ pub enum Event {
 
 /// Verified batches without a key yet, kept per stream for when the grant arrives.
 const LOCKED_MAX: usize = 1000;
+/// Most epochs one grant reaches back (each needs up to 96 nodes of its key tree).
+const GRANT_EPOCHS: u32 = 64;
 /// An unsigned batch held until a signed batch covers it.
 #[derive(Debug)]
 struct Held {
@@ -588,7 +616,11 @@ impl Inbox {
             return Ok(vec![Event::Revoked { peer: name, stream: stream.clone() }]);
         }
         self.keys.add(&g);
-        let mut events = vec![Event::Granted { peer: name, stream: stream.clone(), epochs: g.keys.len() }];
+        let mut events = vec![Event::Granted {
+            peer: name,
+            stream: stream.clone(),
+            epochs: g.keys.iter().map(|(e, _)| *e).collect::<std::collections::BTreeSet<_>>().len(),
+        }];
         // Batches that arrived before their key: open them now.
         for bytes in self.locked.remove(&(owner, stream.clone())).unwrap_or_default() {
             let p = parse(&bytes)?;
@@ -681,11 +713,36 @@ impl Inbox {
                 },
             }
         };
+        // Before a hole, the held batches the signed batch vouches for by hash
+        // (format v2 covers) are authentic on their own: a batch lost or
+        // altered on the way costs only itself.
+        let mut before: Vec<Held> = Vec::new();
+        let mut arrival = arrival;
+        if let (Arrival::Gap { .. }, Some(last)) = (&arrival, &head)
+            && let Some(t) = self.held.get_mut(&slot)
+        {
+            let (mut next, mut link) = (last.seq + 1, last.hash);
+            while next < seq {
+                let Some(&covered) = h.covered(next) else { break };
+                match t.items.get(&covered) {
+                    Some(c) if c.seq == next && c.prev == link => {
+                        let c = t.take(&covered).expect("present");
+                        self.held_bytes -= c.bytes.len();
+                        before.push(c);
+                        (next, link) = (next + 1, covered);
+                    }
+                    _ => break,
+                }
+            }
+            if !before.is_empty() {
+                arrival = Arrival::Gap { missing: seq - next };
+            }
+        }
         let mut events = Vec::new();
         if let (Arrival::Gap { .. }, Some(last)) = (&arrival, &head) {
             // `seq` and `prev` are those of the first batch after the hole.
             let hole = Hole {
-                from: last.seq + 1,
+                from: last.seq + 1 + before.len() as u64,
                 to: seq - 1,
                 top: prev,
                 got: BTreeMap::new(),
@@ -715,9 +772,16 @@ impl Inbox {
                 });
             }
         }
-        let mut how = arrival;
-        let authentic = run.into_iter().rev().map(|c| c.bytes).chain(std::iter::once(bytes.to_vec()));
-        for b in authentic {
+        let (mut how, first) = if before.is_empty() { (arrival, None) } else { (Arrival::InOrder, Some(arrival)) };
+        let after_hole = before.len();
+        let authentic =
+            before.into_iter().chain(run.into_iter().rev()).map(|c| c.bytes).chain(std::iter::once(bytes.to_vec()));
+        for (i, b) in authentic.enumerate() {
+            if i == after_hole
+                && let Some(a) = &first
+            {
+                how = a.clone();
+            }
             let q = parse(&b)?;
             let q_hash = q.hash();
             let row = BatchRow::new(q.header.clone(), q_hash, b.clone());
@@ -895,6 +959,10 @@ impl Inbox {
         };
         let readings = match p.open(&key) {
             Ok(r) => r,
+            Err(edgeseal_core::Error::NotGranted) => {
+                debug!("live frame {} of {}/{stream} is outside the time granted: not shown", h.pos, peer.name);
+                return Ok(Vec::new());
+            }
             Err(e) => return refuse(format!("live frame {} of {stream} does not open: {e}", h.pos)),
         };
         let missed = mark.map_or(0, |m| h.pos - m.next_pos);
@@ -918,6 +986,10 @@ impl Inbox {
         };
         let mut readings = match p.open(&key) {
             Ok(r) => r,
+            Err(edgeseal_core::Error::NotGranted) => {
+                debug!("batch {} of {peer}/{stream} begins outside the time granted: kept, not shown", p.header.seq);
+                return Ok(Vec::new());
+            }
             Err(e) => return refuse(format!("batch {} of {stream} does not open: {e}", p.header.seq)),
         };
         if let Some(m) = self.live.get(&(device, stream.clone())) {
@@ -973,6 +1045,18 @@ mod tests {
 
     /// A batch of `owner`'s `stream` holding one reading of `value`, linked to `prev`.
     fn batch(owner: &Identity, seq: u64, prev: BatchHash, value: f64, signed: bool) -> (Vec<u8>, BatchHash) {
+        covering(owner, seq, prev, value, signed, Vec::new())
+    }
+
+    /// [`batch`], vouching for the hashes of the batches before it.
+    fn covering(
+        owner: &Identity,
+        seq: u64,
+        prev: BatchHash,
+        value: f64,
+        signed: bool,
+        covers: Vec<BatchHash>,
+    ) -> (Vec<u8>, BatchHash) {
         let stream = StreamName::new("t").unwrap();
         let r = Readings::Scalar(ScalarBatch {
             unit: "u".into(),
@@ -987,6 +1071,7 @@ mod tests {
             epoch: 0,
             prev,
             salt: [seq as u8; 16],
+            covers,
         };
         let s = seal(&r, &params, &owner.epoch_key(&stream, 0), signed.then_some(owner), &mut Vec::new()).unwrap();
         (s.bytes, s.hash)
@@ -1089,6 +1174,7 @@ mod tests {
             epoch: 0,
             prev: BatchHash::default(),
             salt: [9; 16],
+            covers: Vec::new(),
         };
         let b = seal(&r, &params, &owner.epoch_key(&stream, 0), Some(&owner), &mut Vec::new()).unwrap();
         assert_eq!(values(&inbox.handle(&msg(topics.batch(owner.device_id(), &stream), b.bytes)).await), [3.0]);
@@ -1112,7 +1198,9 @@ mod tests {
         inbox.store = true;
         let stream = StreamName::new("t").unwrap();
         let me_pub = inbox.identity.public();
-        let g = grant::issue(owner, &me_pub, &stream, 1, 0, &[(0, owner.epoch_key(&stream, 0))], &mut rng()).unwrap();
+        let terms = grant::Terms { issued_ms: 1, from_ms: 0, to_ms: i64::MAX };
+        let keys = [(0, TreeNode::root(&owner.epoch_key(&stream, 0)))];
+        let g = grant::issue(owner, &me_pub, &stream, terms, &keys, &mut rng()).unwrap();
         let m =
             Message { topic: topics.grant(owner.device_id(), &stream, me_pub.device_id()), payload: g, retain: false };
         inbox.handle(&m).await;
@@ -1224,5 +1312,43 @@ mod tests {
         stored.sort_unstable();
         assert_eq!(stored, [0, 1, 2, 3, 4, 5]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    /// A round whose signed batch covers its unsigned ones by hash: one of
+    /// them lost on the way, or altered by the broker, costs only itself;
+    /// the batches before and after it are shown at once, and only the
+    /// lost one is asked for.
+    #[tokio::test]
+    async fn a_batch_lost_or_altered_live_costs_only_itself() {
+        for altered in [false, true] {
+            let owner = crate::datadir::random_identity().unwrap();
+            let (mut inbox, dir) = granted_inbox(if altered { "local-alt" } else { "local-lost" }, &owner).await;
+            let stream = StreamName::new("t").unwrap();
+            let on = inbox.topics.batch(owner.device_id(), &stream);
+            let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false };
+            let (mut prev, mut real, mut hashes) = (BatchHash::default(), Vec::new(), Vec::new());
+            for seq in 0..6u64 {
+                let (signed, covers) = (seq == 0 || seq == 5, if seq == 5 { hashes[1..].to_vec() } else { Vec::new() });
+                let (b, h) = covering(&owner, seq, prev, seq as f64, signed, covers);
+                real.push(b);
+                hashes.push(h);
+                prev = h;
+            }
+            let mut shown = values(&inbox.handle(&msg(real[0].clone())).await);
+            for seq in 1..5 {
+                if seq == 3 {
+                    if altered {
+                        let (junk, _) = batch(&owner, 3, hashes[2], 99.0, false);
+                        inbox.handle(&msg(junk)).await;
+                    }
+                    continue;
+                }
+                shown.extend(values(&inbox.handle(&msg(real[seq].clone())).await));
+            }
+            let events = inbox.handle(&msg(real[5].clone())).await;
+            shown.extend(values(&events));
+            assert_eq!(shown, [0.0, 1.0, 2.0, 4.0, 5.0], "altered: {altered}: {events:?}");
+            assert!(events.iter().any(|e| matches!(e, Event::Missing { from: 3, to: 3, .. })), "{events:?}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }

@@ -64,8 +64,19 @@ pub struct StreamView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "direction", rename_all = "lowercase")]
 pub enum GrantView {
-    Given { stream: String, from: String, revoked: bool, published: bool },
-    Received { stream: String, revoked: bool },
+    Given {
+        stream: String,
+        from: String,
+        /// The end of the granted time, when the grant has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        revoked: bool,
+        published: bool,
+    },
+    Received {
+        stream: String,
+        revoked: bool,
+    },
 }
 
 impl GrantView {

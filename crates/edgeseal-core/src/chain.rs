@@ -9,7 +9,7 @@
 //!
 //! Every finding names sequence numbers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::checkpoint::Checkpoint;
@@ -380,6 +380,28 @@ pub fn audit(
     let mut order: Vec<u64> = by_seq.keys().copied().collect();
     order.sort_unstable();
 
+    // What signed batches vouch for (covers, format v2): batches whose hash
+    // they name, and batches that differ from the hash they name (altered or
+    // replaced; reported as such, not as a broken link after them).
+    let mut vouched: HashSet<u64> = HashSet::new();
+    let mut contradicted: HashSet<u64> = HashSet::new();
+    for &seq in &order {
+        let g = good(by_seq[&seq]);
+        if !g.signed {
+            continue;
+        }
+        for back in 1..=g.header.covers.len() as u64 {
+            let s = seq - back;
+            if let (Some(h), Some(&i)) = (g.header.covered(s), by_seq.get(&s)) {
+                if good(i).hash == *h {
+                    vouched.insert(s);
+                } else if !good(i).signed {
+                    contradicted.insert(s);
+                }
+            }
+        }
+    }
+
     // Gaps and chain links, in sequence order.
     if scope.from_start
         && let Some(&first) = order.first()
@@ -391,7 +413,7 @@ pub fn audit(
         let (a, b) = (w[0], w[1]);
         if b != a + 1 {
             push_gap(&mut findings, &reported, a + 1, b - 1);
-        } else if good(by_seq[&b]).header.prev != good(by_seq[&a]).hash {
+        } else if good(by_seq[&b]).header.prev != good(by_seq[&a]).hash && !contradicted.contains(&a) {
             findings.push(Finding::ChainBroken { seq: b });
         }
     }
@@ -410,7 +432,10 @@ pub fn audit(
         }
     }
 
-    // Unsigned batches count only when a signed batch or checkpoint covers them through the chain.
+    // Unsigned batches count only when a signed batch vouches for their hash
+    // (its covers, format v2), or a signed batch or checkpoint covers them
+    // through the chain. Covers make each batch authentic on its own, so a
+    // lost or altered neighbour costs only itself.
     let mut covered = false;
     for (k, &seq) in order.iter().enumerate().rev() {
         let g = good(by_seq[&seq]);
@@ -420,8 +445,12 @@ pub fn audit(
         } else {
             covered && linked
         };
-        covered |= g.signed;
-        if !covered {
+        covered |= g.signed || vouched.contains(&seq);
+        if contradicted.contains(&seq) {
+            statuses[by_seq[&seq]] = Status::Tampered;
+            findings.push(Finding::Tampered { row_seq: seq, what: "differs from the hash a signed batch vouches for" });
+            covered = false;
+        } else if !covered {
             statuses[by_seq[&seq]] = Status::Unsigned;
             findings.push(Finding::Unsigned { seq });
         }
@@ -514,6 +543,7 @@ mod tests {
                 epoch: 0,
                 prev,
                 salt: [seq as u8; 16],
+                covers: Vec::new(),
             };
             let s = seal(&r, &p, &key, Some(&id), &mut Vec::new()).unwrap();
             prev = s.hash;
@@ -655,9 +685,96 @@ mod tests {
             epoch: 0,
             prev: BatchHash::default(),
             salt: [0; 16],
+            covers: Vec::new(),
         };
         f.batches = vec![seal(&r, &p, &key, Some(&f.id), &mut Vec::new()).unwrap().bytes];
         f
+    }
+
+    /// Two rounds of four batches, each ended by a signed batch that covers
+    /// the `back` batches before it.
+    fn rounds(back: usize) -> Fixture {
+        let id = Identity::from_secret_bytes(&[1; 96]);
+        let stream = StreamName::new("temperature").unwrap();
+        let key = id.epoch_key(&stream, 0);
+        let (mut prev, mut batches, mut heads, mut hashes) = (BatchHash::default(), Vec::new(), Vec::new(), Vec::new());
+        for seq in 0..8u64 {
+            let r = Readings::Scalar(ScalarBatch {
+                unit: "°C".into(),
+                ts: vec![seq as i64 * 10],
+                values: vec![20.0],
+                labels: vec![],
+            });
+            let signed = seq % 4 == 3;
+            let covers = if signed { hashes[hashes.len().saturating_sub(back)..].to_vec() } else { Vec::new() };
+            let p = SealParams {
+                device: id.device_id(),
+                stream: stream.clone(),
+                seq,
+                epoch: 0,
+                prev,
+                salt: [9; 16],
+                covers,
+            };
+            let s = seal(&r, &p, &key, signed.then_some(&id), &mut Vec::new()).unwrap();
+            prev = s.hash;
+            hashes.push(s.hash);
+            heads.push(Head { seq, hash: s.hash, ts: seq as i64 * 10 });
+            batches.push(s.bytes);
+        }
+        Fixture { id, stream, batches, heads }
+    }
+
+    #[test]
+    fn damage_stays_local_when_signed_batches_cover_their_round() {
+        let verified = |a: &Audit| -> Vec<usize> {
+            a.statuses.iter().enumerate().filter(|(_, s)| s.is_authentic()).map(|(i, _)| i).collect()
+        };
+        // Covers of the round only: a deleted batch costs itself.
+        let f = rounds(3);
+        let mut rows = f.rows();
+        rows.remove(1);
+        let a = f.run(&rows, &[], None);
+        assert_eq!(a.findings, [Finding::Gap { from: 1, to: 1 }]);
+        assert_eq!(verified(&a).len(), 7);
+        // An altered batch costs itself.
+        let mut rows = f.rows();
+        let n = rows[5].1.len();
+        rows[5].1[n - 3] ^= 1;
+        let a = f.run(&rows, &[], None);
+        assert_eq!(kinds(&a), ["tampered"]);
+        assert_eq!(verified(&a), [0, 1, 2, 3, 4, 6, 7]);
+        // A batch replaced by an unsigned one that chains on (a forgery by a holder of the key): it alone is refused.
+        let r = Readings::Scalar(ScalarBatch { unit: "°C".into(), ts: vec![11], values: vec![99.0], labels: vec![] });
+        let prev = envelope::parse(&f.batches[0]).unwrap().hash();
+        let p = SealParams {
+            device: f.id.device_id(),
+            stream: f.stream.clone(),
+            seq: 1,
+            epoch: 0,
+            prev,
+            salt: [1; 16],
+            covers: Vec::new(),
+        };
+        let forged = seal(&r, &p, &f.id.epoch_key(&f.stream, 0), None, &mut Vec::new()).unwrap();
+        let mut rows = f.rows();
+        rows[1].1 = forged.bytes;
+        let a = f.run(&rows, &[], None);
+        assert_eq!(kinds(&a), ["tampered"]);
+        assert_eq!(verified(&a), [0, 2, 3, 4, 5, 6, 7]);
+        // Without covers (format v1), the same loss withholds the round's earlier batch.
+        let old = rounds(0);
+        let mut rows = old.rows();
+        rows.remove(1);
+        let a = old.run(&rows, &[], None);
+        assert_eq!(kinds(&a), ["gap", "unsigned"]);
+        // Covers of the previous round too: losing a round's signed batch costs only itself.
+        let f = rounds(7);
+        let mut rows = f.rows();
+        rows.remove(3);
+        let a = f.run(&rows, &[], None);
+        assert_eq!(a.findings, [Finding::Gap { from: 3, to: 3 }]);
+        assert_eq!(verified(&a).len(), 7);
     }
 
     #[test]
@@ -672,6 +789,7 @@ mod tests {
             epoch: 0,
             prev: f.heads[0].hash,
             salt: [7; 16],
+            covers: Vec::new(),
         };
         let unsigned = seal(&r, &p, &key, None, &mut Vec::new()).unwrap();
         let mut rows = f.rows();

@@ -1,22 +1,34 @@
-//! The sealed batch, format version 1 (`docs/format.md` is the normative text).
+//! The sealed batch, format version 2 (`docs/format.md` is the normative
+//! text); version 1 is still read.
 //!
 //! ```text
-//! header   magic "ES" | version 1 | suite 1 | flags | device 16 | stream len 1 + name
+//! header   magic "ES" | version 2 | suite 1 | flags | device 16 | stream len 1 + name
 //!          | seq u64 | first_ts i64 | last_ts i64 | count u32 | epoch u32
-//!          | prev_hash 32 | salt 16 | ciphertext len u32          (integers big-endian)
+//!          | prev_hash 32 | salt 16 | covers u16 | covers × hash 32
+//!          | ciphertext len u32                                   (integers big-endian)
 //! body     ChaCha20-Poly1305(batch key, nonce 0, aad = header, plaintext = codec body)
 //! trailer  (if flags & SIGNED) signer Ed25519 public key 32 | signature 64
 //! ```
 //!
-//! * batch key = HKDF-SHA256(salt = header salt, ikm = epoch key,
-//!   info = "edgeseal/v1/batch-key" ‖ device ‖ stream len ‖ stream ‖ seq ‖ epoch)
-//!   (RFC 5869). The random salt makes every batch key unique even when a
+//! Version 1 has no `covers` field, and its batch key comes from the epoch
+//! key itself with the label "edgeseal/v1/batch-key".
+//!
+//! * batch key = HKDF-SHA256(salt = header salt, ikm = the key of leaf
+//!   `first_ts` of the epoch's key tree ([`crate::keys::TreeNode`]),
+//!   info = "edgeseal/v2/batch-key" ‖ device ‖ stream len ‖ stream ‖ seq ‖ epoch)
+//!   (RFC 5869). A grant of a time range hands over the few tree nodes that
+//!   hold it, so a peer opens the batches that begin in it and no other.
+//!   The random salt makes every batch key unique even when a
 //!   sequence number is reused after a crash, so the fixed nonce never repeats
 //!   under one key (RFC 8439 §2.8 requires a unique nonce per key).
 //! * batch hash = SHA-256("edgeseal/v1/batch" ‖ header ‖ ciphertext): the
 //!   value the next batch names as `prev_hash` and checkpoints name as head.
 //! * signature = Ed25519(device key, "edgeseal/v1/batch-sig" ‖ batch hash)
 //!   (RFC 8032). The header's device id must be the hash of the signer key.
+//! * covers: a signed batch lists the hashes of the `n` batches just before
+//!   it (`seq - n ..= seq - 1`, oldest first), so each of them is authentic
+//!   on its own: a lost or altered neighbour costs only itself. Unsigned
+//!   batches cover nothing (`n` = 0).
 
 use hkdf::Hkdf;
 use ring::aead;
@@ -25,12 +37,14 @@ use sha2::{Digest, Sha256};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, StreamName};
-use crate::keys::{EpochKey, Identity, device_id_of, verify_signature};
+use crate::keys::{EpochKey, EpochKeys, Identity, LeafCache, device_id_of, slot_of, verify_signature};
 use crate::reading::Readings;
 use crate::varint::{take, take_array, take_stream_name};
 
 pub const MAGIC: [u8; 2] = *b"ES";
-pub const VERSION: u8 = 1;
+/// The version this build seals; it reads [`VERSION_1`] too.
+pub const VERSION: u8 = 2;
+pub const VERSION_1: u8 = 1;
 /// ChaCha20-Poly1305 + HKDF-SHA256 + Ed25519 + SHA-256.
 pub const SUITE_1: u8 = 1;
 pub const FLAG_SIGNED: u8 = 0x01;
@@ -38,6 +52,8 @@ pub(crate) const TAG_LEN: usize = 16;
 const TRAILER_LEN: usize = 32 + 64;
 /// Largest ciphertext accepted (a batch of large blobs).
 pub const MAX_CIPHERTEXT: usize = 256 << 20;
+/// Most batch hashes one signed batch may cover.
+pub const MAX_COVERS: usize = 4096;
 
 /// A 32-byte SHA-256 batch hash.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -58,6 +74,8 @@ impl std::fmt::Display for BatchHash {
 /// The clear, authenticated header of a sealed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// [`VERSION`] or [`VERSION_1`].
+    pub version: u8,
     pub flags: u8,
     pub device: DeviceId,
     pub stream: StreamName,
@@ -68,12 +86,14 @@ pub struct Header {
     pub epoch: u32,
     pub prev: BatchHash,
     pub salt: [u8; 16],
+    /// The hashes of the batches just before this one, which its signature vouches for (v2).
+    pub covers: Vec<BatchHash>,
 }
 
 impl Header {
     fn encode(&self, ciphertext_len: u32, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(self.version);
         out.push(SUITE_1);
         out.push(self.flags);
         out.extend_from_slice(&self.device.0);
@@ -86,7 +106,25 @@ impl Header {
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.prev.0);
         out.extend_from_slice(&self.salt);
+        if self.version >= VERSION {
+            out.extend_from_slice(&(self.covers.len() as u16).to_be_bytes());
+            for h in &self.covers {
+                out.extend_from_slice(&h.0);
+            }
+        }
         out.extend_from_slice(&ciphertext_len.to_be_bytes());
+    }
+
+    /// The batch `seq` this header vouches for, if it covers it.
+    pub fn covered(&self, seq: u64) -> Option<&BatchHash> {
+        let back = self.seq.checked_sub(seq)?;
+        let n = self.covers.len() as u64;
+        (back >= 1 && back <= n).then(|| &self.covers[(n - back) as usize])
+    }
+
+    /// The key this batch is sealed under, from what a reader holds of its epoch.
+    pub fn key_from(&self, keys: &EpochKeys) -> Option<EpochKey> {
+        if self.version == VERSION_1 { keys.whole() } else { keys.leaf(slot_of(self.first_ts)) }
     }
 }
 
@@ -100,6 +138,8 @@ pub struct SealParams {
     pub prev: BatchHash,
     /// Fresh random bytes for every batch.
     pub salt: [u8; 16],
+    /// The hashes of the batches just before this one (signed batches only).
+    pub covers: Vec<BatchHash>,
 }
 
 /// A sealed batch: its bytes and hash.
@@ -110,12 +150,24 @@ pub struct Sealed {
     pub header: Header,
 }
 
-/// Encodes, encrypts and (when `signer` is given) signs one batch.
-/// `scratch` is reused between calls to avoid allocations.
+/// Encodes, encrypts and (when `signer` is given) signs one batch under
+/// `epoch_key`. `scratch` is reused between calls to avoid allocations.
 pub fn seal(
     readings: &Readings,
     params: &SealParams,
-    key: &EpochKey,
+    epoch_key: &EpochKey,
+    signer: Option<&Identity>,
+    scratch: &mut Vec<u8>,
+) -> Result<Sealed> {
+    seal_with(readings, params, &mut LeafCache::new(epoch_key), signer, scratch)
+}
+
+/// [`seal`] with the epoch's leaf keys from `keys`, which a sealer keeps
+/// between the batches of a stream.
+pub fn seal_with(
+    readings: &Readings,
+    params: &SealParams,
+    keys: &mut LeafCache,
     signer: Option<&Identity>,
     scratch: &mut Vec<u8>,
 ) -> Result<Sealed> {
@@ -125,6 +177,12 @@ pub fn seal(
     {
         return Err(Error::Unencodable("signer is not the batch's device"));
     }
+    if params.covers.len() > MAX_COVERS || (signer.is_none() && !params.covers.is_empty()) {
+        return Err(Error::Unencodable("only a signed batch covers others, at most 4096"));
+    }
+    if params.covers.len() as u64 > params.seq {
+        return Err(Error::Unencodable("a batch cannot cover batches before the stream's first"));
+    }
     scratch.clear();
     codec::encode(readings, scratch)?;
     let ct_len = scratch.len() + TAG_LEN;
@@ -132,6 +190,7 @@ pub fn seal(
         return Err(Error::Unencodable("batch too large"));
     }
     let header = Header {
+        version: VERSION,
         flags: if signer.is_some() { FLAG_SIGNED } else { 0 },
         device: params.device,
         stream: params.stream.clone(),
@@ -142,11 +201,13 @@ pub fn seal(
         epoch: params.epoch,
         prev: params.prev,
         salt: params.salt,
+        covers: params.covers.clone(),
     };
-    let mut bytes = Vec::with_capacity(128 + ct_len + TRAILER_LEN);
+    let mut bytes = Vec::with_capacity(128 + 32 * header.covers.len() + ct_len + TRAILER_LEN);
     header.encode(ct_len as u32, &mut bytes);
     let header_len = bytes.len();
-    let key = item_key(BATCH_KEY, key, &header.salt, header.device, &header.stream, header.seq, header.epoch);
+    let leaf = keys.leaf(slot_of(first_ts));
+    let key = item_key(BATCH_KEY, &leaf, &header.salt, header.device, &header.stream, header.seq, header.epoch);
     let tag = key
         .seal_in_place_separate_tag(zero_nonce(), aead::Aad::from(&bytes[..header_len]), scratch)
         .map_err(|_| Error::Unencodable("encryption failed"))?;
@@ -202,7 +263,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
         return Err(Error::Invalid("not a sealed batch (bad magic)"));
     }
     let version = take(r, 1)?[0];
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(Error::UnsupportedVersion(version));
     }
     let suite = take(r, 1)?[0];
@@ -222,6 +283,17 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     let epoch = u32::from_be_bytes(take_array(r)?);
     let prev = BatchHash(take_array(r)?);
     let salt = take_array(r)?;
+    let mut covers = Vec::new();
+    if version == VERSION {
+        let n = usize::from(u16::from_be_bytes(take_array(r)?));
+        if n > MAX_COVERS || (flags & FLAG_SIGNED == 0 && n > 0) || n as u64 > seq {
+            return Err(Error::Invalid("covers more batches than it may"));
+        }
+        covers.reserve_exact(n);
+        for _ in 0..n {
+            covers.push(BatchHash(take_array(r)?));
+        }
+    }
     let ct_len = u32::from_be_bytes(take_array(r)?) as usize;
     if first_ts > last_ts || count == 0 {
         return Err(Error::Invalid("header time range or count is impossible"));
@@ -242,7 +314,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
     if !r.is_empty() {
         return Err(Error::Invalid("trailing bytes after the sealed batch"));
     }
-    let header = Header { flags, device, stream, seq, first_ts, last_ts, count, epoch, prev, salt };
+    let header = Header { version, flags, device, stream, seq, first_ts, last_ts, count, epoch, prev, salt, covers };
     Ok(Parsed { header, header_bytes: &bytes[..header_len], ciphertext, signature })
 }
 
@@ -264,11 +336,15 @@ impl Parsed<'_> {
         }
     }
 
-    /// Decrypts and decodes the body, checking it against the header.
-    pub fn open(&self, key: &EpochKey) -> Result<Readings> {
-        let mut buf = self.ciphertext.to_vec();
+    /// Decrypts and decodes the body, checking it against the header. `keys`
+    /// is what the reader holds of the batch's epoch; [`Error::NotGranted`]
+    /// when that does not reach the batch's time.
+    pub fn open(&self, keys: &EpochKeys) -> Result<Readings> {
         let h = &self.header;
-        let plain = item_key(BATCH_KEY, key, &h.salt, h.device, &h.stream, h.seq, h.epoch)
+        let key = h.key_from(keys).ok_or(Error::NotGranted)?;
+        let label = if h.version == VERSION_1 { BATCH_KEY_V1 } else { BATCH_KEY };
+        let mut buf = self.ciphertext.to_vec();
+        let plain = item_key(label, &key, &h.salt, h.device, &h.stream, h.seq, h.epoch)
             .open_in_place(zero_nonce(), aead::Aad::from(self.header_bytes), &mut buf)
             .map_err(|_| Error::CouldNotOpen)?;
         let readings = codec::decode(plain)?;
@@ -305,10 +381,12 @@ pub(crate) fn labelled<const N: usize>(label: &[u8], hash: &BatchHash) -> [u8; N
     m
 }
 
-const BATCH_KEY: &[u8] = b"edgeseal/v1/batch-key";
+const BATCH_KEY: &[u8] = b"edgeseal/v2/batch-key";
+const BATCH_KEY_V1: &[u8] = b"edgeseal/v1/batch-key";
 
-/// The one-use AEAD key of a batch (`label` = "edgeseal/v1/batch-key") or a
-/// live frame: HKDF-SHA256(salt, epoch key, label ‖ device ‖ L ‖ stream ‖ number ‖ epoch).
+/// The one-use AEAD key of a batch (`label` = "edgeseal/v2/batch-key") or a
+/// live frame: HKDF-SHA256(salt, key, label ‖ device ‖ L ‖ stream ‖ number ‖ epoch),
+/// where `key` is the leaf key of the item's first time (the epoch key in version 1).
 pub(crate) fn item_key(
     label: &[u8],
     epoch_key: &EpochKey,
@@ -365,6 +443,7 @@ mod tests {
             epoch: 2,
             prev: BatchHash([1; 32]),
             salt: [2; 16],
+            covers: Vec::new(),
         };
         seal(&readings(), &params, &id.epoch_key(&stream, 2), signer, &mut Vec::new()).unwrap()
     }
@@ -378,9 +457,9 @@ mod tests {
         assert_eq!(p.hash(), s.hash);
         assert_eq!(p.authorship(&s.hash), Authorship::Device);
         let key = id.epoch_key(&p.header.stream, 2);
-        assert_eq!(p.open(&key).unwrap(), readings());
+        assert_eq!(p.open(&key.clone().into()).unwrap(), readings());
         let wrong = id.epoch_key(&p.header.stream, 3);
-        assert_eq!(p.open(&wrong).unwrap_err(), Error::CouldNotOpen);
+        assert_eq!(p.open(&wrong.into()).unwrap_err(), Error::CouldNotOpen);
     }
 
     #[test]
@@ -393,7 +472,7 @@ mod tests {
             b[i] ^= 0x40;
             let caught = match parse(&b) {
                 Err(_) => true,
-                Ok(p) => p.authorship(&p.hash()) != Authorship::Device || p.open(&key).is_err(),
+                Ok(p) => p.authorship(&p.hash()) != Authorship::Device || p.open(&key.clone().into()).is_err(),
             };
             assert!(caught, "flip at byte {i} went unnoticed");
         }
@@ -412,6 +491,7 @@ mod tests {
             epoch: 0,
             prev: BatchHash::default(),
             salt: [0; 16],
+            covers: Vec::new(),
         };
         let key = victim.epoch_key(&stream, 0);
         assert!(seal(&readings(), &params, &key, Some(&forger), &mut Vec::new()).is_err());
@@ -440,7 +520,7 @@ mod tests {
             if let Ok(p) = parse(&bytes) {
                 let h = p.hash();
                 let _ = p.authorship(&h);
-                let _ = p.open(&identity(1).epoch_key(&p.header.stream, p.header.epoch));
+                let _ = p.open(&identity(1).epoch_key(&p.header.stream, p.header.epoch).into());
             }
         }
 
@@ -452,7 +532,7 @@ mod tests {
             b[pos % n] = val;
             b.truncate(n - cut % n);
             if let Ok(p) = parse(&b) {
-                let _ = p.open(&id.epoch_key(&p.header.stream, p.header.epoch));
+                let _ = p.open(&id.epoch_key(&p.header.stream, p.header.epoch).into());
             }
         }
     }

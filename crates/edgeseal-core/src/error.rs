@@ -16,6 +16,9 @@ pub enum Error {
     /// Authenticated decryption failed: wrong key, or the bytes were altered.
     #[error("could not open the sealed batch (wrong key or altered bytes)")]
     CouldNotOpen,
+    /// The reader holds keys of the batch's epoch, but none for its time (a grant of a time range).
+    #[error("not granted: the keys held do not reach this batch's time")]
+    NotGranted,
     /// A value the caller supplied cannot be encoded.
     #[error("cannot encode: {0}")]
     Unencodable(&'static str),

@@ -1,4 +1,4 @@
-//! The live frame, version 1 (`docs/format.md` is the normative text): the
+//! The live frame, version 2 (`docs/format.md` is the normative text; version 1 is still read): the
 //! readings a device accepted in one journal commit, sealed and signed for
 //! the broker the moment they are accepted. Frames are for watching only:
 //! nothing stores them, and every reading in a frame also goes, later, into a
@@ -7,14 +7,15 @@
 //! not data.
 //!
 //! ```text
-//! header   magic "EF" | version 1 | suite 1 | device 16 | stream len 1 + name
+//! header   magic "EF" | version 2 | suite 1 | device 16 | stream len 1 + name
 //!          | pos u64 | first_ts i64 | last_ts i64 | count u32 | epoch u32
 //!          | salt 16 | ciphertext len u32                        (integers big-endian)
 //! body     ChaCha20-Poly1305(frame key, nonce 0, aad = header, plaintext = codec body)
 //! trailer  signer Ed25519 public key 32 | signature 64         (always)
 //! ```
 //!
-//! * frame key = HKDF-SHA256(salt, epoch key, "edgeseal/v1/frame-key" ‖ device ‖ L ‖ stream ‖ pos ‖ epoch)
+//! * frame key = HKDF-SHA256(salt, leaf key of `first_ts`, "edgeseal/v2/frame-key" ‖ device ‖ L ‖ stream ‖ pos ‖ epoch),
+//!   as for a batch (version 1: the epoch key and "edgeseal/v1/frame-key")
 //! * frame hash = SHA-256("edgeseal/v1/frame" ‖ header ‖ ciphertext)
 //! * signature = Ed25519(device key, "edgeseal/v1/frame-sig" ‖ frame hash)
 //!
@@ -29,20 +30,23 @@ use crate::codec;
 use crate::envelope::{Authorship, BatchHash, TAG_LEN, digest, item_key, labelled, zero_nonce};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, StreamName};
-use crate::keys::{EpochKey, Identity};
+use crate::keys::{EpochKey, EpochKeys, Identity, TreeNode, slot_of};
 use crate::reading::Readings;
 use crate::varint::{take, take_array, take_stream_name};
 
 pub const MAGIC: [u8; 2] = *b"EF";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+pub const VERSION_1: u8 = 1;
 /// The largest ciphertext a frame may carry: bigger readings (a camera's
 /// image) wait for their stored batch.
 pub const MAX_CIPHERTEXT: usize = 1 << 20;
-const KEY_LABEL: &[u8] = b"edgeseal/v1/frame-key";
+const KEY_LABEL: &[u8] = b"edgeseal/v2/frame-key";
+const KEY_LABEL_V1: &[u8] = b"edgeseal/v1/frame-key";
 
 /// The clear, authenticated header of a live frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameHeader {
+    pub version: u8,
     pub device: DeviceId,
     pub stream: StreamName,
     /// The stream position of the first reading.
@@ -57,7 +61,7 @@ pub struct FrameHeader {
 impl FrameHeader {
     fn encode(&self, ciphertext_len: u32, out: &mut Vec<u8>) {
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(self.version);
         out.push(crate::envelope::SUITE_1);
         out.extend_from_slice(&self.device.0);
         out.push(self.stream.as_str().len() as u8);
@@ -71,8 +75,14 @@ impl FrameHeader {
         out.extend_from_slice(&ciphertext_len.to_be_bytes());
     }
 
-    fn key(&self, epoch_key: &EpochKey) -> aead::LessSafeKey {
-        item_key(KEY_LABEL, epoch_key, &self.salt, self.device, &self.stream, self.pos, self.epoch)
+    /// The frame's AEAD key from what a reader holds of its epoch.
+    fn key(&self, keys: &EpochKeys) -> Option<aead::LessSafeKey> {
+        let (label, key) = if self.version == VERSION_1 {
+            (KEY_LABEL_V1, keys.whole()?)
+        } else {
+            (KEY_LABEL, keys.leaf(slot_of(self.first_ts))?)
+        };
+        Some(item_key(label, &key, &self.salt, self.device, &self.stream, self.pos, self.epoch))
     }
 }
 
@@ -107,6 +117,7 @@ pub fn seal_frame(
         return Err(Error::Unencodable("too large for a live frame"));
     }
     let header = FrameHeader {
+        version: VERSION,
         device: signer.device_id(),
         stream: at.stream.clone(),
         pos: at.pos,
@@ -119,8 +130,8 @@ pub fn seal_frame(
     let mut bytes = Vec::with_capacity(128 + ct_len + 96);
     header.encode(ct_len as u32, &mut bytes);
     let header_len = bytes.len();
-    let tag = header
-        .key(key)
+    let leaf = TreeNode::root(key).leaf(slot_of(first_ts)).ok_or(Error::Unencodable("no leaf key"))?;
+    let tag = item_key(KEY_LABEL, &leaf, &header.salt, header.device, &header.stream, header.pos, header.epoch)
         .seal_in_place_separate_tag(zero_nonce(), aead::Aad::from(&bytes[..header_len]), scratch)
         .map_err(|_| Error::Unencodable("encryption failed"))?;
     bytes.extend_from_slice(scratch);
@@ -150,7 +161,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<ParsedFrame<'_>> {
         return Err(Error::Invalid("not a live frame (bad magic)"));
     }
     let version = take(r, 1)?[0];
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(Error::UnsupportedVersion(version));
     }
     let suite = take(r, 1)?[0];
@@ -179,7 +190,7 @@ pub fn parse_frame(bytes: &[u8]) -> Result<ParsedFrame<'_>> {
     if !rest.is_empty() {
         return Err(Error::Invalid("trailing bytes after the live frame"));
     }
-    let header = FrameHeader { device, stream, pos, first_ts, last_ts, count, epoch, salt };
+    let header = FrameHeader { version, device, stream, pos, first_ts, last_ts, count, epoch, salt };
     Ok(ParsedFrame { header, header_bytes: &bytes[..header_len], ciphertext, signer, signature })
 }
 
@@ -194,12 +205,14 @@ impl ParsedFrame<'_> {
         Authorship::of(self.header.device, self.signer, &sig_message(&self.hash()), self.signature)
     }
 
-    /// Decrypts and decodes the body, checking it against the header.
-    pub fn open(&self, key: &EpochKey) -> Result<Readings> {
+    /// Decrypts and decodes the body, checking it against the header
+    /// ([`Error::NotGranted`] when `keys` do not reach the frame's time).
+    pub fn open(&self, keys: &EpochKeys) -> Result<Readings> {
         let mut buf = self.ciphertext.to_vec();
         let plain = self
             .header
-            .key(key)
+            .key(keys)
+            .ok_or(Error::NotGranted)?
             .open_in_place(zero_nonce(), aead::Aad::from(self.header_bytes), &mut buf)
             .map_err(|_| Error::CouldNotOpen)?;
         let readings = codec::decode(plain)?;
@@ -243,8 +256,8 @@ mod tests {
         let p = parse_frame(&b).unwrap();
         assert_eq!((p.header.pos, p.header.count, p.header.epoch), (41, 1, 2));
         assert_eq!(p.authorship(), Authorship::Device);
-        assert_eq!(p.open(&id.epoch_key(&p.header.stream, 2)).unwrap(), readings());
-        assert_eq!(p.open(&id.epoch_key(&p.header.stream, 1)).unwrap_err(), Error::CouldNotOpen);
+        assert_eq!(p.open(&id.epoch_key(&p.header.stream, 2).into()).unwrap(), readings());
+        assert_eq!(p.open(&id.epoch_key(&p.header.stream, 1).into()).unwrap_err(), Error::CouldNotOpen);
     }
 
     #[test]
@@ -257,7 +270,7 @@ mod tests {
             m[i] ^= 0x40;
             let caught = match parse_frame(&m) {
                 Err(_) => true,
-                Ok(p) => p.authorship() != Authorship::Device || p.open(&key).is_err(),
+                Ok(p) => p.authorship() != Authorship::Device || p.open(&key.clone().into()).is_err(),
             };
             assert!(caught, "flip at byte {i} went unnoticed");
         }
@@ -275,6 +288,7 @@ mod tests {
             epoch: 2,
             prev: BatchHash::default(),
             salt: [3; 16],
+            covers: Vec::new(),
         };
         let batch =
             envelope::seal(&readings(), &params, &id.epoch_key(&stream, 2), Some(&id), &mut Vec::new()).unwrap();
@@ -299,7 +313,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes: Vec<u8>) {
             if let Ok(p) = parse_frame(&bytes) {
                 let _ = p.authorship();
-                let _ = p.open(&identity(1).epoch_key(&p.header.stream, p.header.epoch));
+                let _ = p.open(&identity(1).epoch_key(&p.header.stream, p.header.epoch).into());
             }
         }
     }

@@ -1,19 +1,25 @@
-//! Grants: a stream's epoch keys wrapped to one peer and signed by the owner.
+//! Grants: the keys of a stream's time range wrapped to one peer and signed by the owner.
 //!
 //! The keys are encrypted with HPKE (RFC 9180) in *auth* mode
 //! (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305): only the
 //! peer's X25519 key opens them, and opening proves the owner's X25519 key
 //! made them. The owner's Ed25519 signature covers the whole grant, so the
 //! broker that carries it (retained, for peers that are offline) cannot alter,
-//! re-address or forge one. A grant lists every epoch key the peer holds for
-//! the stream and replaces the previous grant; a grant with no keys is a
+//! re-address or forge one. A grant lists every key the peer holds for the
+//! stream and replaces the previous grant; a grant with no keys is a
 //! revocation: the peer keeps what it had but gets nothing sealed afterwards.
 //!
-//! Layout: `b"EG"`, version 1, owner Ed25519 key (32), peer device (16),
-//! stream (length byte + bytes), issued and from (i64 BE, Unix ms), HPKE
-//! encapsulated key (32), ciphertext length (u16 BE) and ciphertext of
-//! `n × (epoch u32 BE ‖ key 32)`, then the Ed25519 signature (64) over
-//! `"edgeseal/v1/grant-sig" ‖` everything before it.
+//! The keys are nodes of each epoch's key tree ([`crate::keys::TreeNode`]):
+//! the few that hold exactly the time range `from..=to`, so the peer opens
+//! batches that begin in the range and nothing before or after it.
+//!
+//! Layout (version 2): `b"EG"`, version 2, owner Ed25519 key (32), peer
+//! device (16), stream (length byte + bytes), issued, from and to (i64 BE,
+//! Unix ms), HPKE encapsulated key (32), ciphertext length (u32 BE) and
+//! ciphertext of `n × (epoch u32 BE ‖ depth u8 ‖ index u48 BE ‖ key 32)`,
+//! then the Ed25519 signature (64) over `"edgeseal/v1/grant-sig" ‖`
+//! everything before it. Version 1 (still read) has no `to`, a u16 length
+//! and whole epoch keys: `n × (epoch u32 BE ‖ key 32)`.
 
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
@@ -24,13 +30,18 @@ use zeroize::Zeroizing;
 
 use crate::error::Error;
 use crate::id::{DeviceId, StreamName};
-use crate::keys::{EpochKey, Identity, PublicIdentity, SecretBytes, device_id_of, verify_signature};
+use crate::keys::{
+    EpochKey, Identity, PublicIdentity, SecretBytes, TREE_DEPTH, TreeNode, device_id_of, verify_signature,
+};
 
 const MAGIC: &[u8; 2] = b"EG";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
+/// Most tree nodes in one grant (about 100 epochs of an open-ended range).
+const MAX_NODES: usize = 8192;
+const NODE_LEN: usize = 4 + 1 + 6 + 32;
 const INFO: &[u8] = b"edgeseal/v1/grant";
 const SIG_DOMAIN: &[u8] = b"edgeseal/v1/grant-sig";
-const MAX_EPOCHS: usize = 1024;
 
 type KemT = X25519HkdfSha256;
 
@@ -43,15 +54,18 @@ pub struct GrantInfo {
     pub stream: StreamName,
     /// When the owner issued it (Unix ms): a later grant replaces an earlier one.
     pub issued_ms: i64,
-    /// Readings before this time are not part of the grant (Unix ms).
+    /// Batches that begin before this time are not part of the grant (Unix ms).
     pub from_ms: i64,
+    /// Nor those that begin after this one (`i64::MAX`: no end).
+    pub to_ms: i64,
 }
 
 /// An opened grant.
 #[derive(Debug)]
 pub struct Grant {
     pub info: GrantInfo,
-    pub keys: Vec<(u32, EpochKey)>,
+    /// (epoch, node of its key tree).
+    pub keys: Vec<(u32, TreeNode)>,
 }
 
 impl Grant {
@@ -61,33 +75,51 @@ impl Grant {
     }
 }
 
-/// Issues a grant of `keys` (epoch, key) of `stream` to `peer`.
+/// The nodes of `epoch_key`'s tree that hold exactly the batches beginning
+/// in `from_ms..=to_ms`.
+pub fn range_nodes(epoch_key: &EpochKey, from_ms: i64, to_ms: i64) -> Vec<TreeNode> {
+    let root = TreeNode::root(epoch_key);
+    let (from, to) = (crate::keys::slot_of(from_ms), crate::keys::slot_of(to_ms));
+    crate::keys::cover(from, to).into_iter().filter_map(|(d, i)| root.descend(d, i)).collect()
+}
+
+/// What a grant says in the clear besides who issues it.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    pub issued_ms: i64,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+/// Issues a grant of `keys` (epoch, tree node) of `stream` to `peer`.
 pub fn issue(
     owner: &Identity,
     peer: &PublicIdentity,
     stream: &StreamName,
-    issued_ms: i64,
-    from_ms: i64,
-    keys: &[(u32, EpochKey)],
+    terms: Terms,
+    keys: &[(u32, TreeNode)],
     rng: &mut impl CryptoRng,
 ) -> Result<Vec<u8>, Error> {
-    if keys.len() > MAX_EPOCHS {
-        return Err(Error::Unencodable("a grant holds at most 1024 epoch keys"));
+    if keys.len() > MAX_NODES {
+        return Err(Error::Unencodable("a grant holds at most 8192 keys (grant fewer epochs)"));
     }
-    let mut out = Vec::with_capacity(200 + keys.len() * 52);
+    let mut out = Vec::with_capacity(200 + keys.len() * NODE_LEN);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&owner.ed25519_public());
     out.extend_from_slice(&peer.device_id().0);
     out.push(stream.as_str().len() as u8);
     out.extend_from_slice(stream.as_str().as_bytes());
-    out.extend_from_slice(&issued_ms.to_be_bytes());
-    out.extend_from_slice(&from_ms.to_be_bytes());
+    out.extend_from_slice(&terms.issued_ms.to_be_bytes());
+    out.extend_from_slice(&terms.from_ms.to_be_bytes());
+    out.extend_from_slice(&terms.to_ms.to_be_bytes());
     let aad_len = out.len();
-    let mut plain = Zeroizing::new(Vec::with_capacity(keys.len() * 36));
-    for (epoch, key) in keys {
+    let mut plain = Zeroizing::new(Vec::with_capacity(keys.len() * NODE_LEN));
+    for (epoch, node) in keys {
         plain.extend_from_slice(&epoch.to_be_bytes());
-        plain.extend_from_slice(key.0.expose_secret());
+        plain.push(node.depth);
+        plain.extend_from_slice(&node.index.to_be_bytes()[2..]);
+        plain.extend_from_slice(node.key.expose_secret());
     }
     let secret = owner.agreement_secret();
     let sk = <KemT as Kem>::PrivateKey::from_bytes(secret.as_ref()).map_err(|_| Error::Unencodable("owner key"))?;
@@ -104,7 +136,7 @@ pub fn issue(
     )
     .map_err(|_| Error::Unencodable("the peer's X25519 key is not usable"))?;
     out.extend_from_slice(&enc.to_bytes());
-    out.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(ct.len() as u32).to_be_bytes());
     out.extend_from_slice(&ct);
     let sig = owner.sign(&sig_message(&out));
     out.extend_from_slice(&sig);
@@ -112,6 +144,7 @@ pub fn issue(
 }
 
 struct Parsed<'a> {
+    version: u8,
     info: GrantInfo,
     aad: &'a [u8],
     enc: &'a [u8],
@@ -126,7 +159,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>, Error> {
         return Err(Error::Invalid("not a grant"));
     }
     let version = r.take(1)?[0];
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(Error::UnsupportedVersion(version));
     }
     let owner_ed25519: [u8; 32] = r.array()?;
@@ -136,17 +169,23 @@ fn parse(bytes: &[u8]) -> Result<Parsed<'_>, Error> {
     let stream = StreamName::new(stream)?;
     let issued_ms = i64::from_be_bytes(r.array()?);
     let from_ms = i64::from_be_bytes(r.array()?);
+    let to_ms = if version == VERSION { i64::from_be_bytes(r.array()?) } else { i64::MAX };
     let aad = &bytes[..r.1];
     let enc = r.take(32)?;
-    let ct_len = u16::from_be_bytes(r.array()?) as usize;
+    let ct_len = if version == VERSION {
+        u32::from_be_bytes(r.array()?) as usize
+    } else {
+        u16::from_be_bytes(r.array()?) as usize
+    };
     let ct = r.take(ct_len)?;
     let signed = &bytes[..r.1];
     let sig: [u8; 64] = r.array()?;
     if r.1 != bytes.len() {
         return Err(Error::Invalid("trailing bytes after the grant"));
     }
-    let info = GrantInfo { owner: device_id_of(&owner_ed25519), owner_ed25519, peer, stream, issued_ms, from_ms };
-    Ok(Parsed { info, aad, enc, ct, signed, sig })
+    let info =
+        GrantInfo { owner: device_id_of(&owner_ed25519), owner_ed25519, peer, stream, issued_ms, from_ms, to_ms };
+    Ok(Parsed { version, info, aad, enc, ct, signed, sig })
 }
 
 /// Reads the clear part without checking anything: for routing only.
@@ -178,17 +217,28 @@ pub fn open(bytes: &[u8], me: &Identity, owner: &PublicIdentity) -> Result<Grant
         )
         .map_err(|_| Error::CouldNotOpen)?,
     );
-    if plain.len() % 36 != 0 || plain.len() / 36 > MAX_EPOCHS {
+    let len = if p.version == VERSION { NODE_LEN } else { 36 };
+    if plain.len() % len != 0 || plain.len() / len > MAX_NODES {
         return Err(Error::Invalid("grant key list has the wrong size"));
     }
-    let keys = plain
-        .chunks_exact(36)
-        .map(|c| {
-            let epoch = u32::from_be_bytes(c[..4].try_into().expect("4 bytes"));
-            let key: [u8; 32] = c[4..].try_into().expect("32 bytes");
-            (epoch, EpochKey(SecretBytes::new(key)))
-        })
-        .collect();
+    let mut keys = Vec::with_capacity(plain.len() / len);
+    for c in plain.chunks_exact(len) {
+        let epoch = u32::from_be_bytes(c[..4].try_into().expect("4 bytes"));
+        let key: [u8; 32] = c[len - 32..].try_into().expect("32 bytes");
+        let key = SecretBytes::new(key);
+        let node = if p.version == VERSION_1 {
+            TreeNode::root(&EpochKey(key))
+        } else {
+            let mut index = [0u8; 8];
+            index[2..].copy_from_slice(&c[5..11]);
+            let (depth, index) = (c[4], u64::from_be_bytes(index));
+            if depth > TREE_DEPTH || index >> depth != 0 {
+                return Err(Error::Invalid("grant names a key tree node that does not exist"));
+            }
+            TreeNode { depth, index, key }
+        };
+        keys.push((epoch, node));
+    }
     Ok(Grant { info: p.info, keys })
 }
 
@@ -225,8 +275,39 @@ mod tests {
 
     fn grant(owner: &Identity, peer: &Identity, epochs: &[u32]) -> Vec<u8> {
         let s = StreamName::new("temperature").unwrap();
-        let keys: Vec<_> = epochs.iter().map(|e| (*e, owner.epoch_key(&s, *e))).collect();
-        issue(owner, &peer.public(), &s, 1_000, 500, &keys, &mut UnwrapErr(SysRng)).unwrap()
+        let keys: Vec<_> = epochs.iter().map(|e| (*e, TreeNode::root(&owner.epoch_key(&s, *e)))).collect();
+        let terms = Terms { issued_ms: 1_000, from_ms: 500, to_ms: i64::MAX };
+        issue(owner, &peer.public(), &s, terms, &keys, &mut UnwrapErr(SysRng)).unwrap()
+    }
+
+    #[test]
+    fn a_range_grant_holds_the_range_and_nothing_else() {
+        let (owner, peer) = (id(1), id(2));
+        let s = StreamName::new("temperature").unwrap();
+        let (from, to) = (1_767_225_600_000, 1_767_229_200_000);
+        let k = owner.epoch_key(&s, 4);
+        let keys: Vec<_> = range_nodes(&k, from, to).into_iter().map(|n| (4, n)).collect();
+        assert!(keys.len() <= 96);
+        let terms = Terms { issued_ms: 1, from_ms: from, to_ms: to };
+        let g = open(
+            &issue(&owner, &peer.public(), &s, terms, &keys, &mut UnwrapErr(SysRng)).unwrap(),
+            &peer,
+            &owner.public(),
+        )
+        .unwrap();
+        assert_eq!((g.info.from_ms, g.info.to_ms), (from, to));
+        let mut held = crate::keys::EpochKeys::default();
+        for (_, n) in g.keys {
+            held.add(n);
+        }
+        let root = TreeNode::root(&k);
+        for t in [from, from + 1, to - 1, to] {
+            assert_eq!(held.leaf(t as u64), root.leaf(t as u64), "{t}");
+        }
+        for t in [0, from - 1, to + 1, i64::MAX] {
+            assert!(held.leaf(crate::keys::slot_of(t)).is_none(), "{t}");
+        }
+        assert!(held.whole().is_none());
     }
 
     #[test]
@@ -236,7 +317,7 @@ mod tests {
         let s = StreamName::new("temperature").unwrap();
         assert_eq!(g.keys.len(), 2);
         assert_eq!(g.keys[1].0, 3);
-        assert_eq!(g.keys[1].1, owner.epoch_key(&s, 3));
+        assert_eq!(g.keys[1].1, TreeNode::root(&owner.epoch_key(&s, 3)));
         assert_eq!(g.info.stream, s);
         assert_eq!((g.info.issued_ms, g.info.from_ms), (1_000, 500));
         assert_eq!(g.info.owner, owner.device_id());

@@ -2,6 +2,10 @@
 //!
 //! Pure: the caller passes the time in and gets back the readings to seal,
 //! each with the caller's id of the last reading (its journal id).
+//!
+//! Batches can also be cut at given reading times ([`Batcher::cut_at`]): a
+//! grant of a time range opens the batches that *begin* in it, so a batch
+//! must not straddle the time a grant starts or ends.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -43,11 +47,58 @@ pub struct Batcher {
     default: Policy,
     per_stream: HashMap<StreamName, Policy>,
     open: BTreeMap<StreamName, Open>,
+    /// Reading times (ascending) at which a stream's batch must start anew.
+    boundaries: HashMap<StreamName, Vec<i64>>,
 }
 
 impl Batcher {
     pub fn new(default: Policy, per_stream: HashMap<StreamName, Policy>) -> Batcher {
-        Batcher { default, per_stream, open: BTreeMap::new() }
+        Batcher { default, per_stream, open: BTreeMap::new(), boundaries: HashMap::new() }
+    }
+
+    /// From now on, no batch of `stream` holds readings both before and after
+    /// any of `times`: the open batch is split there now (at its first
+    /// reading at or after the time), and a later reading at or after a time
+    /// starts a new batch. Returns what is cut now.
+    pub fn cut_at(&mut self, stream: &StreamName, times: &[i64]) -> Vec<Cut> {
+        let mut cuts = Vec::new();
+        for &t in times {
+            let Some(open) = self.open.get_mut(stream) else { break };
+            if let Some(k) = open.readings.iter().position(|r| r.ts >= t)
+                && k > 0
+                && open.readings[..k].iter().any(|r| r.ts < t)
+            {
+                let readings: Vec<Reading> = open.readings.drain(..k).collect();
+                let ids: Vec<i64> = open.ids.drain(..k).collect();
+                cuts.push(Cut { stream: stream.clone(), readings, ids });
+            }
+        }
+        let b = self.boundaries.entry(stream.clone()).or_default();
+        b.extend_from_slice(times);
+        b.sort_unstable();
+        b.dedup();
+        cuts
+    }
+
+    /// Whether any stream has a time to be cut at (a cheap test for the hot path).
+    pub fn watching(&self) -> bool {
+        !self.boundaries.is_empty()
+    }
+
+    /// Call before [`Batcher::push`]ing `reading` while [`Batcher::watching`]:
+    /// cuts its stream's open batch when the reading passes a cut time that
+    /// readings in that batch are before.
+    pub fn at_boundary(&mut self, reading: &Reading) -> Option<Cut> {
+        let times = self.boundaries.get_mut(&reading.stream)?;
+        let passed = times.iter().take_while(|t| **t <= reading.ts).count();
+        let last = passed.checked_sub(1).map(|i| times[i]);
+        times.drain(..passed);
+        if times.is_empty() {
+            self.boundaries.remove(&reading.stream);
+        }
+        let t = last?;
+        let straddles = self.open.get(&reading.stream)?.readings.iter().any(|r| r.ts < t);
+        if straddles { self.cut(&reading.stream) } else { None }
     }
 
     /// The policy of streams without their own, which a running agent may change (the web UI's batch size).
@@ -188,6 +239,30 @@ mod tests {
         b.put_back(cut, 9);
         assert_eq!(b.take(&StreamName::new("a").unwrap()).map(|c| c.ids), Some(vec![1, 2, 3]));
         assert!(b.take(&StreamName::new("a").unwrap()).is_none());
+    }
+
+    #[test]
+    fn batches_start_anew_at_cut_times() {
+        let a = StreamName::new("a").unwrap();
+        let mut b = Batcher::new(Policy { count: 100, interval_ms: None }, HashMap::new());
+        for (id, ts) in [(1, 10), (2, 20), (3, 30)] {
+            b.push(id, r("a", ts), 0);
+        }
+        // A time inside the open batch splits it there.
+        let cuts = b.cut_at(&a, &[25, 50]);
+        assert_eq!(cuts.iter().map(|c| c.ids.clone()).collect::<Vec<_>>(), [vec![1, 2]]);
+        assert!(b.watching());
+        // A reading before the next time joins the batch; one after it starts a new one.
+        assert!(b.at_boundary(&r("a", 40)).is_none());
+        b.push(4, r("a", 40), 0);
+        assert_eq!(b.at_boundary(&r("a", 50)).map(|c| c.ids), Some(vec![3, 4]));
+        assert!(!b.watching());
+        b.push(5, r("a", 50), 0);
+        assert_eq!(b.flush()[0].ids, [5]);
+        // A time no open reading is before cuts nothing.
+        b.push(6, r("a", 60), 0);
+        assert!(b.cut_at(&a, &[55]).is_empty());
+        assert!(b.at_boundary(&r("a", 61)).is_none());
     }
 
     #[test]

@@ -21,11 +21,14 @@ use sqlx::Row as _;
 use crate::{BatchRow, Error, Result};
 
 /// Per-stream sealing state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StreamState {
     pub next_seq: u64,
     pub head: BatchHash,
     pub epoch: u32,
+    /// The hashes of the batches just before `next_seq` (oldest first) that
+    /// the stream's next signed batch vouches for.
+    pub covers: Vec<BatchHash>,
 }
 
 /// Counts of what waits locally, per stream.
@@ -59,6 +62,8 @@ pub struct Run<'a> {
 pub struct Sealed {
     pub row: BatchRow,
     pub sealed_pos: u64,
+    /// For a stream's last batch of a round: what its next signed batch is to cover.
+    pub covers: Vec<BatchHash>,
 }
 
 /// Rows per multi-row INSERT (9 columns each, well under SQLite's 32,766 parameters).
@@ -88,6 +93,8 @@ pub struct GrantOut {
     pub peer: DeviceId,
     pub stream: StreamName,
     pub from_ms: i64,
+    /// The end of the granted time (`None`: no end).
+    pub to_ms: Option<i64>,
     pub first_epoch: u32,
     pub revoked: bool,
     pub grant: Vec<u8>,
@@ -339,7 +346,7 @@ impl LocalState {
     }
 
     pub async fn stream_state(&self, stream: &StreamName) -> Result<StreamState> {
-        let row = sqlx::query("SELECT next_seq, head, epoch FROM streams WHERE stream = ?")
+        let row = sqlx::query("SELECT next_seq, head, epoch, covers FROM streams WHERE stream = ?")
             .bind(stream.as_str())
             .fetch_optional(&self.pool)
             .await?;
@@ -349,6 +356,12 @@ impl LocalState {
                 next_seq: u64::try_from(r.try_get::<i64, _>("next_seq")?).map_err(|_| Error::BadRow("negative seq"))?,
                 head: hash_from(&r.try_get::<Vec<u8>, _>("head")?)?,
                 epoch: u32::try_from(r.try_get::<i64, _>("epoch")?).map_err(|_| Error::BadRow("epoch out of range"))?,
+                covers: r
+                    .try_get::<Option<Vec<u8>>, _>("covers")?
+                    .unwrap_or_default()
+                    .chunks_exact(32)
+                    .map(hash_from)
+                    .collect::<Result<_>>()?,
             }),
         }
     }
@@ -438,11 +451,13 @@ impl LocalState {
         for (stream, first, last) in &streams {
             ensure_stream(&mut tx, stream).await?;
             let updated = sqlx::query(
-                "UPDATE streams SET next_seq = ?, head = ?, sealed_pos = MAX(sealed_pos, ?) WHERE stream = ? AND next_seq = ?",
+                "UPDATE streams SET next_seq = ?, head = ?, sealed_pos = MAX(sealed_pos, ?), covers = ? \
+                 WHERE stream = ? AND next_seq = ?",
             )
             .bind(seq_i64(last.row.seq + 1)?)
             .bind(&last.row.hash[..])
             .bind(seq_i64(last.sealed_pos)?)
+            .bind(last.covers.iter().flat_map(|h| h.0).collect::<Vec<u8>>())
             .bind(stream.as_str())
             .bind(seq_i64(first.row.seq)?)
             .execute(&mut *tx)
@@ -744,12 +759,13 @@ impl LocalState {
     /// Stores the latest grant given to a peer for a stream (not yet published).
     pub async fn put_grant_out(&self, g: &GrantOut) -> Result<()> {
         sqlx::query(
-            "INSERT OR REPLACE INTO grants_out (peer, stream, from_ms, first_epoch, revoked, grant, published) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO grants_out (peer, stream, from_ms, to_ms, first_epoch, revoked, grant, published) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&g.peer.0[..])
         .bind(g.stream.as_str())
         .bind(g.from_ms)
+        .bind(g.to_ms)
         .bind(i64::from(g.first_epoch))
         .bind(g.revoked)
         .bind(&g.grant[..])
@@ -762,7 +778,8 @@ impl LocalState {
     /// Every grant given, by stream then peer.
     pub async fn grants_out(&self) -> Result<Vec<GrantOut>> {
         let rows = sqlx::query(
-            "SELECT peer, stream, from_ms, first_epoch, revoked, grant, published FROM grants_out ORDER BY stream, peer",
+            "SELECT peer, stream, from_ms, to_ms, first_epoch, revoked, grant, published FROM grants_out \
+             ORDER BY stream, peer",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -772,6 +789,7 @@ impl LocalState {
                     peer: device_from(r.try_get("peer")?)?,
                     stream: stream_from(r)?,
                     from_ms: r.try_get("from_ms")?,
+                    to_ms: r.try_get("to_ms")?,
                     first_epoch: u32::try_from(r.try_get::<i64, _>("first_epoch")?)
                         .map_err(|_| Error::BadRow("epoch out of range"))?,
                     revoked: r.try_get("revoked")?,

@@ -2,7 +2,7 @@
 //! all cores), audit the chain, and open the authentic batches.
 
 use edgeseal_core::chain::{self, Audit, Finding, Head, Inspected, Row, Scope};
-use edgeseal_core::keys::EpochKey;
+use edgeseal_core::keys::EpochKeys;
 use edgeseal_core::{DeviceId, Readings, StreamName};
 
 use crate::{Result, Store, StoredBatch, TimeRange};
@@ -144,7 +144,7 @@ pub fn inspect_all(device: DeviceId, stream: &StreamName, rows: &[StoredBatch]) 
 /// (`None` if this reader does not hold it). Non-authentic rows give `None`.
 pub fn open_all<K>(read: &StreamRead, key: K) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>>
 where
-    K: Fn(u32) -> Option<EpochKey> + Sync,
+    K: Fn(u32) -> Option<EpochKeys> + Sync,
 {
     open_rows(read, 0..read.rows.len(), &key)
 }
@@ -156,7 +156,7 @@ pub fn open_rows<K>(
     key: &K,
 ) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>>
 where
-    K: Fn(u32) -> Option<EpochKey> + Sync,
+    K: Fn(u32) -> Option<EpochKeys> + Sync,
 {
     let indices: Vec<usize> = range.collect();
     par_map(&indices, |&i| {

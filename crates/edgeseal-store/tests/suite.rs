@@ -40,7 +40,15 @@ fn chain(id: &Identity, signer: &Identity, stream: &str, n: u64) -> (Vec<BatchRo
     for seq in 0..n {
         let mut salt = [0u8; 16];
         getrandom::fill(&mut salt).unwrap();
-        let p = SealParams { device: id.device_id(), stream: stream.clone(), seq, epoch: 0, prev, salt };
+        let p = SealParams {
+            device: id.device_id(),
+            stream: stream.clone(),
+            seq,
+            epoch: 0,
+            prev,
+            salt,
+            covers: Vec::new(),
+        };
         let r = batch(seq);
         // A foreign signer must claim the victim's device: seal unsigned, then sign by hand below.
         let s = seal(&r, &p, &key, (signer.device_id() == id.device_id()).then_some(signer), &mut Vec::new()).unwrap();
@@ -49,6 +57,32 @@ fn chain(id: &Identity, signer: &Identity, stream: &str, n: u64) -> (Vec<BatchRo
         rows.push(BatchRow::from(s));
     }
     (rows, heads)
+}
+
+/// Seals `n` batches of `stream` in rounds of four as the agent does (format
+/// v2): the last of each round signed, covering its round and the one before.
+fn rounds(id: &Identity, stream: &str, n: u64) -> Vec<BatchRow> {
+    let stream = StreamName::new(stream).unwrap();
+    let key = id.epoch_key(&stream, 0);
+    let (mut prev, mut rows, mut hashes) = (BatchHash::default(), Vec::new(), Vec::<BatchHash>::new());
+    for seq in 0..n {
+        let signed = seq % 4 == 3 || seq + 1 == n;
+        let covers = if signed { hashes[hashes.len().saturating_sub(7)..].to_vec() } else { Vec::new() };
+        let p = SealParams {
+            device: id.device_id(),
+            stream: stream.clone(),
+            seq,
+            epoch: 0,
+            prev,
+            salt: [seq as u8; 16],
+            covers,
+        };
+        let s = seal(&batch(seq), &p, &key, signed.then_some(id), &mut Vec::new()).unwrap();
+        prev = s.hash;
+        hashes.push(s.hash);
+        rows.push(BatchRow::from(s));
+    }
+    rows
 }
 
 fn checkpoint(id: &Identity, stream: &str, head: Head) -> Vec<u8> {
@@ -138,7 +172,7 @@ async fn suite(store: AnyStore) {
         .unwrap();
     assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
     assert_eq!(read.audit.head.unwrap().seq, 5);
-    let opened = open_all(&read, |e| Some(id.epoch_key(&rows[0].stream, e)));
+    let opened = open_all(&read, |e| Some(id.epoch_key(&rows[0].stream, e).into()));
     for (seq, o) in opened.into_iter().enumerate() {
         assert_eq!(o.unwrap().unwrap(), batch(seq as u64));
     }
@@ -317,6 +351,55 @@ async fn suite(store: AnyStore) {
         .await;
     let f = ranged("t-idle-cut", base(5) + 60_000, None).await.audit.findings;
     assert_eq!(f, [Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]);
+
+    // Damage stays local: one deleted or replaced batch of a round (signed
+    // or not) costs only itself; every other batch is still verified.
+    let authentic = |read: &edgeseal_store::reader::StreamRead| -> Vec<u64> {
+        read.rows.iter().zip(&read.audit.statuses).filter(|(_, s)| s.is_authentic()).map(|(r, _)| r.seq).collect()
+    };
+    let whole = |name: &'static str| {
+        let (store, id) = (&store, &id);
+        async move {
+            let s = StreamName::new(name).unwrap();
+            read_stream(store, id.device_id(), &s, TimeRange::default(), None, Scope::WHOLE).await.unwrap()
+        }
+    };
+    for (name, gone) in [("t-local-unsigned", 1), ("t-local-signed", 3)] {
+        store.put_batches(&rounds(&id, name, 8)).await.unwrap();
+        let stmt = format!("DELETE FROM batches WHERE device = ? AND stream = '{name}' AND seq = ?");
+        sql(&store, &stmt, &[Bind::Bytes(dev), Bind::Int(gone)]).await;
+        let read = whole(name).await;
+        assert_eq!(read.audit.findings, [Finding::Gap { from: gone as u64, to: gone as u64 }], "{name}");
+        assert_eq!(authentic(&read), (0..8).filter(|s| *s != gone as u64).collect::<Vec<_>>(), "{name}");
+    }
+    // A batch replaced by one sealed by a holder of the key (unsigned, chained on, columns consistent).
+    let honest = rounds(&id, "t-local-replaced", 8);
+    store.put_batches(&honest).await.unwrap();
+    let s = StreamName::new("t-local-replaced").unwrap();
+    let p = SealParams {
+        device: id.device_id(),
+        stream: s.clone(),
+        seq: 1,
+        epoch: 0,
+        prev: BatchHash(honest[0].hash),
+        salt: [0xee; 16],
+        covers: Vec::new(),
+    };
+    let fake = BatchRow::from(seal(&batch(1), &p, &id.epoch_key(&s, 0), None, &mut Vec::new()).unwrap());
+    sql(
+        &store,
+        "UPDATE batches SET sealed = ?, hash = ? WHERE device = ? AND stream = 't-local-replaced' AND seq = 1",
+        &[Bind::Bytes(&fake.sealed), Bind::Bytes(&fake.hash), Bind::Bytes(dev)],
+    )
+    .await;
+    let read = whole("t-local-replaced").await;
+    assert_eq!(
+        read.audit.findings.iter().map(Finding::kind).collect::<Vec<_>>(),
+        ["tampered"],
+        "{:?}",
+        read.audit.findings
+    );
+    assert_eq!(authentic(&read), [0, 2, 3, 4, 5, 6, 7]);
 
     // A rollback of the whole stream to an older state: batches and checkpoints.
     let (_, heads) = setup("t-roll").await;
@@ -559,8 +642,9 @@ fn local_state_keeps_everything_across_reopen() {
             local.journal_append(&[Run { stream: &s, first_pos: 0, readings: &pending }]).await.unwrap();
             let (rows, heads) = chain(&id, &id, "temperature", 1);
             // The first batch seals the journal's readings 0, 1 and 2.
-            local.commit_sealed(&[Sealed { row: rows[0].clone(), sealed_pos: 3 }]).await.unwrap();
-            let again = local.commit_sealed(&[Sealed { row: rows[0].clone(), sealed_pos: 3 }]).await;
+            local.commit_sealed(&[Sealed { row: rows[0].clone(), sealed_pos: 3, covers: Vec::new() }]).await.unwrap();
+            let again =
+                local.commit_sealed(&[Sealed { row: rows[0].clone(), sealed_pos: 3, covers: Vec::new() }]).await;
             assert!(again.is_err(), "a number is used once");
             local.remember(id.device_id(), &s, heads[0]).await.unwrap();
             local.close().await;

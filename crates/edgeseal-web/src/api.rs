@@ -104,12 +104,13 @@ async fn pair(State(s): Api, text: String) -> Answer<PairingView> {
 struct GrantBody {
     stream: String,
     from: Option<String>,
+    to: Option<String>,
 }
 
 async fn grant(State(s): Api, Path(peer): Path<String>, text: String) -> Answer<GrantedView> {
     let b: GrantBody = body(&text)?;
-    let (stream, from, _) = parse_range(&b.stream, b.from.as_deref(), None)?;
-    Ok(Json(s.grant(&peer, &stream, from).await?))
+    let (stream, from, to) = parse_range(&b.stream, b.from.as_deref(), b.to.as_deref())?;
+    Ok(Json(s.grant(&peer, &stream, from, to).await?))
 }
 
 async fn revoke(State(s): Api, Path((peer, stream)): Path<(String, String)>) -> Answer<RevokedView> {

@@ -142,7 +142,7 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
             async {
                 let from = Some(f.from.trim()).filter(|t| !t.is_empty());
                 let (stream, from, _) = parse_range(&given(&f.stream, "the stream")?, from, None)?;
-                let granted = c.grant(&given(&f.peer, "the peer")?, &stream, from).await?;
+                let granted = c.grant(&given(&f.peer, "the peer")?, &stream, from, None).await?;
                 Ok(match from {
                     Some(t) => format!("{} may read {stream} from {} on.", granted.peer, format_ms(t)),
                     None => format!("{} may read {stream} from now on.", granted.peer),

@@ -69,7 +69,15 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
             let s0 = Instant::now();
             let mut salt = [0u8; 16];
             salt[..8].copy_from_slice(&(seq as u64).to_le_bytes());
-            let params = SealParams { device, stream: stream.clone(), seq: seq as u64, epoch: 0, prev, salt };
+            let params = SealParams {
+                device,
+                stream: stream.clone(),
+                seq: seq as u64,
+                epoch: 0,
+                prev,
+                salt,
+                covers: Vec::new(),
+            };
             let sealed = seal(r, &params, &key, Some(&identity), &mut scratch)?;
             seal_time += s0.elapsed();
             prev = sealed.hash;
@@ -99,7 +107,7 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
         if !read.audit.is_clean() {
             bail!("the benchmark's own data did not verify: {:?}", read.audit.findings);
         }
-        for o in open_all(&read, |e| Some(identity.epoch_key(stream, e))) {
+        for o in open_all(&read, |e| Some(identity.epoch_key(stream, e).into())) {
             fetched += o.context("a batch was not authentic")??.len();
         }
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use edgeseal_core::envelope::{self, BatchHash, SealParams, seal};
-use edgeseal_core::keys::{EpochKey, Identity};
+use edgeseal_core::keys::{EpochKey, EpochKeys, Identity};
 use edgeseal_core::pairing::{Host, Joiner, PairCode};
 use edgeseal_core::{Readings, ScalarBatch, StreamName};
 use edgeseal_mqtt::link::{Link, LinkOptions, Message, Protocol};
@@ -46,6 +46,8 @@ struct Ends {
     id: Arc<Identity>,
     stream: StreamName,
     key: EpochKey,
+    /// The same, as a reader holds it.
+    keys: EpochKeys,
 }
 
 /// The subscriber's state for one stream.
@@ -78,6 +80,7 @@ impl Ends {
                     epoch: 0,
                     prev: *prev,
                     salt,
+                    covers: Vec::new(),
                 };
                 let s = seal(&r, &params, &self.key, sign.then_some(&*self.id), scratch)?;
                 *prev = s.hash;
@@ -116,10 +119,10 @@ impl Ends {
                 let mut seqs = Vec::with_capacity(rx.held.len() + 1);
                 for held in rx.held.drain(..) {
                     let q = envelope::parse(&held)?;
-                    q.open(&self.key)?;
+                    q.open(&self.keys)?;
                     seqs.push(q.header.seq);
                 }
-                p.open(&self.key)?;
+                p.open(&self.keys)?;
                 seqs.push(p.header.seq);
                 Ok(seqs)
             }
@@ -293,7 +296,8 @@ pub async fn sharing(cfg: &edgeseal_agent::config::Config, messages: usize, json
     }
     let id = Arc::new(random_identity()?);
     let stream = StreamName::new("temperature")?;
-    let ends = Arc::new(Ends { key: id.epoch_key(&stream, 0), id, stream });
+    let key = id.epoch_key(&stream, 0);
+    let ends = Arc::new(Ends { keys: key.clone().into(), key, id, stream });
     let plain = run(&base, ends.clone(), Mode::Plain, messages, None).await?;
     let sealed = run(&base, ends.clone(), Mode::Sealed, messages, None).await?;
     let paced_n = 3000.min(messages.max(1000));

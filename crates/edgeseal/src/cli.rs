@@ -90,6 +90,9 @@ pub enum Command {
         /// Also grant what was sealed since then: RFC 3339 or relative (-1h) [default: live only]
         #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
         from: Option<String>,
+        /// Grant nothing that begins after this time (a past range) [default: no end]
+        #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
+        to: Option<String>,
     },
     /// Revoke a peer: it can open nothing sealed afterwards
     Revoke {

@@ -156,7 +156,7 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     });
     let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
     let mut out = Printer::new(args.format, BufWriter::with_capacity(1 << 16, std::io::stdout().lock()));
-    let (mut unreadable, mut printed) = (0usize, 0usize);
+    let (mut unreadable, mut outside, mut printed) = (0usize, 0usize, 0usize);
     for start in (0..rows).step_by(FETCH_CHUNK) {
         let end = (start + FETCH_CHUNK).min(rows);
         for o in got.open(start..end).into_iter().flatten() {
@@ -166,6 +166,7 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
                     printed += views.len();
                     ignore_broken_pipe(out.readings(&views))?
                 }
+                Err(edgeseal_core::Error::NotGranted) => outside += 1,
                 Err(_) => unreadable += 1,
             }
         }
@@ -177,7 +178,7 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
         b.finish_and_clear();
     }
     ignore_broken_pipe(out.finish())?;
-    if printed == 0 && !problems && unreadable == 0 {
+    if printed == 0 && !problems && unreadable == 0 && outside == 0 {
         eprintln!("no readings of {stream} in that range");
     }
     // This agent's own readings that are accepted but not in a stored batch yet.
@@ -189,6 +190,11 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
                 "note: {n} more readings of {stream} are accepted but not stored yet (they go into the store with the next batch; `edgeseal streams` shows them)"
             );
         }
+    }
+    if outside > 0 {
+        eprintln!(
+            "note: {outside} batches of {stream} begin before (or after) the time granted to this agent, so they are not shown"
+        );
     }
     if unreadable > 0 {
         eprintln!(

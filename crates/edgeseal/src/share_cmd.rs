@@ -198,17 +198,21 @@ pub async fn share(
     stream: &str,
     peer: &str,
     from: Option<String>,
+    to: Option<String>,
 ) -> Result<ExitCode> {
     let stream = parse_stream(stream)?;
-    let from_ms = parse_named("--from", from.as_deref(), now_ms())?;
-    let request = Request::Grant { peer: peer.to_string(), stream: stream.to_string(), from_ms };
+    let now = now_ms();
+    let from_ms = parse_named("--from", from.as_deref(), now)?;
+    let to_ms = parse_named("--to", to.as_deref(), now)?;
+    let request = Request::Grant { peer: peer.to_string(), stream: stream.to_string(), from_ms, to_ms };
     let done: GrantedView =
-        change(&cfg, pass, "share", request, async |s: &Service| s.grant(peer, &stream, from_ms).await).await?;
-    match from_ms {
+        change(&cfg, pass, "share", request, async |s: &Service| s.grant(peer, &stream, from_ms, to_ms).await).await?;
+    let from = from_ms.map_or("now".to_string(), format_ms);
+    match to_ms {
         Some(t) => {
-            println!("{} may read {stream} from {} on (key epochs up to {})", done.peer, format_ms(t), done.epoch)
+            println!("{} may read {stream} from {from} to {} (key epoch {})", done.peer, format_ms(t), done.epoch)
         }
-        None => println!("{} may read {stream} from now on (key epoch {})", done.peer, done.epoch),
+        None => println!("{} may read {stream} from {from} on (key epoch {})", done.peer, done.epoch),
     }
     Ok(ExitCode::SUCCESS)
 }

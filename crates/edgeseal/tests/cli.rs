@@ -11,6 +11,8 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeseal");
 const BASE_TS: i64 = 1_767_225_600_000;
+/// [`BASE_TS`] in RFC 3339, for `share --from` (a grant opens readings from its time on).
+const BASE_RFC: &str = "2026-01-01T00:00:00Z";
 
 #[path = "cli/runtime.rs"]
 mod runtime;
@@ -305,6 +307,41 @@ fn checkpoint_rows_that_vanish_are_noticed() {
         report.contains("checkpoints removed: the store holds none, but one naming batch 2 was seen before"),
         "{report}"
     );
+}
+
+/// The agent's signed batches cover the unsigned ones before them by hash
+/// (format v2), so a store that deletes or replaces one batch costs only
+/// that batch: `fetch` still shows every other reading as verified.
+#[test]
+fn batches_deleted_from_the_store_cost_only_themselves() {
+    let a = Agent::new("local-damage");
+    // Two runs of the agent: rounds of many batches, each ended by a signed one.
+    a.run_lines("d", 0..20, &["--batch-count", "1"]);
+    a.run_lines("d", 20..40, &["--batch-count", "1"]);
+    let db = a.dir.join("store.db");
+    let sql = |q: &str| assert!(Command::new("sqlite3").arg(&db).arg(q).status().unwrap().success(), "{q}");
+    let signed = |seq: u64| {
+        let out = Command::new("sqlite3")
+            .arg(&db)
+            .arg(format!("SELECT hex(substr(sealed, 5, 1)) FROM batches WHERE seq = {seq}"))
+            .output()
+            .unwrap();
+        text(&out.stdout).trim() == "01"
+    };
+    // One unsigned batch of the first run, and the signed batch that ends its round.
+    let unsigned = (0..19).find(|s| !signed(*s)).expect("a round of several batches");
+    let signed_one = (unsigned..20).find(|s| signed(*s)).unwrap();
+    sql(&format!("DELETE FROM batches WHERE seq IN ({unsigned}, {signed_one})"));
+    let out = a.run(&["fetch", "--stream", "d", "--format", "csv"]);
+    let shown: Vec<String> = text(&out.stdout).lines().skip(1).map(|l| l.to_string()).collect();
+    assert_eq!(shown.len(), 38, "{}", text(&out.stderr));
+    let report = text(&a.run(&["verify"]).stdout);
+    assert!(
+        report.contains(&format!("batch {unsigned}: missing"))
+            && report.contains(&format!("batch {signed_one}: missing")),
+        "{report}"
+    );
+    assert!(!report.contains("unsigned and not covered"), "{report}");
 }
 
 #[test]

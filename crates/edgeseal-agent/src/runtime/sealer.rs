@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgeseal_core::envelope::{SealParams, seal};
-use edgeseal_core::keys::Identity;
+use edgeseal_core::envelope::{BatchHash, SealParams, seal_with};
+use edgeseal_core::keys::{Identity, LeafCache};
 use edgeseal_core::reading::into_batches;
 use edgeseal_core::{Reading, StreamName};
 use edgeseal_sensors::batcher::{Batcher, Cut, Policy};
@@ -45,6 +45,9 @@ pub const JOURNAL_MAX: usize = 16 * 1024;
 /// Most batches recorded in one transaction (a round that cuts more, such as
 /// a resumed journal at one reading per batch, is recorded in several).
 const ROUND_MAX: usize = 4096;
+/// A stream's batches are signed at least this often, which bounds what a
+/// signed batch covers (this round and the one before: under 2 × this).
+const SIGN_EVERY: usize = 1024;
 /// The first wait before a stream whose batch failed to seal is tried again; it doubles up to a minute.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -74,6 +77,8 @@ pub struct Sealer {
     next_pos: HashMap<StreamName, u64>,
     /// Accepted readings, for live frames.
     frames: FrameTap,
+    /// Each stream's leaf keys, for the epoch it seals under.
+    leaves: HashMap<StreamName, (u32, LeafCache)>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -108,6 +113,7 @@ impl Sealer {
             failing: HashMap::new(),
             next_pos: HashMap::new(),
             frames,
+            leaves: HashMap::new(),
         }
     }
 
@@ -166,6 +172,17 @@ impl Sealer {
     /// Readings journaled before the last stop are batched again, at their
     /// journal positions.
     async fn resume(&mut self) {
+        // Grants begin and end at times no batch may straddle.
+        match self.local.grants_out().await {
+            Ok(grants) => {
+                for g in grants.iter().filter(|g| !g.revoked) {
+                    let times: Vec<i64> =
+                        std::iter::once(g.from_ms).chain(g.to_ms.and_then(|t| t.checked_add(1))).collect();
+                    self.batcher.cut_at(&g.stream, &times);
+                }
+            }
+            Err(e) => warn!("cannot read the grants given, so batches are not cut at their times: {e}"),
+        }
         let (journaled, damaged) = match self.local.journal_open().await {
             Ok(j) => j,
             Err(e) => return error!("cannot read the readings journaled before the last stop: {e}"),
@@ -181,6 +198,9 @@ impl Sealer {
         for j in journaled {
             self.next_pos.insert(j.stream, j.next_pos);
             for (pos, r) in j.readings {
+                if self.batcher.watching() {
+                    cuts.extend(self.batcher.at_boundary(&r));
+                }
                 cuts.extend(self.batcher.push(pos as i64, r, self.mono()));
             }
         }
@@ -207,6 +227,10 @@ impl Sealer {
             SealerCommand::SetPolicy(p) => {
                 info!("batches from now on: {}", describe_policy(p));
                 self.batcher.set_default(p);
+            }
+            SealerCommand::CutAt(stream, times) => {
+                let cuts = self.batcher.cut_at(&stream, &times);
+                self.seal_round(cuts).await;
             }
         }
     }
@@ -257,6 +281,9 @@ impl Sealer {
             self.frames.offer(&stream, first, &readings, &self.stats);
             let next = self.next_pos.entry(stream).or_insert(0);
             for r in readings {
+                if self.batcher.watching() {
+                    cuts.extend(self.batcher.at_boundary(&r));
+                }
                 cuts.extend(self.batcher.push(*next as i64, r, mono));
                 *next += 1;
             }
@@ -361,11 +388,25 @@ impl Sealer {
     }
 
     /// Seals one stream's cuts of a round (in as many batches as the format
-    /// needs), numbered and chained after its recorded state; the last is signed.
+    /// needs), numbered and chained after its recorded state. The last is
+    /// signed (and every [`SIGN_EVERY`]th); a signed batch covers the
+    /// unsigned ones of its round and, when the round before had any, that
+    /// whole round too, so each batch is authentic on its own and losing any
+    /// one (signed or not) costs only that one.
     async fn seal_stream(&mut self, stream: &StreamName, cuts: &[Cut], out: &mut Vec<Sealed>) -> Result<()> {
         let st = self.local.stream_state(stream).await.map_err(Error::Local)?;
-        let key = self.identity.epoch_key(stream, st.epoch);
         let (mut seq, mut prev) = (st.next_seq, st.head);
+        let start = out.len();
+        let leaves = match self.leaves.get_mut(stream) {
+            Some((epoch, cache)) if *epoch == st.epoch => cache,
+            _ => {
+                let cache = LeafCache::new(&self.identity.epoch_key(stream, st.epoch));
+                &mut self.leaves.entry(stream.clone()).insert_entry((st.epoch, cache)).into_mut().1
+            }
+        };
+        // What the next signed batch covers, as state.db recorded it with the last round.
+        let mut covers = st.covers;
+        let mut round: Vec<BatchHash> = Vec::new();
         let groups: Vec<Vec<(edgeseal_core::Readings, usize)>> =
             cuts.iter().map(|c| into_batches(&c.readings)).collect();
         // Every batch's salt, from one call for the round.
@@ -375,7 +416,8 @@ impl Sealer {
         for (c, (cut, groups)) in cuts.iter().zip(groups).enumerate() {
             let n = groups.len();
             for (i, (readings, last)) in groups.into_iter().enumerate() {
-                let signer = (c + 1 == cuts.len() && i + 1 == n).then_some(&*self.identity);
+                let sign = (c + 1 == cuts.len() && i + 1 == n) || round.len() + 1 >= SIGN_EVERY;
+                let signer = sign.then_some(&*self.identity);
                 let salt: [u8; 16] = salts.next().and_then(|s| s.try_into().ok()).expect("a salt per batch");
                 let params = SealParams {
                     device: self.identity.device_id(),
@@ -384,13 +426,27 @@ impl Sealer {
                     epoch: st.epoch,
                     prev,
                     salt,
+                    covers: if sign { std::mem::take(&mut covers) } else { Vec::new() },
                 };
-                let sealed = seal(&readings, &params, &key, signer, &mut self.scratch)?;
+                let sealed = seal_with(&readings, &params, leaves, signer, &mut self.scratch)?;
                 prev = sealed.hash;
                 seq += 1;
+                round.push(sealed.hash);
+                if sign {
+                    // The next signed batch covers this round too, if it had unsigned batches.
+                    covers = if round.len() > 1 { std::mem::take(&mut round) } else { Vec::new() };
+                    round.clear();
+                } else {
+                    covers.push(sealed.hash);
+                }
                 let sealed_pos = u64::try_from(cut.ids[last]).unwrap_or(0) + 1;
-                out.push(Sealed { row: BatchRow::from(sealed), sealed_pos });
+                out.push(Sealed { row: BatchRow::from(sealed), sealed_pos, covers: Vec::new() });
             }
+        }
+        if out.len() > start
+            && let Some(last) = out.last_mut()
+        {
+            last.covers = covers;
         }
         Ok(())
     }

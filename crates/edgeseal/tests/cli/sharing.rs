@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, BASE_TS, feed, free_port, mosquitto_tools, sigterm, tempdir, text, wait_until};
+use super::{Agent, BASE_RFC, BASE_TS, feed, free_port, mosquitto_tools, sigterm, tempdir, text, wait_until};
 
 /// A mosquitto of the test's own on a free port (its own retained messages), stopped on drop.
 pub(super) struct Broker {
@@ -191,8 +191,8 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
         .spawn()
         .unwrap();
 
-    pi.ok(&["share", "temperature", "--with", "laptop"]);
-    pi.ok(&["share", "temperature", "--with", "phone"]);
+    pi.ok(&["share", "temperature", "--with", "laptop", "--from", BASE_RFC]);
+    pi.ok(&["share", "temperature", "--with", "phone", "--from", BASE_RFC]);
     // The laptop runs an agent (it stores what it receives); the phone only watches.
     let mut laptop_up = laptop
         .cmd(&["up", "--sensor", "none", "--for", "60s"])
@@ -306,7 +306,7 @@ fn injected_unsigned_batches_cannot_wedge_a_peer_stream() {
     let (pi, laptop) = (with_broker("inj-pi", &url), with_broker("inj-laptop", &url));
     let (h, j) = pair(&pi, &laptop);
     assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
-    pi.ok(&["share", "temperature", "--with", "inj-laptop"]);
+    pi.ok(&["share", "temperature", "--with", "inj-laptop", "--from", BASE_RFC]);
     let pi_dev = device_of(&pi);
     let topic = format!("edgeseal/v1/{pi_dev}/temperature/batch");
     let capture = pi.dir.parent().unwrap().join("batches.hex");
@@ -372,6 +372,83 @@ fn injected_unsigned_batches_cannot_wedge_a_peer_stream() {
     let _ = sniffer.wait();
 }
 
+/// `share --from T` hands over only the key-tree nodes of T onward: the peer
+/// receives and stores every batch the device publishes (the raw captures),
+/// yet opens, shows and serves nothing that begins before T, live or stored;
+/// the device starts a new batch at T, so nothing after T is lost to a batch
+/// that straddles it.
+#[test]
+fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let url = broker.url();
+    let (pi, laptop, phone) =
+        (with_broker("from-pi", &url), with_broker("from-laptop", &url), with_broker("from-phone", &url));
+    for other in [&laptop, &phone] {
+        let (h, j) = pair(&pi, other);
+        assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
+    }
+    // T is reading 10's time: readings 0..10 are before it. The laptop stores, the phone watches.
+    let out = pi.ok(&["share", "temperature", "--with", "from-laptop", "--from", "2026-01-01T00:00:10Z"]);
+    assert!(out.contains("from-laptop may read temperature from 2026-01-01T00:00:10"), "{out}");
+    pi.ok(&["share", "temperature", "--with", "from-phone", "--from", "2026-01-01T00:00:10Z"]);
+    let pi_dev = device_of(&pi);
+    let capture = pi.dir.parent().unwrap().join("everything.hex");
+    let mut sniffer = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", &format!("edgeseal/v1/{pi_dev}/#"), "-v"])
+        .args(["-F", "%t %x"])
+        .stdout(std::fs::File::create(&capture).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut laptop_up = laptop
+        .cmd(&["up", "--sensor", "none", "--for", "60s"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(laptop.dir.parent().unwrap().join("up.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut pi_up = pi.spawn_stdin(&["--batch-count", "4"]);
+    wait_until("the grant to reach the laptop", Duration::from_secs(20), || {
+        laptop.logs_of("up.err").contains("granted temperature")
+    });
+    let watch = Watcher::start(&phone, "temperature");
+    feed(&mut pi_up, "temperature", 0..20);
+    drop(pi_up.stdin.take());
+    assert!(pi_up.wait().unwrap().success(), "{}", pi.logs());
+    let fetched = || {
+        let out = laptop.run(&["fetch", "--stream", "temperature", "--device", &pi_dev, "--format", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let ts: Vec<i64> = v.as_array().into_iter().flatten().map(|r| r["ts_ms"].as_i64().unwrap()).collect();
+        (ts, text(&out.stderr))
+    };
+    wait_until("the laptop to store readings 10..20", Duration::from_secs(20), || fetched().0.len() >= 10);
+    let (ts, said) = fetched();
+    assert_eq!(ts, (10..20).map(|i| BASE_TS + i * 1000).collect::<Vec<_>>(), "{said}");
+    assert!(said.contains("begin before (or after) the time granted"), "{said}");
+    // The laptop stored the batches from before T too (what the broker carried), and they verify.
+    let rows = Command::new("sqlite3")
+        .arg(laptop.dir.join("store.db"))
+        .arg("SELECT count(*), min(first_ts) FROM batches")
+        .output()
+        .unwrap();
+    let rows = text(&rows.stdout);
+    assert_eq!(rows.trim(), format!("{}|{BASE_TS}", 3 + 3), "a batch straddling T, or one missing");
+    let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
+    assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
+    // Live, the phone saw nothing before T either.
+    watch.wait_for(10);
+    assert!(watch.seen().iter().all(|r| r["ts_ms"].as_i64().unwrap() >= BASE_TS + 10_000), "{:?}", watch.seen());
+    let _ = sniffer.kill();
+    let _ = sniffer.wait();
+    let captured = std::fs::read_to_string(&capture).unwrap();
+    let batches = captured.lines().filter(|l| l.contains("/temperature/batch ")).count();
+    assert!(batches >= 5, "{captured}");
+    let _ = Command::new("kill").args(["-TERM", &laptop_up.id().to_string()]).status();
+    let _ = laptop_up.wait();
+}
+
 /// A peer that was offline while mosquitto dropped most of what it queued for it
 /// (`max_queued_messages 10`), and then a broker restarted without persistence in
 /// the middle of live sharing: the peer asks the device for what it missed and ends
@@ -387,7 +464,7 @@ fn gaps_repair_themselves_after_a_broker_drops_or_forgets() {
     let (pi, laptop) = (with_broker("gap-pi", &url), with_broker("gap-laptop", &url));
     let (h, j) = pair(&pi, &laptop);
     assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
-    pi.ok(&["share", "temperature", "--with", "gap-laptop"]);
+    pi.ok(&["share", "temperature", "--with", "gap-laptop", "--from", BASE_RFC]);
     let pi_dev = device_of(&pi);
     let receiver = || {
         laptop
@@ -754,7 +831,7 @@ fn every_security_level(kind: Kind) {
         let (pi, laptop) = (agent("pi"), agent("laptop"));
         let (h, j) = pair(&pi, &laptop);
         assert!(h.status.success() && j.status.success(), "{case}: {}{}\n{}", text(&h.stderr), text(&j.stderr), log());
-        pi.ok(&["share", "temperature", "--with", peers(&pi)[0]["name"].as_str().unwrap()]);
+        pi.ok(&["share", "temperature", "--with", peers(&pi)[0]["name"].as_str().unwrap(), "--from", BASE_RFC]);
         let watch = Watcher::start(&laptop, "temperature");
         pi.run_lines("temperature", 0..6, &["--batch-count", "2"]);
         watch.wait_for(6);
@@ -792,7 +869,7 @@ fn up_runs_the_embedded_broker_and_peers_share_through_it() {
     let laptop = with_broker("hub-laptop", &format!("mqtt://127.0.0.1:{port}"));
     let (h, j) = pair(&pi, &laptop);
     assert!(h.status.success() && j.status.success(), "{}{}{}", text(&h.stderr), text(&j.stderr), pi.logs());
-    pi.ok(&["share", "temperature", "--with", "hub-laptop"]);
+    pi.ok(&["share", "temperature", "--with", "hub-laptop", "--from", BASE_RFC]);
     let watch = Watcher::start(&laptop, "temperature");
     feed(&mut up, "temperature", 0..4);
     watch.wait_for(4);
