@@ -325,6 +325,47 @@ mod tests {
         assert!(open(&grant(&owner, &peer, &[]), &peer, &owner.public()).unwrap().is_revocation());
     }
 
+    /// A grant as format v1 builds issued it: whole epoch keys, no end, a u16 length.
+    #[test]
+    fn a_version_1_grant_is_still_read_as_whole_epochs() {
+        let (owner, peer) = (id(1), id(2));
+        let s = StreamName::new("temperature").unwrap();
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION_1);
+        out.extend_from_slice(&owner.ed25519_public());
+        out.extend_from_slice(&peer.device_id().0);
+        out.push(s.as_str().len() as u8);
+        out.extend_from_slice(s.as_str().as_bytes());
+        out.extend_from_slice(&7i64.to_be_bytes());
+        out.extend_from_slice(&5i64.to_be_bytes());
+        let aad_len = out.len();
+        let mut plain = 2u32.to_be_bytes().to_vec();
+        plain.extend_from_slice(owner.epoch_key(&s, 2).0.expose_secret());
+        let secret = owner.agreement_secret();
+        let sk = <KemT as Kem>::PrivateKey::from_bytes(secret.as_ref()).unwrap();
+        let mode = OpModeS::Auth((sk.clone(), <KemT as Kem>::sk_to_pk(&sk)));
+        let pk = <KemT as Kem>::PublicKey::from_bytes(&peer.public().x25519).unwrap();
+        let (enc, ct) = hpke::single_shot_seal_with_rng::<ChaCha20Poly1305, HkdfSha256, KemT>(
+            &mode,
+            &pk,
+            INFO,
+            &plain,
+            &out[..aad_len],
+            &mut UnwrapErr(SysRng),
+        )
+        .unwrap();
+        out.extend_from_slice(&enc.to_bytes());
+        out.extend_from_slice(&(ct.len() as u16).to_be_bytes());
+        out.extend_from_slice(&ct);
+        let sig = owner.sign(&sig_message(&out));
+        out.extend_from_slice(&sig);
+        let g = open(&out, &peer, &owner.public()).unwrap();
+        assert_eq!((g.info.issued_ms, g.info.from_ms, g.info.to_ms), (7, 5, i64::MAX));
+        assert_eq!(g.keys.len(), 1);
+        assert_eq!(g.keys[0], (2, TreeNode::root(&owner.epoch_key(&s, 2))));
+    }
+
     #[test]
     fn another_device_cannot_open_it() {
         let (owner, peer, other) = (id(1), id(2), id(3));
