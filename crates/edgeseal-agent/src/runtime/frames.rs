@@ -63,6 +63,22 @@ pub fn channel() -> (FrameTap, FrameFeed) {
     (FrameTap { tx, streams: streams.clone() }, FrameFeed { rx, streams })
 }
 
+/// The runs of `readings` (in order) that lie between the same two of
+/// `times` (ascending): a frame holds one run, so none has readings from both
+/// sides of a time a grant begins or ends after.
+pub fn runs_between(readings: &[Reading], times: &[i64]) -> Vec<std::ops::Range<usize>> {
+    let between = |r: &Reading| times.partition_point(|t| *t <= r.ts);
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=readings.len() {
+        if i == readings.len() || between(&readings[i]) != between(&readings[i - 1]) {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    runs
+}
+
 impl FrameTap {
     /// Offers what a journal commit accepted of `stream`. Copies nothing
     /// unless the stream is granted and a sender listens; drops (counted)
@@ -75,5 +91,24 @@ impl FrameTap {
         if self.tx.try_send(a).is_err() {
             stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeseal_core::Value;
+
+    #[test]
+    fn frames_are_split_at_grant_times() {
+        let r = |ts| Reading {
+            stream: StreamName::new("t").unwrap(),
+            ts,
+            value: Value::Scalar { value: 1.0, unit: String::new(), label: None },
+        };
+        let readings: Vec<Reading> = [5, 9, 10, 12, 15, 16, 3].into_iter().map(r).collect();
+        assert_eq!(runs_between(&readings, &[10, 15]), [0..2, 2..4, 4..6, 6..7]);
+        assert_eq!(runs_between(&readings, &[]), [0..7]);
+        assert!(runs_between(&[], &[10]).is_empty());
     }
 }

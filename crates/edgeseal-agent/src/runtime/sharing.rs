@@ -5,6 +5,7 @@
 //! commit of a granted stream; the [`Receiver`] verifies, opens and queues for
 //! the store what peers publish, and shows their live frames.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -63,7 +64,7 @@ pub async fn connect(
     inbox.limits = cfg.mqtt.tentative;
     inbox.store = true;
     inbox.subscribe(&link).await?;
-    let frames = FrameSender {
+    let mut frames = FrameSender {
         feed,
         local: local.clone(),
         link: link.clone(),
@@ -71,6 +72,7 @@ pub async fn connect(
         identity: identity.clone(),
         stats: stats.clone(),
         scratch: Vec::new(),
+        cuts: HashMap::new(),
     };
     // Readings accepted from now on go out live for the streams granted now.
     frames.granted().await;
@@ -242,6 +244,10 @@ pub struct FrameSender {
     identity: Arc<Identity>,
     stats: Arc<Stats>,
     scratch: Vec<u8>,
+    /// Per stream, the times its grants begin and end after (ascending): no
+    /// frame holds readings from both sides of one, so a peer granted a time
+    /// range opens exactly the frames of readings in it.
+    cuts: HashMap<StreamName, Vec<i64>>,
 }
 
 impl std::fmt::Debug for FrameSender {
@@ -279,10 +285,23 @@ impl FrameSender {
         }
     }
 
-    /// Which streams are granted to a peer now.
-    async fn granted(&self) {
+    /// Which streams are granted to a peer now, and from and to when.
+    async fn granted(&mut self) {
         match self.local.grants_out().await {
-            Ok(g) => self.feed.streams.replace(g.into_iter().filter(|g| !g.revoked).map(|g| g.stream).collect()),
+            Ok(g) => {
+                let live: Vec<_> = g.into_iter().filter(|g| !g.revoked).collect();
+                self.cuts.clear();
+                for g in &live {
+                    let times = self.cuts.entry(g.stream.clone()).or_default();
+                    times.push(g.from_ms);
+                    times.extend(g.to_ms.and_then(|t| t.checked_add(1)));
+                }
+                for times in self.cuts.values_mut() {
+                    times.sort_unstable();
+                    times.dedup();
+                }
+                self.feed.streams.replace(live.into_iter().map(|g| g.stream).collect());
+            }
             Err(e) => warn!("cannot read the grants for live frames: {e}"),
         }
     }
@@ -291,20 +310,37 @@ impl FrameSender {
         let epoch = self.local.stream_state(&a.stream).await.map_err(crate::Error::Local)?.epoch;
         let key = self.identity.epoch_key(&a.stream, epoch);
         let topic = self.topics.live(self.identity.device_id(), &a.stream);
-        let mut pos = a.first_pos;
-        for (readings, last) in into_batches(&a.readings) {
+        // Runs of readings between the same two grant times, each its own frames.
+        let times = self.cuts.get(&a.stream).map_or(&[][..], Vec::as_slice);
+        for run in super::frames::runs_between(&a.readings, times) {
+            self.send_run(a, run, epoch, &key, &topic).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_run(
+        &mut self,
+        a: &Accepted,
+        run: std::ops::Range<usize>,
+        epoch: u32,
+        key: &edgeseal_core::keys::EpochKey,
+        topic: &str,
+    ) -> Result<()> {
+        let first_pos = a.first_pos + run.start as u64;
+        let mut pos = first_pos;
+        for (readings, last) in into_batches(&a.readings[run]) {
             let mut salt = [0u8; 16];
             getrandom::fill(&mut salt).map_err(|e| crate::Error::Internal(format!("no system randomness: {e}")))?;
             // Too large for a frame (a camera's image): it goes with its stored batch only.
             let at = FrameParams { stream: a.stream.clone(), pos, epoch, salt };
-            match seal_frame(&readings, &at, &key, &self.identity, &mut self.scratch) {
+            match seal_frame(&readings, &at, key, &self.identity, &mut self.scratch) {
                 Ok(bytes) => {
-                    self.link.publish_once(&topic, bytes).await?;
+                    self.link.publish_once(topic, bytes).await?;
                     self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => debug!("readings {pos}.. of {} go without a live frame: {e}", a.stream),
             }
-            pos = a.first_pos + last as u64 + 1;
+            pos = first_pos + last as u64 + 1;
         }
         Ok(())
     }

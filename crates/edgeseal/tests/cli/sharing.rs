@@ -376,7 +376,8 @@ fn injected_unsigned_batches_cannot_wedge_a_peer_stream() {
 /// receives and stores every batch the device publishes (the raw captures),
 /// yet opens, shows and serves nothing that begins before T, live or stored;
 /// the device starts a new batch at T, so nothing after T is lost to a batch
-/// that straddles it.
+/// that straddles it. A second peer granted `--from T --to U` sees exactly
+/// the readings in between, and neither sees a stream it was not granted.
 #[test]
 fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
     if mosquitto_tools().is_none() {
@@ -393,7 +394,17 @@ fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
     // T is reading 10's time: readings 0..10 are before it. The laptop stores, the phone watches.
     let out = pi.ok(&["share", "temperature", "--with", "from-laptop", "--from", "2026-01-01T00:00:10Z"]);
     assert!(out.contains("from-laptop may read temperature from 2026-01-01T00:00:10"), "{out}");
-    pi.ok(&["share", "temperature", "--with", "from-phone", "--from", "2026-01-01T00:00:10Z"]);
+    let out = pi.ok(&[
+        "share",
+        "temperature",
+        "--with",
+        "from-phone",
+        "--from",
+        "2026-01-01T00:00:10Z",
+        "--to",
+        "2026-01-01T00:00:14.999Z",
+    ]);
+    assert!(out.contains("to 2026-01-01T00:00:14.999"), "{out}");
     let pi_dev = device_of(&pi);
     let capture = pi.dir.parent().unwrap().join("everything.hex");
     let mut sniffer = Command::new("mosquitto_sub")
@@ -415,6 +426,7 @@ fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
     });
     let watch = Watcher::start(&phone, "temperature");
     feed(&mut pi_up, "temperature", 0..20);
+    feed(&mut pi_up, "humidity", 0..3);
     drop(pi_up.stdin.take());
     assert!(pi_up.wait().unwrap().success(), "{}", pi.logs());
     let fetched = || {
@@ -430,16 +442,25 @@ fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
     // The laptop stored the batches from before T too (what the broker carried), and they verify.
     let rows = Command::new("sqlite3")
         .arg(laptop.dir.join("store.db"))
-        .arg("SELECT count(*), min(first_ts) FROM batches")
+        .arg("SELECT count(*), min(first_ts) FROM batches WHERE stream = 'temperature'")
         .output()
         .unwrap();
     let rows = text(&rows.stdout);
-    assert_eq!(rows.trim(), format!("{}|{BASE_TS}", 3 + 3), "a batch straddling T, or one missing");
+    // Cut at T and after U: [0..4) [4..8) [8, 9] [10..14) [14] [15..19) [19].
+    assert_eq!(rows.trim(), format!("7|{BASE_TS}"), "a batch straddling T or U, or one missing");
+    // A stream not granted: kept sealed if it arrives, and nothing of it opens.
+    let humidity = laptop.run(&["fetch", "--stream", "humidity", "--device", &pi_dev, "--format", "json"]);
+    let shown: Value = serde_json::from_slice(&humidity.stdout).unwrap_or(Value::Null);
+    assert!(shown.as_array().is_none_or(Vec::is_empty), "{shown}");
     let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
     assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
-    // Live, the phone saw nothing before T either.
-    watch.wait_for(10);
-    assert!(watch.seen().iter().all(|r| r["ts_ms"].as_i64().unwrap() >= BASE_TS + 10_000), "{:?}", watch.seen());
+    // Live, the phone saw readings 10..=14 and nothing else.
+    watch.wait_for(5);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen: Vec<i64> = watch.seen().iter().map(|r| r["ts_ms"].as_i64().unwrap()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (10..15).map(|i| BASE_TS + i * 1000).collect::<Vec<_>>(), "{:?}", watch.seen());
     let _ = sniffer.kill();
     let _ = sniffer.wait();
     let captured = std::fs::read_to_string(&capture).unwrap();
