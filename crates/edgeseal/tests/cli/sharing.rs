@@ -463,9 +463,21 @@ fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
     assert_eq!(seen, (10..15).map(|i| BASE_TS + i * 1000).collect::<Vec<_>>(), "{:?}", watch.seen());
     let _ = sniffer.kill();
     let _ = sniffer.wait();
+    // What the laptop stored and failed to open before T is exactly what the broker carried.
     let captured = std::fs::read_to_string(&capture).unwrap();
-    let batches = captured.lines().filter(|l| l.contains("/temperature/batch ")).count();
-    assert!(batches >= 5, "{captured}");
+    let mut carried: Vec<String> = captured
+        .lines()
+        .filter_map(|l| l.split_once("/temperature/batch ").map(|(_, hex)| hex.to_ascii_uppercase()))
+        .collect();
+    carried.sort();
+    carried.dedup();
+    let stored = Command::new("sqlite3")
+        .arg(laptop.dir.join("store.db"))
+        .arg("SELECT hex(sealed) FROM batches WHERE stream = 'temperature' ORDER BY hex(sealed)")
+        .output()
+        .unwrap();
+    let stored: Vec<String> = text(&stored.stdout).lines().map(str::to_string).collect();
+    assert_eq!(stored, carried, "the laptop's copy differs from the raw captures");
     let _ = Command::new("kill").args(["-TERM", &laptop_up.id().to_string()]).status();
     let _ = laptop_up.wait();
 }
