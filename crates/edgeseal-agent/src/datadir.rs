@@ -47,15 +47,46 @@ pub fn check_new(data_dir: &Path) -> Result<()> {
 
 /// Creates a new identity in `data_dir`, under `passphrase` when one is given.
 pub fn init(data_dir: &Path, name: &str, passphrase: Option<&Passphrase>) -> Result<Identity> {
-    check_new(data_dir)?;
-    let path = keystore_path(data_dir);
     let identity = random_identity()?;
+    restore(data_dir, name, &identity, passphrase)?;
+    Ok(identity)
+}
+
+/// Writes `identity` as the keystore of a new agent in `data_dir` (a new
+/// one, or one restored from a backup), under `passphrase` when one is given.
+pub fn restore(data_dir: &Path, name: &str, identity: &Identity, passphrase: Option<&Passphrase>) -> Result<()> {
+    check_new(data_dir)?;
+    let text = encode(identity, name, passphrase)?;
+    create_private_dir(data_dir)?;
+    write_new_private(&keystore_path(data_dir), text.as_bytes())
+}
+
+fn encode(identity: &Identity, name: &str, passphrase: Option<&Passphrase>) -> Result<String> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(randomness)?;
-    let text = keystore::encode(&identity, name, passphrase.map(|p| p.as_bytes()), KdfParams::default(), salt)?;
-    create_private_dir(data_dir)?;
-    write_new_private(&path, text.as_bytes())?;
-    Ok(identity)
+    Ok(keystore::encode(identity, name, passphrase.map(|p| p.as_bytes()), KdfParams::default(), salt)?)
+}
+
+/// Writes a backup of the identity (its signing and agreement keys and the
+/// root of every stream key) to `to`, a new file of mode 0600, always sealed
+/// under `passphrase` (Argon2id): the keystore format, so `init --from`
+/// reads it back.
+pub fn export(to: &Path, name: &str, identity: &Identity, passphrase: &Passphrase) -> Result<()> {
+    let text = encode(identity, name, Some(passphrase))?;
+    write_new_private(to, text.as_bytes())
+}
+
+/// Reads a backup written by [`export`]: the agent's name and identity.
+pub fn read_backup(from: &Path, passphrase: &Passphrase) -> Result<(String, Identity)> {
+    let text = fs::read_to_string(from).map_err(io("cannot read the backup", from))?;
+    let bad = |e: edgeseal_core::Error| Error::Keystore(format!("cannot use the backup {}: {e}", from.display()));
+    if !keystore::summary(&text).map_err(bad)?.protected {
+        return Err(Error::Keystore(format!(
+            "{} is a keystore without a passphrase, not a backup made by `edgeseal keys export`",
+            from.display()
+        )));
+    }
+    keystore::decode(&text, Some(passphrase.as_bytes())).map_err(bad)
 }
 
 /// A new identity from the system's randomness (an agent's, or a throwaway one for benchmarks and tests).

@@ -137,6 +137,11 @@ pub struct Retrieved {
 }
 
 impl Retrieved {
+    /// Whether this agent holds any key of the stream (its own, or granted).
+    pub fn granted(&self) -> bool {
+        self.keys.holds(self.device, &self.stream)
+    }
+
     /// Opens the authentic rows in `range` (`None`: not authentic; `Err`: no key or damaged).
     pub fn open(
         &self,
@@ -147,12 +152,6 @@ impl Retrieved {
 }
 
 /// A device id given on the command line or in a request; `None` is this agent.
-fn parse_device(arg: Option<&str>, own: DeviceId) -> Result<DeviceId> {
-    match arg.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(own),
-        Some(s) => s.parse().map_err(|e| Error::bad(format!("device {s:?}: {e}"))),
-    }
-}
 
 /// A stream name given in a request.
 pub fn parse_stream(s: &str) -> Result<StreamName> {
@@ -322,6 +321,21 @@ impl Service {
         }))
     }
 
+    /// The device a `--device` names: this agent when none; else a device id,
+    /// this agent's name, or a peer's name, unique device-id prefix (6+ hex
+    /// digits, as `streams` shows 8) or fingerprint.
+    async fn device_named(&self, arg: Option<&str>) -> Result<DeviceId> {
+        let Some(s) = arg.map(str::trim).filter(|s| !s.is_empty()) else { return Ok(self.device()) };
+        if let Ok(d) = s.parse::<DeviceId>() {
+            return Ok(d);
+        }
+        if s.eq_ignore_ascii_case(&self.name) {
+            return Ok(self.device());
+        }
+        let peers = self.local.peers().await.local()?;
+        crate::share::find_peer(&peers, s).map(|p| p.device)
+    }
+
     /// Fetches and audits one stream, remembering any newer authentic head.
     async fn audited(
         &self,
@@ -358,7 +372,7 @@ impl Service {
         to: Option<i64>,
     ) -> Result<Retrieved> {
         let identity = self.identity()?.clone();
-        let device = parse_device(device, self.device())?;
+        let device = self.device_named(device).await?;
         if let (Some(f), Some(t)) = (from, to)
             && f > t
         {
@@ -418,7 +432,7 @@ impl Service {
 
     /// Audits streams of `device` (default this agent): `stream`, or every one.
     pub async fn verify(&self, stream: Option<&str>, device: Option<&str>) -> Result<VerifyView> {
-        let device = parse_device(device, self.device())?;
+        let device = self.device_named(device).await?;
         let streams: Vec<StreamName> = match stream {
             Some(s) => {
                 let s = parse_stream(s)?;

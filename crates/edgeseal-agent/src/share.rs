@@ -294,6 +294,11 @@ impl KeyRing {
         }
     }
 
+    /// Whether this agent holds any key of the stream: its own, or granted.
+    pub fn holds(&self, device: DeviceId, stream: &StreamName) -> bool {
+        self.own.as_ref().is_some_and(|(me, _)| *me == device) || self.granted.contains_key(&(device, stream.clone()))
+    }
+
     /// What this agent holds of `epoch` of a stream: all of it for its own
     /// streams, the granted time of a peer's.
     pub fn key(&self, device: DeviceId, stream: &StreamName, epoch: u32) -> Option<EpochKeys> {

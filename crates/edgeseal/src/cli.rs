@@ -47,6 +47,12 @@ pub enum Command {
         /// Protect the keystore with a passphrase (Argon2id)
         #[arg(long)]
         protect: bool,
+        /// Restore the identity from a backup (`keys export`): the same device and streams, on new hardware
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+        /// The backup's passphrase in a file [default: EDGESEAL_BACKUP_PASSPHRASE, or a prompt]
+        #[arg(long, value_name = "FILE", requires = "from")]
+        backup_passphrase_file: Option<PathBuf>,
     },
     /// Print this agent's public identity and fingerprint
     Id {
@@ -219,6 +225,15 @@ pub enum KeysCommand {
     Rotate {
         #[arg(long)]
         stream: String,
+    },
+    /// Write an encrypted backup of this agent's keys (without it, a lost keystore makes every stored batch unreadable)
+    Export {
+        /// The backup file to create (mode 0600; never overwritten)
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// The backup's passphrase in a file [default: EDGESEAL_BACKUP_PASSPHRASE, or a prompt]
+        #[arg(long, value_name = "FILE")]
+        backup_passphrase_file: Option<PathBuf>,
     },
 }
 

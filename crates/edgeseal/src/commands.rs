@@ -1,9 +1,10 @@
-//! The commands that read: `init`, `id`, `streams`, `fetch`, `verify`,
+//! The commands that read: `init` (and `init --from` / `keys export`), `id`, `streams`, `fetch`, `verify`,
 //! `config show`, and the service opening the other commands share. Each
 //! opens the agent's service once and prints its typed views with the
 //! printers below (table, CSV or JSON over `impl Write`).
 
 use std::io::{BufWriter, IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -42,13 +43,7 @@ pub fn parse_stream(s: &str) -> Result<StreamName, Error> {
 pub fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<ExitCode> {
     let _lock = crate::writer::exclusive(cfg, "init")?;
     datadir::check_new(&cfg.data_dir)?;
-    let passphrase = pass.get(protect.then_some("New keystore passphrase: "), true)?;
-    if protect && passphrase.is_none() {
-        return Err(Error::bad(
-            "--protect needs a passphrase: set EDGESEAL_PASSPHRASE, pass --passphrase-file, or run on a terminal",
-        )
-        .into());
-    }
+    let passphrase = new_passphrase(pass, protect)?;
     let identity = datadir::init(&cfg.data_dir, &cfg.name, passphrase.as_ref())?;
     let public = identity.public();
     println!("created agent {:?} in {}", cfg.name, cfg.data_dir.display());
@@ -59,6 +54,73 @@ pub fn init(cfg: &Config, pass: &PassphraseSource, protect: bool) -> Result<Exit
         datadir::keystore_path(&cfg.data_dir).display(),
         if passphrase.is_some() { "passphrase-protected" } else { "not passphrase-protected" }
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The keystore passphrase for a new keystore, when `--protect` asks for one.
+fn new_passphrase(pass: &PassphraseSource, protect: bool) -> Result<Option<datadir::Passphrase>> {
+    let passphrase = pass.get(protect.then_some("New keystore passphrase: "), true)?;
+    if protect && passphrase.is_none() {
+        return Err(Error::bad(
+            "--protect needs a passphrase: set EDGESEAL_PASSPHRASE, pass --passphrase-file, or run on a terminal",
+        )
+        .into());
+    }
+    Ok(passphrase)
+}
+
+/// A backup's passphrase, which there must be.
+fn backup_passphrase(backup: &PassphraseSource, prompt: &str, confirm: bool) -> Result<datadir::Passphrase> {
+    backup.get(Some(prompt), confirm)?.ok_or_else(|| {
+        Error::bad(
+            "a backup needs a passphrase: set EDGESEAL_BACKUP_PASSPHRASE, pass --backup-passphrase-file, or run on a terminal",
+        )
+        .into()
+    })
+}
+
+/// `keys export --to FILE`: the identity, sealed under a backup passphrase.
+pub async fn export(cfg: &Config, pass: &PassphraseSource, to: &Path, backup: &PassphraseSource) -> Result<ExitCode> {
+    let (name, identity) = datadir::load(&cfg.data_dir, pass.existing()).await?;
+    let passphrase = backup_passphrase(backup, "Backup passphrase: ", true)?;
+    let (to_owned, name_c) = (to.to_path_buf(), name.clone());
+    tokio::task::spawn_blocking(move || datadir::export(&to_owned, &name_c, &identity, &passphrase))
+        .await
+        .map_err(|e| Error::Internal(format!("the backup task failed: {e}")))??;
+    println!(
+        "wrote a backup of agent {name:?}'s keys to {} (mode 0600, sealed under the backup passphrase)",
+        to.display()
+    );
+    println!("  keep it off this device; `edgeseal init --from {}` restores the agent on new hardware", to.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `init --from FILE`: a new data dir holding the backed-up identity, which
+/// continues its streams after what the store holds.
+pub async fn restore(
+    cfg: &Config,
+    pass: &PassphraseSource,
+    protect: bool,
+    from: &Path,
+    backup: &PassphraseSource,
+    renamed: bool,
+) -> Result<ExitCode> {
+    let _lock = crate::writer::exclusive(cfg, "init")?;
+    datadir::check_new(&cfg.data_dir)?;
+    let passphrase = backup_passphrase(backup, "Backup passphrase: ", false)?;
+    let from_owned = from.to_path_buf();
+    let (backed_up_name, identity) =
+        tokio::task::spawn_blocking(move || datadir::read_backup(&from_owned, &passphrase))
+            .await
+            .map_err(|e| Error::Internal(format!("the backup task failed: {e}")))??;
+    let name = if renamed { cfg.name.clone() } else { backed_up_name };
+    let local = new_passphrase(pass, protect)?;
+    datadir::restore(&cfg.data_dir, &name, &identity, local.as_ref())?;
+    let public = identity.public();
+    println!("restored agent {name:?} from {} into {}", from.display(), cfg.data_dir.display());
+    println!("  device id:   {}", public.device_id());
+    println!("  fingerprint: {}", public.fingerprint());
+    println!("  its streams go on after the newest batch the store holds of each");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -141,6 +203,14 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     }
     let got = service.retrieve(&stream, args.device.as_deref(), from, to).await?;
     let rows = got.read.rows.len();
+    if !got.granted() {
+        let e =
+            Error::NoSuchGrant { peer: "this agent".into(), what: format!(" of {stream} of device {}", got.device) };
+        if args.strict {
+            return Err(e.into());
+        }
+        eprintln!("warning: {e}: its batches are verified, but none opens (its owner runs `edgeseal share`)");
+    }
     let problems = !got.read.audit.is_clean();
     if problems {
         report_findings(&stream, &got.read.audit);

@@ -94,18 +94,25 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     let cfg = config::load(cli.global.config.as_deref(), &overrides)?;
     let agent = matches!(cli.command, Command::Up(_) | Command::Broker { command: None, .. });
     init_logging(if agent { &cfg.log } else { "warn" });
-    let pass = PassphraseSource { file: cli.global.passphrase_file.clone() };
+    let pass = PassphraseSource { file: cli.global.passphrase_file.clone(), ..Default::default() };
     let cfg = Arc::new(cfg);
     // `bench agent` uses a database and a broker only when given on the command line.
     let (store_flag, broker_flag) = (cli.global.store.clone(), cli.global.broker.clone());
     match cli.command {
-        Command::Init { protect, .. } => commands::init(&cfg, &pass, protect),
+        Command::Init { protect, from: None, .. } => commands::init(&cfg, &pass, protect),
+        Command::Init { protect, from: Some(from), backup_passphrase_file, name } => {
+            let backup = PassphraseSource::backup(backup_passphrase_file);
+            commands::restore(&cfg, &pass, protect, &from, &backup, name.is_some()).await
+        }
         Command::Id { json } => commands::id(&cfg, json),
         Command::Up(args) => up::up(cfg, args, pass).await,
         Command::Streams { json } => commands::streams(cfg, json).await,
         Command::Fetch(args) => commands::fetch(cfg, &pass, args).await,
         Command::Verify { stream, device, json } => commands::verify(cfg, stream, device, json).await,
         Command::Keys { command: KeysCommand::Rotate { stream } } => share_cmd::rotate(cfg, &pass, &stream).await,
+        Command::Keys { command: KeysCommand::Export { to, backup_passphrase_file } } => {
+            commands::export(&cfg, &pass, &to, &PassphraseSource::backup(backup_passphrase_file)).await
+        }
         Command::Pair(args) => share_cmd::pair(cfg, &pass, args).await,
         Command::Peers { json } => share_cmd::peers(cfg, json).await,
         Command::Share { stream, peer, from, to } => share_cmd::share(cfg, &pass, &stream, &peer, from, to).await,

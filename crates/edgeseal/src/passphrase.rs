@@ -1,5 +1,6 @@
 //! Where the keystore passphrase comes from: `--passphrase-file`,
-//! `EDGESEAL_PASSPHRASE` or a prompt on a terminal, in that order.
+//! `EDGESEAL_PASSPHRASE` or a prompt on a terminal, in that order; and a
+//! backup's, from `--backup-passphrase-file`, `EDGESEAL_BACKUP_PASSPHRASE` or a prompt.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -8,12 +9,25 @@ use edgeseal_agent::datadir::Passphrase;
 use edgeseal_agent::{Error, Result};
 use zeroize::Zeroizing;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PassphraseSource {
     pub file: Option<PathBuf>,
+    /// The environment variable that may hold it.
+    pub env: &'static str,
+}
+
+impl Default for PassphraseSource {
+    fn default() -> Self {
+        PassphraseSource { file: None, env: "EDGESEAL_PASSPHRASE" }
+    }
 }
 
 impl PassphraseSource {
+    /// Where a backup's passphrase comes from.
+    pub fn backup(file: Option<PathBuf>) -> PassphraseSource {
+        PassphraseSource { file, env: "EDGESEAL_BACKUP_PASSPHRASE" }
+    }
+
     /// The passphrase, if one was given; prompts on a terminal when `prompt` is set.
     pub fn get(&self, prompt: Option<&str>, confirm: bool) -> Result<Option<Passphrase>> {
         if let Some(f) = &self.file {
@@ -28,9 +42,9 @@ impl PassphraseSource {
             }
             return Ok(Some(pass));
         }
-        if let Ok(p) = std::env::var("EDGESEAL_PASSPHRASE") {
+        if let Ok(p) = std::env::var(self.env) {
             if p.is_empty() {
-                return Err(Error::bad("EDGESEAL_PASSPHRASE is set but empty"));
+                return Err(Error::bad(format!("{} is set but empty", self.env)));
             }
             return Ok(Some(Zeroizing::new(p)));
         }

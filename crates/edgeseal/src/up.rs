@@ -31,6 +31,9 @@ use crate::cli::UpArgs;
 use crate::passphrase::PassphraseSource;
 use crate::writer::exclusive;
 
+/// The setting that records that `up` has said why the keystore needs a backup.
+const BACKUP_WARNED: &str = "keystore_backup_warned";
+
 pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Result<ExitCode> {
     let mut cfg = (*cfg).clone();
     if !args.sensors.is_empty() {
@@ -99,6 +102,13 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     }
     for s in &sources {
         println!("  sensor:   {}", s.describe());
+    }
+    // Once per data dir: what losing the keystore means, and the remedy.
+    if local.setting(BACKUP_WARNED).await.ok().flatten().is_none() {
+        warn!(
+            "without keystore.json every batch this agent stores can never be read again: keep a backup elsewhere (`edgeseal keys export --to FILE`; `edgeseal init --from FILE` restores it)"
+        );
+        let _ = local.put_setting(BACKUP_WARNED, "1").await;
     }
     // A policy set from the web UI or API outlasts restarts; flags on the command line win over it.
     let flags = args.batch_count.is_some() || args.batch_interval.is_some();

@@ -344,6 +344,49 @@ fn batches_deleted_from_the_store_cost_only_themselves() {
     assert!(!report.contains("unsigned and not covered"), "{report}");
 }
 
+/// `keys export` writes the identity sealed under a backup passphrase (0600,
+/// never over an existing file); `init --from` on new hardware restores it,
+/// and the restored agent reads what the old one stored and goes on with the
+/// same streams after it. Without the passphrase, or with a wrong one, the
+/// backup opens nothing.
+#[test]
+fn a_key_backup_restores_the_agent_on_new_hardware() {
+    let shared = tempdir("backup-store").join("store.db");
+    let url = format!("sqlite://{}", shared.display());
+    let mut old = Agent::new("backup-old");
+    old.store = Some(url.clone());
+    old.run_lines("t", 0..10, &["--batch-count", "5"]);
+    assert!(old.logs().contains("keys export"), "up says why the keystore needs a backup: {}", old.logs());
+    let backup = old.dir.parent().unwrap().join("agent.backup");
+    let with_pass =
+        |a: &Agent, args: &[&str], pass: &str| a.cmd(args).env("EDGESEAL_BACKUP_PASSPHRASE", pass).output().unwrap();
+    let out = with_pass(&old, &["keys", "export", "--to", backup.to_str().unwrap()], "correct horse");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
+    // The keystore's secret is not in the backup in the clear.
+    let keystore: Value =
+        serde_json::from_str(&std::fs::read_to_string(old.dir.join("keystore.json")).unwrap()).unwrap();
+    let secret = keystore["secret"].as_str().unwrap();
+    assert!(!std::fs::read_to_string(&backup).unwrap().contains(secret));
+    let again = with_pass(&old, &["keys", "export", "--to", backup.to_str().unwrap()], "correct horse");
+    assert!(!again.status.success(), "an existing backup was overwritten");
+
+    // New hardware: a fresh data dir, the same store.
+    let new = Agent { dir: tempdir("backup-new").join("data"), store: Some(url), broker: None, env: Vec::new() };
+    let from = ["init", "--from", backup.to_str().unwrap()];
+    let wrong = with_pass(&new, &from, "wrong horse");
+    assert!(!wrong.status.success() && text(&wrong.stderr).contains("passphrase"), "{}", text(&wrong.stderr));
+    assert!(!new.dir.join("keystore.json").exists());
+    let out = with_pass(&new, &from, "correct horse");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(new.ok(&["id", "--json"]), old.ok(&["id", "--json"]), "the same identity and name");
+    assert_eq!(new.fetch("t"), expected(0..10));
+    new.run_lines("t", 10..20, &["--batch-count", "5"]);
+    assert_eq!(new.fetch("t"), expected(0..20));
+    assert!(new.ok(&["verify"]).contains("t: ok (4 batches verified, head 3)"), "{}", new.ok(&["verify"]));
+}
+
 #[test]
 fn key_rotation_keeps_old_batches_readable() {
     let a = Agent::new("rotate");

@@ -448,10 +448,15 @@ fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
     let rows = text(&rows.stdout);
     // Cut at T and after U: [0..4) [4..8) [8, 9] [10..14) [14] [15..19) [19].
     assert_eq!(rows.trim(), format!("7|{BASE_TS}"), "a batch straddling T or U, or one missing");
-    // A stream not granted: kept sealed if it arrives, and nothing of it opens.
-    let humidity = laptop.run(&["fetch", "--stream", "humidity", "--device", &pi_dev, "--format", "json"]);
+    // A stream not granted: kept sealed if it arrives, nothing of it opens, and fetch says so
+    // (and fails under --strict). --device takes the peer's name or a prefix of its id too.
+    let humidity = laptop.run(&["fetch", "--stream", "humidity", "--device", "from-pi", "--format", "json"]);
     let shown: Value = serde_json::from_slice(&humidity.stdout).unwrap_or(Value::Null);
     assert!(shown.as_array().is_none_or(Vec::is_empty), "{shown}");
+    assert!(text(&humidity.stderr).contains("this agent holds no grant of humidity"), "{}", text(&humidity.stderr));
+    let strict = laptop.run(&["fetch", "--stream", "humidity", "--device", &pi_dev[..8], "--strict"]);
+    assert_eq!(strict.status.code(), Some(1), "{}", text(&strict.stderr));
+    assert!(text(&strict.stderr).contains("holds no grant of humidity"), "{}", text(&strict.stderr));
     let verify = laptop.run(&["verify", "--device", &pi_dev, "--stream", "temperature"]);
     assert!(verify.status.success(), "{}{}", text(&verify.stdout), text(&verify.stderr));
     // Live, the phone saw readings 10..=14 and nothing else.
