@@ -151,8 +151,6 @@ impl Retrieved {
     }
 }
 
-/// A device id given on the command line or in a request; `None` is this agent.
-
 /// A stream name given in a request.
 pub fn parse_stream(s: &str) -> Result<StreamName> {
     parse_stream_as("stream", s)
