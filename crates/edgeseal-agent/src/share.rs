@@ -984,8 +984,17 @@ impl Inbox {
         let peer = self.peers.get(&device).map(|p| p.name.clone()).unwrap_or_default();
         let Some(key) = self.keys.key(device, stream, p.header.epoch) else {
             let slot = self.locked.entry((device, stream.clone())).or_default();
+            let first = slot.is_empty();
             if slot.len() < LOCKED_MAX {
                 slot.push(bytes.to_vec());
+            }
+            if !first {
+                // Said once per spell without a key (not once per batch, twice a second).
+                debug!(
+                    "batch {} of {peer}/{stream} is kept sealed too: no key for epoch {}",
+                    p.header.seq, p.header.epoch
+                );
+                return Ok(Vec::new());
             }
             return Ok(vec![Event::Locked { peer, stream: stream.clone(), seq: p.header.seq, epoch: p.header.epoch }]);
         };
@@ -1026,7 +1035,9 @@ pub fn log_event(e: &Event) {
             debug!("live frame {pos} of {peer}/{stream} ({} readings)", readings.len());
         }
         Event::Locked { peer, stream, seq, epoch } => {
-            info!("batch {seq} of {peer}/{stream} is sealed under epoch {epoch}, which {peer} has not granted (yet)")
+            info!(
+                "batch {seq} of {peer}/{stream} is sealed under epoch {epoch}, which {peer} has not granted this agent: it and those after it are kept sealed (said once)"
+            )
         }
         Event::Granted { peer, stream, epochs } => info!("{peer} granted {stream} ({epochs} key epoch(s))"),
         Event::Revoked { peer, stream } => info!("{peer} revoked this agent's access to {stream}"),
@@ -1355,5 +1366,46 @@ mod tests {
             assert!(events.iter().any(|e| matches!(e, Event::Missing { from: 3, to: 3, .. })), "{events:?}");
             let _ = std::fs::remove_dir_all(&dir);
         }
+    }
+    /// Batches under an epoch not granted are kept sealed and said once, not
+    /// once per batch; they open when a grant of that epoch arrives.
+    #[tokio::test]
+    async fn batches_without_a_key_are_said_once_and_open_when_the_grant_comes() {
+        let owner = crate::datadir::random_identity().unwrap();
+        let (mut inbox, dir) = granted_inbox("locked", &owner).await;
+        let stream = StreamName::new("t").unwrap();
+        let on = inbox.topics.batch(owner.device_id(), &stream);
+        let msg = |topic: &String, payload: Vec<u8>| Message { topic: topic.clone(), payload, retain: false };
+        let mut prev = BatchHash::default();
+        let mut locked = 0;
+        for seq in 0..3u64 {
+            let r = Readings::Scalar(ScalarBatch {
+                unit: "u".into(),
+                ts: vec![seq as i64],
+                values: vec![seq as f64],
+                labels: vec![],
+            });
+            let p = SealParams {
+                device: owner.device_id(),
+                stream: stream.clone(),
+                seq,
+                epoch: 1,
+                prev,
+                salt: [1; 16],
+                covers: Vec::new(),
+            };
+            let b = seal(&r, &p, &owner.epoch_key(&stream, 1), Some(&owner), &mut Vec::new()).unwrap();
+            prev = b.hash;
+            let events = inbox.handle(&msg(&on, b.bytes)).await;
+            locked += events.iter().filter(|e| matches!(e, Event::Locked { .. })).count();
+        }
+        assert_eq!(locked, 1, "said once per spell without a key");
+        let me_pub = inbox.identity.public();
+        let terms = grant::Terms { issued_ms: 2, from_ms: 0, to_ms: i64::MAX };
+        let keys = [(1, TreeNode::root(&owner.epoch_key(&stream, 1)))];
+        let g = grant::issue(&owner, &me_pub, &stream, terms, &keys, &mut rng()).unwrap();
+        let events = inbox.handle(&msg(&inbox.topics.grant(owner.device_id(), &stream, me_pub.device_id()), g)).await;
+        assert_eq!(values(&events), [0.0, 1.0, 2.0], "{events:?}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -241,8 +241,12 @@ pub enum KeysCommand {
 pub enum ConfigCommand {
     /// Print every configuration key with its default and a comment
     PrintDefault,
-    /// Print the effective configuration (passwords hidden)
-    Show,
+    /// Print the effective configuration as TOML (passwords hidden)
+    Show {
+        /// One line per setting, with where it came from (default, file, env, flag)
+        #[arg(long)]
+        origins: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -387,21 +387,3 @@ pub async fn verify(cfg: Arc<Config>, stream: Option<String>, device: Option<Str
     }
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_INTEGRITY) })
 }
-
-pub fn show_config(cfg: &Config) -> Result<ExitCode> {
-    println!("data_dir = {:?}", cfg.data_dir.display().to_string());
-    println!("name = {:?}", cfg.name);
-    println!("store = {:?}", edgeseal_store::redact_url(&cfg.store_url));
-    println!("store_timeout = {:?}", humantime::format_duration(cfg.store_timeout).to_string());
-    println!("log = {:?}", cfg.log);
-    println!("batch = {:?}", cfg.batch);
-    for (s, p) in &cfg.per_stream {
-        println!("streams.{s} = {p:?}");
-    }
-    println!("outbox.retry_max = {:?}", humantime::format_duration(cfg.retry_max).to_string());
-    println!("outbox.checkpoint_every = {:?}", humantime::format_duration(cfg.checkpoint_every).to_string());
-    for s in &cfg.sensors {
-        println!("sensor = {s:?}");
-    }
-    Ok(ExitCode::SUCCESS)
-}

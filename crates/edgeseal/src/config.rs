@@ -57,7 +57,6 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Raw {
     data_dir: PathBuf,
     name: String,
@@ -78,14 +77,12 @@ struct Raw {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawWeb {
     listen: String,
     cloudsync_listen: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBroker {
     listen: String,
     level: u8,
@@ -94,7 +91,6 @@ struct RawBroker {
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RawMqtt {
     #[serde(skip_serializing_if = "String::is_empty")]
     broker: String,
@@ -123,13 +119,11 @@ pub struct RawMqtt {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGrovePi {
     bus: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawLcd {
     enabled: bool,
     streams: Vec<String>,
@@ -137,28 +131,24 @@ struct RawLcd {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBatch {
     count: usize,
     interval: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawBatchOverride {
     count: Option<usize>,
     interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOutbox {
     retry_max: String,
     checkpoint_every: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSensor {
     kind: String,
     model: Option<String>,
@@ -222,7 +212,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, edgese
     if let Some(f) = file
         && !f.exists()
     {
-        return Err(edgeseal_agent::Error::bad(format!(
+        return Err(edgeseal_agent::Error::Config(format!(
             "config file {} does not exist (see `edgeseal config print-default` for a template)",
             f.display()
         )));
@@ -233,7 +223,103 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, edgese
     })
 }
 
-fn layers(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+/// Environment variables of edgeseal's own that are not settings.
+const ENV_OTHER: &[&str] = &["PASSPHRASE", "BACKUP_PASSPHRASE", "REQUIRE_SERVICES", "WRITE_VECTORS"];
+
+/// The environment variable of a setting (`batch.count` → `EDGESEAL_BATCH__COUNT`).
+fn env_name(key: &str) -> String {
+    format!("EDGESEAL_{}", key.to_ascii_uppercase().replace('.', "__"))
+}
+
+/// Warnings for `EDGESEAL_*` variables that set nothing, naming the nearest setting.
+fn unknown_env(vars: impl Iterator<Item = String>) -> Vec<String> {
+    vars.filter_map(|var| {
+        let rest = var.strip_prefix("EDGESEAL_")?;
+        let key = rest.to_ascii_lowercase().replace("__", ".");
+        if ENV_KEYS.contains(&key.as_str()) || ENV_OTHER.contains(&rest) || rest.starts_with("TEST_") {
+            return None;
+        }
+        let nearest = ENV_KEYS.iter().map(|k| env_name(k)).min_by_key(|k| strsim::levenshtein(k, &var))?;
+        Some(format!(
+            "warning: the environment variable {var} is not a setting and does nothing (did you mean {nearest}?)"
+        ))
+    })
+    .collect()
+}
+
+/// The keys a `[[sensor]]` table may hold (which of them apply depends on its kind).
+const SENSOR_KEYS: &[&str] = &["kind", "model", "stream", "interval", "command", "seed", "sysfs", "port"];
+/// The keys of a `[streams.NAME]` table.
+const STREAM_KEYS: &[&str] = &["count", "interval"];
+
+/// Warnings for keys of the file that are not settings (they would be
+/// ignored), each naming the nearest valid key.
+fn unknown_keys(text: &str, file: &Path) -> Vec<String> {
+    let (Ok(file_table), Ok(known)) = (text.parse::<toml::Table>(), DEFAULT_TOML.parse::<toml::Table>()) else {
+        return Vec::new(); // not TOML: figment names the error
+    };
+    let mut out = Vec::new();
+    let mut warn = |key: String, valid: &[&str]| {
+        let nearest = valid.iter().min_by_key(|k| strsim::levenshtein(k, key.rsplit('.').next().unwrap_or(&key)));
+        let hint = nearest.map(|n| format!(" (did you mean {n:?}?)")).unwrap_or_default();
+        out.push(format!("warning: {} sets {key:?}, which is not a setting and does nothing{hint}", file.display()));
+    };
+    let top: Vec<&str> = known.keys().map(String::as_str).chain(["streams", "sensor"]).collect();
+    for (k, v) in &file_table {
+        match (k.as_str(), v) {
+            ("streams", toml::Value::Table(t)) => {
+                for (name, o) in t {
+                    for key in o.as_table().into_iter().flat_map(|o| o.keys()) {
+                        if !STREAM_KEYS.contains(&key.as_str()) {
+                            warn(format!("streams.{name}.{key}"), STREAM_KEYS);
+                        }
+                    }
+                }
+            }
+            ("sensor", toml::Value::Array(sensors)) => {
+                for (i, key) in sensors
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, s)| s.as_table().into_iter().flat_map(move |t| t.keys().map(move |k| (i, k))))
+                {
+                    if !SENSOR_KEYS.contains(&key.as_str()) {
+                        warn(format!("sensor #{}.{key}", i + 1), SENSOR_KEYS);
+                    }
+                }
+            }
+            (section, toml::Value::Table(t)) if known.get(section).is_some_and(toml::Value::is_table) => {
+                let valid: Vec<&str> =
+                    known[section].as_table().into_iter().flat_map(|t| t.keys()).map(String::as_str).collect();
+                for key in t.keys().filter(|key| !valid.contains(&key.as_str())) {
+                    warn(format!("{section}.{key}"), &valid);
+                }
+            }
+            (key, _) if !top.contains(&key) => warn(key.to_string(), &top),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The configuration file's text: `None` when the default file is absent;
+/// an error when it cannot be read or is not UTF-8 (never silently ignored).
+fn file_text(path: &Path, named: bool) -> Result<Option<String>> {
+    match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named => Ok(None),
+        Err(e) => bail!("cannot read the config file {}: {e}", path.display()),
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => bail!(
+                "the config file {} is not valid UTF-8 (byte {} is not): it must be TOML text",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            ),
+        },
+    }
+}
+
+/// The layers merged: defaults, the file, the environment, the flags; and the file's path and text.
+fn merged(file: Option<&Path>, overrides: &Overrides) -> Result<(Figment, Option<(PathBuf, String)>)> {
     let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
     let path = match file {
         Some(f) => {
@@ -247,7 +333,7 @@ fn layers(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
         }
         None => PathBuf::from("edgeseal.toml"),
     };
-    let text = std::fs::read_to_string(&path).ok();
+    let text = file_text(&path, file.is_some())?;
     if text.is_some() {
         fig = fig.merge(Toml::file_exact(&path));
     }
@@ -258,11 +344,74 @@ fn layers(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
                 .filter(|k| ENV_KEYS.iter().any(|e| k.as_str().eq_ignore_ascii_case(e))),
         )
         .merge(Serialized::defaults(overrides));
+    Ok((fig, text.map(|t| (path, t))))
+}
+
+fn layers(file: Option<&Path>, overrides: &Overrides) -> Result<Config> {
+    let (fig, text) = merged(file, overrides)?;
+    let in_file = text.as_ref().map(|(p, t)| unknown_keys(t, p)).unwrap_or_default();
+    for w in unknown_env(std::env::vars().map(|(k, _)| k)).into_iter().chain(in_file) {
+        eprintln!("{w}");
+    }
     // figment names keys with its profile ("default.batch.count"); users wrote "batch.count".
     let raw: Raw = fig
         .extract()
         .map_err(|e| anyhow!("invalid configuration: {}", e.to_string().replace("key \"default.", "key \"")))?;
-    validate(raw, text.as_deref().map(|t| (path.as_path(), t)))
+    validate(raw, text.as_ref().map(|(p, t)| (p.as_path(), t.as_str())))
+}
+
+/// Settings whose values are secret, shown as "***".
+const SECRET_KEYS: &[&str] = &["mqtt.password"];
+
+/// The effective configuration as TOML, secrets as "***" (and the store
+/// URL's password hidden). With `origins`, one `key = value` line per setting
+/// with where it came from: default, the file, the environment, or a flag.
+pub fn effective(file: Option<&Path>, overrides: &Overrides, origins: bool) -> Result<String, edgeseal_agent::Error> {
+    let run = || -> Result<String> {
+        let (fig, _) = merged(file, overrides)?;
+        let mut table: toml::Table = fig.extract().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+        for key in SECRET_KEYS {
+            let (section, name) = key.split_once('.').expect("a dotted key");
+            if let Some(v) = table.get_mut(section).and_then(|t| t.get_mut(name))
+                && v.as_str().is_some_and(|s| !s.is_empty())
+            {
+                *v = toml::Value::String("***".into());
+            }
+        }
+        if let Some(toml::Value::String(url)) = table.get_mut("store") {
+            *url = edgeseal_store::redact_url(url);
+        }
+        if !origins {
+            return Ok(toml::to_string_pretty(&table)?);
+        }
+        let mut out = String::new();
+        let mut leaves = Vec::new();
+        flatten("", &toml::Value::Table(table), &mut leaves);
+        for (key, value) in leaves {
+            let from = match fig.find_metadata(&key).map(|m| m.name.to_string()) {
+                Some(n) if n.contains("environment") => format!("env {}", env_name(&key)),
+                Some(n) if n.contains("TOML file") => "file".to_string(),
+                Some(n) if n.contains("Serialized") || n.contains("Overrides") => "flag".to_string(),
+                _ => "default".to_string(),
+            };
+            out.push_str(&format!("{key} = {value}  # {from}\n"));
+        }
+        Ok(out)
+    };
+    run().map_err(|e| edgeseal_agent::Error::Config(format!("{e:#}")))
+}
+
+/// Every leaf of `v` as (dotted key, value); arrays of tables stay whole.
+fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        _ => out.push((prefix.to_string(), v.clone())),
+    }
 }
 
 /// "sensor #N", with the file and line of its `[[sensor]]` when the file declares it.
@@ -480,6 +629,38 @@ fn host_name() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "edgeseal".to_string())
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn a_misspelt_key_in_the_file_names_the_key_it_missed() {
+        let text = "storage = \"x\"\n[mqtt]\npasword = \"p\"\n[streams.t]\ncuont = 3\n[[sensor]]\nkind = \"simulated\"\nmodle = \"t\"\n[batch]\ncount = 5\n";
+        let w = unknown_keys(text, Path::new("e.toml"));
+        assert_eq!(w.len(), 4, "{w:#?}");
+        for (key, near) in [
+            ("storage", "store"),
+            ("mqtt.pasword", "password"),
+            ("streams.t.cuont", "count"),
+            ("sensor #1.modle", "model"),
+        ] {
+            assert!(
+                w.iter().any(|l| l.contains(&format!("{key:?}")) && l.contains(&format!("did you mean {near:?}"))),
+                "{key}: {w:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_misspelt_variable_names_the_setting_it_missed() {
+        let vars =
+            ["EDGESEAL_BATCH_COUNT", "EDGESEAL_BATCH__COUNT", "EDGESEAL_PASSPHRASE", "EDGESEAL_TEST_POSTGRES", "PATH"];
+        let w = unknown_env(vars.iter().map(|s| s.to_string()));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("EDGESEAL_BATCH_COUNT") && w[0].contains("did you mean EDGESEAL_BATCH__COUNT?"), "{w:?}");
+    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,10 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Command::Watch { peer, stream, json, run_for } => {
             share_cmd::watch(cfg, &pass, peer, stream, json, run_for).await
         }
-        Command::Config { command: ConfigCommand::Show } => commands::show_config(&cfg),
+        Command::Config { command: ConfigCommand::Show { origins } } => {
+            print!("{}", config::effective(cli.global.config.as_deref(), &overrides, origins)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config { command: ConfigCommand::PrintDefault } => Ok(ExitCode::SUCCESS),
         Command::Pki { command } => pki_cmd::pki(&cfg, command),
         Command::Broker { command: Some(command), .. } => pki_cmd::broker(command),

@@ -387,6 +387,49 @@ fn a_key_backup_restores_the_agent_on_new_hardware() {
     assert!(new.ok(&["verify"]).contains("t: ok (4 batches verified, head 3)"), "{}", new.ok(&["verify"]));
 }
 
+/// `config show` prints every effective setting as TOML, secrets as `***`;
+/// `--origins` says where each came from; a misspelt variable is named with
+/// the setting it missed; a file that is not UTF-8 is an error (exit 2).
+#[test]
+fn config_show_is_the_whole_configuration_and_says_where_it_came_from() {
+    let dir = tempdir("config-show");
+    let file = dir.join("edgeseal.toml");
+    std::fs::write(&file, "[mqtt]\nbroker = \"mqtt://b.local\"\npassword = \"hunter2\"\n").unwrap();
+    let show = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.arg("--config")
+            .arg(&file)
+            .args(["--store", "postgres://u:pw@db.local/x"])
+            .args(["config", "show"])
+            .args(extra);
+        c.env("EDGESEAL_OUTBOX__RETRY_MAX", "3s").env("EDGESEAL_BATCH_COUNT", "5").output().unwrap()
+    };
+    let out = show(&[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let toml = text(&out.stdout);
+    for section in ["[batch]", "[outbox]", "[mqtt]", "[broker]", "[web]", "[lcd]", "[grovepi]", "[[sensor]]"] {
+        assert!(toml.contains(section), "{section} missing:\n{toml}");
+    }
+    assert!(toml.contains("password = \"***\"") && !toml.contains("hunter2") && !toml.contains(":pw@"), "{toml}");
+    assert!(
+        text(&out.stderr).contains("EDGESEAL_BATCH_COUNT is not a setting")
+            && text(&out.stderr).contains("EDGESEAL_BATCH__COUNT")
+    );
+    let lines = text(&show(&["--origins"]).stdout);
+    for want in [
+        "batch.count = 1000  # default",
+        "mqtt.broker = \"mqtt://b.local\"  # file",
+        "outbox.retry_max = \"3s\"  # env EDGESEAL_OUTBOX__RETRY_MAX",
+        "store = \"postgres://u:***@db.local/x\"  # flag",
+    ] {
+        assert!(lines.contains(want), "{want:?} missing:\n{lines}");
+    }
+    std::fs::write(&file, b"name = \"caf\xe9\"\n").unwrap();
+    let out = show(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is not valid UTF-8"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn key_rotation_keeps_old_batches_readable() {
     let a = Agent::new("rotate");
