@@ -175,7 +175,8 @@ async fn guard(
     if path == "/login" || path == "/assets/style.css" {
         return next.run(req).await;
     }
-    if !changes && !path.starts_with("/api/") {
+    // Pages send a browser to sign in; the APIs and /metrics (machines' clients) answer 401.
+    if !changes && !path.starts_with("/api/") && path != "/metrics" {
         return (StatusCode::SEE_OTHER, [(LOCATION, "/login")]).into_response();
     }
     (

@@ -12,6 +12,7 @@ pub mod api;
 pub mod cloudsync;
 mod error;
 pub mod live;
+pub mod metrics;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use edgeseal_agent::live::Live;
+use edgeseal_agent::runtime::Stats;
 use edgeseal_agent::service::Service;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,19 +39,24 @@ pub struct State {
     pub access: Arc<Access>,
     /// The CloudSync API's connections to brokers.
     pub cloudsync: Arc<CloudSync>,
+    /// The agent's counters, for `/metrics`.
+    pub stats: Arc<Stats>,
 }
 
 /// Every route of the agent's server, behind the access guard.
 pub fn router(state: State) -> Router {
     let ui = Arc::new(ui::Ui::new(state.service.clone(), state.live.clone(), state.access.clone()));
+    let metrics = metrics::Metrics::new(state.service.clone(), state.stats.clone());
     let apis = state
         .cloudsync
         .clone()
         .router()
         .merge(api::router(state.service.clone()))
         .merge(live::router(state.live.clone()))
+        .merge(metrics::router(metrics.clone()))
         .merge(ui::router(ui));
     access::guarded(state.service.device().to_string(), apis, state.access)
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::count))
 }
 
 /// Serves `router` on every listener until `shutdown`, then lets open

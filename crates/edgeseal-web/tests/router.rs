@@ -62,6 +62,7 @@ async fn app(tag: &str, sealer: bool, token: Option<&str>) -> (axum::Router, Arc
         live,
         access: Arc::new(Access::new(token.map(str::to_string))),
         cloudsync: CloudSync::new(cfg.mqtt.clone()),
+        stats: Arc::new(Stats::default()),
     };
     (edgeseal_web::router(state), service, stop)
 }
@@ -167,4 +168,45 @@ async fn the_guard_admits_this_machine_and_asks_others_for_the_token() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(app.clone().oneshot(rebound).await.unwrap().status(), StatusCode::FORBIDDEN);
+}
+
+/// `/metrics` speaks the Prometheus text format, under the API's access
+/// rules, with the agent's counters, what waits locally, and each request
+/// by route pattern and status.
+#[tokio::test]
+async fn metrics_are_scraped_in_the_prometheus_format_under_the_api_rules() {
+    let token = "m".repeat(43);
+    let (app, _service, stop) = app("metrics", true, Some(&token)).await;
+    let lan = "192.168.1.20:40000";
+    assert_eq!(call(&app, "GET", "/api/v1/identity", "", HERE).await.0, StatusCode::OK);
+    assert_eq!(call(&app, "GET", "/api/v1/streams/nosuch/readings", "", HERE).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, "GET", "/metrics", "", lan).await.0, StatusCode::UNAUTHORIZED);
+    let scrape = |from: &str| {
+        Request::builder()
+            .uri("/metrics")
+            .header("host", "127.0.0.1:5000")
+            .header("authorization", format!("Bearer {token}"))
+            .extension(ConnectInfo(from.parse::<SocketAddr>().unwrap()))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let res = app.clone().oneshot(scrape(lan)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for want in [
+        "# TYPE edgeseal_readings_accepted counter",
+        "edgeseal_readings_accepted_total 0",
+        "edgeseal_batches_stored_total 0",
+        "edgeseal_store_up 1",
+        "edgeseal_outbox_batches 0",
+        "edgeseal_http_requests_total{route=\"/api/v1/identity\",status=\"200\"} 1",
+        "edgeseal_http_requests_total{route=\"/api/v1/streams/{stream}/readings\",status=\"404\"} 1",
+        "edgeseal_http_requests_total{route=\"/metrics\",status=\"401\"} 1",
+        "# EOF",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert!(!text.contains("broker_up"), "no broker is configured: {text}");
+    stop.cancel();
 }

@@ -262,7 +262,7 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
 async fn serve_web(
     cfg: &Config,
     service: &Arc<Service>,
-    stats: &Stats,
+    stats: &Arc<Stats>,
     cloudsync: &Arc<CloudSync>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
@@ -302,6 +302,7 @@ async fn serve_web(
         live: stats.live.clone(),
         access,
         cloudsync: cloudsync.clone(),
+        stats: stats.clone(),
     };
     tasks.spawn(edgeseal_web::serve(listeners, edgeseal_web::router(state), stop.clone()));
     Ok(())

@@ -157,6 +157,15 @@ fn other_machines_need_the_api_token() {
     assert_eq!(status(&remote, Some(&format!("Authorization: Bearer {token}"))), 200);
     let cs = format!("http://{}:{port}/api/v1/orchestration/cloudsyncmgr/publish", lan_ip());
     assert_eq!(status(&cs, None), 401, "the CloudSync API is guarded too");
+    // Metrics: the same rules, over the real socket, in the Prometheus text format.
+    let metrics = format!("http://{}:{port}/metrics", lan_ip());
+    assert_eq!(status(&metrics, None), 401, "metrics are guarded too");
+    let (code, scraped) = curl(&["-H", &format!("Authorization: Bearer {token}"), &metrics]);
+    assert!(
+        code == 200 && scraped.contains("edgeseal_readings_accepted_total") && scraped.ends_with("# EOF\n"),
+        "{scraped}"
+    );
+    assert!(scraped.contains("edgeseal_http_requests_total{route=\"/api/v1/health\",status=\"401\"} 2"), "{scraped}");
 
     // A browser on another machine: the UI asks for the token, then a session cookie admits it.
     let ui = format!("http://{}:{port}", lan_ip());
