@@ -158,6 +158,8 @@ pub struct Config {
     pub embedded: Option<broker::Settings>,
     /// Where `up` serves HTTP (`web.listen` and `web.cloudsync_listen`).
     pub web_listen: Vec<std::net::SocketAddr>,
+    /// HTTPS (`web.tls`), with these PEM files (`web.cert`, `web.key`; `None`: made on first use).
+    pub web_tls: Option<WebTls>,
 }
 
 impl Config {
@@ -192,6 +194,7 @@ impl Config {
             },
             embedded: None,
             web_listen: Vec::new(),
+            web_tls: None,
         }
     }
 
@@ -249,4 +252,11 @@ pub fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Re
         Either::Int(n) => n.to_string(),
         Either::Float(f) => f.to_string(),
     })
+}
+
+/// `[web] tls`: the certificate and key to serve, or `None` to make them in
+/// `<data_dir>/web` on first use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebTls {
+    pub files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }

@@ -13,6 +13,7 @@ pub mod cloudsync;
 mod error;
 pub mod live;
 pub mod metrics;
+pub mod tls;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -60,10 +61,19 @@ pub fn router(state: State) -> Router {
 }
 
 /// Serves `router` on every listener until `shutdown`, then lets open
-/// requests finish. Returns when every listener has stopped.
-pub async fn serve(listeners: Vec<TcpListener>, router: Router, shutdown: CancellationToken) {
+/// requests finish (over HTTPS when `tls` is given). Returns when every listener has stopped.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) {
     let mut servers = Vec::new();
     for listener in listeners {
+        if let Some(config) = &tls {
+            servers.push(tokio::spawn(tls::serve(listener, router.clone(), config.clone(), shutdown.clone())));
+            continue;
+        }
         let app = router.clone().into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();
         servers.push(tokio::spawn(async move {

@@ -78,7 +78,7 @@ pub async fn run(cfg: &Config, requests: usize, connections: usize, json_out: bo
     let _guard = stop.clone().drop_guard();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tasks.spawn(edgeseal_web::serve(vec![listener], router, stop.clone()));
+    tasks.spawn(edgeseal_web::serve(vec![listener], router, None, stop.clone()));
     let body =
         json!({"appid": "bench", "payload": "{\"value\": 21.5}", "topic": "edgeseal-bench/cloudsync", "url": target})
             .to_string();

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use edgeseal_agent::config::{Config, LcdConfig, MqttConfig, SensorSpec, TentativeLimits};
+use edgeseal_agent::config::{Config, LcdConfig, MqttConfig, SensorSpec, TentativeLimits, WebTls};
 use edgeseal_core::StreamName;
 use edgeseal_mqtt::broker;
 use edgeseal_mqtt::link::{BrokerUrl, Password};
@@ -54,6 +54,9 @@ const ENV_KEYS: &[&str] = &[
     "broker.dir",
     "web.listen",
     "web.cloudsync_listen",
+    "web.tls",
+    "web.cert",
+    "web.key",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +83,9 @@ struct Raw {
 struct RawWeb {
     listen: String,
     cloudsync_listen: String,
+    tls: bool,
+    cert: String,
+    key: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -510,6 +516,14 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
             })?);
         }
     }
+    let web_tls = match (raw.web.tls, raw.web.cert.trim(), raw.web.key.trim()) {
+        (false, _, _) => None,
+        (true, "", "") => Some(WebTls { files: None }),
+        (true, cert, key) if !cert.is_empty() && !key.is_empty() => {
+            Some(WebTls { files: Some((PathBuf::from(cert), PathBuf::from(key))) })
+        }
+        _ => bail!("invalid configuration: web.cert and web.key go together: set both, or neither to have them made"),
+    };
     let name = if raw.name.trim().is_empty() { host_name() } else { raw.name };
     let store_url = if raw.store.trim().is_empty() {
         format!("sqlite://{}", raw.data_dir.join("store.db").display())
@@ -532,6 +546,7 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         mqtt,
         embedded,
         web_listen,
+        web_tls,
     })
 }
 

@@ -274,6 +274,12 @@ async fn serve_web(
         false => None,
     };
     let access = Arc::new(Access::new(token.as_ref().map(|(t, _)| t.clone())));
+    let tls = cfg
+        .web_tls
+        .as_ref()
+        .map(|t| edgeseal_web::tls::server_config(t, &cfg.data_dir, &cfg.web_listen))
+        .transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut listeners = Vec::new();
     for &addr in &cfg.web_listen {
         let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -285,7 +291,7 @@ async fn serve_web(
             Err(e) => return Err(Error::Config(format!("the web server cannot listen on {addr}: {e}"))),
         };
         let bound = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
-        println!("  web:      http://{bound}/ (API: /api/v1/, CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
+        println!("  web:      {scheme}://{bound}/ (API: /api/v1/, CloudSync: /api/v1/orchestration/cloudsyncmgr/)");
         if let (false, Some((_, path))) = (bound.ip().is_loopback(), &token) {
             println!(
                 "            other machines sign in with (or send Authorization: Bearer) the token in {}",
@@ -297,6 +303,12 @@ async fn serve_web(
     if listeners.is_empty() {
         return Ok(());
     }
+    if let Some(t) = &tls {
+        println!("            certificate SHA-256 {}", t.fingerprint);
+        if let Some(ca) = &t.ca {
+            println!("            made by this agent: clients trust {} (curl --cacert, or import it)", ca.display());
+        }
+    }
     let state = edgeseal_web::State {
         service: service.clone(),
         live: stats.live.clone(),
@@ -304,7 +316,8 @@ async fn serve_web(
         cloudsync: cloudsync.clone(),
         stats: stats.clone(),
     };
-    tasks.spawn(edgeseal_web::serve(listeners, edgeseal_web::router(state), stop.clone()));
+    let tls = tls.map(|t| t.config);
+    tasks.spawn(edgeseal_web::serve(listeners, edgeseal_web::router(state), tls, stop.clone()));
     Ok(())
 }
 

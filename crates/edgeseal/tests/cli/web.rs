@@ -135,6 +135,50 @@ fn status(url: &str, header: Option<&str>) -> u16 {
     curl(&args).0
 }
 
+/// `web.tls = true`: HTTPS with a CA and certificate made on first use (the
+/// CA key 0600 in a 0700 directory), whose SHA-256 `up` prints; a client that
+/// trusts the CA gets the API and the UI, one that does not is refused, and
+/// plain HTTP gets nothing. A restart serves the same certificate.
+#[test]
+fn https_with_a_certificate_made_on_first_use() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let port = free_port();
+    let mut a = Agent::new("https");
+    a.env =
+        vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}")), ("EDGESEAL_WEB__TLS".into(), "true".into())];
+    let ca = a.dir.join("web").join("ca.pem");
+    let printed = |a: &Agent| {
+        let out = a.logs_of("up.out");
+        out.split("certificate SHA-256 ").nth(1).map(|f| f.lines().next().unwrap_or("").to_string())
+    };
+    let mut fingerprints = Vec::new();
+    for _ in 0..2 {
+        let mut up = a.spawn_stdin(&[]);
+        wait_for_web(port);
+        wait_until("up to print its certificate", Duration::from_secs(10), || printed(&a).is_some());
+        let url = format!("https://127.0.0.1:{port}");
+        let (code, health) = curl(&["--cacert", ca.to_str().unwrap(), &format!("{url}/api/v1/health")]);
+        assert!(code == 200 && health.contains("\"status\":\"ok\""), "{code} {health}");
+        let (code, page) = curl(&["--cacert", ca.to_str().unwrap(), &format!("https://localhost:{port}/")]);
+        assert!(code == 200 && page.contains("<html"), "{code}");
+        assert_eq!(curl(&[&format!("{url}/api/v1/health")]).0, 0, "a client that does not trust the CA is refused");
+        assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/api/v1/health")]).0, 0, "plain HTTP gets nothing");
+        fingerprints.push(printed(&a).unwrap());
+        let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
+        assert!(up.wait().unwrap().success(), "{}", a.logs());
+    }
+    assert_eq!(fingerprints[0], fingerprints[1], "a restart serves the same certificate");
+    assert_eq!(fingerprints[0].split(':').count(), 32, "{}", fingerprints[0]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (mode(&a.dir.join("web")), mode(&a.dir.join("web/ca-key.pem")), mode(&a.dir.join("web/server-key.pem"))),
+        (0o700, 0o600, 0o600)
+    );
+}
+
 #[test]
 fn other_machines_need_the_api_token() {
     if mosquitto_tools().is_none() {
