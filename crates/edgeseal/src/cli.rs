@@ -93,7 +93,7 @@ pub enum Command {
         /// The peer: its name, device id (or its first 6+ hex digits) or fingerprint
         #[arg(long = "with", value_name = "PEER")]
         peer: String,
-        /// Also grant what was sealed since then: RFC 3339 or relative (-1h) [default: live only]
+        /// Grant the readings from this time on (their own timestamps): RFC 3339 or relative (-1h) [default: now]
         #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
         from: Option<String>,
         /// Grant nothing that begins after this time (a past range) [default: no end]
