@@ -108,6 +108,19 @@ pub enum SensorSpec {
 }
 
 impl SensorSpec {
+    /// The streams this sensor is known to produce before it runs (none for
+    /// those that name theirs as they go: hwmon, JSON lines).
+    pub fn streams(&self) -> Vec<StreamName> {
+        match self {
+            SensorSpec::Simulated { stream, .. } => vec![stream.clone()],
+            SensorSpec::Grove { kind, port, stream, .. } => {
+                edgeseal_sensors::grovepi::sensor::GroveSensor::check(*kind, *port, stream.as_deref())
+                    .unwrap_or_default()
+            }
+            SensorSpec::Hwmon { .. } | SensorSpec::JsonLines { .. } => Vec::new(),
+        }
+    }
+
     /// What `--sensor KIND` stands for: simulated, hwmon, stdin or none.
     pub fn from_flag(flag: &str) -> Result<Vec<SensorSpec>> {
         Ok(match flag {

@@ -39,6 +39,9 @@ pub enum Request {
         from_ms: Option<i64>,
         #[serde(default)]
         to_ms: Option<i64>,
+        /// Share a stream before its first reading.
+        #[serde(default)]
+        new: bool,
     },
     Revoke {
         peer: String,
@@ -140,8 +143,8 @@ async fn serve(stream: UnixStream, service: &Service, shutdown: CancellationToke
         }
     };
     let reply = match request {
-        Request::Grant { peer, stream, from_ms, to_ms } => match parse_stream(&stream) {
-            Ok(s) => answer(service.grant(&peer, &s, from_ms, to_ms).await),
+        Request::Grant { peer, stream, from_ms, to_ms, new } => match parse_stream(&stream) {
+            Ok(s) => answer(service.grant(&peer, &s, (from_ms, to_ms), new).await),
             Err(e) => answer::<()>(Err(e)),
         },
         Request::Revoke { peer, streams } => {

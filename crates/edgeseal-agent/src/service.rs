@@ -334,6 +334,34 @@ impl Service {
         crate::share::find_peer(&peers, s).map(|p| p.device)
     }
 
+    /// Fails with [`Error::NoSuchStream`] unless `stream` is one of this
+    /// agent's: a configured sensor's, or one it has sealed, holds readings
+    /// of, or finds in the store (a store that does not answer blocks nothing).
+    async fn own_stream(&self, stream: &StreamName) -> Result<()> {
+        let configured: Vec<StreamName> = self.cfg.sensors.iter().flat_map(|s| s.streams()).collect();
+        let sealed: Vec<StreamName> = self.local.stream_states().await.local()?.into_iter().map(|(s, _)| s).collect();
+        if configured.contains(stream)
+            || sealed.contains(stream)
+            || self.local.backlog().await.local()?.contains_key(stream.as_str())
+        {
+            return Ok(());
+        }
+        match self.store().await {
+            Ok(store) => match store.head_seq(self.device(), stream).await {
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => return Ok(()),
+            },
+            Err(_) => return Ok(()),
+        }
+        let mut known: Vec<String> = configured.iter().chain(&sealed).map(ToString::to_string).collect();
+        known.sort();
+        known.dedup();
+        let known = if known.is_empty() { "none yet".to_string() } else { known.join(", ") };
+        Err(Error::NoSuchStream(format!(
+            "no stream {stream:?} of this agent (its streams: {known}); to name one before its first reading, pass --new"
+        )))
+    }
+
     /// Fetches and audits one stream, remembering any newer authentic head.
     async fn audited(
         &self,
@@ -513,10 +541,13 @@ impl Service {
         &self,
         peer: &str,
         stream: &StreamName,
-        from_ms: Option<i64>,
-        to_ms: Option<i64>,
+        (from_ms, to_ms): (Option<i64>, Option<i64>),
+        new: bool,
     ) -> Result<GrantedView> {
         let peer = self.find_peer(peer).await?;
+        if !new {
+            self.own_stream(stream).await?;
+        }
         let from_ms = Some(from_ms.unwrap_or_else(now_ms));
         let epoch = self.grants()?.share(&peer, stream, from_ms, to_ms).await?;
         if let Some(sealer) = &self.sealer {
@@ -543,6 +574,7 @@ impl Service {
 
     /// Seals `stream` under a new key epoch from now on.
     pub async fn rotate(&self, stream: &StreamName) -> Result<RotatedView> {
+        self.own_stream(stream).await?;
         let epoch = self.grants()?.rotate(stream).await?;
         Ok(RotatedView { stream: stream.to_string(), epoch })
     }

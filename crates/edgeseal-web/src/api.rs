@@ -105,12 +105,15 @@ struct GrantBody {
     stream: String,
     from: Option<String>,
     to: Option<String>,
+    /// A stream before its first reading.
+    #[serde(default)]
+    new: bool,
 }
 
 async fn grant(State(s): Api, Path(peer): Path<String>, text: String) -> Answer<GrantedView> {
     let b: GrantBody = body(&text)?;
     let (stream, from, to) = parse_range(&b.stream, b.from.as_deref(), b.to.as_deref())?;
-    Ok(Json(s.grant(&peer, &stream, from, to).await?))
+    Ok(Json(s.grant(&peer, &stream, (from, to), b.new).await?))
 }
 
 async fn revoke(State(s): Api, Path((peer, stream)): Path<(String, String)>) -> Answer<RevokedView> {

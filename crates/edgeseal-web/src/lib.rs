@@ -42,11 +42,18 @@ pub struct State {
     pub cloudsync: Arc<CloudSync>,
     /// The agent's counters, for `/metrics`.
     pub stats: Arc<Stats>,
+    /// The served certificate's SHA-256, over HTTPS (the sharing page shows it).
+    pub tls_fingerprint: Option<String>,
 }
 
 /// Every route of the agent's server, behind the access guard.
 pub fn router(state: State) -> Router {
-    let ui = Arc::new(ui::Ui::new(state.service.clone(), state.live.clone(), state.access.clone()));
+    let ui = Arc::new(ui::Ui::new(
+        state.service.clone(),
+        state.live.clone(),
+        state.access.clone(),
+        state.tls_fingerprint.clone(),
+    ));
     let metrics = metrics::Metrics::new(state.service.clone(), state.stats.clone());
     let apis = state
         .cloudsync

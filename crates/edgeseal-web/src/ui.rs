@@ -34,13 +34,16 @@ pub struct Ui {
     live: Arc<Live>,
     service: Arc<Service>,
     access: Arc<Access>,
+    /// The SHA-256 of the certificate served, over HTTPS.
+    tls_fingerprint: Option<String>,
     /// The outcome of the last form, shown once on the page it returns to.
     flash: Mutex<Option<Flash>>,
 }
 
 impl Ui {
-    pub fn new(service: Arc<Service>, live: Arc<Live>, access: Arc<Access>) -> Ui {
+    pub fn new(service: Arc<Service>, live: Arc<Live>, access: Arc<Access>, tls_fingerprint: Option<String>) -> Ui {
         Ui {
+            tls_fingerprint,
             name: service.name().to_string(),
             device: service.device().to_string(),
             fingerprint: service.fingerprint(),
@@ -142,7 +145,7 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
             async {
                 let from = Some(f.from.trim()).filter(|t| !t.is_empty());
                 let (stream, from, _) = parse_range(&given(&f.stream, "the stream")?, from, None)?;
-                let granted = c.grant(&given(&f.peer, "the peer")?, &stream, from, None).await?;
+                let granted = c.grant(&given(&f.peer, "the peer")?, &stream, (from, None), false).await?;
                 Ok(match from {
                     Some(t) => format!("{} may read {stream} from {} on.", granted.peer, format_ms(t)),
                     None => format!("{} may read {stream} from now on.", granted.peer),
@@ -522,11 +525,16 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
     let me = format!(
         "<section id=\"me\" class=\"row\"><div>{}</div><div><h3>This agent</h3><p>{}</p>\
          <p>Fingerprint<br><strong id=\"fingerprint\" class=\"mono\">{}</strong></p><p class=\"muted\">Device {}</p>\
-         <p class=\"muted\">A paired agent shows this fingerprint for this agent: compare them (or scan the code).</p></div></section>",
+         <p class=\"muted\">A paired agent shows this fingerprint for this agent: compare them (or scan the code).</p>{}</div></section>",
         qr_svg(&ui),
         esc(&ui.name),
         esc(&ui.fingerprint),
-        esc(&ui.device)
+        esc(&ui.device),
+        ui.tls_fingerprint.as_deref().map_or(String::new(), |f| format!(
+            "<p>Served over HTTPS; its certificate's SHA-256 (what the browser shows for this page)<br>\
+             <strong id=\"tls-fingerprint\" class=\"mono\">{}</strong></p>",
+            esc(f)
+        ))
     );
 
     let state = ui.service.pairing();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
-use edgeseal_agent::config::Config;
+use edgeseal_agent::config::{Config, SensorSpec};
 use edgeseal_agent::datadir;
 use edgeseal_agent::live::Live;
 use edgeseal_agent::runtime::Stats;
@@ -34,7 +34,10 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 async fn app(tag: &str, sealer: bool, token: Option<&str>) -> (axum::Router, Arc<Service>, CancellationToken) {
     let dir = tempdir(tag);
     let identity = datadir::init(&dir, tag, None).unwrap();
-    let cfg = Arc::new(Config::new(&dir, tag));
+    let mut cfg = Config::new(&dir, tag);
+    // The simulated sensors' streams are this agent's (so `rotate` knows temperature).
+    cfg.sensors = SensorSpec::from_flag("simulated").unwrap();
+    let cfg = Arc::new(cfg);
     let mut service = Service::open(cfg.clone(), Keys::Secret(Box::new(identity)), false).await.unwrap();
     let stop = CancellationToken::new();
     let live = Arc::new(Live::default());
@@ -63,6 +66,7 @@ async fn app(tag: &str, sealer: bool, token: Option<&str>) -> (axum::Router, Arc
         access: Arc::new(Access::new(token.map(str::to_string))),
         cloudsync: CloudSync::new(cfg.mqtt.clone()),
         stats: Arc::new(Stats::default()),
+        tls_fingerprint: None,
     };
     (edgeseal_web::router(state), service, stop)
 }
@@ -127,6 +131,10 @@ async fn the_rest_api_answers_by_the_errors_variant() {
     assert_eq!((status, v["batches"].as_u64(), v["readings"].as_u64()), (StatusCode::OK, Some(0), Some(0)));
     let (status, v) = call(&app, "POST", "/api/v1/streams/temperature/rotate", "", HERE).await;
     assert_eq!((status, v["epoch"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+    // A stream this agent does not know is a typo: 404, naming the ones it knows.
+    let (status, v) = call(&app, "POST", "/api/v1/streams/temprature/rotate", "", HERE).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("its streams: air_quality, humidity, temperature"), "{v}");
     let (status, v) = call(&app, "GET", "/api/v1/pairing", "", HERE).await;
     assert_eq!((status, v["state"].as_str()), (StatusCode::OK, Some("idle")));
     let (status, doc) = call(&app, "GET", "/api/v1/openapi.json", "", HERE).await;

@@ -286,7 +286,7 @@ async fn live_latency(dir: &Path, broker: BrokerUrl, n: usize) -> Result<Latency
         };
         me.local().add_peer(&peer).await?;
     }
-    a.grant(&b.device().to_string(), &stream, None, None).await?;
+    a.grant(&b.device().to_string(), &stream, (None, None), true).await?;
     let a_running = start(&mut a, &a_stats).await?;
     let b_running = start(&mut b, &b_stats).await?;
     let tx = a_running.readings.clone();

@@ -99,6 +99,9 @@ pub enum Command {
         /// Grant nothing that begins after this time (a past range) [default: no end]
         #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
         to: Option<String>,
+        /// The stream has no readings yet and no configured sensor makes it (e.g. --sensor stdin's)
+        #[arg(long)]
+        new: bool,
     },
     /// Revoke a peer: it can open nothing sealed afterwards
     Revoke {

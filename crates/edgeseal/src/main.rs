@@ -115,7 +115,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Pair(args) => share_cmd::pair(cfg, &pass, args).await,
         Command::Peers { json } => share_cmd::peers(cfg, json).await,
-        Command::Share { stream, peer, from, to } => share_cmd::share(cfg, &pass, &stream, &peer, from, to).await,
+        Command::Share { stream, peer, from, to, new } => {
+            share_cmd::share(cfg, &pass, &stream, &peer, from, to, new).await
+        }
         Command::Revoke { peer, stream } => share_cmd::revoke(cfg, &pass, &peer, stream).await,
         Command::Watch { peer, stream, json, run_for } => {
             share_cmd::watch(cfg, &pass, peer, stream, json, run_for).await

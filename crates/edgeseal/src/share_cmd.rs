@@ -199,14 +199,16 @@ pub async fn share(
     peer: &str,
     from: Option<String>,
     to: Option<String>,
+    new: bool,
 ) -> Result<ExitCode> {
     let stream = parse_stream(stream)?;
     let now = now_ms();
     let from_ms = parse_named("--from", from.as_deref(), now)?;
     let to_ms = parse_named("--to", to.as_deref(), now)?;
-    let request = Request::Grant { peer: peer.to_string(), stream: stream.to_string(), from_ms, to_ms };
+    let request = Request::Grant { peer: peer.to_string(), stream: stream.to_string(), from_ms, to_ms, new };
     let done: GrantedView =
-        change(&cfg, pass, "share", request, async |s: &Service| s.grant(peer, &stream, from_ms, to_ms).await).await?;
+        change(&cfg, pass, "share", request, async |s: &Service| s.grant(peer, &stream, (from_ms, to_ms), new).await)
+            .await?;
     let from = from_ms.map_or("now".to_string(), format_ms);
     match to_ms {
         Some(t) => {

@@ -315,6 +315,7 @@ async fn serve_web(
         access,
         cloudsync: cloudsync.clone(),
         stats: stats.clone(),
+        tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
     };
     let tls = tls.map(|t| t.config);
     tasks.spawn(edgeseal_web::serve(listeners, edgeseal_web::router(state), tls, stop.clone()));

@@ -391,6 +391,15 @@ fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
         let (h, j) = pair(&pi, other);
         assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
     }
+    // A typo is refused, naming the streams there are; a stream before its first reading needs --new.
+    let typo = pi.run(&["share", "temprature", "--with", "from-laptop"]);
+    assert_eq!(typo.status.code(), Some(1));
+    assert!(
+        text(&typo.stderr).contains("no stream \"temprature\" of this agent (its streams: "),
+        "{}",
+        text(&typo.stderr)
+    );
+    pi.ok(&["share", "soil", "--with", "from-laptop", "--new"]);
     // T is reading 10's time: readings 0..10 are before it. The laptop stores, the phone watches.
     let out = pi.ok(&["share", "temperature", "--with", "from-laptop", "--from", "2026-01-01T00:00:10Z"]);
     assert!(out.contains("from-laptop may read temperature from 2026-01-01T00:00:10"), "{out}");
@@ -907,7 +916,7 @@ fn up_runs_the_embedded_broker_and_peers_share_through_it() {
     let laptop = with_broker("hub-laptop", &format!("mqtt://127.0.0.1:{port}"));
     let (h, j) = pair(&pi, &laptop);
     assert!(h.status.success() && j.status.success(), "{}{}{}", text(&h.stderr), text(&j.stderr), pi.logs());
-    pi.ok(&["share", "temperature", "--with", "hub-laptop", "--from", BASE_RFC]);
+    pi.ok(&["share", "temperature", "--with", "hub-laptop", "--from", BASE_RFC, "--new"]);
     let watch = Watcher::start(&laptop, "temperature");
     feed(&mut up, "temperature", 0..4);
     watch.wait_for(4);

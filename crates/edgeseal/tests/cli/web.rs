@@ -430,6 +430,12 @@ struct Browser {
 
 impl Browser {
     fn start() -> Option<Browser> {
+        Browser::start_with(false)
+    }
+
+    /// With `self_signed`, the browser takes a certificate it cannot verify
+    /// (the agent's own CA; curl checks that one, in `https_with_…`).
+    fn start_with(self_signed: bool) -> Option<Browser> {
         let have = Command::new("chromedriver").arg("--version").output().is_ok_and(|o| o.status.success());
         if !have {
             if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
@@ -449,8 +455,12 @@ impl Browser {
         wait_until("chromedriver", Duration::from_secs(15), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        let caps = r#"{"capabilities":{"alwaysMatch":{"goog:chromeOptions":{"args":["--headless=new","--no-sandbox","--disable-gpu","--window-size=1000,480"]}}}}"#;
-        let (_, v) = http("POST", &format!("{base}/session"), Some(caps));
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+            "acceptInsecureCerts": self_signed,
+            "goog:chromeOptions": {"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1000,480"]},
+        }}})
+        .to_string();
+        let (_, v) = http("POST", &format!("{base}/session"), Some(&caps));
         let session =
             v["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_string();
         Some(Browser { driver, base, session })
@@ -503,6 +513,49 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// The UI over HTTPS in a real browser: the dashboard's live event stream
+/// runs over TLS, and the sharing page shows the certificate's SHA-256 that
+/// `up` printed.
+#[test]
+fn the_ui_works_over_https_in_a_real_browser() {
+    let Some(browser) = Browser::start_with(true) else { return };
+    let port = free_port();
+    let mut a = Agent::new("https-browser");
+    let cfg = a.dir.parent().unwrap().join("fast.toml");
+    std::fs::write(&cfg, "[[sensor]]\nkind = \"simulated\"\nmodel = \"temperature\"\ninterval = \"200ms\"\n").unwrap();
+    a.env =
+        vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}")), ("EDGESEAL_WEB__TLS".into(), "true".into())];
+    let out = a.dir.parent().unwrap().join("up.out");
+    let mut up = a
+        .cmd(&["--config", cfg.to_str().unwrap(), "up", "--for", "60s"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_web(port);
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    let fingerprint =
+        printed.split("certificate SHA-256 ").nth(1).and_then(|f| f.lines().next()).unwrap_or("").to_string();
+    assert_eq!(fingerprint.split(':').count(), 32, "{printed}");
+    browser.open(&format!("https://127.0.0.1:{port}/"));
+    wait_until("live updates over HTTPS", Duration::from_secs(15), || {
+        browser
+            .eval("return document.getElementById('streams').dataset.updates || '0'")
+            .as_str()
+            .unwrap_or("0")
+            .parse::<u64>()
+            .unwrap_or(0)
+            >= 3
+    });
+    assert_eq!(browser.eval("return location.protocol"), "https:");
+    browser.open(&format!("https://127.0.0.1:{port}/sharing"));
+    let shown = browser.eval("const e = document.getElementById('tls-fingerprint'); return e ? e.textContent : ''");
+    assert_eq!(shown.as_str(), Some(fingerprint.as_str()));
+    browser.screenshot("sharing-https.png");
+    let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
+    let _ = up.wait();
 }
 
 #[test]
