@@ -173,6 +173,8 @@ pub struct Config {
     pub web_listen: Vec<std::net::SocketAddr>,
     /// HTTPS (`web.tls`), with these PEM files (`web.cert`, `web.key`; `None`: made on first use).
     pub web_tls: Option<WebTls>,
+    /// Of `web_listen`, the CloudSync port, which stays plain HTTP (its clients are the original's).
+    pub cloudsync_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -208,6 +210,7 @@ impl Config {
             embedded: None,
             web_listen: Vec::new(),
             web_tls: None,
+            cloudsync_listen: None,
         }
     }
 

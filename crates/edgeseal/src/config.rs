@@ -509,11 +509,16 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
     let mqtt = validate_mqtt(raw.mqtt)?;
     let embedded = validate_broker(raw.broker, &raw.data_dir)?;
     let mut web_listen = Vec::new();
+    let mut cloudsync_listen = None;
     for (key, v) in [("web.listen", &raw.web.listen), ("web.cloudsync_listen", &raw.web.cloudsync_listen)] {
         if !v.trim().is_empty() {
-            web_listen.push(v.trim().parse().map_err(|_| {
+            let addr: std::net::SocketAddr = v.trim().parse().map_err(|_| {
                 anyhow!("invalid configuration: {key} = {v:?} is not ADDRESS:PORT (e.g. 127.0.0.1:5000)")
-            })?);
+            })?;
+            if key == "web.cloudsync_listen" {
+                cloudsync_listen = Some(addr);
+            }
+            web_listen.push(addr);
         }
     }
     let web_tls = match (raw.web.tls, raw.web.cert.trim(), raw.web.key.trim()) {
@@ -547,6 +552,7 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         embedded,
         web_listen,
         web_tls,
+        cloudsync_listen,
     })
 }
 

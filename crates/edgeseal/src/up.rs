@@ -279,9 +279,11 @@ async fn serve_web(
         .as_ref()
         .map(|t| edgeseal_web::tls::server_config(t, &cfg.data_dir, &cfg.web_listen))
         .transpose()?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut listeners = Vec::new();
+    // The CloudSync port stays plain HTTP, as the original's clients speak it.
+    let (mut listeners, mut plain) = (Vec::new(), Vec::new());
     for &addr in &cfg.web_listen {
+        let is_plain = tls.is_none() || cfg.cloudsync_listen == Some(addr);
+        let scheme = if is_plain { "http" } else { "https" };
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -298,9 +300,9 @@ async fn serve_web(
                 path.display()
             );
         }
-        listeners.push(listener);
+        if is_plain { plain.push(listener) } else { listeners.push(listener) }
     }
-    if listeners.is_empty() {
+    if listeners.is_empty() && plain.is_empty() {
         return Ok(());
     }
     if let Some(t) = &tls {
@@ -317,8 +319,11 @@ async fn serve_web(
         stats: stats.clone(),
         tls_fingerprint: tls.as_ref().map(|t| t.fingerprint.clone()),
     };
-    let tls = tls.map(|t| t.config);
-    tasks.spawn(edgeseal_web::serve(listeners, edgeseal_web::router(state), tls, stop.clone()));
+    let router = edgeseal_web::router(state);
+    if let Some(t) = tls {
+        tasks.spawn(edgeseal_web::serve(listeners, router.clone(), Some(t.config), stop.clone()));
+    }
+    tasks.spawn(edgeseal_web::serve(plain, router, None, stop.clone()));
     Ok(())
 }
 

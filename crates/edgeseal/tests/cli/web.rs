@@ -144,10 +144,13 @@ fn https_with_a_certificate_made_on_first_use() {
     if mosquitto_tools().is_none() {
         return;
     }
-    let port = free_port();
+    let (port, cloudsync) = (free_port(), free_port());
     let mut a = Agent::new("https");
-    a.env =
-        vec![("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}")), ("EDGESEAL_WEB__TLS".into(), "true".into())];
+    a.env = vec![
+        ("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{port}")),
+        ("EDGESEAL_WEB__CLOUDSYNC_LISTEN".into(), format!("127.0.0.1:{cloudsync}")),
+        ("EDGESEAL_WEB__TLS".into(), "true".into()),
+    ];
     let ca = a.dir.join("web").join("ca.pem");
     let printed = |a: &Agent| {
         let out = a.logs_of("up.out");
@@ -165,6 +168,8 @@ fn https_with_a_certificate_made_on_first_use() {
         assert!(code == 200 && page.contains("<html"), "{code}");
         assert_eq!(curl(&[&format!("{url}/api/v1/health")]).0, 0, "a client that does not trust the CA is refused");
         assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/api/v1/health")]).0, 0, "plain HTTP gets nothing");
+        // The CloudSync port stays plain HTTP for the original's clients.
+        assert_eq!(curl(&[&format!("http://127.0.0.1:{cloudsync}/api/v1/health")]).0, 200);
         fingerprints.push(printed(&a).unwrap());
         let _ = Command::new("kill").args(["-TERM", &up.id().to_string()]).status();
         assert!(up.wait().unwrap().success(), "{}", a.logs());
