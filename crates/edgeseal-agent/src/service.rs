@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,6 +125,16 @@ pub struct Service {
     pairing: watch::Sender<PairingView>,
     hosting: Arc<Mutex<Hosting>>,
     tasks: TaskTracker,
+    counts: Arc<Counts>,
+}
+
+/// What the service counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub pairings_started: AtomicU64,
+    pub pairings_failed: AtomicU64,
+    /// Findings of every audit this service made (`verify`, `fetch`, the API, the pages), by kind.
+    pub findings: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// A range read and audited, with the keys to open it: the CLI opens it in
@@ -187,6 +198,7 @@ impl Service {
             pairing,
             hosting: Arc::default(),
             tasks: TaskTracker::new(),
+            counts: Arc::default(),
         })
     }
 
@@ -194,6 +206,11 @@ impl Service {
     pub fn attach_sealer(&mut self, sealer: mpsc::Sender<SealerCommand>, policy: Policy) {
         self.sealer = Some(sealer);
         *self.policy.get_mut().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+
+    /// What this service counted, for `/metrics`.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -373,6 +390,12 @@ impl Service {
         let store = self.store().await?;
         let remembered = self.local.remembered(device, stream).await.local()?;
         let mut read = read_stream(store, device, stream, range, remembered, scope).await.map_err(Error::store)?;
+        if !read.audit.findings.is_empty() {
+            let mut by_kind = self.counts.findings.lock().unwrap_or_else(|p| p.into_inner());
+            for f in &read.audit.findings {
+                *by_kind.entry(f.kind()).or_default() += 1;
+            }
+        }
         if let Some(head) = read.audit.head {
             self.local.remember(device, stream, head).await.local()?;
         }
@@ -647,6 +670,8 @@ impl Service {
     pub async fn host(&self, wait: Duration) -> Result<PairingView> {
         self.check_sharing()?;
         let identity = self.identity()?.clone();
+        self.counts.pairings_started.fetch_add(1, Ordering::Relaxed);
+        let counts = self.counts.clone();
         let stop = CancellationToken::new();
         if let Some(before) = self.hosting.lock().unwrap_or_else(|p| p.into_inner()).stop.replace(stop.clone()) {
             before.cancel();
@@ -665,6 +690,7 @@ impl Service {
             tokio::select! {
                 res = pairing => {
                     if let Err(e) = &res {
+                        counts.pairings_failed.fetch_add(1, Ordering::Relaxed);
                         hosting.lock().unwrap_or_else(|p| p.into_inner()).failure = Some((e.kind(), e.to_string()));
                     }
                     slot.send_replace(outcome(res));
@@ -704,6 +730,7 @@ impl Service {
         self.check_sharing()?;
         let identity = self.identity()?.clone();
         let code: PairCode = code.trim().parse().map_err(|e: edgeseal_core::Error| Error::bad(e.to_string()))?;
+        self.counts.pairings_started.fetch_add(1, Ordering::Relaxed);
         let no_sas = |_: String, _: &_| Ok(());
         let res =
             run_pairing(&self.cfg, &self.local, &identity, &self.name, Side::Join(code), PAIR_WAIT, |_| {}, no_sas)
@@ -715,6 +742,7 @@ impl Service {
                 Ok(view)
             }
             Err(e) => {
+                self.counts.pairings_failed.fetch_add(1, Ordering::Relaxed);
                 self.pairing.send_replace(PairingView::Failed { error: e.to_string() });
                 Err(e)
             }

@@ -29,6 +29,12 @@ pub struct HttpLabels {
     pub status: String,
 }
 
+/// A kind of audit finding (`gap`, `tampered`, `rollback`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub kind: String,
+}
+
 /// What `/metrics` reports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -64,9 +70,24 @@ impl Metrics {
                 &s.refused_received,
             ),
         ];
-        for (name, help, v) in counters {
+        let c = self.service.counts();
+        let more: [(&str, &str, &AtomicU64); 3] = [
+            ("broker_reconnects", "Connections to the broker made again after it was lost", &s.reconnects),
+            ("pairings_started", "Pairings begun (a code shown or entered)", &c.pairings_started),
+            ("pairings_failed", "Pairings that failed", &c.pairings_failed),
+        ];
+        for (name, help, v) in counters.into_iter().chain(more) {
             r.register(name, help, ConstCounter::new(v.load(Ordering::Relaxed)));
         }
+        let findings = Family::<FindingLabels, Counter>::default();
+        for (kind, n) in c.findings.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            findings.get_or_create(&FindingLabels { kind: (*kind).to_string() }).inc_by(*n);
+        }
+        r.register(
+            "verification_findings",
+            "Problems audits found in what the store or a peer holds, by kind",
+            findings,
+        );
         let up = |down: &std::sync::atomic::AtomicBool| i64::from(!down.load(Ordering::Relaxed));
         r.register("store_up", "1 when the last write to the store succeeded", ConstGauge::new(up(&s.store_down)));
         if self.service.config().mqtt.broker.is_some() {

@@ -208,6 +208,8 @@ async fn metrics_are_scraped_in_the_prometheus_format_under_the_api_rules() {
         "edgeseal_batches_stored_total 0",
         "edgeseal_store_up 1",
         "edgeseal_outbox_batches 0",
+        "edgeseal_pairings_started_total 0",
+        "edgeseal_broker_reconnects_total 0",
         "edgeseal_http_requests_total{route=\"/api/v1/identity\",status=\"200\"} 1",
         "edgeseal_http_requests_total{route=\"/api/v1/streams/{stream}/readings\",status=\"404\"} 1",
         "edgeseal_http_requests_total{route=\"/metrics\",status=\"401\"} 1",

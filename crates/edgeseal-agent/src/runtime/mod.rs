@@ -54,6 +54,8 @@ pub struct Stats {
     pub store_down: AtomicBool,
     /// The broker is configured but unreachable (shown on the LCD).
     pub broker_down: AtomicBool,
+    /// Connections to the broker made again after it was lost.
+    pub reconnects: AtomicU64,
     pub published: AtomicU64,
     /// Batches too large for an MQTT packet: stored, never published.
     pub unpublishable: AtomicU64,

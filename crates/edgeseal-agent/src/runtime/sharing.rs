@@ -433,8 +433,14 @@ impl Receiver {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut refresh = tokio::time::interval(Duration::from_secs(5));
         let mut connected = self.link.connected();
+        let mut was_up = false;
         loop {
-            self.stats.broker_down.store(!*connected.borrow_and_update(), Ordering::Relaxed);
+            let up = *connected.borrow_and_update();
+            let was_down = self.stats.broker_down.swap(!up, Ordering::Relaxed);
+            if up && was_down && was_up {
+                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            was_up |= up;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = connected.changed() => if r.is_err() { return },

@@ -646,6 +646,9 @@ fn storage_page_shows_verified_and_tampered_batches_in_a_real_browser() {
     let shown = browser.eval("return document.querySelectorAll('#readings tbody tr').length").as_u64().unwrap();
     assert!(shown < 10, "readings of batches that no longer verify were shown");
     browser.screenshot("storage-tampered.png");
+    // What the page's audit found is counted for monitoring.
+    let (code, scraped) = curl(&[&format!("http://127.0.0.1:{port}/metrics")]);
+    assert!(code == 200 && scraped.contains("edgeseal_verification_findings_total{kind=\"tampered\"}"), "{scraped}");
 
     // The batch size and "store now", from the page's forms.
     let text_of = |css: &str| browser.eval(&format!("return document.querySelector('{css}').textContent"));
@@ -740,6 +743,14 @@ fn two_agents_pair_share_and_revoke_through_the_ui_in_a_real_browser() {
     wait_until("alpha's page to show bravo", Duration::from_secs(15), || {
         text_of("#pairing").contains("Paired with bravo") && text_of("#peers").contains("bravo")
     });
+    for port in [pa, pb] {
+        let (_, scraped) = curl(&[&format!("http://127.0.0.1:{port}/metrics")]);
+        assert!(
+            scraped.contains("edgeseal_pairings_started_total 1")
+                && scraped.contains("edgeseal_pairings_failed_total 0"),
+            "{scraped}"
+        );
+    }
     wait_until("a temperature stream to share", Duration::from_secs(15), || {
         browser.open(&format!("{a_url}/sharing"));
         browser.eval("return !!document.querySelector('#share-stream option[value=temperature]')").as_bool()
