@@ -142,12 +142,39 @@ enum Bind<'a> {
     Int(i64),
 }
 
-async fn suite(store: AnyStore) {
-    store.migrate().await.unwrap();
-    store.migrate().await.expect("migrations are idempotent");
-    let id = random_identity();
-    let dev = &id.device_id().0[..];
+/// One database and one identity of its own for a case.
+struct Cx {
+    store: AnyStore,
+    id: Identity,
+}
 
+impl Cx {
+    /// Six chained batches of `name` and the checkpoint of the last, stored.
+    async fn setup(&self, name: &'static str) -> (Vec<BatchRow>, Vec<Head>) {
+        let (rows, heads) = chain(&self.id, &self.id, name, 6);
+        self.store.put_batches(&rows).await.unwrap();
+        self.store
+            .put_checkpoint(self.id.device_id(), &rows[0].stream, 5, &checkpoint(&self.id, name, heads[5]))
+            .await
+            .unwrap();
+        (rows, heads)
+    }
+}
+
+/// The names a case's code uses: the store, the identity, its device id's bytes, `setup`.
+macro_rules! cx {
+    ($cx:ident, $store:ident, $id:ident, $dev:ident, $setup:ident) => {
+        let $store = &$cx.store;
+        let $id = &$cx.id;
+        let $dev = &$id.device_id().0[..];
+        #[allow(unused_variables)]
+        let $setup = |name: &'static str| $cx.setup(name);
+    };
+}
+
+#[allow(unused_variables)]
+async fn round_trip_idempotence_conflicts_and_ranges(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // Round trip, idempotence and conflicts.
     let (rows, heads) = chain(&id, &id, "temperature", 6);
     let r = store.put_batches(&rows).await.unwrap();
@@ -167,7 +194,7 @@ async fn suite(store: AnyStore) {
     let info = store.streams().await.unwrap().into_iter().find(|s| s.device == id.device_id()).unwrap();
     assert_eq!((info.batches, info.readings, info.head_seq), (6, 60, 5));
 
-    let read = read_stream(&store, id.device_id(), &rows[0].stream, TimeRange::default(), Some(heads[4]), Scope::WHOLE)
+    let read = read_stream(store, id.device_id(), &rows[0].stream, TimeRange::default(), Some(heads[4]), Scope::WHOLE)
         .await
         .unwrap();
     assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
@@ -181,19 +208,11 @@ async fn suite(store: AnyStore) {
     let range = TimeRange { from: Some(rows[2].first_ts + 500), to: Some(rows[3].first_ts) };
     let got = store.batches(id.device_id(), &rows[0].stream, range).await.unwrap();
     assert_eq!(got.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![2, 3]);
+}
 
-    // Each tamper class, done with SQL against the real database, on its own stream.
-    let setup = |name: &'static str| {
-        let (rows, heads) = chain(&id, &id, name, 6);
-        let store = &store;
-        let id = &id;
-        async move {
-            store.put_batches(&rows).await.unwrap();
-            store.put_checkpoint(id.device_id(), &rows[0].stream, 5, &checkpoint(id, name, heads[5])).await.unwrap();
-            (rows, heads)
-        }
-    };
-
+#[allow(unused_variables)]
+async fn a_changed_byte_is_tampered(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A modified byte.
     let (rows, _) = setup("t-byte").await;
     let mut bad = rows[2].sealed.clone();
@@ -207,7 +226,11 @@ async fn suite(store: AnyStore) {
     .await;
     let f = findings(&store, &id, "t-byte", None).await;
     assert!(matches!(f[..], [Finding::Tampered { row_seq: 2, .. }]), "{f:?}");
+}
 
+#[allow(unused_variables)]
+async fn an_edited_time_column_is_tampered(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // An edited clear column.
     setup("t-meta").await;
     sql(
@@ -218,6 +241,11 @@ async fn suite(store: AnyStore) {
     .await;
     let f = findings(&store, &id, "t-meta", None).await;
     assert!(matches!(f[..], [Finding::Tampered { row_seq: 1, .. }]), "{f:?}");
+}
+
+#[allow(unused_variables)]
+async fn every_other_edited_clear_column_is_tampered(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // Every other clear column, each on its own stream: the count (what `streams` sums), the
     // key epoch and the hash.
     for (name, set, what) in [
@@ -237,7 +265,11 @@ async fn suite(store: AnyStore) {
             "an edited {what} column: {f:?}"
         );
     }
+}
 
+#[allow(unused_variables)]
+async fn a_batch_moved_to_another_stream_is_named(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A batch moved to another stream.
     setup("t-move-a").await;
     setup("t-move-b").await;
@@ -253,7 +285,11 @@ async fn suite(store: AnyStore) {
         matches!(&f[..], [Finding::Moved { row_seq: 6, seq: 3, stream, .. }] if stream.as_str() == "t-move-a"),
         "{f:?}"
     );
+}
 
+#[allow(unused_variables)]
+async fn a_batch_moved_to_another_device_is_named(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A batch moved to another device.
     let other = random_identity();
     setup("t-dev").await;
@@ -265,7 +301,11 @@ async fn suite(store: AnyStore) {
     .await;
     let f = findings(&store, &other, "t-dev", None).await;
     assert!(matches!(&f[..], [Finding::Moved { row_seq: 5, .. }]), "{f:?}");
+}
 
+#[allow(unused_variables)]
+async fn a_replayed_batch_is_named(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A replayed batch.
     let (rows, _) = setup("t-replay").await;
     sql(
@@ -275,7 +315,11 @@ async fn suite(store: AnyStore) {
     )
     .await;
     assert_eq!(findings(&store, &id, "t-replay", None).await, vec![Finding::Duplicate { seq: 1, row_seq: 6 }]);
+}
 
+#[allow(unused_variables)]
+async fn reordered_batches_are_named(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // Reordering.
     let (rows, _) = setup("t-order").await;
     sql(
@@ -295,12 +339,20 @@ async fn suite(store: AnyStore) {
         f.iter().all(|x| matches!(x, Finding::Reordered { .. } | Finding::Tampered { .. })) && f.len() == 2,
         "{f:?}"
     );
+}
 
+#[allow(unused_variables)]
+async fn a_deleted_batch_is_a_gap(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A gap.
     setup("t-gap").await;
     sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-gap' AND seq = 2", &[Bind::Bytes(dev)]).await;
     assert_eq!(findings(&store, &id, "t-gap", None).await, vec![Finding::Gap { from: 2, to: 2 }]);
+}
 
+#[allow(unused_variables)]
+async fn a_truncated_tail_is_named(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A truncated tail (the checkpoint for 5 remains).
     setup("t-tail").await;
     sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-tail' AND seq >= 4", &[Bind::Bytes(dev)]).await;
@@ -308,18 +360,18 @@ async fn suite(store: AnyStore) {
         findings(&store, &id, "t-tail", None).await,
         vec![Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]
     );
+}
 
+#[allow(unused_variables)]
+async fn a_range_is_proven_complete_at_both_ends(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // Time ranges are shown complete at both ends. Batch k holds [base(k), base(k) + 9 s].
     let base = |k: i64| 1_700_000_000_000 + k * 10_000;
-    let ranged = |name: &'static str, from: i64, to: Option<i64>| {
-        let store = &store;
-        let id = &id;
-        async move {
-            let s = StreamName::new(name).unwrap();
-            let scope = Scope { from_start: false, to_end: to.is_none() };
-            let range = TimeRange { from: Some(from), to };
-            read_stream(store, id.device_id(), &s, range, None, scope).await.unwrap()
-        }
+    let ranged = |name: &'static str, from: i64, to: Option<i64>| async move {
+        let s = StreamName::new(name).unwrap();
+        let scope = Scope { from_start: false, to_end: to.is_none() };
+        let range = TimeRange { from: Some(from), to };
+        read_stream(store, id.device_id(), &s, range, None, scope).await.unwrap()
     };
     setup("t-range").await;
     let read = ranged("t-range", base(2), Some(base(4) + 9_000)).await;
@@ -351,18 +403,19 @@ async fn suite(store: AnyStore) {
         .await;
     let f = ranged("t-idle-cut", base(5) + 60_000, None).await.audit.findings;
     assert_eq!(f, [Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]);
+}
 
+#[allow(unused_variables)]
+async fn one_deleted_or_replaced_batch_costs_only_itself(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // Damage stays local: one deleted or replaced batch of a round (signed
     // or not) costs only itself; every other batch is still verified.
     let authentic = |read: &edgeseal_store::reader::StreamRead| -> Vec<u64> {
         read.rows.iter().zip(&read.audit.statuses).filter(|(_, s)| s.is_authentic()).map(|(r, _)| r.seq).collect()
     };
-    let whole = |name: &'static str| {
-        let (store, id) = (&store, &id);
-        async move {
-            let s = StreamName::new(name).unwrap();
-            read_stream(store, id.device_id(), &s, TimeRange::default(), None, Scope::WHOLE).await.unwrap()
-        }
+    let whole = |name: &'static str| async move {
+        let s = StreamName::new(name).unwrap();
+        read_stream(store, id.device_id(), &s, TimeRange::default(), None, Scope::WHOLE).await.unwrap()
     };
     for (name, gone) in [("t-local-unsigned", 1), ("t-local-signed", 3)] {
         store.put_batches(&rounds(&id, name, 8)).await.unwrap();
@@ -400,14 +453,22 @@ async fn suite(store: AnyStore) {
         read.audit.findings
     );
     assert_eq!(authentic(&read), [0, 2, 3, 4, 5, 6, 7]);
+}
 
+#[allow(unused_variables)]
+async fn a_rolled_back_stream_is_named(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A rollback of the whole stream to an older state: batches and checkpoints.
     let (_, heads) = setup("t-roll").await;
     sql(&store, "DELETE FROM batches WHERE device = ? AND stream = 't-roll' AND seq >= 3", &[Bind::Bytes(dev)]).await;
     sql(&store, "DELETE FROM checkpoints WHERE device = ? AND stream = 't-roll'", &[Bind::Bytes(dev)]).await;
     let f = findings(&store, &id, "t-roll", Some(heads[5])).await;
     assert!(matches!(f[..], [Finding::Rollback { store_head: Some(2), seen: 5, .. }]), "{f:?}");
+}
 
+#[allow(unused_variables)]
+async fn a_batch_signed_by_another_identity_is_named(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
     // A batch signed by a different identity.
     setup("t-forge").await;
     let forger = random_identity();
@@ -420,6 +481,75 @@ async fn suite(store: AnyStore) {
     .await;
     let f = findings(&store, &id, "t-forge", None).await;
     assert!(matches!(f[..], [Finding::Moved { row_seq: 6, .. }]), "{f:?}");
+}
+
+/// Each case as a test of its own on each database: `sqlite::…`,
+/// `postgres::…`, `mariadb::…` (the attacks with SQL against the real database).
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $case() { super::on(super::Db::Sqlite, super::$case) })*
+        }
+        mod postgres {
+            $(#[test] fn $case() { super::on(super::Db::Postgres, super::$case) })*
+        }
+        mod mariadb {
+            $(#[test] fn $case() { super::on(super::Db::MariaDb, super::$case) })*
+        }
+    };
+}
+
+on_every_store!(
+    round_trip_idempotence_conflicts_and_ranges,
+    a_changed_byte_is_tampered,
+    an_edited_time_column_is_tampered,
+    every_other_edited_clear_column_is_tampered,
+    a_batch_moved_to_another_stream_is_named,
+    a_batch_moved_to_another_device_is_named,
+    a_replayed_batch_is_named,
+    reordered_batches_are_named,
+    a_deleted_batch_is_a_gap,
+    a_truncated_tail_is_named,
+    a_range_is_proven_complete_at_both_ends,
+    one_deleted_or_replaced_batch_costs_only_itself,
+    a_rolled_back_stream_is_named,
+    a_batch_signed_by_another_identity_is_named,
+);
+
+#[derive(Debug, Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+/// Runs `case` against a migrated `db` (skipped when a server is absent and not required).
+fn on<F>(db: Db, case: fn(Cx) -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    run(async {
+        let store = match db {
+            Db::Sqlite => {
+                let dir = tempdir("suite");
+                AnyStore::connect(&format!("sqlite://{}/store.db", dir.display()), ConnectOptions::default())
+                    .await
+                    .unwrap()
+            }
+            Db::Postgres => match server("EDGESEAL_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test").await {
+                Some(s) => s,
+                None => return,
+            },
+            Db::MariaDb => match server("EDGESEAL_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test").await {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        store.migrate().await.unwrap();
+        store.migrate().await.expect("migrations are idempotent");
+        let cx = Cx { store, id: random_identity() };
+        case(cx).await;
+    });
 }
 
 /// A forged batch that claims our device id but carries the forger's signature.
@@ -479,35 +609,6 @@ async fn server(var: &str, default: &str) -> Option<AnyStore> {
 
 fn run(f: impl std::future::Future<Output = ()>) {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(f)
-}
-
-#[test]
-fn suite_sqlite() {
-    run(async {
-        let dir = tempdir("suite");
-        let store = AnyStore::connect(&format!("sqlite://{}/store.db", dir.display()), ConnectOptions::default())
-            .await
-            .unwrap();
-        suite(store).await;
-    });
-}
-
-#[test]
-fn suite_postgres() {
-    run(async {
-        if let Some(s) = server("EDGESEAL_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/test").await {
-            suite(s).await;
-        }
-    });
-}
-
-#[test]
-fn suite_mariadb() {
-    run(async {
-        if let Some(s) = server("EDGESEAL_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test").await {
-            suite(s).await;
-        }
-    });
 }
 
 #[test]
