@@ -293,6 +293,8 @@ struct Shared {
     waiting: Mutex<Waiting>,
     subscriptions: Mutex<Vec<String>>,
     connected: watch::Sender<bool>,
+    /// Why the last attempt to reach the broker failed (refused, reset, timed out, TLS, credentials).
+    last_error: Mutex<Option<String>>,
 }
 
 /// A handle on the link; cheap to clone.
@@ -334,6 +336,7 @@ impl Link {
             waiting: Mutex::new(Waiting::default()),
             subscriptions: Mutex::new(Vec::new()),
             connected,
+            last_error: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(1024);
         let task = Task { shared: shared.clone(), tx, url: opts.url.clone(), max_backoff: opts.max_backoff, stop };
@@ -428,6 +431,11 @@ impl Link {
     }
 
     /// Whether the link is connected now, and changes to it.
+    /// Why the last attempt to reach the broker failed, if one did.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.shared.connected.subscribe()
     }
@@ -539,6 +547,7 @@ impl Task {
                         }
                     }
                     shared.connected.send_replace(false);
+                    *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                     if !down_logged {
                         warn!("broker {url} unreachable: {e}; retrying with backoff");
                         down_logged = true;

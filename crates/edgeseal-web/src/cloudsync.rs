@@ -186,9 +186,30 @@ impl CloudSync {
         let stop = CancellationToken::new();
         let (link, rx) = Link::start(opts, stop.clone()).map_err(|e| unreachable(e.to_string()))?;
         let mut up = link.connected();
-        if tokio::time::timeout(CONNECT_TIMEOUT, up.wait_for(|c| *c)).await.is_err() {
+        // Connected, or the first failure with the cause the link saw (refused, reset, TLS,
+        // credentials), at once rather than after the whole wait.
+        let ready = async {
+            loop {
+                if *up.borrow_and_update() {
+                    return Ok(());
+                }
+                if let Some(e) = link.last_error() {
+                    return Err(e);
+                }
+                tokio::select! {
+                    _ = up.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        };
+        let why = match tokio::time::timeout(CONNECT_TIMEOUT, ready).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("the broker {url} cannot be reached: {e}")),
+            Err(_) => Some(format!("the broker {url} did not answer within {}s", CONNECT_TIMEOUT.as_secs())),
+        };
+        if let Some(why) = why {
             stop.cancel();
-            return Err(unreachable(format!("the broker {url} did not answer within {}s", CONNECT_TIMEOUT.as_secs())));
+            return Err(unreachable(why));
         }
         let last = Arc::new(Mutex::new(HashMap::new()));
         self.tasks.spawn(keep_last(rx, last.clone()));

@@ -86,7 +86,10 @@ fn cloudsync_api_publishes_subscribes_and_answers_honestly() {
     assert_eq!(publish_api(r#"{"appid":"a","payload":"p","topic":"a/+","url":"h"}"#).0, 400);
     let (status, v) = publish_api(r#"{"appid":"a","payload":"p","topic":"t","url":"127.0.0.1:9"}"#);
     assert_eq!(status, 502, "{v}");
-    assert!(v["Message"].as_str().unwrap().starts_with("Error Connecting MQTT -> "), "{v}");
+    let said = v["Message"].as_str().unwrap();
+    assert!(said.starts_with("Error Connecting MQTT -> "), "{v}");
+    // The cause the link saw, not only that it waited.
+    assert!(said.to_lowercase().contains("refused"), "{v}");
     assert_eq!(http("GET", &format!("{api}/getsubscribedata/127.0.0.1/home1/+/someone-else"), None).0, 404);
 
     // The broker goes away: publishing says so (502), never "published"; it comes back and the
