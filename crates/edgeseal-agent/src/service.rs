@@ -571,11 +571,11 @@ impl Service {
         if !new {
             self.own_stream(stream).await?;
         }
-        let from_ms = Some(from_ms.unwrap_or_else(now_ms));
+        let from_ms = from_ms.unwrap_or_else(now_ms);
         let epoch = self.grants()?.share(&peer, stream, from_ms, to_ms).await?;
         if let Some(sealer) = &self.sealer {
-            let cuts = from_ms.into_iter().chain(to_ms.and_then(|t| t.checked_add(1)));
-            let _ = sealer.send(SealerCommand::CutAt(stream.clone(), cuts.collect())).await;
+            let cuts = crate::share::grant_times(from_ms, to_ms);
+            let _ = sealer.send(SealerCommand::CutAt(stream.clone(), cuts)).await;
         }
         Ok(GrantedView { peer: peer.name, device_id: peer.device.to_string(), stream: stream.to_string(), epoch })
     }

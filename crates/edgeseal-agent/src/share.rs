@@ -147,6 +147,26 @@ pub fn rng() -> spake2::UnwrapErr<spake2::SysRng> {
     spake2::UnwrapErr(spake2::SysRng)
 }
 
+/// The reading times at which a grant of `from_ms..=to_ms` begins and ends
+/// after: no batch or live frame may hold readings from both sides of one,
+/// since a peer opens only what begins inside its grant.
+pub fn grant_times(from_ms: i64, to_ms: Option<i64>) -> Vec<i64> {
+    std::iter::once(from_ms).chain(to_ms.and_then(|t| t.checked_add(1))).collect()
+}
+
+/// Per stream, the [`grant_times`] of every grant in force, ascending.
+pub fn cut_times(grants: &[GrantOut]) -> HashMap<StreamName, Vec<i64>> {
+    let mut cuts: HashMap<StreamName, Vec<i64>> = HashMap::new();
+    for g in grants.iter().filter(|g| !g.revoked) {
+        cuts.entry(g.stream.clone()).or_default().extend(grant_times(g.from_ms, g.to_ms));
+    }
+    for times in cuts.values_mut() {
+        times.sort_unstable();
+        times.dedup();
+    }
+    cuts
+}
+
 /// Grants given by this agent: issuing, re-issuing on a new epoch, revoking.
 #[derive(Debug)]
 pub struct Grants<'a> {
@@ -189,17 +209,10 @@ impl Grants<'_> {
         Ok(g)
     }
 
-    /// Grants `stream` to `peer`: the batches that begin from `from_ms` (now
-    /// when `None`: live only) up to `to_ms` (no end when `None`), and nothing
-    /// sealed before or after. Returns the current epoch.
-    pub async fn share(
-        &self,
-        peer: &PeerRow,
-        stream: &StreamName,
-        from_ms: Option<i64>,
-        to_ms: Option<i64>,
-    ) -> Result<u32> {
-        let from_ms = from_ms.unwrap_or_else(now_ms);
+    /// Grants `stream` to `peer`: the batches that begin from `from_ms` up to
+    /// `to_ms` (no end when `None`), and nothing sealed before or after.
+    /// Returns the current epoch.
+    pub async fn share(&self, peer: &PeerRow, stream: &StreamName, from_ms: i64, to_ms: Option<i64>) -> Result<u32> {
         if to_ms.is_some_and(|t| t < from_ms) {
             return Err(Error::BadInput("--to is before --from: that grants nothing".into()));
         }

@@ -124,7 +124,7 @@ impl Header {
 
     /// The key this batch is sealed under, from what a reader holds of its epoch.
     pub fn key_from(&self, keys: &EpochKeys) -> Option<EpochKey> {
-        if self.version == VERSION_1 { keys.whole() } else { keys.leaf(slot_of(self.first_ts)) }
+        keys.for_item(self.version == VERSION_1, self.first_ts)
     }
 }
 

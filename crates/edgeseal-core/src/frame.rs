@@ -77,11 +77,9 @@ impl FrameHeader {
 
     /// The frame's AEAD key from what a reader holds of its epoch.
     fn key(&self, keys: &EpochKeys) -> Option<aead::LessSafeKey> {
-        let (label, key) = if self.version == VERSION_1 {
-            (KEY_LABEL_V1, keys.whole()?)
-        } else {
-            (KEY_LABEL, keys.leaf(slot_of(self.first_ts))?)
-        };
+        let v1 = self.version == VERSION_1;
+        let key = keys.for_item(v1, self.first_ts)?;
+        let label = if v1 { KEY_LABEL_V1 } else { KEY_LABEL };
         Some(item_key(label, &key, &self.salt, self.device, &self.stream, self.pos, self.epoch))
     }
 }

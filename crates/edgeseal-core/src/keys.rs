@@ -335,6 +335,13 @@ impl EpochKeys {
         self.nodes.iter().find(|n| n.holds(slot))?.leaf(slot)
     }
 
+    /// The key a batch or frame whose first reading is at `first_ts` is
+    /// sealed under: in format v1 (`whole_epoch`) the epoch key itself, in
+    /// v2 the leaf of that time.
+    pub fn for_item(&self, whole_epoch: bool, first_ts: i64) -> Option<EpochKey> {
+        if whole_epoch { self.whole() } else { self.leaf(slot_of(first_ts)) }
+    }
+
     /// The slots held, as (first, last) ranges in order.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
         let mut r: Vec<(u64, u64)> = self.nodes.iter().map(TreeNode::slots).collect();

@@ -175,10 +175,8 @@ impl Sealer {
         // Grants begin and end at times no batch may straddle.
         match self.local.grants_out().await {
             Ok(grants) => {
-                for g in grants.iter().filter(|g| !g.revoked) {
-                    let times: Vec<i64> =
-                        std::iter::once(g.from_ms).chain(g.to_ms.and_then(|t| t.checked_add(1))).collect();
-                    self.batcher.cut_at(&g.stream, &times);
+                for (stream, times) in crate::share::cut_times(&grants) {
+                    self.batcher.cut_at(&stream, &times);
                 }
             }
             Err(e) => warn!("cannot read the grants given, so batches are not cut at their times: {e}"),

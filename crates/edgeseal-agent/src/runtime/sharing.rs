@@ -289,18 +289,8 @@ impl FrameSender {
     async fn granted(&mut self) {
         match self.local.grants_out().await {
             Ok(g) => {
-                let live: Vec<_> = g.into_iter().filter(|g| !g.revoked).collect();
-                self.cuts.clear();
-                for g in &live {
-                    let times = self.cuts.entry(g.stream.clone()).or_default();
-                    times.push(g.from_ms);
-                    times.extend(g.to_ms.and_then(|t| t.checked_add(1)));
-                }
-                for times in self.cuts.values_mut() {
-                    times.sort_unstable();
-                    times.dedup();
-                }
-                self.feed.streams.replace(live.into_iter().map(|g| g.stream).collect());
+                self.cuts = crate::share::cut_times(&g);
+                self.feed.streams.replace(g.into_iter().filter(|g| !g.revoked).map(|g| g.stream).collect());
             }
             Err(e) => warn!("cannot read the grants for live frames: {e}"),
         }

@@ -482,6 +482,15 @@ impl Browser {
         self.call("POST", "/url", Some(&serde_json::json!({ "url": url }).to_string()));
     }
 
+    /// How many live readings the dashboard's script has applied.
+    fn live_updates(&self) -> u64 {
+        self.eval("return document.getElementById('streams').dataset.updates || '0'")
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0)
+    }
+
     /// Runs `script` (a function body) in the page and returns its value.
     fn eval(&self, script: &str) -> Value {
         self.call("POST", "/execute/sync", Some(&serde_json::json!({ "script": script, "args": [] }).to_string()))
@@ -548,15 +557,7 @@ fn the_ui_works_over_https_in_a_real_browser() {
         printed.split("certificate SHA-256 ").nth(1).and_then(|f| f.lines().next()).unwrap_or("").to_string();
     assert_eq!(fingerprint.split(':').count(), 32, "{printed}");
     browser.open(&format!("https://127.0.0.1:{port}/"));
-    wait_until("live updates over HTTPS", Duration::from_secs(15), || {
-        browser
-            .eval("return document.getElementById('streams').dataset.updates || '0'")
-            .as_str()
-            .unwrap_or("0")
-            .parse::<u64>()
-            .unwrap_or(0)
-            >= 3
-    });
+    wait_until("live updates over HTTPS", Duration::from_secs(15), || browser.live_updates() >= 3);
     assert_eq!(browser.eval("return location.protocol"), "https:");
     browser.open(&format!("https://127.0.0.1:{port}/sharing"));
     let shown = browser.eval("const e = document.getElementById('tls-fingerprint'); return e ? e.textContent : ''");
@@ -587,15 +588,7 @@ fn dashboard_shows_live_values_in_a_real_browser() {
     let temperature = "return document.querySelector('[id$=_temperature] [data-f=value]').textContent";
     let first = browser.eval(temperature);
     // The page's script connects and applies live readings: the values change without a reload.
-    wait_until("live updates in the page", Duration::from_secs(15), || {
-        browser
-            .eval("return document.getElementById('streams').dataset.updates || '0'")
-            .as_str()
-            .unwrap_or("0")
-            .parse::<u64>()
-            .unwrap_or(0)
-            >= 10
-    });
+    wait_until("live updates in the page", Duration::from_secs(15), || browser.live_updates() >= 10);
     assert_eq!(browser.eval("return document.getElementById('state').textContent"), "live");
     let times = "return [...document.querySelectorAll('[data-f=time]')].map(e => e.textContent).join()";
     let before = browser.eval(times);
