@@ -175,6 +175,8 @@ pub struct Config {
     pub web_tls: Option<WebTls>,
     /// Of `web_listen`, the CloudSync port, which stays plain HTTP (its clients are the original's).
     pub cloudsync_listen: Option<std::net::SocketAddr>,
+    /// The zone times are shown in by the CLI, the UI and the API (`ui.time_zone`, `--tz`); UTC by default.
+    pub time_zone: crate::times::Zone,
 }
 
 impl Config {
@@ -211,6 +213,7 @@ impl Config {
             web_listen: Vec::new(),
             web_tls: None,
             cloudsync_listen: None,
+            time_zone: crate::times::Zone::UTC,
         }
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgeseal_core::time::format_ms;
+use crate::times::format_ms;
 use edgeseal_core::{DeviceId, Reading, Readings, StreamName, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;

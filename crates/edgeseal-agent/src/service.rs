@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::times::format_ms;
 use edgeseal_core::chain::{Finding, Scope};
 use edgeseal_core::keys::{Identity, PublicIdentity};
 use edgeseal_core::pairing::PairCode;
-use edgeseal_core::time::format_ms;
 use edgeseal_core::{DeviceId, Readings, StreamName};
 use edgeseal_mqtt::link::Link;
 use edgeseal_sensors::batcher::Policy;
@@ -447,12 +447,12 @@ impl Service {
     ) -> Result<ReadView> {
         let got = self.retrieve(stream, device, from, to).await?;
         let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
-        let (mut readings, mut unreadable) = (Vec::new(), 0usize);
+        let (mut readings, mut unreadable, mut outside) = (Vec::new(), 0usize, 0usize);
         for o in got.open(0..got.read.rows.len()).into_iter().flatten() {
             match o {
                 Ok(r) => readings.extend(ReadingView::of_batch(stream, &r, keep)),
                 // Outside the time granted: not this agent's to read, not damage.
-                Err(edgeseal_core::Error::NotGranted) => {}
+                Err(edgeseal_core::Error::NotGranted) => outside += 1,
                 Err(_) => unreadable += 1,
             }
         }
@@ -476,6 +476,8 @@ impl Service {
             findings: got.read.audit.findings.iter().map(FindingView::from).collect(),
             readings,
             unreadable_batches: unreadable,
+            granted: got.granted(),
+            outside_grant_batches: outside,
         })
     }
 

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::times::format_ms;
 use base64::Engine as _;
 use edgeseal_core::chain::Finding;
 use edgeseal_core::keys::PublicIdentity;
-use edgeseal_core::time::format_ms;
 use edgeseal_core::{Readings, StreamName};
 use edgeseal_sensors::batcher::Policy;
 use edgeseal_store::local::PeerRow;
@@ -253,6 +253,16 @@ pub struct ReadView {
     pub findings: Vec<FindingView>,
     pub readings: Vec<ReadingView>,
     pub unreadable_batches: usize,
+    /// False for a peer's stream this agent was never granted: its batches verify, none opens.
+    #[serde(default = "yes")]
+    pub granted: bool,
+    /// Batches sealed before (or after) the time this agent was granted.
+    #[serde(default)]
+    pub outside_grant_batches: usize,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One stream's audit (`verify --json`).

@@ -23,10 +23,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match &self.0 {
             Error::BadInput(_) => StatusCode::BAD_REQUEST,
-            Error::NoSuchStream(_) => StatusCode::NOT_FOUND,
-            Error::NoSuchPeer(_) | Error::NoSuchGrant { .. } | Error::NoBroker(_) | Error::PairingFailed(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Error::NoSuchStream(_) | Error::NoSuchPeer(_) | Error::NoSuchGrant { .. } => StatusCode::NOT_FOUND,
+            Error::NoBroker(_) | Error::PairingFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::BrokerUnreachable(_) | Error::BrokerRefused(_) | Error::Mqtt(_) => StatusCode::BAD_GATEWAY,
             Error::BrokerTimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Integrity(_) | Error::Busy(_) => StatusCode::CONFLICT,

@@ -63,10 +63,25 @@ pub fn router(state: State) -> Router {
         .merge(live::router(state.live.clone()))
         .merge(metrics::router(metrics.clone()))
         .merge(ui::router(ui));
-    access::guarded(state.service.device().to_string(), apis, state.access)
+    access::guarded(state.service.device().to_string(), apis.layer(axum::middleware::from_fn(zone)), state.access)
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::count))
 }
 
+/// A request's `?tz=ZONE`: its times are shown in that zone (the agent's
+/// `ui.time_zone` otherwise); a zone that does not exist is a 400.
+async fn zone(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    #[derive(serde::Deserialize)]
+    struct Tz {
+        tz: Option<String>,
+    }
+    let asked = axum::extract::Query::<Tz>::try_from_uri(request.uri()).ok().and_then(|q| q.0.tz);
+    let Some(name) = asked else { return next.run(request).await };
+    match edgeseal_agent::times::Zone::parse(&name) {
+        Ok(z) => edgeseal_agent::times::in_zone(z, next.run(request)).await,
+        Err(e) => ApiError(edgeseal_agent::Error::bad(format!("tz: {e}"))).into_response(),
+    }
+}
 /// Serves `router` on every listener until `shutdown`, then lets open
 /// requests finish (over HTTPS when `tls` is given). Returns when every listener has stopped.
 pub async fn serve(

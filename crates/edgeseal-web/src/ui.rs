@@ -424,6 +424,19 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
             return format!("<p class=\"bad\">Cannot retrieve {}: {}</p>", esc(stream), esc(&why));
         }
     };
+    let mut notes = String::new();
+    if !v.granted {
+        notes.push_str(&format!(
+            "<p class=\"bad\" id=\"not-granted\">This agent holds no grant of {} of this device: its batches verify, \
+             but none opens. Its owner shares it with <code>edgeseal share</code>.</p>",
+            esc(stream)
+        ));
+    } else if v.outside_grant_batches > 0 {
+        notes.push_str(&format!(
+            "<p class=\"muted\">{} batch(es) begin before (or after) the time this agent was granted: not shown.</p>",
+            v.outside_grant_batches
+        ));
+    }
     let verdict = if v.verified {
         "<p class=\"ok\">Every batch in the range verified: authentic, complete, in order, not rolled back.</p>"
             .to_string()
@@ -482,7 +495,7 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
         String::new()
     };
     format!(
-        "{verdict}<p>Download: <a href=\"{}\">CSV</a> · <a href=\"{}\">JSON</a></p>\
+        "{verdict}{notes}<p>Download: <a href=\"{}\">CSV</a> · <a href=\"{}\">JSON</a></p>\
          <h3>Batches</h3><table id=\"batches\"><thead><tr><th>Seq</th><th>First</th><th>Last</th><th>Status</th></tr></thead><tbody>{batches}</tbody></table>\
          <h3>Readings ({})</h3>{more}<table id=\"readings\"><thead><tr><th>Time</th><th>Value</th><th>Label</th></tr></thead><tbody>{rows}</tbody></table>",
         query("csv"),

@@ -114,9 +114,9 @@ async fn the_rest_api_answers_by_the_errors_variant() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {v}");
         assert!(v["error"].as_str().unwrap().contains(says), "{method} {path}: {v}");
     }
-    // Refused: no such peer, no broker to pair through: 422.
+    // No such peer: 404, naming it; no broker to pair through: 422.
     let (status, v) = call(&app, "DELETE", "/api/v1/peers/bob/grants/temperature", "", HERE).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     assert!(v["error"].as_str().unwrap().contains("no peer \"bob\""), "{v}");
     let (status, v) = call(&app, "POST", "/api/v1/pairing", "", HERE).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");

@@ -32,6 +32,9 @@ pub struct Global {
     /// MQTT broker for sharing and pairing: mqtt://HOST[:PORT] or mqtts://… [env: EDGESEAL_MQTT__BROKER]
     #[arg(long, global = true, value_name = "URL")]
     pub broker: Option<String>,
+    /// Show times in this zone: UTC (the default), local (TZ), an IANA name (Europe/Paris) or +HH:MM [env: EDGESEAL_UI__TIME_ZONE]
+    #[arg(long, global = true, value_name = "ZONE")]
+    pub tz: Option<String>,
     /// Read the keystore passphrase from this file (else EDGESEAL_PASSPHRASE, else a prompt)
     #[arg(long, global = true, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,

@@ -57,6 +57,7 @@ const ENV_KEYS: &[&str] = &[
     "web.tls",
     "web.cert",
     "web.key",
+    "ui.time_zone",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +78,12 @@ struct Raw {
     mqtt: RawMqtt,
     broker: RawBroker,
     web: RawWeb,
+    ui: RawUi,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+pub struct RawUi {
+    time_zone: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +188,8 @@ pub struct Overrides {
     pub mqtt: Option<RawMqtt>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerOverrides>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ui: Option<RawUi>,
 }
 
 /// `edgeseal broker` flags over `[broker]`.
@@ -197,6 +206,13 @@ pub struct BrokerOverrides {
 }
 
 impl Overrides {
+    /// `--tz ZONE` on the command line.
+    pub fn time_zone(&mut self, zone: Option<String>) {
+        if let Some(time_zone) = zone {
+            self.ui = Some(RawUi { time_zone });
+        }
+    }
+
     /// `--broker URL` on the command line.
     pub fn broker(&mut self, url: Option<String>) {
         if let Some(url) = url {
@@ -553,6 +569,8 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         web_listen,
         web_tls,
         cloudsync_listen,
+        time_zone: edgeseal_agent::times::Zone::parse(&raw.ui.time_zone)
+            .map_err(|e| anyhow!("invalid configuration: ui.time_zone: {e}"))?,
     })
 }
 

@@ -72,6 +72,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     let mut overrides =
         Overrides { data_dir: cli.global.data_dir.clone(), store: cli.global.store.clone(), ..Default::default() };
     overrides.broker(cli.global.broker.clone());
+    overrides.time_zone(cli.global.tz.clone());
     match &cli.command {
         Command::Init { name, .. } => overrides.name = name.clone(),
         Command::Broker { run, .. } => {
@@ -92,6 +93,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let cfg = config::load(cli.global.config.as_deref(), &overrides)?;
+    edgeseal_agent::times::set_output_zone(cfg.time_zone.clone());
     let agent = matches!(cli.command, Command::Up(_) | Command::Broker { command: None, .. });
     init_logging(if agent { &cfg.log } else { "warn" });
     let pass = PassphraseSource { file: cli.global.passphrase_file.clone(), ..Default::default() };

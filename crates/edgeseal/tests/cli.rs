@@ -431,6 +431,37 @@ fn config_show_is_the_whole_configuration_and_says_where_it_came_from() {
 }
 
 #[test]
+fn times_are_shown_in_the_zone_asked_for() {
+    let a = Agent::new("tz");
+    a.run_lines("t", 0..3, &["--batch-count", "3"]);
+    // UTC by default, in every form.
+    let csv = a.ok(&["fetch", "--stream", "t", "--format", "csv"]);
+    assert!(csv.contains(",2026-01-01T00:00:00.000Z,"), "{csv}");
+    // --tz: an IANA zone, in CSV, JSON and the streams table alike.
+    let csv = a.ok(&["fetch", "--stream", "t", "--format", "csv", "--tz", "Europe/Paris"]);
+    assert!(csv.contains(",2026-01-01T01:00:00.000+01:00,"), "{csv}");
+    let json: Value =
+        serde_json::from_str(&a.ok(&["--tz", "Europe/Paris", "fetch", "--stream", "t", "--format", "json"])).unwrap();
+    assert_eq!(
+        (json[1]["time"].as_str(), json[1]["ts_ms"].as_i64()),
+        (Some("2026-01-01T01:00:01.000+01:00"), Some(BASE_TS + 1000))
+    );
+    assert!(a.ok(&["streams", "--tz", "+05:30"]).contains("2026-01-01T05:30:02.000+05:30"));
+    // ui.time_zone from the environment (or the file); local is TZ.
+    let mut c = a.cmd(&["streams", "--json"]);
+    c.env("EDGESEAL_UI__TIME_ZONE", "local").env("TZ", "Asia/Tokyo");
+    let out = c.output().unwrap();
+    assert!(text(&out.stdout).contains("\"first\":\"2026-01-01T09:00:00.000+09:00\""), "{}", text(&out.stdout));
+    // What is shown reads back: --from in the shown form selects the same readings.
+    let two = a.ok(&["fetch", "--stream", "t", "--format", "csv", "--from", "2026-01-01T01:00:01+01:00"]);
+    assert_eq!(two.lines().count(), 3, "{two}");
+    // A zone that does not exist is a configuration error naming it.
+    let out = a.run(&["fetch", "--stream", "t", "--tz", "Mars/Olympus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("ui.time_zone: \"Mars/Olympus\" is not a time zone"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn key_rotation_keeps_old_batches_readable() {
     let a = Agent::new("rotate");
     let run_batch = |range| a.run_lines("s", range, &["--batch-count", "5"]);

@@ -284,6 +284,19 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
     let csv =
         Command::new("curl").args(["-s", &format!("{base}/api/v1/streams/temperature/readings?format=csv")]).output();
     assert_eq!(text(&csv.unwrap().stdout), a.ok(&["fetch", "--stream", "temperature", "--format", "csv"]));
+    // ?tz=: the same readings with their times in that zone, as `fetch --tz` shows them.
+    let (status, paris) = http("GET", &format!("{base}/api/v1/streams/temperature/readings?tz=Europe/Paris"), None);
+    assert_eq!(status, 200, "{paris}");
+    assert_eq!(
+        paris["readings"],
+        cli(&["fetch", "--stream", "temperature", "--format", "json", "--tz", "Europe/Paris"])
+    );
+    assert!(paris["readings"][0]["time"].as_str().unwrap().ends_with("+01:00"), "{paris}");
+    let (status, v) = http("GET", &format!("{base}/api/v1/streams?tz=Mars/Olympus"), None);
+    assert!(
+        status == 400 && v["error"].as_str().unwrap().starts_with("tz: \"Mars/Olympus\" is not a time zone"),
+        "{v}"
+    );
     let (status, v) = http("GET", &format!("{base}/api/v1/streams/temperature/readings?from=yesterday"), None);
     assert!(status == 400 && v["error"].as_str().unwrap().starts_with("from: "), "{v}");
 
@@ -310,7 +323,8 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
                 ("get", _) | ("post", "/api/v1/store-now" | "/api/v1/streams/{stream}/rotate") => 200,
                 ("delete", "/api/v1/pairing") => 200,
                 // No broker here: showing a pairing code cannot work; `{peer}` names no peer.
-                ("post", "/api/v1/pairing") | ("delete", "/api/v1/peers/{peer}/grants/{stream}") => 422,
+                ("post", "/api/v1/pairing") => 422,
+                ("delete", "/api/v1/peers/{peer}/grants/{stream}") => 404,
                 _ => 400,
             };
             assert_eq!(status, expected, "{method} {path}");
