@@ -3,7 +3,7 @@
 //! polled sensor's health. The web crate serves these as server-sent events
 //! and JSON.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,9 +14,13 @@ use tokio::sync::broadcast;
 
 /// Events kept for a slow listener before it skips ahead.
 const BACKLOG: usize = 4096;
+/// Recent values kept per stream for charts (what the store does not hold
+/// yet): at most one a second, for the last hour.
+const RECENT: usize = 3600;
+const RECENT_EVERY_MS: i64 = 1000;
 
 /// A reading's value as the live feed shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum LiveValue {
     /// With the original project's description of the value, where it has one.
@@ -33,7 +37,7 @@ pub enum LiveValue {
 }
 
 /// One reading of the live feed (`/api/v1/live`, `/api/v1/live/latest`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct LiveReading {
     /// `local` (accepted here) or `peer` (received, verified).
     pub origin: String,
@@ -50,7 +54,7 @@ pub struct LiveReading {
 }
 
 /// A polled sensor's health (`/api/v1/sensors`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SensorHealthView {
     pub sensor: String,
     /// `ok`, `failing` (its last read failed) or `waiting` (no read yet).
@@ -75,7 +79,12 @@ pub struct Live {
     latest: Mutex<BTreeMap<(String, String), LiveReading>>,
     /// Each polled sensor's reads and failures, by its description.
     sensors: Mutex<BTreeMap<String, SensorHealth>>,
+    /// (device, stream) → recent scalar values (ts, value), thinned to one a second.
+    recent: Mutex<HashMap<(String, String), Recent>>,
 }
+
+/// A stream's recent values: (ms, value), oldest first.
+type Recent = VecDeque<(i64, f64)>;
 
 #[derive(Debug, Default)]
 struct SensorHealth {
@@ -89,7 +98,12 @@ struct SensorHealth {
 
 impl Default for Live {
     fn default() -> Self {
-        Live { tx: broadcast::channel(BACKLOG).0, latest: Mutex::default(), sensors: Mutex::default() }
+        Live {
+            tx: broadcast::channel(BACKLOG).0,
+            latest: Mutex::default(),
+            sensors: Mutex::default(),
+            recent: Mutex::default(),
+        }
     }
 }
 
@@ -106,6 +120,13 @@ impl Live {
     /// Readings of one stream this agent accepted, in order: each goes to the
     /// listeners; with none listening only the newest is kept, as `latest`.
     pub fn accepted(&self, device: DeviceId, readings: &[Reading]) {
+        if let Some(first) = readings.first() {
+            let values = readings.iter().filter_map(|r| match r.value {
+                Value::Scalar { value, .. } => Some((r.ts, value)),
+                Value::Blob { .. } => None,
+            });
+            self.remember(device, &first.stream, values);
+        }
         let listened = self.tx.receiver_count() > 0;
         let skip = if listened { 0 } else { readings.len().saturating_sub(1) };
         for r in &readings[skip..] {
@@ -161,6 +182,7 @@ impl Live {
     pub fn received(&self, peer: &str, device: DeviceId, stream: &StreamName, readings: &Readings, status: &str) {
         match readings {
             Readings::Scalar(b) => {
+                self.remember(device, stream, b.ts.iter().copied().zip(b.values.iter().copied()));
                 for (i, (&ts, &value)) in b.ts.iter().zip(&b.values).enumerate() {
                     let label = b.labels.get(i).cloned().flatten();
                     let v = scalar(stream, value, &b.unit, label.as_deref());
@@ -197,6 +219,38 @@ impl Live {
         };
         self.latest.lock().unwrap_or_else(|p| p.into_inner()).insert((r.device.clone(), r.stream.clone()), r.clone());
         let _ = self.tx.send(Arc::new(r)); // nobody listening is fine
+    }
+
+    /// Keeps recent values of a stream, one a second at most, for [`Live::recent`].
+    fn remember(&self, device: DeviceId, stream: &StreamName, values: impl Iterator<Item = (i64, f64)>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = recent.entry((device.to_string(), stream.to_string())).or_default();
+        for (ts, v) in values {
+            if kept.back().is_none_or(|&(last, _)| ts >= last + RECENT_EVERY_MS) {
+                if kept.len() == RECENT {
+                    kept.pop_front();
+                }
+                kept.push_back((ts, v));
+            }
+        }
+    }
+
+    /// A stream's recent values after `after` (ms), oldest first: what a chart adds to the store's.
+    pub fn recent(&self, device: &str, stream: &str, after: i64) -> Vec<(i64, f64)> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .get(&(device.to_string(), stream.to_string()))
+            .map(|kept| kept.iter().copied().filter(|&(ts, _)| ts > after).collect())
+            .unwrap_or_default()
+    }
+
+    /// The unit of a stream's newest reading, when it is a number.
+    pub fn latest_unit(&self, device: &str, stream: &str) -> Option<String> {
+        let latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        match &latest.get(&(device.to_string(), stream.to_string()))?.value {
+            LiveValue::Scalar { unit, .. } => Some(unit.clone()),
+            LiveValue::Blob { .. } => None,
+        }
     }
 
     /// The newest reading of every stream.

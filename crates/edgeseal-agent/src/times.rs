@@ -53,6 +53,14 @@ impl Zone {
         }
     }
 
+    /// This zone's offset from UTC at `ms`, in ms.
+    pub fn offset_ms(&self, ms: i64) -> i64 {
+        match (&self.0, jiff::Timestamp::from_millisecond(ms)) {
+            (Some(tz), Ok(t)) => i64::from(tz.to_offset(t).seconds()) * 1000,
+            _ => 0,
+        }
+    }
+
     /// `ms` as RFC 3339 in this zone, with milliseconds: `…Z` in UTC,
     /// `…+01:00` elsewhere. Never panics: outside the years jiff can show,
     /// the UTC form.

@@ -20,7 +20,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// This agent's public identity (`id --json`, `GET /api/v1/identity`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct IdentityView {
     pub name: String,
     pub device_id: String,
@@ -42,7 +42,7 @@ impl IdentityView {
 }
 
 /// One stream: what the store holds and, for this agent's own, what waits locally.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StreamView {
     pub stream: String,
     pub device: String,
@@ -61,7 +61,7 @@ pub struct StreamView {
 }
 
 /// A grant, as seen from the peer's row.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "direction", rename_all = "lowercase")]
 pub enum GrantView {
     Given {
@@ -94,7 +94,7 @@ impl GrantView {
 }
 
 /// A paired peer with the grants each way (`peers --json`, `GET /api/v1/peers`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PeerView {
     pub name: String,
     pub device_id: String,
@@ -120,7 +120,7 @@ impl PeerView {
 }
 
 /// One reading as `fetch --format json` prints it and the API serves it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ReadingView {
     Scalar { stream: String, time: String, ts_ms: i64, value: f64, unit: String, label: Option<String> },
@@ -156,6 +156,12 @@ impl ReadingView {
         }
     }
 
+    pub fn ts_ms(&self) -> i64 {
+        match self {
+            ReadingView::Scalar { ts_ms, .. } | ReadingView::Blob { ts_ms, .. } => *ts_ms,
+        }
+    }
+
     pub fn time(&self) -> &str {
         match self {
             ReadingView::Scalar { time, .. } | ReadingView::Blob { time, .. } => time,
@@ -184,7 +190,7 @@ fn csv(s: &str) -> String {
 }
 
 /// One batch of a retrieved range and how it verified.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct BatchView {
     pub seq: u64,
     pub first: String,
@@ -193,7 +199,7 @@ pub struct BatchView {
 }
 
 /// Where a finding points.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum FindingAt {
     Moved { seq: u64, original_seq: u64, original_stream: String, original_device: String },
@@ -205,7 +211,7 @@ pub enum FindingAt {
 }
 
 /// A verification finding: its kind, its text, and where it points.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FindingView {
     pub kind: String,
     pub message: String,
@@ -244,7 +250,7 @@ impl From<&Finding> for FindingView {
 }
 
 /// A time range of a stream, verified and opened (`GET …/readings`, the storage page).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ReadView {
     pub stream: String,
     pub device: String,
@@ -266,7 +272,7 @@ fn yes() -> bool {
 }
 
 /// One stream's audit (`verify --json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StreamAudit {
     pub stream: String,
     pub device: String,
@@ -278,7 +284,7 @@ pub struct StreamAudit {
 }
 
 /// Every audited stream of a device (`verify --json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VerifyView {
     pub ok: bool,
     pub device: String,
@@ -286,7 +292,7 @@ pub struct VerifyView {
 }
 
 /// A batch policy as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PolicyView {
     pub count: usize,
     pub interval: String,
@@ -299,7 +305,7 @@ impl From<Policy> for PolicyView {
 }
 
 /// The batch policy, with the streams that have their own (`GET /api/v1/batching`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct BatchingView {
     pub count: usize,
     pub interval: String,
@@ -307,14 +313,14 @@ pub struct BatchingView {
 }
 
 /// What "store now" sealed.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct StoreNowView {
     pub batches: usize,
     pub readings: usize,
 }
 
 /// A grant given (`POST …/grants`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct GrantedView {
     pub peer: String,
     pub device_id: String,
@@ -323,7 +329,7 @@ pub struct GrantedView {
 }
 
 /// Grants revoked (`DELETE …/grants/{stream}`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RevokedView {
     pub peer: String,
     pub device_id: String,
@@ -331,14 +337,14 @@ pub struct RevokedView {
 }
 
 /// A stream's key rotated (`POST …/rotate`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RotatedView {
     pub stream: String,
     pub epoch: u32,
 }
 
 /// Where a pairing started from the UI or API stands.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum PairingView {
     #[default]

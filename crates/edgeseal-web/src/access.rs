@@ -79,16 +79,29 @@ impl std::fmt::Debug for Access {
 
 /// `apis`, health and the login page, behind [`guard`].
 pub fn guarded(device: String, apis: Router, access: Arc<Access>) -> Router {
-    let health = get(move || {
-        let device = device.clone();
-        async move { Json(json!({"status": "ok", "device": device, "version": env!("CARGO_PKG_VERSION")})) }
-    });
+    let health = get(move || health(device.clone()));
     Router::new()
         .route("/api/v1/health", health)
         .route("/login", get(login_page).post(login))
         .with_state(access.clone())
         .merge(apis)
         .layer(middleware::from_fn_with_state(access, guard))
+}
+
+/// Liveness: answered without credentials from anywhere.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    status: String,
+    device: String,
+    version: String,
+}
+
+/// Liveness, this agent's device id and its version (no credentials needed).
+#[utoipa::path(get, path = "/api/v1/health", tag = "agent", security(()),
+    responses((status = 200, description = "the agent is up", body = Health)))]
+pub async fn health(device: String) -> Json<Health> {
+    Json(Health { status: "ok".into(), device, version: env!("CARGO_PKG_VERSION").into() })
 }
 
 fn login_form(problem: &str) -> String {

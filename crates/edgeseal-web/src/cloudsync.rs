@@ -57,8 +57,38 @@ struct Conn {
     _stop: DropGuard,
 }
 
+/// A publish request (JSON, or the same as text/plain, as the original's clients send it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // the schema of what `fields` reads
+struct PublishBody {
+    appid: String,
+    payload: String,
+    topic: String,
+    /// The broker: a host (port 1883), host:port, or mqtt:// / mqtts:// URL.
+    url: String,
+}
+
+/// A subscribe or unsubscribe request.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct SubscribeBody {
+    appid: String,
+    /// An MQTT topic filter (`+`, `#`).
+    topic: String,
+    url: String,
+}
+
+/// The original's answer: `Message` (publish answers also carry `ServiceName` and `RemoteTargetInfo`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, non_snake_case)]
+struct CloudSyncAnswer {
+    Message: String,
+    ServiceName: Option<String>,
+    RemoteTargetInfo: Option<String>,
+}
+
 /// An answer in the original's shape, with a real status code.
-struct Reply {
+pub(crate) struct Reply {
     status: StatusCode,
     message: String,
     /// `publish` answers also carry `ServiceName` and `RemoteTargetInfo`.
@@ -235,7 +265,14 @@ async fn keep_last(mut rx: tokio::sync::mpsc::Receiver<Message>, last: LastPaylo
     }
 }
 
-async fn publish(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
+/// Publishes a payload to a broker (QoS 1, retained).
+#[utoipa::path(post, path = "/api/v1/orchestration/cloudsyncmgr/publish", tag = "CloudSync", request_body(content((PublishBody = "application/json"), (PublishBody = "text/plain"))),
+    responses((status = 200, description = "published: the broker acknowledged it", body = CloudSyncAnswer),
+              (status = 400, description = "a bad field (INVALID_PARAMETER: …)", body = CloudSyncAnswer),
+              (status = 404, description = "not subscribed", body = CloudSyncAnswer),
+              (status = 502, description = "the broker is unreachable or refused (its cause named)", body = CloudSyncAnswer),
+              (status = 504, description = "no acknowledgement in time", body = CloudSyncAnswer)))]
+pub(crate) async fn publish(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     let run = async {
         let [_appid, payload, topic, url] = fields(&body, ["appid", "payload", "topic", "url"])?;
         check_topic(&topic, false)?;
@@ -259,7 +296,14 @@ async fn publish(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     Reply { publish: true, ..r }
 }
 
-async fn subscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
+/// Subscribes an app to a topic filter.
+#[utoipa::path(post, path = "/api/v1/orchestration/cloudsyncmgr/subscribe", tag = "CloudSync", request_body(content((SubscribeBody = "application/json"), (SubscribeBody = "text/plain"))),
+    responses((status = 200, description = "subscribed", body = CloudSyncAnswer),
+              (status = 400, description = "a bad field (INVALID_PARAMETER: …)", body = CloudSyncAnswer),
+              (status = 404, description = "not subscribed", body = CloudSyncAnswer),
+              (status = 502, description = "the broker is unreachable or refused (its cause named)", body = CloudSyncAnswer),
+              (status = 504, description = "no acknowledgement in time", body = CloudSyncAnswer)))]
+pub(crate) async fn subscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     let run = async {
         let [appid, topic, url] = fields(&body, ["appid", "topic", "url"])?;
         check_topic(&topic, true)?;
@@ -279,7 +323,14 @@ async fn subscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     run.await.unwrap_or_else(|e| e)
 }
 
-async fn unsubscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
+/// Unsubscribes an app from a topic filter.
+#[utoipa::path(post, path = "/api/v1/orchestration/cloudsyncmgr/unsubscribe", tag = "CloudSync", request_body(content((SubscribeBody = "application/json"), (SubscribeBody = "text/plain"))),
+    responses((status = 200, description = "unsubscribed", body = CloudSyncAnswer),
+              (status = 400, description = "a bad field (INVALID_PARAMETER: …)", body = CloudSyncAnswer),
+              (status = 404, description = "not subscribed", body = CloudSyncAnswer),
+              (status = 502, description = "the broker is unreachable or refused (its cause named)", body = CloudSyncAnswer),
+              (status = 504, description = "no acknowledgement in time", body = CloudSyncAnswer)))]
+pub(crate) async fn unsubscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     let run = async {
         let [appid, topic, url] = fields(&body, ["appid", "topic", "url"])?;
         let not_subscribed = || reply(StatusCode::NOT_FOUND, format!("Client is not subscribed to the topic {topic}"));
@@ -305,7 +356,17 @@ async fn unsubscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
 }
 
 /// `getsubscribedata/{host}/{topic}/{appID}`: the topic may hold `/`; the last segment is the app.
-async fn subscribed_data(State(cs): State<Arc<CloudSync>>, Path((host, rest)): Path<(String, String)>) -> Reply {
+#[utoipa::path(get, path = "/api/v1/orchestration/cloudsyncmgr/getsubscribedata/{host}/{topic}/{appID}", tag = "CloudSync",
+    params(("host" = String, Path, description = "the broker, as in subscribe's url"),
+           ("topic" = String, Path, description = "the topic filter subscribed to (may contain /)"),
+           ("appID" = String, Path, description = "the app that subscribed")),
+    responses((status = 200, description = "the newest payload on the filter as Message (\"\" before any)", body = CloudSyncAnswer),
+              (status = 400, description = "a path without an app", body = CloudSyncAnswer),
+              (status = 404, description = "not subscribed", body = CloudSyncAnswer)))]
+pub(crate) async fn subscribed_data(
+    State(cs): State<Arc<CloudSync>>,
+    Path((host, rest)): Path<(String, String)>,
+) -> Reply {
     let Some((topic, appid)) = rest.rsplit_once('/') else {
         return bad("the path must be getsubscribedata/{host}/{topic}/{appID}");
     };

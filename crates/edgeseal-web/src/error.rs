@@ -6,8 +6,14 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use edgeseal_agent::Error;
-use serde_json::json;
 use tracing::{debug, error};
+
+/// What an error answer carries.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, naming the field or the thing not found.
+    pub error: String,
+}
 
 /// An error answered as `{"error": message}` with the status its variant calls for.
 #[derive(Debug)]
@@ -61,6 +67,6 @@ impl IntoResponse for ApiError {
         } else {
             debug!("HTTP {status}: {}", self.0);
         }
-        (status, Json(json!({"error": self.message()}))).into_response()
+        (status, Json(ErrorBody { error: self.message() })).into_response()
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod api;
+pub mod chart;
 pub mod cloudsync;
 mod error;
 pub mod live;
@@ -29,7 +30,7 @@ use tracing::error;
 
 pub use access::Access;
 pub use cloudsync::CloudSync;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorBody};
 
 /// What the routes serve.
 #[derive(Debug, Clone)]
@@ -62,6 +63,7 @@ pub fn router(state: State) -> Router {
         .merge(api::router(state.service.clone()))
         .merge(live::router(state.live.clone()))
         .merge(metrics::router(metrics.clone()))
+        .merge(chart::router(state.service.clone(), state.live.clone()))
         .merge(ui::router(ui));
     access::guarded(state.service.device().to_string(), apis.layer(axum::middleware::from_fn(zone)), state.access)
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::count))

@@ -110,14 +110,15 @@ impl Metrics {
 
 /// `GET /metrics`.
 pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(|State(m): State<Arc<Metrics>>| async move {
-            ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render().await)
-                .into_response()
-        })
-        .with_state(metrics),
-    )
+    Router::new().route("/metrics", get(scrape).with_state(metrics))
+}
+
+/// The agent's counters and gauges for Prometheus (OpenMetrics text), under the API's token rules.
+#[utoipa::path(get, path = "/metrics", tag = "agent",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
+              (status = 401, description = "another machine without the token", body = crate::ErrorBody)))]
+pub async fn scrape(State(m): State<Arc<Metrics>>) -> Response {
+    ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render().await).into_response()
 }
 
 /// Counts every request by its route pattern (`unmatched` for none) and status.

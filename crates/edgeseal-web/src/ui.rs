@@ -20,10 +20,16 @@ use edgeseal_agent::{Error, Result};
 
 use crate::access::Access;
 use crate::api::parse_range;
+use crate::chart;
 
 const SCRIPT: &str = include_str!("ui/dashboard.js");
 const SHARING_SCRIPT: &str = include_str!("ui/sharing.js");
 const STYLE: &str = include_str!("ui/style.css");
+/// The icon: a seal over a sensor's line, in the UI's colour.
+const ICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 32 32\">\
+    <rect width=\"32\" height=\"32\" rx=\"7\" fill=\"#0e7490\"/>\
+    <path d=\"M5 20l5-6 5 4 6-9 6 7\" fill=\"none\" stroke=\"#fff\" stroke-width=\"2.5\" stroke-linecap=\"round\" stroke-linejoin=\"round\"/>\
+    <circle cx=\"23\" cy=\"24\" r=\"4\" fill=\"#fff\"/></svg>";
 
 /// What the pages show of this agent (public only) and what they read and act with.
 #[derive(Debug)]
@@ -74,6 +80,8 @@ pub fn router(ui: Arc<Ui>) -> Router {
         .route("/assets/dashboard.js", asset(SCRIPT, "text/javascript; charset=utf-8"))
         .route("/assets/sharing.js", asset(SHARING_SCRIPT, "text/javascript; charset=utf-8"))
         .route("/assets/style.css", asset(STYLE, "text/css; charset=utf-8"))
+        .route("/favicon.svg", asset(ICON, "image/svg+xml"))
+        .route("/favicon.ico", asset(ICON, "image/svg+xml"))
         .with_state(ui)
 }
 
@@ -228,10 +236,6 @@ fn esc(s: &str) -> String {
         .collect()
 }
 
-/// A stream's chart: its recent values as a line, with the highest and lowest (drawn by the script).
-const CHART: &str = "<svg class=\"chart\" viewBox=\"0 0 240 56\" role=\"img\"><polyline/>\
-                     <text class=\"hi\" x=\"2\" y=\"10\"></text><text class=\"lo\" x=\"2\" y=\"54\"></text></svg>";
-
 /// A live value as the pages show it, and its description (the original's label, or the reading's).
 fn shown(v: &LiveValue) -> (String, String) {
     match v {
@@ -255,8 +259,7 @@ fn row(r: &LiveReading) -> String {
         .collect();
     format!(
         "<tr id=\"{id}\" data-ts=\"{}\"><td data-f=\"stream\">{}</td><td data-f=\"origin\">{}</td><td data-f=\"value\">{}</td>\
-         <td data-f=\"description\">{}</td><td data-f=\"time\">{}</td><td data-f=\"seen\"></td><td data-f=\"status\">{}</td>\
-         <td data-f=\"chart\">{CHART}</td></tr>",
+         <td data-f=\"description\">{}</td><td data-f=\"time\">{}</td><td data-f=\"seen\"></td><td data-f=\"status\">{}</td></tr>",
         r.ts_ms,
         esc(&r.stream),
         esc(&origin),
@@ -267,10 +270,75 @@ fn row(r: &LiveReading) -> String {
     )
 }
 
-async fn dashboard(State(ui): State<Arc<Ui>>) -> Response {
+/// The dashboard's choice of span: `?range=hour|day|week`.
+#[derive(serde::Deserialize, Default)]
+struct DashboardQuery {
+    range: Option<String>,
+}
+
+/// A chart of each stream with numbers (this agent's and peers', stored or
+/// live) over the span chosen, drawn by the server (`/charts/…`); the script
+/// redraws one when its stream has new readings.
+async fn charts(ui: &Ui, range: &str) -> String {
+    let mut keys: Vec<(String, String)> =
+        ui.service.streams().await.unwrap_or_default().into_iter().map(|v| (v.device, v.stream)).collect();
+    for r in ui.live.latest() {
+        let key = (r.device.clone(), r.stream.clone());
+        match r.value {
+            LiveValue::Blob { .. } => keys.retain(|k| *k != key),
+            LiveValue::Scalar { .. } if !keys.contains(&key) => keys.push(key),
+            LiveValue::Scalar { .. } => {}
+        }
+    }
+    keys.sort_by(|a, b| (a.0 != ui.device, &a.1, &a.0).cmp(&(b.0 != ui.device, &b.1, &b.0)));
+    let picks: String = chart::RANGES
+        .iter()
+        .map(|(name, label, _)| {
+            let on = if *name == range { " class=\"on\" aria-current=\"true\"" } else { "" };
+            format!("<a href=\"/?range={name}\"{on}>{label}</a>")
+        })
+        .collect();
+    let label = chart::RANGES.iter().find(|r| r.0 == range).map_or("", |r| r.1);
+    let figures: String = keys
+        .iter()
+        .map(|(device, stream)| {
+            let from = if *device == ui.device {
+                String::new()
+            } else {
+                format!(" (from {})", device.get(..8).unwrap_or(device))
+            };
+            format!(
+                "<figure class=\"chart\" data-key=\"{key}\"><img src=\"/charts/{d}/{s}?range={range}\" \
+                 alt=\"{s}{from} over the {label}\" width=\"480\" height=\"220\" loading=\"lazy\"></figure>",
+                key = esc(&format!("{device}/{stream}")),
+                d = esc(device),
+                s = esc(stream),
+                from = esc(&from),
+            )
+        })
+        .collect();
+    if figures.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<section id=\"charts\" data-range=\"{range}\"><h3>Charts</h3><nav class=\"ranges\">{picks}</nav>\
+         <div class=\"charts\">{figures}</div></section>"
+    )
+}
+
+async fn dashboard(State(ui): State<Arc<Ui>>, Query(q): Query<DashboardQuery>) -> Response {
+    let range = match q.range.as_deref() {
+        None | Some("") => "hour",
+        Some(r) if chart::span_of(Some(r)).is_ok() => r,
+        Some(r) => {
+            let why = format!("<p class=\"bad\">No span {}: choose the last hour, day or week.</p>", esc(r));
+            return (StatusCode::BAD_REQUEST, page(&ui, "Dashboard", &why)).into_response();
+        }
+    };
+    let charts = charts(&ui, range).await;
     let latest = ui.live.latest();
     let rows: String = if latest.is_empty() {
-        "<tr id=\"empty\"><td colspan=\"8\">No readings yet since the agent started.</td></tr>".into()
+        "<tr id=\"empty\"><td colspan=\"7\">No readings yet since the agent started.</td></tr>".into()
     } else {
         latest.iter().map(row).collect()
     };
@@ -301,9 +369,9 @@ async fn dashboard(State(ui): State<Arc<Ui>>) -> Response {
     };
     let body = format!(
         "<h2>Dashboard</h2><p>Readings of this agent's sensors and of what paired peers share, newest per stream.</p>\
-         <table><thead><tr><th>Stream</th><th>From</th><th>Value</th><th>Description</th><th class=\"time\">Time</th>\
-         <th>Seen</th><th>Status</th><th class=\"chart\">Recent</th></tr></thead><tbody id=\"streams\">{rows}</tbody></table>\
-         {sensors}\
+         <div class=\"scroll\"><table><thead><tr><th>Stream</th><th>From</th><th>Value</th><th>Description</th><th class=\"time\">Time</th>\
+         <th>Seen</th><th>Status</th></tr></thead><tbody id=\"streams\">{rows}</tbody></table></div>\
+         {charts}{sensors}\
          <noscript><p>Without JavaScript this page shows the values as of loading it: reload for newer ones.</p></noscript>\
          <script src=\"/assets/dashboard.js\"></script>"
     );
@@ -315,11 +383,13 @@ fn page(ui: &Ui, title: &str, body: &str) -> Response {
     let page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · edgeseal · {name}</title><link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body>\
+         <title>{title} · edgeseal · {name}</title><link rel=\"stylesheet\" href=\"/assets/style.css\">\
+         <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\"></head><body>\
          <header><h1>edgeseal · {name}</h1><span class=\"id\">device {device}</span>\
          <span class=\"id\">fingerprint {fingerprint}</span><span id=\"state\"></span>\
          <nav><a href=\"/\">Dashboard</a> <a href=\"/storage\">Storage</a> <a href=\"/sharing\">Sharing</a> <a href=\"/api/v1/openapi.json\">API</a></nav></header>\
-         <main>{body}</main></body></html>",
+         <main>{body}</main><footer class=\"muted\">Times in {zone}.</footer></body></html>",
+        zone = esc(&edgeseal_agent::times::output_zone().name()),
         name = esc(&ui.name),
         device = esc(&ui.device),
         fingerprint = esc(&ui.fingerprint),
@@ -342,10 +412,12 @@ struct Retrieve {
     device: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    /// The page of the readings table, from 1.
+    page: Option<usize>,
 }
 
-/// Readings shown on the page at most (the downloads hold all).
-const SHOWN: usize = 500;
+/// Readings a page of the table shows (the downloads hold all).
+const PAGE: usize = 100;
 
 /// Storage: pick a stream and a time range; see each batch's verification
 /// status, the findings and the readings; download them as CSV or JSON.
@@ -459,12 +531,18 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
         })
         .collect();
     let readings = &v.readings;
+    let pages = readings.len().div_ceil(PAGE).max(1);
+    let at = q.page.unwrap_or(1).clamp(1, pages);
     let rows: String = readings
         .iter()
-        .take(SHOWN)
+        .skip((at - 1) * PAGE)
+        .take(PAGE)
         .map(|r| {
             let (value, label) = match r {
-                ReadingView::Scalar { value, unit, label, .. } => (format!("{value} {unit}"), label.clone()),
+                ReadingView::Scalar { value, unit, label, stream, .. } => (
+                    format!("{value} {unit}"),
+                    label.clone().or_else(|| edgeseal_sensors::describe(stream, *value).map(str::to_string)),
+                ),
                 ReadingView::Blob { media_type, data_base64, .. } => {
                     (format!("{media_type} ({} B)", data_base64.len() * 3 / 4), None)
                 }
@@ -489,13 +567,40 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
         }
         format!("/api/v1/streams/{}/readings?{}", esc(stream), p.join("&amp;"))
     };
-    let more = if readings.len() > SHOWN {
-        format!("<p>Showing {SHOWN} of {}; the downloads hold all.</p>", readings.len())
+    // Links to the other pages of the table, keeping the rest of the query.
+    let page_link = |n: usize, text: &str| {
+        let mut p = vec![format!("pick={}", esc(&format!("{device}/{stream}")))];
+        for (k, val) in [("from", &q.from), ("to", &q.to)] {
+            if let Some(t) = val.as_deref().filter(|t| !t.is_empty()) {
+                p.push(format!("{k}={}", esc(&t.replace('+', "%2B"))));
+            }
+        }
+        p.push(format!("page={n}"));
+        format!("<a href=\"/storage?{}\" rel=\"{}\">{text}</a>", p.join("&amp;"), if n < at { "prev" } else { "next" })
+    };
+    let more = if pages > 1 {
+        format!(
+            "<div class=\"pages\" id=\"pages\">{}<span>Page {at} of {pages} ({PAGE} a page)</span>{}</div>",
+            if at > 1 { page_link(at - 1, "← previous page") } else { String::new() },
+            if at < pages { page_link(at + 1, "next page →") } else { String::new() },
+        )
     } else {
         String::new()
     };
+    let first_last = readings.first().zip(readings.last()).map(|(a, b)| (a.ts_ms(), b.ts_ms()));
+    let chart = match first_last {
+        Some((a, b)) if v.readings.iter().any(|r| matches!(r, ReadingView::Scalar { .. })) => format!(
+            "<figure class=\"chart\" id=\"range-chart\"><img src=\"/charts/{}/{}?from={a}&amp;to={}\" \
+             alt=\"{} over the range retrieved\" width=\"480\" height=\"220\"></figure>",
+            esc(device),
+            esc(stream),
+            b.max(a + 1),
+            esc(stream),
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{verdict}{notes}<p>Download: <a href=\"{}\">CSV</a> · <a href=\"{}\">JSON</a></p>\
+        "{verdict}{notes}{chart}<p>Download: <a href=\"{}\">CSV</a> · <a href=\"{}\">JSON</a></p>\
          <h3>Batches</h3><table id=\"batches\"><thead><tr><th>Seq</th><th>First</th><th>Last</th><th>Status</th></tr></thead><tbody>{batches}</tbody></table>\
          <h3>Readings ({})</h3>{more}<table id=\"readings\"><thead><tr><th>Time</th><th>Value</th><th>Label</th></tr></thead><tbody>{rows}</tbody></table>",
         query("csv"),
@@ -566,9 +671,14 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
             esc(&peer.name),
             esc(&peer.fingerprint)
         ),
-        PairingView::Failed { error } => format!("<p class=\"bad\">Pairing failed: {}</p>", esc(error)),
+        PairingView::Failed { error } => {
+            let why = error.strip_prefix("pairing failed: ").unwrap_or(error);
+            format!("<p class=\"bad\" id=\"pair-failed\">Pairing failed: {}</p>", esc(why))
+        }
         PairingView::Idle => String::new(),
     };
+    // An outcome is said once, like a form's: the next visit starts afresh.
+    ui.service.pairing_shown(&state);
     let kind = match &state {
         PairingView::Idle => "idle",
         PairingView::Waiting { .. } => "waiting",

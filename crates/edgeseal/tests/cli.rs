@@ -86,6 +86,12 @@ impl Agent {
         text(&out.stdout)
     }
 
+    /// This agent's device id (`id --json`).
+    fn device(&self) -> String {
+        let v: Value = serde_json::from_str(&self.ok(&["id", "--json"])).unwrap();
+        v["device_id"].as_str().unwrap().to_string()
+    }
+
     /// Starts `up` reading JSON lines from a pipe; output goes to files in the data dir's parent.
     fn spawn_stdin(&self, extra: &[&str]) -> Child {
         let log = self.dir.parent().unwrap();

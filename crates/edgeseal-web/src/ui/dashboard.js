@@ -1,14 +1,17 @@
 // edgeseal dashboard: keeps the server-rendered table current from /api/v1/live
-// (server-sent events), draws a chart of each stream's recent values, says how
-// long ago each stream was last seen (stale when it is late), and refreshes the
-// sensors' health. The page works without this script; it only stops updating.
+// (server-sent events), has the server redraw a stream's chart when it has new
+// readings, says how long ago each stream was last seen (stale when it is
+// late), and refreshes the sensors' health. The page works without this
+// script; it only stops updating.
 "use strict";
 (function () {
-  const SVG = "http://www.w3.org/2000/svg";
   const rows = document.getElementById("streams");
-  const history = new Map(); // key → recent values
   const gaps = new Map(); // row id → typical time between readings (ms)
-  const KEEP = 120;
+  const charts = document.getElementById("charts");
+  // How often a chart is redrawn at most, by the span it shows.
+  const REDRAW = { hour: 2000, day: 30000, week: 120000 }[charts ? charts.dataset.range : "hour"] || 2000;
+  const drawn = new Map(); // key → when its chart was last asked for
+  const pending = new Set(); // keys with a redraw waiting
 
   function key(r) { return r.device + "/" + r.stream; }
 
@@ -20,23 +23,11 @@
     if (!row) {
       row = document.createElement("tr");
       row.id = id;
-      for (const f of ["stream", "origin", "value", "description", "time", "seen", "status", "chart"]) {
+      for (const f of ["stream", "origin", "value", "description", "time", "seen", "status"]) {
         const td = document.createElement("td");
         td.dataset.f = f;
         row.appendChild(td);
       }
-      const svg = document.createElementNS(SVG, "svg");
-      svg.setAttribute("viewBox", "0 0 240 56");
-      svg.setAttribute("class", "chart");
-      svg.appendChild(document.createElementNS(SVG, "polyline"));
-      for (const [cls, y] of [["hi", 10], ["lo", 54]]) {
-        const t = document.createElementNS(SVG, "text");
-        t.setAttribute("class", cls);
-        t.setAttribute("x", "2");
-        t.setAttribute("y", String(y));
-        svg.appendChild(t);
-      }
-      cell(row, "chart").appendChild(svg);
       rows.appendChild(row);
       const empty = document.getElementById("empty");
       if (empty) empty.remove();
@@ -44,15 +35,33 @@
     return row;
   }
 
-  function draw(row, values) {
-    const line = row.querySelector("polyline");
-    if (!line || values.length < 2) return;
-    const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
-    const step = 190 / (KEEP - 1), start = 238 - step * (values.length - 1);
-    line.setAttribute("points", values.map((v, i) =>
-      (start + i * step).toFixed(1) + "," + (50 - 44 * (v - lo) / span).toFixed(1)).join(" "));
-    row.querySelector("text.hi").textContent = String(+hi.toFixed(2));
-    row.querySelector("text.lo").textContent = String(+lo.toFixed(2));
+  // Asks the server for the stream's chart again, at most every REDRAW ms (and not while one is loading).
+  function redraw(k) {
+    const img = charts && [...charts.querySelectorAll("figure[data-key]")].find((f) => f.dataset.key === k);
+    const pic = img && img.querySelector("img");
+    const now = Date.now();
+    if (!pic) return;
+    if (pic.dataset.loading === "1" || now - (drawn.get(k) || 0) < REDRAW) {
+      // Too soon: once more when it is time, so the newest readings are drawn even if none follow.
+      if (!pending.has(k)) { pending.add(k); setTimeout(() => { pending.delete(k); redraw(k); }, REDRAW); }
+      return;
+    }
+    drawn.set(k, now);
+    pic.dataset.loading = "1";
+    const url = new URL(pic.src, location.href);
+    url.searchParams.set("n", String(now));
+    pic.src = url.pathname + url.search;
+  }
+
+  if (charts) {
+    for (const pic of charts.querySelectorAll("img")) {
+      const fig = pic.parentElement;
+      drawn.set(fig.dataset.key, Date.now());
+      const done = () => { pic.dataset.loading = "0"; fig.dataset.draws = String(Number(fig.dataset.draws || 0) + 1); };
+      pic.addEventListener("load", done);
+      pic.addEventListener("error", () => { pic.dataset.loading = "0"; });
+      if (pic.complete && pic.naturalWidth > 0) done();
+    }
   }
 
   let applied = 0;
@@ -74,13 +83,7 @@
     cell(row, "status").textContent = r.status;
     row.className = "fresh";
     setTimeout(() => { row.className = ""; }, 600);
-    if (typeof r.value === "number") {
-      const h = history.get(key(r)) || [];
-      h.push(r.value);
-      if (h.length > KEEP) h.shift();
-      history.set(key(r), h);
-      draw(row, h);
-    }
+    if (typeof r.value === "number") redraw(key(r));
     age(row);
   }
 

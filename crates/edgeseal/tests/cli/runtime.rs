@@ -9,11 +9,6 @@ use serde_json::Value;
 
 use super::{Agent, BASE_TS, expected, feed, free_port, text, wait_until};
 
-fn device_of(a: &Agent) -> String {
-    let v: Value = serde_json::from_str(&a.ok(&["id", "--json"])).unwrap();
-    v["device_id"].as_str().unwrap().to_string()
-}
-
 fn curl(url: &str) -> (u16, String) {
     let out = std::process::Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().unwrap();
     let body = text(&out.stdout);
@@ -84,7 +79,7 @@ fn no_reading_and_no_store_row_can_wedge_the_agent() {
     wait_until("the web server", Duration::from_secs(15), || std::net::TcpStream::connect(("127.0.0.1", web)).is_ok());
 
     // The store gains rows no agent wrote: any times, any bytes.
-    let dev = device_of(&a);
+    let dev = a.device();
     let db = a.dir.join("store.db");
     let hostile = format!(
         "INSERT INTO batches (device, stream, seq, first_ts, last_ts, count, epoch, hash, sealed) VALUES \

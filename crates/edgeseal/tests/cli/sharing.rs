@@ -67,11 +67,6 @@ fn with_broker(tag: &str, url: &str) -> Agent {
     a
 }
 
-fn device_of(a: &Agent) -> String {
-    let v: Value = serde_json::from_str(&a.ok(&["id", "--json"])).unwrap();
-    v["device_id"].as_str().unwrap().to_string()
-}
-
 /// `host` shows a code, `joiner` enters it; returns both outputs.
 fn pair(host: &Agent, joiner: &Agent) -> (std::process::Output, std::process::Output) {
     let out = host.dir.parent().unwrap().join(format!("pair-{}.out", std::process::id()));
@@ -177,7 +172,7 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
     }
     let pi_peers = peers(&pi);
     assert_eq!(pi_peers.len(), 2);
-    assert_eq!(peers(&laptop)[0]["device_id"], device_of(&pi));
+    assert_eq!(peers(&laptop)[0]["device_id"], pi.device());
     let pi_id: Value = serde_json::from_str(&pi.ok(&["id", "--json"])).unwrap();
     assert_eq!(peers(&laptop)[0]["fingerprint"], pi_id["fingerprint"]);
     assert_eq!(peers(&laptop)[0]["ed25519"], pi_id["ed25519"]);
@@ -235,7 +230,7 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
     }
 
     // The laptop stored all 40 (both epochs) and can fetch and verify them later.
-    let pi_dev = device_of(&pi);
+    let pi_dev = pi.device();
     wait_until("the laptop to store 40 readings", Duration::from_secs(20), || {
         let out = laptop.run(&["fetch", "--stream", "temperature", "--device", &pi_dev, "--format", "json"]);
         out.status.success()
@@ -280,7 +275,7 @@ fn sealed_batches_wait_in_the_outbox_while_the_broker_is_down() {
     wait_until("5 sealed batches", Duration::from_secs(20), || pi.counts("temperature").0 == 10);
     // Nothing could be published: now the broker comes.
     let broker = Broker::start(port);
-    let dev = device_of(&pi);
+    let dev = pi.device();
     wait_until("the queue to drain to the broker", Duration::from_secs(40), || {
         broker.log().matches(&format!("/{dev}/temperature/batch")).count() >= 5
     });
@@ -307,7 +302,7 @@ fn injected_unsigned_batches_cannot_wedge_a_peer_stream() {
     let (h, j) = pair(&pi, &laptop);
     assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
     pi.ok(&["share", "temperature", "--with", "inj-laptop", "--from", BASE_RFC]);
-    let pi_dev = device_of(&pi);
+    let pi_dev = pi.device();
     let topic = format!("edgeseal/v1/{pi_dev}/temperature/batch");
     let capture = pi.dir.parent().unwrap().join("batches.hex");
     let mut sniffer = Command::new("mosquitto_sub")
@@ -414,7 +409,7 @@ fn a_grant_from_t_opens_nothing_before_t_even_from_raw_captures() {
         "2026-01-01T00:00:14.999Z",
     ]);
     assert!(out.contains("to 2026-01-01T00:00:14.999"), "{out}");
-    let pi_dev = device_of(&pi);
+    let pi_dev = pi.device();
     let capture = pi.dir.parent().unwrap().join("everything.hex");
     let mut sniffer = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", &format!("edgeseal/v1/{pi_dev}/#"), "-v"])
@@ -512,7 +507,7 @@ fn gaps_repair_themselves_after_a_broker_drops_or_forgets() {
     let (h, j) = pair(&pi, &laptop);
     assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
     pi.ok(&["share", "temperature", "--with", "gap-laptop", "--from", BASE_RFC]);
-    let pi_dev = device_of(&pi);
+    let pi_dev = pi.device();
     let receiver = || {
         laptop
             .cmd(&["up", "--sensor", "none", "--for", "120s"])
@@ -593,7 +588,7 @@ fn a_batch_too_large_for_mqtt_is_stored_and_passed_over() {
     let logs = pi.logs();
     assert!(logs.contains("peers do not receive it"), "{logs}");
     assert!(logs.contains("3 published"), "{logs}");
-    let dev = device_of(&pi);
+    let dev = pi.device();
     assert_eq!(broker.log().matches(&format!("/{dev}/t/batch")).count(), 3, "{}", broker.log());
     assert_eq!(pi.counts("cam").0, 1, "the image is stored");
 }
