@@ -20,6 +20,7 @@ pub mod datadir;
 mod error;
 pub mod live;
 pub mod pairing;
+pub mod quiet;
 pub mod runtime;
 pub mod service;
 pub mod share;

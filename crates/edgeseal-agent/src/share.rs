@@ -1062,7 +1062,11 @@ pub fn log_event(e: &Event) {
                 "batches {from}..={to} of {peer}/{stream} arrived on request, verified through the chain, and are stored"
             )
         }
-        Event::Refused { topic, reason } => warn!("refused a message on {topic}: {reason}"),
+        Event::Refused { topic, reason } => {
+            // Per topic's publisher and stream (not per message), so a flood is a line a minute.
+            let kind = format!("refused {}", topic.rsplit_once('/').map_or(topic.as_str(), |(t, _)| t));
+            crate::quiet::once_a_minute(&kind, |more| warn!("refused a message on {topic}: {reason}{more}"))
+        }
     }
 }
 

@@ -145,6 +145,17 @@ pub enum Refusal {
     BlobTooLarge(usize),
 }
 
+impl Refusal {
+    /// The reason as a metric's label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::TimeOutOfRange(_) => "time_out_of_range",
+            Refusal::TextTooLong { .. } => "text_too_long",
+            Refusal::BlobTooLarge(_) => "blob_too_large",
+        }
+    }
+}
+
 impl Reading {
     /// Checks everything sealing will need of this reading (time, text
     /// lengths, blob size), so a reading accepted is a reading that seals.

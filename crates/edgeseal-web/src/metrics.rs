@@ -35,6 +35,12 @@ pub struct FindingLabels {
     pub kind: String,
 }
 
+/// Why readings were refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// What `/metrics` reports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -52,9 +58,8 @@ impl Metrics {
     pub async fn render(&self) -> String {
         let mut r = Registry::with_prefix("edgeseal");
         let s = &self.stats;
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
             ("readings_accepted", "Readings accepted (journaled, to be sealed)", &s.accepted),
-            ("readings_refused", "Readings refused before acceptance (they could never be sealed)", &s.refused),
             ("sensor_read_errors", "Failed sensor reads", &s.read_errors),
             ("batches_sealed", "Batches sealed into the outbox", &s.sealed),
             ("seal_failures", "Attempts to seal a stream's batch that failed (tried again)", &s.seal_failures),
@@ -79,6 +84,22 @@ impl Metrics {
         for (name, help, v) in counters.into_iter().chain(more) {
             r.register(name, help, ConstCounter::new(v.load(Ordering::Relaxed)));
         }
+        let refused = Family::<ReasonLabels, Counter>::default();
+        for (reason, n) in s.refusals.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            refused.get_or_create(&ReasonLabels { reason: (*reason).to_string() }).inc_by(*n);
+        }
+        r.register(
+            "readings_refused",
+            "Readings refused before acceptance, by reason (not_a_reading, time_out_of_range, text_too_long, \
+             blob_too_large, journal_failed)",
+            refused,
+        );
+        let held = s.tentative_bytes.load(Ordering::Relaxed);
+        r.register(
+            "tentative_bytes",
+            "Bytes of peers' unsigned batches held until a signed batch vouches for them",
+            ConstGauge::new(i64::try_from(held).unwrap_or(i64::MAX)),
+        );
         let findings = Family::<FindingLabels, Counter>::default();
         for (kind, n) in c.findings.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             findings.get_or_create(&FindingLabels { kind: (*kind).to_string() }).inc_by(*n);

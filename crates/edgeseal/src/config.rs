@@ -246,7 +246,7 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, edgese
 }
 
 /// Environment variables of edgeseal's own that are not settings.
-const ENV_OTHER: &[&str] = &["PASSPHRASE", "BACKUP_PASSPHRASE", "REQUIRE_SERVICES", "WRITE_VECTORS"];
+const ENV_OTHER: &[&str] = &["PASSPHRASE", "BACKUP_PASSPHRASE", "REQUIRE_SERVICES", "SCHEMATHESIS", "WRITE_VECTORS"];
 
 /// The environment variable of a setting (`batch.count` → `EDGESEAL_BATCH__COUNT`).
 fn env_name(key: &str) -> String {

@@ -237,14 +237,18 @@ fn end_of_input_stops_the_agent_and_blobs_round_trip() {
     let mut up = a.spawn_stdin(&["--batch-count", "2"]);
     let img: Vec<u8> = (0..=255u8).collect();
     let b64 = base64_encode(&img);
+    // A flood of lines that are no reading is said once, not a line each.
+    let flood = "not json\n".repeat(300);
     let lines = format!(
-        "{{\"stream\":\"cam\",\"blob\":\"{b64}\",\"media_type\":\"image/png\",\"ts\":{BASE_TS}}}\nnot json\n{{\"stream\":\"cam\",\"blob\":\"\",\"media_type\":\"image/png\",\"ts\":{}}}\n",
+        "{{\"stream\":\"cam\",\"blob\":\"{b64}\",\"media_type\":\"image/png\",\"ts\":{BASE_TS}}}\n{flood}{{\"stream\":\"cam\",\"blob\":\"\",\"media_type\":\"image/png\",\"ts\":{}}}\n",
         BASE_TS + 1
     );
     up.stdin.as_mut().unwrap().write_all(lines.as_bytes()).unwrap();
     drop(up.stdin.take());
     assert!(up.wait().unwrap().success(), "{}", a.logs());
     assert!(a.logs().contains("line 2: not a reading"), "{}", a.logs());
+    assert_eq!(a.logs().matches("not a reading").count(), 1, "{}", a.logs());
+    assert!(a.logs().contains("300 read errors"), "every one is counted: {}", a.logs());
     let out = a.ok(&["fetch", "--stream", "cam", "--format", "json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["data_base64"], b64.as_str());

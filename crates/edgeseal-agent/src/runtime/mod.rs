@@ -65,10 +65,21 @@ pub struct Stats {
     pub received: AtomicU64,
     /// Messages on peers' topics the inbox refused (forged, replayed, out of order, over the tentative bound).
     pub refused_received: AtomicU64,
+    /// Readings refused, by reason: what the sealer refused (`refused`) and lines of input that were no reading.
+    pub refusals: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Bytes of peers' unsigned batches held until a signed batch vouches for them.
+    pub tentative_bytes: AtomicU64,
     /// The newest value of each scalar stream (shown on the LCD).
     pub latest: Mutex<HashMap<StreamName, (f64, String)>>,
     /// Readings as they are accepted and received, for the HTTP server.
     pub live: Arc<Live>,
+}
+
+impl Stats {
+    /// Counts `n` readings refused for `reason` (a label: `time_out_of_range`, `not_a_reading`, …).
+    pub fn refuse(&self, reason: &'static str, n: u64) {
+        *self.refusals.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += n;
+    }
 }
 
 /// The storage path `up` runs, built once for `up` and for `bench agent`: the

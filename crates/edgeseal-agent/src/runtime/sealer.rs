@@ -245,7 +245,9 @@ impl Sealer {
         for r in buf.drain(..) {
             if let Err(why) = r.check() {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                warn!("refused a reading of {}: {why}", r.stream);
+                self.stats.refuse(why.reason(), 1);
+                let kind = format!("refused {} {}", r.stream, why.reason());
+                crate::quiet::once_a_minute(&kind, |more| warn!("refused a reading of {}: {why}{more}", r.stream));
                 continue;
             }
             match index.get(&r.stream) {
@@ -266,6 +268,7 @@ impl Sealer {
         }
         if let Err(e) = self.local.journal_append(&runs).await {
             self.stats.refused.fetch_add(n as u64, Ordering::Relaxed);
+            self.stats.refuse("journal_failed", n as u64);
             error!("cannot journal {n} readings in state.db, so they were not accepted: {e}");
             return;
         }

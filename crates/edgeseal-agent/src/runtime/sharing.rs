@@ -493,5 +493,6 @@ impl Receiver {
             }
             log_event(&ev);
         }
+        self.stats.tentative_bytes.store(self.inbox.held_bytes() as u64, Ordering::Relaxed);
     }
 }

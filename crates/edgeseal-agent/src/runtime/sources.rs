@@ -109,7 +109,10 @@ async fn forward(r: Reading, what: &str, tx: &mpsc::Sender<Reading>, stats: &Sta
     if let Value::Scalar { value, unit, .. } = &r.value {
         if !value.is_finite() {
             stats.read_errors.fetch_add(1, Ordering::Relaxed);
-            warn!("{what}: dropped a reading of {} that is not a number ({value})", r.stream);
+            let kind = format!("{what}: {} not a number", r.stream);
+            crate::quiet::once_a_minute(&kind, |more| {
+                warn!("{what}: dropped a reading of {} that is not a number ({value}){more}", r.stream)
+            });
             return true;
         }
         let mut latest = stats.latest.lock().unwrap_or_else(|p| p.into_inner());
@@ -207,7 +210,11 @@ async fn read_lines<R: AsyncBufRead + Unpin>(
                 n += 1;
                 let Ok(l) = std::str::from_utf8(&bytes) else {
                     stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!("{what}: line {n} is not UTF-8 text; skipped");
+                    stats.refuse("not_a_reading", 1);
+                    let kind = format!("{what}: not UTF-8");
+                    crate::quiet::once_a_minute(&kind, |more| {
+                        warn!("{what}: line {n} is not UTF-8 text; skipped{more}")
+                    });
                     continue;
                 };
                 if l.trim().is_empty() {
@@ -221,7 +228,9 @@ async fn read_lines<R: AsyncBufRead + Unpin>(
                     }
                     Err(e) => {
                         stats.read_errors.fetch_add(1, Ordering::Relaxed);
-                        warn!("{what}: {e}");
+                        stats.refuse("not_a_reading", 1);
+                        let kind = format!("{what}: not a reading");
+                        crate::quiet::once_a_minute(&kind, |more| warn!("{what}: {e}{more}"));
                     }
                 }
             }

@@ -110,6 +110,22 @@ fn no_reading_and_no_store_row_can_wedge_the_agent() {
     let (code, page) = curl(&format!("{base}/storage?pick={dev}/t"));
     assert!(code == 200 && page.contains("1969-12-31T23:59:59.999Z") && page.contains("tampered"), "{code} {page}");
 
+    // What was refused is counted for monitoring, by reason; the charts of both streams draw.
+    let (code, scraped) = curl(&format!("{base}/metrics"));
+    assert_eq!(code, 200);
+    for want in [
+        "edgeseal_readings_refused_total{reason=\"time_out_of_range\"} 1",
+        "edgeseal_readings_refused_total{reason=\"text_too_long\"} 2",
+        "edgeseal_readings_refused_total{reason=\"not_a_reading\"} 1",
+        "edgeseal_tentative_bytes 0",
+    ] {
+        assert!(scraped.contains(want), "{want} missing:\n{scraped}");
+    }
+    for stream in ["t", "evil"] {
+        let (code, svg) = curl(&format!("{base}/charts/{dev}/{stream}?from=0&to=now"));
+        assert!(code == 200 && svg.starts_with("<svg"), "{stream}: {code} {svg}");
+    }
+
     // The agent went on all along, and says what it refused.
     feed(&mut up, "t", 10..12);
     drop(up.stdin.take());
