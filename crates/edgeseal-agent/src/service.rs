@@ -653,19 +653,6 @@ impl Service {
         self.pairing.borrow().clone()
     }
 
-    /// Back to idle once an outcome (paired, failed) has been shown, unless another pairing has begun since.
-    pub fn pairing_shown(&self, shown: &PairingView) {
-        if matches!(shown, PairingView::Paired { .. } | PairingView::Failed { .. }) {
-            self.pairing.send_if_modified(|now| {
-                let same = now == shown;
-                if same {
-                    *now = PairingView::Idle;
-                }
-                same
-            });
-        }
-    }
-
     /// Changes to the pairing state.
     pub fn pairing_changes(&self) -> watch::Receiver<PairingView> {
         self.pairing.subscribe()

@@ -87,6 +87,22 @@ struct CloudSyncAnswer {
     RemoteTargetInfo: Option<String>,
 }
 
+/// What publish, subscribe and unsubscribe answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // the document's, not built
+enum Answers {
+    #[response(status = 200, description = "done (publish: the broker acknowledged it)")]
+    Done(CloudSyncAnswer),
+    #[response(status = 400, description = "a bad field (INVALID_PARAMETER: …)")]
+    Bad(CloudSyncAnswer),
+    #[response(status = 404, description = "not subscribed")]
+    NotSubscribed(CloudSyncAnswer),
+    #[response(status = 502, description = "the broker is unreachable or refused (its cause named)")]
+    Broker(CloudSyncAnswer),
+    #[response(status = 504, description = "no acknowledgement in time")]
+    TimedOut(CloudSyncAnswer),
+}
+
 /// An answer in the original's shape, with a real status code.
 pub(crate) struct Reply {
     status: StatusCode,
@@ -267,11 +283,7 @@ async fn keep_last(mut rx: tokio::sync::mpsc::Receiver<Message>, last: LastPaylo
 
 /// Publishes a payload to a broker (QoS 1, retained).
 #[utoipa::path(post, path = "/api/v1/orchestration/cloudsyncmgr/publish", tag = "CloudSync", request_body(content((PublishBody = "application/json"), (PublishBody = "text/plain"))),
-    responses((status = 200, description = "published: the broker acknowledged it", body = CloudSyncAnswer),
-              (status = 400, description = "a bad field (INVALID_PARAMETER: …)", body = CloudSyncAnswer),
-              (status = 404, description = "not subscribed", body = CloudSyncAnswer),
-              (status = 502, description = "the broker is unreachable or refused (its cause named)", body = CloudSyncAnswer),
-              (status = 504, description = "no acknowledgement in time", body = CloudSyncAnswer)))]
+    responses(Answers))]
 pub(crate) async fn publish(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     let run = async {
         let [_appid, payload, topic, url] = fields(&body, ["appid", "payload", "topic", "url"])?;
@@ -298,11 +310,7 @@ pub(crate) async fn publish(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Re
 
 /// Subscribes an app to a topic filter.
 #[utoipa::path(post, path = "/api/v1/orchestration/cloudsyncmgr/subscribe", tag = "CloudSync", request_body(content((SubscribeBody = "application/json"), (SubscribeBody = "text/plain"))),
-    responses((status = 200, description = "subscribed", body = CloudSyncAnswer),
-              (status = 400, description = "a bad field (INVALID_PARAMETER: …)", body = CloudSyncAnswer),
-              (status = 404, description = "not subscribed", body = CloudSyncAnswer),
-              (status = 502, description = "the broker is unreachable or refused (its cause named)", body = CloudSyncAnswer),
-              (status = 504, description = "no acknowledgement in time", body = CloudSyncAnswer)))]
+    responses(Answers))]
 pub(crate) async fn subscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     let run = async {
         let [appid, topic, url] = fields(&body, ["appid", "topic", "url"])?;
@@ -325,11 +333,7 @@ pub(crate) async fn subscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> 
 
 /// Unsubscribes an app from a topic filter.
 #[utoipa::path(post, path = "/api/v1/orchestration/cloudsyncmgr/unsubscribe", tag = "CloudSync", request_body(content((SubscribeBody = "application/json"), (SubscribeBody = "text/plain"))),
-    responses((status = 200, description = "unsubscribed", body = CloudSyncAnswer),
-              (status = 400, description = "a bad field (INVALID_PARAMETER: …)", body = CloudSyncAnswer),
-              (status = 404, description = "not subscribed", body = CloudSyncAnswer),
-              (status = 502, description = "the broker is unreachable or refused (its cause named)", body = CloudSyncAnswer),
-              (status = 504, description = "no acknowledgement in time", body = CloudSyncAnswer)))]
+    responses(Answers))]
 pub(crate) async fn unsubscribe(State(cs): State<Arc<CloudSync>>, body: Bytes) -> Reply {
     let run = async {
         let [appid, topic, url] = fields(&body, ["appid", "topic", "url"])?;

@@ -44,6 +44,8 @@ pub struct Ui {
     tls_fingerprint: Option<String>,
     /// The outcome of the last form, shown once on the page it returns to.
     flash: Mutex<Option<Flash>>,
+    /// The last pairing outcome (paired, failed) the sharing page showed: it is said once.
+    pairing_shown: Mutex<Option<PairingView>>,
 }
 
 impl Ui {
@@ -57,6 +59,7 @@ impl Ui {
             service,
             access,
             flash: Mutex::default(),
+            pairing_shown: Mutex::default(),
         }
     }
 }
@@ -655,7 +658,19 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
         ))
     );
 
-    let state = ui.service.pairing();
+    // An outcome is said once, like a form's: the next visit starts afresh (the agent's state is left as it is).
+    let state = match ui.service.pairing() {
+        s @ (PairingView::Paired { .. } | PairingView::Failed { .. }) => {
+            let mut shown = ui.pairing_shown.lock().unwrap_or_else(|p| p.into_inner());
+            if shown.as_ref() == Some(&s) {
+                PairingView::Idle
+            } else {
+                *shown = Some(s.clone());
+                s
+            }
+        }
+        s => s,
+    };
     let pairing_now = match &state {
         PairingView::Waiting { code, until } => format!(
             "<p>Enter this code on the other agent's Sharing page (or run <code>edgeseal pair {code}</code> there):</p>\
@@ -677,8 +692,6 @@ async fn sharing(State(ui): State<Arc<Ui>>) -> Response {
         }
         PairingView::Idle => String::new(),
     };
-    // An outcome is said once, like a form's: the next visit starts afresh.
-    ui.service.pairing_shown(&state);
     let kind = match &state {
         PairingView::Idle => "idle",
         PairingView::Waiting { .. } => "waiting",

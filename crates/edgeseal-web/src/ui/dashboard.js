@@ -37,8 +37,8 @@
 
   // Asks the server for the stream's chart again, at most every REDRAW ms (and not while one is loading).
   function redraw(k) {
-    const img = charts && [...charts.querySelectorAll("figure[data-key]")].find((f) => f.dataset.key === k);
-    const pic = img && img.querySelector("img");
+    const fig = charts && [...charts.querySelectorAll("figure[data-key]")].find((f) => f.dataset.key === k);
+    const pic = fig && fig.querySelector("img");
     const now = Date.now();
     if (!pic) return;
     if (pic.dataset.loading === "1" || now - (drawn.get(k) || 0) < REDRAW) {
