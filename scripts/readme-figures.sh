@@ -49,7 +49,7 @@ python3 - "$tmp/block.md" <<'PY'
 import re, sys
 block = open(sys.argv[1]).read().strip()
 text = open("README.md").read()
-new, n = re.subn(r"(<!-- figures:begin -->\n).*?(\n<!-- figures:end -->)", lambda m: m.group(1) + block + m.group(2), text, flags=re.S)
+new, n = re.subn(r"(<!-- figures:begin -->\n)(?:.*?\n)?(<!-- figures:end -->)", lambda m: m.group(1) + block + "\n" + m.group(2), text, flags=re.S)
 if n != 1:
     sys.exit("README.md has no <!-- figures:begin --> … <!-- figures:end --> block")
 open("README.md", "w").write(new)
