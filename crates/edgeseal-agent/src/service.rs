@@ -522,6 +522,28 @@ impl Service {
         Ok(VerifyView { ok: out.iter().all(|s| s.ok), device: device.to_string(), streams: out })
     }
 
+    /// Every device the store holds streams of (and this agent), each audited
+    /// as [`Service::verify`] audits one, `parallel` at a time; this agent first.
+    /// A device needs no pairing for this: its batches carry the key they are signed with.
+    pub async fn verify_all(&self, parallel: usize) -> Result<Vec<VerifyView>> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        let store = self.store().await?;
+        let mut devices: Vec<DeviceId> =
+            store.streams().await.map_err(Error::store)?.into_iter().map(|s| s.device).collect();
+        devices.push(self.device());
+        devices.sort();
+        devices.dedup();
+        let ids: Vec<String> = devices.iter().map(DeviceId::to_string).collect();
+        let mut out: Vec<VerifyView> = futures_util::stream::iter(&ids)
+            .map(|d| self.verify(None, Some(d)))
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await?;
+        let me = self.device().to_string();
+        out.sort_by(|a, b| (a.device != me, &a.device).cmp(&(b.device != me, &b.device)));
+        Ok(out)
+    }
+
     /// Paired peers with the grants each way (`peers --json`).
     pub async fn peers(&self) -> Result<Vec<PeerView>> {
         let peers = self.local.peers().await.local()?;

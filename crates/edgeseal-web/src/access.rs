@@ -88,7 +88,7 @@ pub fn guarded(device: String, apis: Router, access: Arc<Access>) -> Router {
         .layer(middleware::from_fn_with_state(access, guard))
 }
 
-/// Liveness: answered without credentials from anywhere.
+/// Liveness.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// Always `ok`.
@@ -97,8 +97,8 @@ pub struct Health {
     version: String,
 }
 
-/// Liveness, this agent's device id and its version (no credentials needed).
-#[utoipa::path(get, path = "/api/v1/health", tag = "agent", security(()),
+/// Liveness, this agent's device id and its version.
+#[utoipa::path(get, path = "/api/v1/health", tag = "agent",
     responses((status = 200, description = "the agent is up", body = Health)))]
 pub async fn health(device: String) -> Json<Health> {
     Json(Health { status: "ok".into(), device, version: env!("CARGO_PKG_VERSION").into() })
@@ -135,6 +135,14 @@ async fn login(State(access): State<Arc<Access>>, Form(f): Form<Login>) -> Respo
         _ => (StatusCode::UNAUTHORIZED, Html(login_form("<p class=\"bad\">That is not this agent's token.</p>")))
             .into_response(),
     }
+}
+
+/// What the guard answers when it refuses a request (the CloudSync API's shape, which it also guards).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[allow(non_snake_case)]
+pub struct Refusal {
+    /// Why: another machine without the token (401), or another web site or Host name (403).
+    pub Message: String,
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {

@@ -332,7 +332,7 @@ pub fn router(service: Arc<Service>) -> Router {
           revoke, rotate, document, crate::access::health, crate::live::events, crate::live::latest,
           crate::live::sensors, crate::metrics::scrape, crate::cloudsync::publish, crate::cloudsync::subscribe,
           crate::cloudsync::unsubscribe, crate::cloudsync::subscribed_data),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, crate::access::Refusal)),
     modifiers(&Security),
 )]
 struct Doc;
@@ -359,6 +359,24 @@ impl utoipa::Modify for Security {
         );
         doc.security =
             Some(vec![SecurityRequirement::default(), SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        // The access guard stands before every operation: 401 for another machine without the token, 403 for a
+        // request from another web site (or a Host name that is not this machine's).
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let refusal = |what: &str| {
+            let body = ContentBuilder::new().schema(Some(Ref::from_schema_name("Refusal"))).build();
+            ResponseBuilder::new().description(what).content("application/json", body).build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete].into_iter().flatten() {
+                let answers = &mut op.responses.responses;
+                answers
+                    .entry("401".into())
+                    .or_insert_with(|| refusal("another machine without the agent's token").into());
+                answers
+                    .entry("403".into())
+                    .or_insert_with(|| refusal("another web site, or a Host name not this machine's").into());
+            }
+        }
     }
 }
 

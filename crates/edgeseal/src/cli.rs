@@ -76,9 +76,12 @@ pub enum Command {
         /// Only this stream [default: every stream of the device]
         #[arg(long)]
         stream: Option<String>,
-        /// Device id [default: this agent]
-        #[arg(long)]
+        /// A peer's name, device id or a unique prefix of it [default: this agent]
+        #[arg(long, conflicts_with = "all_devices")]
         device: Option<String>,
+        /// Every device the store holds streams of, in parallel: a line per device
+        #[arg(long, conflicts_with = "stream")]
+        all_devices: bool,
         #[arg(long)]
         json: bool,
     },

@@ -350,6 +350,56 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// Devices audited at once by `verify --all-devices`.
+const VERIFY_PARALLEL: usize = 4;
+
+/// `verify --all-devices`: every device in the store, a line each (or JSON); exit 3 when any has problems.
+pub async fn verify_all(cfg: Arc<Config>, json: bool) -> Result<ExitCode> {
+    let service = open(&cfg, Keys::Public).await?;
+    let report = service.verify_all(VERIFY_PARALLEL).await;
+    let names: std::collections::HashMap<String, String> = match service.peers().await {
+        Ok(peers) => peers.into_iter().map(|p| (p.device_id, p.name)).collect(),
+        Err(_) => Default::default(),
+    };
+    let me = (service.device().to_string(), service.name().to_string());
+    service.close(std::time::Duration::from_secs(1)).await;
+    let report = report?;
+    let ok = report.iter().all(|d| d.ok);
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&serde_json::json!({"ok": ok, "devices": report}))?)?;
+    } else {
+        for d in &report {
+            let name = if d.device == me.0 {
+                format!(" ({}, this agent)", me.1)
+            } else {
+                names.get(&d.device).map_or(String::new(), |n| format!(" ({n})"))
+            };
+            let batches: usize = d.streams.iter().map(|s| s.batches).sum();
+            let verified: usize = d.streams.iter().map(|s| s.verified).sum();
+            let bad: Vec<&str> = d.streams.iter().filter(|s| !s.ok).map(|s| s.stream.as_str()).collect();
+            let problems: usize = d.streams.iter().map(|s| s.findings.len()).sum();
+            let n = d.streams.len();
+            if bad.is_empty() {
+                writeln!(out, "{}{name}: ok ({n} streams, {verified} batches verified)", d.device)?;
+            } else {
+                writeln!(
+                    out,
+                    "{}{name}: {problems} problem(s) in {} of {n} streams ({}; {verified} of {batches} batches verified): \
+                     `edgeseal verify --device {}` says what",
+                    d.device,
+                    bad.len(),
+                    bad.join(", "),
+                    d.device
+                )?;
+            }
+        }
+        let bad = report.iter().filter(|d| !d.ok).count();
+        writeln!(out, "{} devices: {} ok, {bad} with problems", report.len(), report.len() - bad)?;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_INTEGRITY) })
+}
+
 pub async fn verify(cfg: Arc<Config>, stream: Option<String>, device: Option<String>, json: bool) -> Result<ExitCode> {
     if let Some(s) = &stream {
         parse_stream(s)?;

@@ -110,7 +110,8 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::up(cfg, args, pass).await,
         Command::Streams { json } => commands::streams(cfg, json).await,
         Command::Fetch(args) => commands::fetch(cfg, &pass, args).await,
-        Command::Verify { stream, device, json } => commands::verify(cfg, stream, device, json).await,
+        Command::Verify { all_devices: true, json, .. } => commands::verify_all(cfg, json).await,
+        Command::Verify { stream, device, json, .. } => commands::verify(cfg, stream, device, json).await,
         Command::Keys { command: KeysCommand::Rotate { stream } } => share_cmd::rotate(cfg, &pass, &stream).await,
         Command::Keys { command: KeysCommand::Export { to, backup_passphrase_file } } => {
             commands::export(&cfg, &pass, &to, &PassphraseSource::backup(backup_passphrase_file)).await

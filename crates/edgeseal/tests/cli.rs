@@ -274,6 +274,44 @@ fn base64_encode(data: &[u8]) -> String {
 }
 
 #[test]
+fn verify_all_devices_audits_every_device_in_the_store() {
+    // Two agents, not paired, write to one store; a third device's rows arrive from nowhere.
+    let a = Agent::new("fleet-a");
+    let store = format!("sqlite://{}", a.dir.join("store.db").display());
+    let mut b = Agent::new("fleet-b");
+    b.store = Some(store.clone());
+    a.run_lines("t", 0..6, &["--batch-count", "2"]);
+    b.run_lines("t", 0..4, &["--batch-count", "2"]);
+    b.run_lines("u", 0..2, &["--batch-count", "2"]);
+    let (da, db) = (a.device(), b.device());
+    let out = a.ok(&["verify", "--all-devices"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!(lines[0], format!("{da} (fleet-a, this agent): ok (1 streams, 3 batches verified)"));
+    assert_eq!(lines[1], format!("{db}: ok (2 streams, 3 batches verified)"));
+    assert_eq!(lines[2], "2 devices: 2 ok, 0 with problems");
+    // B's batch 0 of t is altered in the store: B alone has a problem, and the exit code says so.
+    let sql = format!(
+        "UPDATE batches SET sealed = CAST(substr(sealed,1,60) || CASE WHEN substr(sealed,61,1) = X'00' \
+         THEN X'01' ELSE X'00' END || substr(sealed,62) AS BLOB) WHERE device = x'{db}' AND stream = 't' AND seq = 0"
+    );
+    assert!(Command::new("sqlite3").arg(a.dir.join("store.db")).arg(sql).status().unwrap().success());
+    let out = a.run(&["verify", "--all-devices"]);
+    assert_eq!(out.status.code(), Some(3));
+    let shown = text(&out.stdout);
+    assert!(shown.contains(&format!("{da} (fleet-a, this agent): ok")), "{shown}");
+    assert!(shown.contains(&format!("{db}: 1 problem(s) in 1 of 2 streams (t; 2 of 3 batches verified)")), "{shown}");
+    assert!(shown.ends_with("2 devices: 1 ok, 1 with problems\n"), "{shown}");
+    let v: Value = serde_json::from_slice(&a.run(&["verify", "--all-devices", "--json"]).stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let devices: Vec<(&str, bool)> =
+        v["devices"].as_array().unwrap().iter().map(|d| (d["device"].as_str().unwrap(), d["ok"] == true)).collect();
+    assert_eq!(devices, [(da.as_str(), true), (db.as_str(), false)]);
+    // It audits the whole store: no --stream or --device with it.
+    assert_eq!(a.run(&["verify", "--all-devices", "--stream", "t"]).status.code(), Some(2));
+}
+
+#[test]
 fn rollback_of_the_whole_database_is_detected() {
     let a = Agent::new("rollback");
     let db = a.dir.join("store.db");

@@ -308,7 +308,23 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
         if path == "/api/v1/live" {
             continue; // an endless event stream: below
         }
-        for method in ops.as_object().unwrap().keys() {
+        for (method, op) in ops.as_object().unwrap() {
+            // A schema for every answer (errors too, and the guard's 401 and 403), parameter and body.
+            let answers = op["responses"].as_object().unwrap();
+            assert!(answers.contains_key("401") && answers.contains_key("403"), "{method} {path}");
+            for (code, answer) in answers {
+                let content = answer["content"].as_object();
+                assert!(content.is_some_and(|c| c.values().all(|m| m["schema"].is_object())), "{method} {path} {code}");
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                assert!(p["schema"].is_object(), "{method} {path}: {p}");
+            }
+            if let Some(body) = op.get("requestBody") {
+                assert!(
+                    body["content"].as_object().unwrap().values().all(|m| m["schema"].is_object()),
+                    "{method} {path}"
+                );
+            }
             let url = format!(
                 "{base}{}",
                 path.replace("{host}", "127.0.0.1")
