@@ -8,6 +8,11 @@
 //! - `PREFIX/<owner>/<stream>/request/<peer>`: a peer asks for batches it missed (JSON `{"from", "to"}`);
 //! - `PREFIX/<owner>/<stream>/repair/<peer>`: the owner's answer, the same sealed bytes, QoS 1;
 //! - `PREFIX/pair/<channel>/<host|joiner>`: pairing messages.
+//!
+//! `<stream>` is the stream's name with each `.` written `~` ([`level`]): a
+//! `.` is legal in a stream name, but NATS's MQTT refuses it in a topic and
+//! RabbitMQ's maps it to a level separator; `~` is in no stream name and
+//! every broker takes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -53,23 +58,23 @@ impl Topics {
     }
 
     pub fn batch(&self, device: DeviceId, stream: &StreamName) -> String {
-        format!("{}/{device}/{stream}/batch", self.prefix)
+        format!("{}/{device}/{}/batch", self.prefix, level(stream))
     }
 
     pub fn live(&self, device: DeviceId, stream: &StreamName) -> String {
-        format!("{}/{device}/{stream}/live", self.prefix)
+        format!("{}/{device}/{}/live", self.prefix, level(stream))
     }
 
     pub fn grant(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
-        format!("{}/{owner}/{stream}/grant/{peer}", self.prefix)
+        format!("{}/{owner}/{}/grant/{peer}", self.prefix, level(stream))
     }
 
     pub fn request(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
-        format!("{}/{owner}/{stream}/request/{peer}", self.prefix)
+        format!("{}/{owner}/{}/request/{peer}", self.prefix, level(stream))
     }
 
     pub fn repair(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
-        format!("{}/{owner}/{stream}/repair/{peer}", self.prefix)
+        format!("{}/{owner}/{}/repair/{peer}", self.prefix, level(stream))
     }
 
     /// Where peers ask this agent for batches they missed.
@@ -95,14 +100,10 @@ impl Topics {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
-            [device, stream, "batch"] => {
-                Some(Topic::Batch { device: device.parse().ok()?, stream: StreamName::new(*stream).ok()? })
-            }
-            [device, stream, "live"] => {
-                Some(Topic::Live { device: device.parse().ok()?, stream: StreamName::new(*stream).ok()? })
-            }
+            [device, stream, "batch"] => Some(Topic::Batch { device: device.parse().ok()?, stream: unlevel(stream)? }),
+            [device, stream, "live"] => Some(Topic::Live { device: device.parse().ok()?, stream: unlevel(stream)? }),
             [owner, stream, kind @ ("grant" | "request" | "repair"), peer] => {
-                let (owner, stream, peer) = (owner.parse().ok()?, StreamName::new(*stream).ok()?, peer.parse().ok()?);
+                let (owner, stream, peer) = (owner.parse().ok()?, unlevel(stream)?, peer.parse().ok()?);
                 Some(match *kind {
                     "grant" => Topic::Grant { owner, stream, peer },
                     "request" => Topic::Request { owner, stream, peer },
@@ -112,6 +113,16 @@ impl Topics {
             _ => None,
         }
     }
+}
+
+/// A stream's name as a topic level: each `.` written `~`.
+pub fn level(stream: &StreamName) -> String {
+    stream.as_str().replace('.', "~")
+}
+
+/// The stream a topic level names (`~` for `.`; a raw `.`, from a broker that passes it, is read too).
+fn unlevel(level: &str) -> Option<StreamName> {
+    StreamName::new(level.replace('~', ".")).ok()
 }
 
 /// Finds a peer by name, device id (or a prefix of at least 6 hex digits) or fingerprint.
@@ -1073,6 +1084,22 @@ pub fn log_event(e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dot_in_a_stream_name_is_a_tilde_in_its_topic() {
+        let t = Topics::new("edgeseal/v1");
+        let (dev, stream) = (DeviceId([7; 16]), StreamName::new("room.temperature").unwrap());
+        let topic = t.batch(dev, &stream);
+        assert_eq!(topic, format!("edgeseal/v1/{dev}/room~temperature/batch"));
+        assert_eq!(t.parse(&topic), Some(Topic::Batch { device: dev, stream: stream.clone() }));
+        let grant = t.grant(dev, &stream, dev);
+        assert_eq!(t.parse(&grant), Some(Topic::Grant { owner: dev, stream: stream.clone(), peer: dev }));
+        // A raw `.`, as a broker that passes it delivers an older agent's topic, is read too.
+        assert_eq!(
+            t.parse(&format!("edgeseal/v1/{dev}/room.temperature/live")),
+            Some(Topic::Live { device: dev, stream })
+        );
+    }
     use edgeseal_core::envelope::{SealParams, seal};
     use edgeseal_core::{ScalarBatch, envelope::BatchHash};
 

@@ -61,6 +61,55 @@ impl Drop for Broker {
     }
 }
 
+/// A NATS server of the test's own with its MQTT listener on (JetStream keeps its sessions and retained
+/// messages), stopped on drop; None (skip) without nats-server, unless services are required.
+pub(super) struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Nats {
+    pub(super) fn start() -> Option<Nats> {
+        if Command::new("nats-server").arg("--version").output().is_err() {
+            if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("nats-server is required for the tests against NATS's MQTT but not installed");
+            }
+            eprintln!("skipping: nats-server not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
+            return None;
+        }
+        let dir = tempdir("nats");
+        let (port, client) = (free_port(), free_port());
+        let conf = dir.join("nats.conf");
+        let store = dir.join("js");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: 127.0.0.1:{client}\nserver_name: edgeseal-test-{port}\njetstream {{ store_dir: {:?} }}\n\
+                 mqtt {{ listen: 127.0.0.1:{port} }}\n",
+                store.display().to_string()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("nats.log")).unwrap();
+        let child = Command::new("nats-server").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        wait_until("NATS's MQTT to listen", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(Nats { child, port })
+    }
+
+    pub(super) fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn with_broker(tag: &str, url: &str) -> Agent {
     let mut a = Agent::new(tag);
     a.broker = Some(url.to_string());
@@ -260,6 +309,39 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
     let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
     for secret in ["\"value\"", "\"unit\"", "1.5", "3.9", "\"u\""] {
         assert!(!carried.contains(&hex(secret)), "the broker carried {secret:?} in the clear");
+    }
+}
+
+/// A `.` is legal in a stream name (a DHT with `stream = "room"` makes `room.temperature`), but NATS's
+/// MQTT refuses it in a topic and RabbitMQ's turns it into a level separator: the topic level
+/// spells it `~`. Pairing, a grant and live readings of such a stream, through mosquitto and NATS.
+#[test]
+fn a_stream_with_a_dot_in_its_name_is_shared_through_mosquitto_and_nats() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let Some(nats) = Nats::start() else { return };
+    let mosquitto = Broker::start(free_port());
+    for (engine, url) in [("mosquitto", mosquitto.url()), ("nats", nats.url())] {
+        let pi = with_broker(&format!("{engine}-pi"), &url);
+        let laptop = with_broker(&format!("{engine}-laptop"), &url);
+        let (h, j) = pair(&pi, &laptop);
+        assert!(h.status.success() && j.status.success(), "{engine}: {}{}", text(&h.stderr), text(&j.stderr));
+        pi.ok(&["share", "room.temperature", "--with", &format!("{engine}-laptop"), "--from", BASE_RFC, "--new"]);
+        let watch = Watcher::start(&laptop, "room.temperature");
+        let mut up = pi.spawn_stdin(&[]);
+        let out = pi.dir.parent().unwrap().join("up.out");
+        wait_until("the pi's agent to be sharing", Duration::from_secs(15), || {
+            std::fs::read_to_string(&out).unwrap_or_default().contains("Stop with Ctrl-C")
+        });
+        std::io::Write::write_all(up.stdin.as_mut().unwrap(), lines("room.temperature", 0..5).concat().as_bytes())
+            .unwrap();
+        watch.wait_for(5);
+        let seen: Vec<f64> = watch.seen().iter().map(|r| r["value"].as_f64().unwrap()).collect();
+        assert_eq!(seen, [0.0, 0.1, 0.2, 0.3, 0.4], "{engine}");
+        assert!(watch.seen().iter().all(|r| r["stream"] == "room.temperature"), "{engine}");
+        sigterm(&up);
+        assert!(up.wait().unwrap().success(), "{engine}: {}", pi.logs());
     }
 }
 
