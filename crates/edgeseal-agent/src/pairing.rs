@@ -36,8 +36,9 @@ pub async fn connected(opts: LinkOptions, stop: &CancellationToken) -> Result<(L
     tokio::time::timeout(CONNECT_TIMEOUT, up.wait_for(|c| *c))
         .await
         .map_err(|_| {
+            let why = link.last_error().map_or(String::new(), |e| format!(": {e}"));
             Error::BrokerUnreachable(format!(
-                "cannot reach the MQTT broker {url} (waited {}s)",
+                "cannot reach the MQTT broker {url} (waited {}s){why}",
                 CONNECT_TIMEOUT.as_secs()
             ))
         })?

@@ -339,7 +339,14 @@ impl Link {
             last_error: Mutex::new(None),
         });
         let (tx, rx) = mpsc::channel(1024);
-        let task = Task { shared: shared.clone(), tx, url: opts.url.clone(), max_backoff: opts.max_backoff, stop };
+        let task = Task {
+            shared: shared.clone(),
+            tx,
+            url: opts.url.clone(),
+            max_backoff: opts.max_backoff,
+            stop,
+            protocol: opts.protocol,
+        };
         let client = match opts.protocol {
             Protocol::V311 => {
                 let mut mo = MqttOptions::new(&opts.client_id, &opts.url.host, opts.url.port);
@@ -480,13 +487,28 @@ struct Task {
     url: BrokerUrl,
     max_backoff: Duration,
     stop: CancellationToken,
+    protocol: Protocol,
+}
+
+/// What a failure to connect means when the broker ends the connection at an
+/// MQTT 5 CONNECT it has never accepted (RabbitMQ 3.x and NATS close it
+/// without a CONNACK), or refuses the protocol version outright.
+fn refused_v5(e: &str) -> Option<String> {
+    let closed = ["closed by peer", "abruptly", "Connection reset", "UnsupportedProtocolVersion", "unexpected eof"];
+    closed.iter().any(|c| e.contains(c)).then(|| {
+        format!(
+            "{e}: the broker ended the connection at MQTT 5's CONNECT without answering, so it most likely \
+             does not speak MQTT 5 (RabbitMQ 3.x and NATS do not): set mqtt.version = \"3.1.1\""
+        )
+    })
 }
 
 impl Task {
     async fn run(self, mut driver: impl Driver, client: Client) {
-        let Task { shared, tx, url, max_backoff, stop } = self;
+        let Task { shared, tx, url, max_backoff, stop, protocol } = self;
         let mut backoff = Duration::from_millis(100);
         let mut down_logged = false;
+        let mut ever_connected = false;
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -494,6 +516,7 @@ impl Task {
             };
             match event {
                 Ok(Ev::Connected) => {
+                    ever_connected = true;
                     backoff = Duration::from_millis(100);
                     if down_logged {
                         info!("connected to {url} again");
@@ -534,6 +557,10 @@ impl Task {
                 }
                 Ok(Ev::Other) => {}
                 Err(e) => {
+                    let e = match (protocol, ever_connected) {
+                        (Protocol::V5, false) => refused_v5(&e).unwrap_or(e),
+                        _ => e,
+                    };
                     // With a clean session rumqttc drops, at the next CONNACK, every publish
                     // that was in flight or still queued when the connection broke. Fail exactly
                     // those waiters: the ones in flight, and the oldest queued ones, one per
@@ -547,7 +574,7 @@ impl Task {
                         }
                     }
                     shared.connected.send_replace(false);
-                    *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
                     if !down_logged {
                         warn!("broker {url} unreachable: {e}; retrying with backoff");
                         down_logged = true;

@@ -345,6 +345,19 @@ fn a_stream_with_a_dot_in_its_name_is_shared_through_mosquitto_and_nats() {
     }
 }
 
+/// NATS's MQTT (like RabbitMQ 3.x's) speaks 3.1.1 only and closes the connection at an MQTT 5
+/// CONNECT: the agent says so and names the setting, instead of "cannot reach the broker".
+#[test]
+fn a_broker_that_refuses_mqtt_5_is_named_as_such() {
+    let Some(nats) = Nats::start() else { return };
+    let mut a = with_broker("v5", &nats.url());
+    a.env = vec![("EDGESEAL_MQTT__VERSION".into(), "5".into())];
+    let out = a.run(&["pair", "--timeout", "5s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(said.contains("does not speak MQTT 5") && said.contains("set mqtt.version = \"3.1.1\""), "{said}");
+}
+
 #[test]
 fn sealed_batches_wait_in_the_outbox_while_the_broker_is_down() {
     if mosquitto_tools().is_none() {
