@@ -185,8 +185,9 @@ impl Reading {
 
 /// Most bytes of blobs one batch holds; a blob larger than this gets a batch
 /// of its own (up to [`MAX_BLOB`]), well within the format's
-/// ciphertext limit.
-pub const BATCH_BLOB_BYTES: usize = 16 << 20;
+/// ciphertext limit. 15 MiB, so a batch of blobs fits one MQTT packet of
+/// 16 MiB with its header.
+pub const BATCH_BLOB_BYTES: usize = 15 << 20;
 
 /// Turns readings of one stream, in order, into batches: a new batch starts
 /// wherever the kind, unit or media type changes, since a batch has one of

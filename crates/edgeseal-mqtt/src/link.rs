@@ -155,6 +155,11 @@ pub struct Message {
 /// The largest MQTT packet the link sends or takes (16 MiB).
 pub const MAX_PACKET: usize = 16 << 20;
 
+/// The largest blob an agent that shares through a broker accepts: a batch
+/// holding it, with the format's header and compression's worst case, still
+/// fits one packet ([`MAX_PACKET`]), so no stored batch is one peers can never get.
+pub const MAX_SHARED_BLOB: usize = MAX_PACKET - (1 << 20);
+
 /// Whether a message of `payload` bytes on `topic` fits in one packet of this link.
 pub fn fits(topic: &str, payload: usize) -> bool {
     // Fixed header (5), topic length (2), packet id (2), MQTT 5 properties (a few): 64 is ample.

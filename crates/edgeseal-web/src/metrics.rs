@@ -91,7 +91,7 @@ impl Metrics {
         r.register(
             "readings_refused",
             "Readings refused before acceptance, by reason (not_a_reading, time_out_of_range, text_too_long, \
-             blob_too_large, journal_failed)",
+             blob_too_large, blob_too_large_to_share, journal_failed)",
             refused,
         );
         let held = s.tentative_bytes.load(Ordering::Relaxed);

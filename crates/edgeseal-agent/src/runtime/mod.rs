@@ -120,7 +120,8 @@ impl Pipeline {
             readings,
             commands_rx,
             tap,
-        );
+        )
+        .sharing_blobs_up_to(cfg.has_broker().then_some(edgeseal_mqtt::link::MAX_SHARED_BLOB));
         let drainer = drainer::Drainer {
             local: local.clone(),
             store: service.store_cell().clone(),

@@ -79,6 +79,8 @@ pub struct Sealer {
     frames: FrameTap,
     /// Each stream's leaf keys, for the epoch it seals under.
     leaves: HashMap<StreamName, (u32, LeafCache)>,
+    /// When the agent shares through a broker: the largest blob a peer could receive.
+    share_max_blob: Option<usize>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -114,7 +116,15 @@ impl Sealer {
             next_pos: HashMap::new(),
             frames,
             leaves: HashMap::new(),
+            share_max_blob: None,
         }
+    }
+
+    /// Refuses blobs over `max` bytes at acceptance (an agent that shares
+    /// through a broker: no peer could ever receive a larger one).
+    pub fn sharing_blobs_up_to(mut self, max: Option<usize>) -> Sealer {
+        self.share_max_blob = max;
+        self
     }
 
     fn mono(&self) -> i64 {
@@ -248,6 +258,23 @@ impl Sealer {
                 self.stats.refuse(why.reason(), 1);
                 let kind = format!("refused {} {}", r.stream, why.reason());
                 crate::quiet::once_a_minute(&kind, |more| warn!("refused a reading of {}: {why}{more}", r.stream));
+                continue;
+            }
+            if let (Some(max), edgeseal_core::Value::Blob { data, .. }) = (self.share_max_blob, &r.value)
+                && data.len() > max
+            {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.stats.refuse("blob_too_large_to_share", 1);
+                let kind = format!("refused {} blob_too_large_to_share", r.stream);
+                crate::quiet::once_a_minute(&kind, |more| {
+                    warn!(
+                        "refused a reading of {}: its blob is {} bytes, more than the {} MiB one MQTT message \
+                         carries, and this agent shares through a broker: no peer could ever receive it{more}",
+                        r.stream,
+                        data.len(),
+                        max >> 20
+                    )
+                });
                 continue;
             }
             match index.get(&r.stream) {
