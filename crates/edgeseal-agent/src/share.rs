@@ -5,6 +5,10 @@
 //! - `PREFIX/<device>/<stream>/batch`: every sealed batch, QoS 1, the same bytes the store holds;
 //! - `PREFIX/<device>/<stream>/live`: a signed live frame per journal commit of a granted stream, QoS 0;
 //! - `PREFIX/<owner>/<stream>/grant/<peer>`: the owner's latest grant to that peer, retained;
+//! - `PREFIX/<owner>/grants/<peer>`: every current grant to that peer in one retained message
+//!   (JSON `{"grants": [base64, …]}`, each verified as if it came alone), on a topic with no
+//!   wildcard: RabbitMQ's MQTT delivers retained messages only to exact subscriptions, so a
+//!   peer that was away when it was granted still learns of it;
 //! - `PREFIX/<owner>/<stream>/request/<peer>`: a peer asks for batches it missed (JSON `{"from", "to"}`);
 //! - `PREFIX/<owner>/<stream>/repair/<peer>`: the owner's answer, the same sealed bytes, QoS 1;
 //! - `PREFIX/pair/<channel>/<host|joiner>`: pairing messages.
@@ -48,6 +52,7 @@ pub enum Topic {
     Batch { device: DeviceId, stream: StreamName },
     Live { device: DeviceId, stream: StreamName },
     Grant { owner: DeviceId, stream: StreamName, peer: DeviceId },
+    Grants { owner: DeviceId, peer: DeviceId },
     Request { owner: DeviceId, stream: StreamName, peer: DeviceId },
     Repair { owner: DeviceId, stream: StreamName, peer: DeviceId },
 }
@@ -69,6 +74,11 @@ impl Topics {
         format!("{}/{owner}/{}/grant/{peer}", self.prefix, level(stream))
     }
 
+    /// Every grant of `owner` to `peer`, on an exact topic.
+    pub fn grants(&self, owner: DeviceId, peer: DeviceId) -> String {
+        format!("{}/{owner}/grants/{peer}", self.prefix)
+    }
+
     pub fn request(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
         format!("{}/{owner}/{}/request/{peer}", self.prefix, level(stream))
     }
@@ -87,8 +97,9 @@ impl Topics {
     }
 
     /// The filters a receiver subscribes to for one peer.
-    pub fn peer_filters(&self, peer: DeviceId, me: DeviceId) -> [String; 4] {
+    pub fn peer_filters(&self, peer: DeviceId, me: DeviceId) -> [String; 5] {
         [
+            self.grants(peer, me),
             format!("{}/{peer}/+/batch", self.prefix),
             format!("{}/{peer}/+/live", self.prefix),
             format!("{}/{peer}/+/grant/{me}", self.prefix),
@@ -102,6 +113,7 @@ impl Topics {
         match parts.as_slice() {
             [device, stream, "batch"] => Some(Topic::Batch { device: device.parse().ok()?, stream: unlevel(stream)? }),
             [device, stream, "live"] => Some(Topic::Live { device: device.parse().ok()?, stream: unlevel(stream)? }),
+            [owner, "grants", peer] => Some(Topic::Grants { owner: owner.parse().ok()?, peer: peer.parse().ok()? }),
             [owner, stream, kind @ ("grant" | "request" | "repair"), peer] => {
                 let (owner, stream, peer) = (owner.parse().ok()?, unlevel(stream)?, peer.parse().ok()?);
                 Some(match *kind {
@@ -273,17 +285,37 @@ impl Grants<'_> {
     /// every current one again (after a reconnect: a broker that lost its
     /// retained messages has them back). Returns how many went out.
     pub async fn publish(&self, link: &Link, topics: &Topics, all: bool) -> Result<usize> {
+        use base64::Engine as _;
         let me = self.identity.device_id();
+        let grants = self.local.grants_out().await.local()?;
+        let mut changed: Vec<DeviceId> = Vec::new();
         let mut n = 0;
-        for g in self.local.grants_out().await.local()? {
+        for g in &grants {
             if g.published && !all {
                 continue;
             }
             link.publish(&topics.grant(me, &g.stream, g.peer), g.grant.clone(), true).await.map_err(|e| {
                 Error::BrokerUnreachable(format!("cannot publish the grant of {} to the broker: {e}", g.stream))
             })?;
-            self.local.grant_published(g.peer, &g.stream, &g.grant).await.local()?;
+            if !changed.contains(&g.peer) {
+                changed.push(g.peer);
+            }
             n += 1;
+        }
+        // Each peer's index of every grant to it, after its grants (so a broker that keeps order has them first).
+        for peer in &changed {
+            let all_to_peer: Vec<String> = grants
+                .iter()
+                .filter(|g| g.peer == *peer)
+                .map(|g| base64::engine::general_purpose::STANDARD.encode(&g.grant))
+                .collect();
+            let index = serde_json::to_vec(&serde_json::json!({ "grants": all_to_peer })).unwrap_or_default();
+            link.publish(&topics.grants(me, *peer), index, true).await.map_err(|e| {
+                Error::BrokerUnreachable(format!("cannot publish the grants of {peer} to the broker: {e}"))
+            })?;
+        }
+        for g in grants.iter().filter(|g| changed.contains(&g.peer) && (all || !g.published)) {
+            self.local.grant_published(g.peer, &g.stream, &g.grant).await.local()?;
         }
         Ok(n)
     }
@@ -611,6 +643,12 @@ impl Inbox {
                     Err(e) => refused(e.to_string()),
                 }
             }
+            Some(Topic::Grants { owner, peer }) if peer == self.identity.device_id() => {
+                if msg.payload.is_empty() {
+                    return Vec::new();
+                }
+                self.grants(owner, &msg.payload).await.unwrap_or_else(|e| refused(e.to_string()))
+            }
             Some(Topic::Grant { owner, stream, peer }) if peer == self.identity.device_id() => {
                 if msg.payload.is_empty() {
                     return Vec::new(); // a cleared retained message
@@ -622,6 +660,43 @@ impl Inbox {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// A peer's index of its grants to this agent: each taken as if it came on its own topic.
+    async fn grants(&mut self, owner: DeviceId, payload: &[u8]) -> Result<Vec<Event>> {
+        use base64::Engine as _;
+        #[derive(serde::Deserialize)]
+        struct Index {
+            grants: Vec<String>,
+        }
+        let index: Index =
+            serde_json::from_slice(payload).or_else(|e| refuse(format!("a grant index that is not one: {e}")))?;
+        let mut events = Vec::new();
+        for (i, text) in index.grants.iter().enumerate().take(4096) {
+            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(text) else {
+                events.push(Event::Refused {
+                    topic: format!("grant index of {owner}"),
+                    reason: format!("entry {i} is not base64"),
+                });
+                continue;
+            };
+            // Which stream it claims; `grant` verifies the signature and that the stream is the one it grants.
+            let stream = match grant::peek(&bytes) {
+                Ok(info) => info.stream,
+                Err(e) => {
+                    let reason = format!("entry {i} is not a grant: {e}");
+                    events.push(Event::Refused { topic: format!("grant index of {owner}"), reason });
+                    continue;
+                }
+            };
+            match self.grant(owner, &stream, &bytes).await {
+                Ok(ev) => events.extend(ev),
+                Err(e) => {
+                    events.push(Event::Refused { topic: format!("grant index of {owner}"), reason: e.to_string() })
+                }
+            }
+        }
+        Ok(events)
     }
 
     async fn grant(&mut self, owner: DeviceId, stream: &StreamName, bytes: &[u8]) -> Result<Vec<Event>> {
@@ -1450,6 +1525,50 @@ mod tests {
         let g = grant::issue(&owner, &me_pub, &stream, terms, &keys, &mut rng()).unwrap();
         let events = inbox.handle(&msg(&inbox.topics.grant(owner.device_id(), &stream, me_pub.device_id()), g)).await;
         assert_eq!(values(&events), [0.0, 1.0, 2.0], "{events:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The index of a peer's grants (on an exact topic, for brokers that keep retained messages
+    /// from wildcard subscriptions): each entry is taken as a grant on its own topic would be; a
+    /// bad one is refused and the rest go on.
+    #[tokio::test]
+    async fn a_grant_index_grants_what_each_of_its_signed_entries_grants() {
+        use base64::Engine as _;
+        let owner = crate::datadir::random_identity().unwrap();
+        let (mut inbox, dir) = granted_inbox("index", &owner).await;
+        let me = inbox.identity.public();
+        let issue = |name: &str| {
+            let stream = StreamName::new(name).unwrap();
+            let terms = grant::Terms { issued_ms: 5, from_ms: 0, to_ms: i64::MAX };
+            let keys = [(0, TreeNode::root(&owner.epoch_key(&stream, 0)))];
+            base64::engine::general_purpose::STANDARD
+                .encode(grant::issue(&owner, &me, &stream, terms, &keys, &mut rng()).unwrap())
+        };
+        // A grant signed by someone else, in the owner's index, is refused like one on its own topic.
+        let stranger = crate::datadir::random_identity().unwrap();
+        let forged = {
+            let stream = StreamName::new("forged").unwrap();
+            let terms = grant::Terms { issued_ms: 5, from_ms: 0, to_ms: i64::MAX };
+            let keys = [(0, TreeNode::root(&stranger.epoch_key(&stream, 0)))];
+            base64::engine::general_purpose::STANDARD
+                .encode(grant::issue(&stranger, &me, &stream, terms, &keys, &mut rng()).unwrap())
+        };
+        let index =
+            serde_json::json!({"grants": [issue("room.temperature"), "not base64!", forged, issue("humidity")]});
+        let topic = inbox.topics.grants(owner.device_id(), me.device_id());
+        let m = Message { topic, payload: serde_json::to_vec(&index).unwrap(), retain: true };
+        let events = inbox.handle(&m).await;
+        let granted: Vec<&str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Granted { stream, .. } => Some(stream.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(granted, ["room.temperature", "humidity"], "{events:?}");
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::Refused { .. })).count(), 2, "{events:?}");
+        // The same index again (a retained message after a reconnect) grants nothing new.
+        assert!(inbox.handle(&m).await.iter().all(|e| !matches!(e, Event::Granted { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
