@@ -374,7 +374,8 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
     }
 }
 
-/// Every broker engine we can run: mosquitto, NATS's MQTT and RabbitMQ's. A `.` is legal in a
+/// Every broker engine we can run: mosquitto (MQTT 3.1.1 and 5), the embedded broker (5), NATS's
+/// MQTT and RabbitMQ's (3.1.1: they speak no other). A `.` is legal in a
 /// stream name (a DHT with `stream = "room"` makes `room.temperature`), but NATS refuses it in a
 /// topic and RabbitMQ turns it into a level separator: the topic level spells it `~`. And RabbitMQ
 /// delivers retained messages to exact subscriptions only: the grant, given while the peer is
@@ -388,9 +389,23 @@ fn a_stream_with_a_dot_shared_while_the_peer_is_away_reaches_it_through_every_br
     let Some(nats) = Nats::start() else { return };
     let Some(rabbit) = Rabbit::start() else { return };
     let mosquitto = Broker::start(free_port());
-    for (engine, url) in [("mosquitto", mosquitto.url()), ("nats", nats.url()), ("rabbitmq", rabbit.url())] {
-        let pi = with_broker(&format!("{engine}-pi"), &url);
-        let laptop = with_broker(&format!("{engine}-laptop"), &url);
+    let embedded = Secured::start(Kind::Embedded, 1, false);
+    let embedded_url = format!("mqtt://127.0.0.1:{}", embedded.port);
+    // MQTT 5 where the broker speaks it (NATS and RabbitMQ 3.x do not).
+    let engines = [
+        ("mosquitto", mosquitto.url(), "3.1.1"),
+        ("mosquitto-v5", mosquitto.url(), "5"),
+        ("embedded-v5", embedded_url, "5"),
+        ("nats", nats.url(), "3.1.1"),
+        ("rabbitmq", rabbit.url(), "3.1.1"),
+    ];
+    for (engine, url, version) in engines {
+        let agent = |tag: &str| {
+            let mut a = with_broker(&format!("{engine}-{tag}"), &url);
+            a.env.push(("EDGESEAL_MQTT__VERSION".into(), version.into()));
+            a
+        };
+        let (pi, laptop) = (agent("pi"), agent("laptop"));
         let (h, j) = pair(&pi, &laptop);
         assert!(h.status.success() && j.status.success(), "{engine}: {}{}", text(&h.stderr), text(&j.stderr));
         pi.ok(&["share", "room.temperature", "--with", &format!("{engine}-laptop"), "--from", BASE_RFC, "--new"]);
