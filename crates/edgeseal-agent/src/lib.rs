@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod datadir;
 mod error;
+pub mod ingest;
 pub mod live;
 pub mod pairing;
 pub mod quiet;

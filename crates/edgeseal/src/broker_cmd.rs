@@ -65,3 +65,44 @@ pub async fn run(cfg: &Config, run_for: Option<&str>) -> Result<ExitCode> {
     println!("broker stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `edgeseal ingest`: stores what devices publish, as one of `group`, until SIGINT/SIGTERM or `run_for`;
+/// a status line every 10 s and at the end.
+pub async fn ingest(cfg: &Config, group: &str, run_for: Option<&str>) -> Result<ExitCode> {
+    use edgeseal_agent::ingest;
+    let run_for = run_for
+        .map(|s| humantime::parse_duration(s).with_context(|| format!("--for {s:?} is not a duration (e.g. 10m)")))
+        .transpose()?;
+    let stats = std::sync::Arc::new(ingest::IngestStats::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = tokio::spawn({
+        let (cfg, group, stats, stop) = (cfg.clone(), group.to_string(), stats.clone(), stop.clone());
+        async move { ingest::run(&cfg, &group, stats, stop).await }
+    });
+    println!(
+        "edgeseal ingest: {} into {}. Stop with Ctrl-C.",
+        ingest::filter(&cfg.mqtt.prefix, group),
+        edgeseal_store::redact_url(&cfg.store_url)
+    );
+    let mut worker = worker;
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    let (signal, deadline) = (shutdown_signal(), sleep_opt(run_for));
+    tokio::pin!(signal, deadline);
+    let ended = loop {
+        tokio::select! {
+            _ = &mut signal => break None,
+            _ = &mut deadline => break None,
+            r = &mut worker => break Some(r),
+            _ = tick.tick() => println!("ingest: {}", ingest::summary(&stats)),
+        }
+    };
+    stop.cancel();
+    let done = match ended {
+        Some(r) => r,
+        None => worker.await,
+    };
+    println!("stopped: {}", ingest::summary(&stats));
+    done.map_err(|e| anyhow!("the ingest task failed: {e}"))??;
+    Ok(ExitCode::SUCCESS)
+}

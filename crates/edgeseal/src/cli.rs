@@ -117,6 +117,15 @@ pub enum Command {
         #[arg(long)]
         stream: Option<String>,
     },
+    /// Store the batches devices publish to the broker (any number of these share the load)
+    Ingest {
+        /// The shared subscription's group: processes of one group split the batches between them
+        #[arg(long, default_value = "edgeseal-ingest")]
+        group: String,
+        /// Stop after this long (e.g. 10m) [default: until SIGINT/SIGTERM]
+        #[arg(long = "for", value_name = "DURATION")]
+        run_for: Option<String>,
+    },
     /// Show what peers share, live: verified, checked for replay and gaps, decrypted
     Watch {
         /// Only this peer

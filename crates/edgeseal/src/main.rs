@@ -94,7 +94,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     }
     let cfg = config::load(cli.global.config.as_deref(), &overrides)?;
     edgeseal_agent::times::set_output_zone(cfg.time_zone.clone());
-    let agent = matches!(cli.command, Command::Up(_) | Command::Broker { command: None, .. });
+    let agent = matches!(cli.command, Command::Up(_) | Command::Broker { command: None, .. } | Command::Ingest { .. });
     init_logging(if agent { &cfg.log } else { "warn" });
     let pass = PassphraseSource { file: cli.global.passphrase_file.clone(), ..Default::default() };
     let cfg = Arc::new(cfg);
@@ -122,6 +122,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             share_cmd::share(cfg, &pass, &stream, &peer, from, to, new).await
         }
         Command::Revoke { peer, stream } => share_cmd::revoke(cfg, &pass, &peer, stream).await,
+        Command::Ingest { group, run_for } => broker_cmd::ingest(&cfg, &group, run_for.as_deref()).await,
         Command::Watch { peer, stream, json, run_for } => {
             share_cmd::watch(cfg, &pass, peer, stream, json, run_for).await
         }

@@ -439,6 +439,70 @@ fn a_broker_that_refuses_mqtt_5_is_named_as_such() {
     assert!(said.contains("does not speak MQTT 5") && said.contains("set mqtt.version = \"3.1.1\""), "{said}");
 }
 
+/// `edgeseal ingest`: two processes of one group share the batches two devices publish (an MQTT
+/// shared subscription), check each one's structure and signature, and store them, so that
+/// `verify --all-devices` of the ingest store finds both devices whole. A forged message is refused.
+#[test]
+fn ingest_processes_share_and_store_what_devices_publish() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let dir = tempdir("ingest");
+    let store = format!("sqlite://{}", dir.join("ingest.db").display());
+    let ingest = |i: usize| {
+        Command::new(super::BIN)
+            .args(["--data-dir", dir.join("none").to_str().unwrap(), "--broker", &broker.url(), "--store", &store])
+            .args(["ingest", "--for", "60s"])
+            .env("EDGESEAL_BROKER__LISTEN", "")
+            .env("EDGESEAL_WEB__LISTEN", "")
+            .stdout(std::fs::File::create(dir.join(format!("ingest{i}.out"))).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("ingest{i}.err"))).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let workers = [ingest(0), ingest(1)];
+    let said = |i: usize| std::fs::read_to_string(dir.join(format!("ingest{i}.out"))).unwrap_or_default();
+    wait_until("both ingest processes", Duration::from_secs(15), || {
+        said(0).contains("Stop with") && said(1).contains("Stop with")
+    });
+    std::thread::sleep(Duration::from_millis(300)); // subscribed
+    let (pi, cam) = (with_broker("ingest-pi", &broker.url()), with_broker("ingest-cam", &broker.url()));
+    pi.run_lines("t", 0..20, &["--batch-count", "2"]);
+    cam.run_lines("u", 0..8, &["--batch-count", "2"]);
+    // Bytes that are no batch of the device the topic names.
+    let junk = format!("edgeseal/v1/{}/t/batch", pi.device());
+    let port = broker.port.to_string();
+    let pubbed =
+        Command::new("mosquitto_pub").args(["-p", &port, "-q", "1", "-t", &junk, "-m", "ES not a batch"]).status();
+    assert!(pubbed.unwrap().success());
+    let mut auditor = with_broker("ingest-auditor", &broker.url());
+    auditor.store = Some(store.clone());
+    let audit = || auditor.run(&["verify", "--all-devices"]);
+    wait_until("both devices whole in the ingest store", Duration::from_secs(20), || {
+        let out = audit();
+        out.status.success() && text(&out.stdout).contains("3 devices: 3 ok")
+    });
+    let shown = text(&audit().stdout);
+    assert!(shown.contains(&format!("{}: ok (1 streams, 10 batches verified)", pi.device())), "{shown}");
+    assert!(shown.contains(&format!("{}: ok (1 streams, 4 batches verified)", cam.device())), "{shown}");
+    for w in &workers {
+        sigterm(w);
+    }
+    let mut stored = 0;
+    for (i, mut w) in workers.into_iter().enumerate() {
+        assert!(w.wait().unwrap().success(), "{}", said(i));
+        let last = said(i).lines().last().unwrap_or_default().to_string();
+        let n: u64 =
+            last.split(" stored").next().and_then(|s| s.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+        assert!(n > 0, "both processes took a share: {last}");
+        stored += n;
+    }
+    assert_eq!(stored, 14, "each batch stored once");
+    let refused: Vec<String> = (0..2).map(|i| said(i).lines().last().unwrap_or_default().to_string()).collect();
+    assert!(refused.iter().any(|l| l.ends_with("1 refused")), "{refused:?}");
+}
+
 #[test]
 fn sealed_batches_wait_in_the_outbox_while_the_broker_is_down() {
     if mosquitto_tools().is_none() {
