@@ -592,14 +592,7 @@ fn postgres_url() -> Option<String> {
     let url =
         std::env::var("EDGESEAL_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let reachable = std::net::TcpStream::connect(host_port(&url)).is_ok();
-    if !reachable {
-        if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!("PostgreSQL is required but not reachable at {}", host_port(&url));
-        }
-        eprintln!("skipping: PostgreSQL not reachable (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
-        return None;
-    }
-    Some(url)
+    available(&format!("PostgreSQL at {}", host_port(&url)), reachable).then_some(url)
 }
 
 fn host_port(url: &str) -> String {
@@ -742,18 +735,23 @@ refresh = "200ms"
 }
 
 /// mosquitto, its clients and curl, or None (skip) unless services are required.
+/// Whether what a test needs (`what`) is there: if not, the test skips, or fails where
+/// services are required (`EDGESEAL_REQUIRE_SERVICES=1`, as in `.ci/run`).
+fn available(what: &str, have: bool) -> bool {
+    if !have {
+        if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
+            panic!("{what} is required but not there");
+        }
+        eprintln!("skipping: {what} is not there (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
+    }
+    have
+}
+
 fn mosquitto_tools() -> Option<()> {
     let have = ["mosquitto", "mosquitto_pub", "mosquitto_sub", "curl"].iter().all(|t| {
         Command::new("sh").arg("-c").arg(format!("command -v {t}")).output().is_ok_and(|o| o.status.success())
     });
-    if !have {
-        if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-            panic!("mosquitto, mosquitto-clients and curl are required but not installed");
-        }
-        eprintln!("skipping: mosquitto or curl not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
-        return None;
-    }
-    Some(())
+    available("mosquitto (with mosquitto-clients) and curl", have).then_some(())
 }
 
 fn free_port() -> u16 {

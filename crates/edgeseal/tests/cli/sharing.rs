@@ -54,10 +54,15 @@ impl Broker {
     }
 }
 
+/// Stops a broker the test started.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
@@ -70,11 +75,7 @@ pub(super) struct Nats {
 
 impl Nats {
     pub(super) fn start() -> Option<Nats> {
-        if Command::new("nats-server").arg("--version").output().is_err() {
-            if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("nats-server is required for the tests against NATS's MQTT but not installed");
-            }
-            eprintln!("skipping: nats-server not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
+        if !super::available("nats-server", Command::new("nats-server").arg("--version").output().is_ok()) {
             return None;
         }
         let dir = tempdir("nats");
@@ -105,8 +106,7 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
@@ -120,11 +120,7 @@ pub(super) struct Rabbit {
 
 impl Rabbit {
     pub(super) fn start() -> Option<Rabbit> {
-        if !std::path::Path::new("/usr/sbin/rabbitmq-server").exists() {
-            if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("rabbitmq-server is required for the tests against RabbitMQ's MQTT but not installed");
-            }
-            eprintln!("skipping: rabbitmq-server not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
+        if !super::available("rabbitmq-server", std::path::Path::new("/usr/sbin/rabbitmq-server").exists()) {
             return None;
         }
         let dir = tempdir("rabbit");
@@ -167,8 +163,7 @@ impl Rabbit {
 impl Drop for Rabbit {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").args(["--node", &self.node, "stop"]).output();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 

@@ -392,14 +392,8 @@ fn rest_api_answers_as_the_cli_and_as_its_openapi_document_says() {
 /// schemathesis (from PyPI; `.ci/run` installs it), or None (skip) unless services are required.
 fn schemathesis() -> Option<String> {
     let bin = std::env::var("EDGESEAL_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
-    if Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success()) {
-        return Some(bin);
-    }
-    if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("schemathesis is required for the API fuzz test but not installed (set EDGESEAL_SCHEMATHESIS)");
-    }
-    eprintln!("skipping: schemathesis not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
-    None
+    let have = Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success());
+    super::available("schemathesis (EDGESEAL_SCHEMATHESIS)", have).then_some(bin)
 }
 
 /// A schema-driven fuzzer over every operation of the OpenAPI document but the endless event
@@ -518,11 +512,7 @@ impl Browser {
     /// (the agent's own CA; curl checks that one, in `https_with_…`).
     fn start_with(self_signed: bool) -> Option<Browser> {
         let have = Command::new("chromedriver").arg("--version").output().is_ok_and(|o| o.status.success());
-        if !have {
-            if std::env::var("EDGESEAL_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("chromium and chromium-driver are required for the UI tests but not installed");
-            }
-            eprintln!("skipping: chromedriver not installed (set EDGESEAL_REQUIRE_SERVICES=1 to fail instead)");
+        if !super::available("Chromium with chromium-driver", have) {
             return None;
         }
         let port = free_port();
