@@ -9,6 +9,11 @@
 //! This is the first step of the fleet design (`docs/design.md`): devices
 //! still keep their own store; acknowledgements back to devices that hold no
 //! database credentials are still to come.
+//!
+//! A message is acknowledged to the broker only after its row is written.
+//! A named process (`--name`) keeps its session across restarts, so after
+//! `kill -9` its restart is sent what it had taken and not stored; a batch
+//! written twice is "already there".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,19 +77,27 @@ pub fn row_of(topics: &Topics, m: &Message) -> std::result::Result<BatchRow, Str
     Ok(BatchRow::new(header, hash, m.payload.clone()))
 }
 
-/// Runs until `stop`: subscribes as one of `group`, stores what arrives. At
-/// the stop it leaves the group and stores what it had already received
-/// before it returns (SIGTERM loses nothing it took). Known limit: the MQTT
-/// client acknowledges a message on receipt, so a process killed with
-/// `kill -9` loses from the ingest store what it had received and not yet
-/// written (the devices' own stores still hold it).
-pub async fn run(cfg: &Config, group: &str, stats: Arc<IngestStats>, stop: CancellationToken) -> Result<()> {
+/// Runs until `stop`: subscribes as one of `group`, stores what arrives and
+/// only then acknowledges it, so the broker sends again what a process took
+/// and did not store. At the stop it leaves the group and stores what it had
+/// already received before it returns.
+pub async fn run(
+    cfg: &Config,
+    group: &str,
+    name: Option<&str>,
+    stats: Arc<IngestStats>,
+    stop: CancellationToken,
+) -> Result<()> {
     let store = AnyStore::connect(&cfg.store_url, ConnectOptions { lazy: false, timeout: cfg.store_timeout })
         .await
         .map_err(Error::store)?;
     store.migrate().await.map_err(Error::store)?;
-    let mut opts = cfg.link_options(&crate::pairing::client_id("ingest"))?;
-    opts.persistent_session = false;
+    // Acknowledged only once stored. With a name the session outlives the process, so
+    // its restart gets what it had taken and not stored (even after `kill -9`).
+    let client_id = name.map_or_else(|| crate::pairing::client_id("ingest"), |n| format!("edgeseal-ingest-{n}"));
+    let mut opts = cfg.link_options(&client_id)?;
+    opts.persistent_session = name.is_some();
+    opts.manual_acks = true;
     // The link outlives the stop by the drain, so what is on its way still arrives.
     let link_stop = CancellationToken::new();
     let _link_stop = link_stop.clone().drop_guard();
@@ -130,7 +143,13 @@ pub async fn run(cfg: &Config, group: &str, stats: Arc<IngestStats>, stop: Cance
             }
         }
         collect(&topics, &messages, &mut group_rows, &stats);
-        store_group(&store, &mut group_rows, &stats, &give_up).await;
+        if store_group(&store, &mut group_rows, &stats, &give_up).await {
+            for m in &messages {
+                if let Err(e) = link.ack(m).await {
+                    warn!("{e}: the broker sends it again");
+                }
+            }
+        }
     }
     store.close().await;
     Ok(())
@@ -152,8 +171,13 @@ fn collect(topics: &Topics, messages: &[Message], rows: &mut Vec<BatchRow>, stat
     }
 }
 
-/// Writes the rows, trying again while the store is down (until `stop`).
-async fn store_group(store: &AnyStore, rows: &mut Vec<BatchRow>, stats: &IngestStats, stop: &CancellationToken) {
+/// Writes the rows, trying again while the store is down (until `stop`); whether they were written.
+async fn store_group(
+    store: &AnyStore,
+    rows: &mut Vec<BatchRow>,
+    stats: &IngestStats,
+    stop: &CancellationToken,
+) -> bool {
     let mut wait = Duration::from_millis(100);
     while !rows.is_empty() {
         match store.put_batches(rows).await {
@@ -168,13 +192,14 @@ async fn store_group(store: &AnyStore, rows: &mut Vec<BatchRow>, stats: &IngestS
                     warn!("cannot write to the store: {e}; trying again{more}")
                 });
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => return false,
                     _ = tokio::time::sleep(wait) => {}
                 }
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }
+    true
 }
 
 /// What the process did, for its last line.

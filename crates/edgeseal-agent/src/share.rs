@@ -1227,7 +1227,7 @@ mod tests {
         let owner = crate::datadir::random_identity().unwrap();
         let (mut inbox, dir) = granted_inbox("held", &owner).await;
         let stream = StreamName::new("t").unwrap();
-        let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false };
+        let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false, ack: None };
         let on = inbox.topics.batch(owner.device_id(), &stream);
 
         // Two unsigned batches show nothing until the signed one that covers them arrives.
@@ -1258,7 +1258,7 @@ mod tests {
         let (mut inbox, dir) = granted_inbox("live", &owner).await;
         let topics = inbox.topics.clone();
         let stream = StreamName::new("t").unwrap();
-        let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false };
+        let msg = |topic: String, payload: Vec<u8>| Message { topic, payload, retain: false, ack: None };
         let live = topics.live(owner.device_id(), &stream);
         let frame = |signer: &Identity, pos: u64, value: f64| {
             let r = Readings::Scalar(ScalarBatch {
@@ -1336,8 +1336,12 @@ mod tests {
         let terms = grant::Terms { issued_ms: 1, from_ms: 0, to_ms: i64::MAX };
         let keys = [(0, TreeNode::root(&owner.epoch_key(&stream, 0)))];
         let g = grant::issue(owner, &me_pub, &stream, terms, &keys, &mut rng()).unwrap();
-        let m =
-            Message { topic: topics.grant(owner.device_id(), &stream, me_pub.device_id()), payload: g, retain: false };
+        let m = Message {
+            topic: topics.grant(owner.device_id(), &stream, me_pub.device_id()),
+            payload: g,
+            retain: false,
+            ack: None,
+        };
         inbox.handle(&m).await;
         (inbox, dir)
     }
@@ -1348,7 +1352,7 @@ mod tests {
         let (mut inbox, dir) = granted_inbox("inject", &owner).await;
         let stream = StreamName::new("t").unwrap();
         let on = inbox.topics.batch(owner.device_id(), &stream);
-        let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false };
+        let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false, ack: None };
         let (b0, h0) = batch(&owner, 0, BatchHash::default(), 1.0, true);
         assert_eq!(values(&inbox.handle(&msg(b0)).await), [1.0]);
         // The broker (no key) injects unsigned batches: the next number, and a huge one.
@@ -1379,7 +1383,7 @@ mod tests {
         inbox.limits = TentativeLimits { stream: 64 << 10, total: 96 << 10 };
         let stream = StreamName::new("t").unwrap();
         let on = inbox.topics.batch(owner.device_id(), &stream);
-        let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false };
+        let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false, ack: None };
         let (b0, h0) = batch(&owner, 0, BatchHash::default(), 1.0, true);
         inbox.handle(&msg(b0)).await;
         // A co-grantee (it holds the key) chains 2,000 unsigned batches onto the real head.
@@ -1408,7 +1412,8 @@ mod tests {
         let me = inbox.identity.device_id();
         let (on, back) =
             (inbox.topics.batch(owner.device_id(), &stream), inbox.topics.repair(owner.device_id(), &stream, me));
-        let msg = |topic: &String, payload: Vec<u8>| Message { topic: topic.clone(), payload, retain: false };
+        let msg =
+            |topic: &String, payload: Vec<u8>| Message { topic: topic.clone(), payload, retain: false, ack: None };
         let mut prev = BatchHash::default();
         let mut real = Vec::new();
         for seq in 0..6 {
@@ -1459,7 +1464,7 @@ mod tests {
             let (mut inbox, dir) = granted_inbox(if altered { "local-alt" } else { "local-lost" }, &owner).await;
             let stream = StreamName::new("t").unwrap();
             let on = inbox.topics.batch(owner.device_id(), &stream);
-            let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false };
+            let msg = |payload: Vec<u8>| Message { topic: on.clone(), payload, retain: false, ack: None };
             let (mut prev, mut real, mut hashes) = (BatchHash::default(), Vec::new(), Vec::new());
             for seq in 0..6u64 {
                 let (signed, covers) = (seq == 0 || seq == 5, if seq == 5 { hashes[1..].to_vec() } else { Vec::new() });
@@ -1494,7 +1499,8 @@ mod tests {
         let (mut inbox, dir) = granted_inbox("locked", &owner).await;
         let stream = StreamName::new("t").unwrap();
         let on = inbox.topics.batch(owner.device_id(), &stream);
-        let msg = |topic: &String, payload: Vec<u8>| Message { topic: topic.clone(), payload, retain: false };
+        let msg =
+            |topic: &String, payload: Vec<u8>| Message { topic: topic.clone(), payload, retain: false, ack: None };
         let mut prev = BatchHash::default();
         let mut locked = 0;
         for seq in 0..3u64 {
@@ -1556,7 +1562,7 @@ mod tests {
         let index =
             serde_json::json!({"grants": [issue("room.temperature"), "not base64!", forged, issue("humidity")]});
         let topic = inbox.topics.grants(owner.device_id(), me.device_id());
-        let m = Message { topic, payload: serde_json::to_vec(&index).unwrap(), retain: true };
+        let m = Message { topic, payload: serde_json::to_vec(&index).unwrap(), retain: true, ack: None };
         let events = inbox.handle(&m).await;
         let granted: Vec<&str> = events
             .iter()

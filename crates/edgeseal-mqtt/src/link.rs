@@ -124,6 +124,9 @@ pub struct LinkOptions {
     /// Ask the broker to keep the session (subscriptions, and QoS 1 messages
     /// that arrive while this client is away) under `client_id`.
     pub persistent_session: bool,
+    /// Acknowledge a received message only when [`Link::ack`] is called (after
+    /// it is safe), so the broker sends again what a process took and lost.
+    pub manual_acks: bool,
 }
 
 impl LinkOptions {
@@ -140,6 +143,7 @@ impl LinkOptions {
             max_backoff: Duration::from_secs(30),
             ack_timeout: Duration::from_secs(10),
             persistent_session: false,
+            manual_acks: false,
         }
     }
 }
@@ -150,6 +154,15 @@ pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// With manual acknowledgements, what [`Link::ack`] acknowledges (QoS 1 only).
+    pub ack: Option<AckToken>,
+}
+
+/// A received QoS 1 message's packet id on the connection it came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    connection: u64,
+    pkid: u16,
 }
 
 /// The largest MQTT packet the link sends or takes (16 MiB).
@@ -222,7 +235,8 @@ const QOS1_V5: v5::mqttbytes::QoS = v5::mqttbytes::QoS::AtLeastOnce;
 /// What the connection task acts on, from either protocol's event loop.
 enum Ev {
     Connected,
-    Message(Message),
+    /// A message, with its packet id when it is QoS 1.
+    Message(Message, Option<u16>),
     Acked(u16, Ack),
     /// A publish left with this packet id.
     Sent(u16),
@@ -242,7 +256,11 @@ impl Driver for rumqttc::EventLoop {
         Ok(match self.poll().await.map_err(|e| e.to_string())? {
             Event::Incoming(Packet::ConnAck(_)) => Ev::Connected,
             Event::Incoming(Packet::Publish(p)) => {
-                Ev::Message(Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain })
+                let pkid = (p.qos == QoS::AtLeastOnce).then_some(p.pkid);
+                Ev::Message(
+                    Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain, ack: None },
+                    pkid,
+                )
             }
             Event::Incoming(Packet::PubAck(ack)) => Ev::Acked(ack.pkid, Ok(())),
             Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
@@ -266,7 +284,10 @@ impl Driver for v5::EventLoop {
         Ok(match self.poll().await.map_err(|e| e.to_string())? {
             v5::Event::Incoming(Packet5::ConnAck(_)) => Ev::Connected,
             v5::Event::Incoming(Packet5::Publish(p)) => match String::from_utf8(p.topic.to_vec()) {
-                Ok(topic) => Ev::Message(Message { topic, payload: p.payload.to_vec(), retain: p.retain }),
+                Ok(topic) => {
+                    let pkid = (p.qos == v5::mqttbytes::QoS::AtLeastOnce).then_some(p.pkid);
+                    Ev::Message(Message { topic, payload: p.payload.to_vec(), retain: p.retain, ack: None }, pkid)
+                }
                 Err(_) => Ev::Other, // not a valid topic; MQTT requires UTF-8
             },
             v5::Event::Incoming(Packet5::PubAck(ack)) => Ev::Acked(
@@ -298,6 +319,8 @@ struct Shared {
     waiting: Mutex<Waiting>,
     subscriptions: Mutex<Vec<String>>,
     connected: watch::Sender<bool>,
+    /// The number of the connection now up (from 1), for [`AckToken`]s.
+    connection: std::sync::atomic::AtomicU64,
     /// Why the last attempt to reach the broker failed (refused, reset, timed out, TLS, credentials).
     last_error: Mutex<Option<String>>,
 }
@@ -342,6 +365,7 @@ impl Link {
             subscriptions: Mutex::new(Vec::new()),
             connected,
             last_error: Mutex::new(None),
+            connection: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(1024);
         let task = Task {
@@ -351,6 +375,7 @@ impl Link {
             max_backoff: opts.max_backoff,
             stop,
             protocol: opts.protocol,
+            manual_acks: opts.manual_acks,
         };
         let client = match opts.protocol {
             Protocol::V311 => {
@@ -358,6 +383,7 @@ impl Link {
                 mo.set_keep_alive(opts.keep_alive);
                 mo.set_clean_session(!opts.persistent_session);
                 mo.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+                mo.set_manual_acks(opts.manual_acks);
                 // Publishes awaiting PUBACK at once (rumqttc's default is 100).
                 mo.set_inflight(INFLIGHT);
                 if let Some(user) = &opts.username {
@@ -378,6 +404,7 @@ impl Link {
                     mo.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
                 }
                 mo.set_max_packet_size(Some(MAX_PACKET as u32));
+                mo.set_manual_acks(opts.manual_acks);
                 if let Some(user) = &opts.username {
                     mo.set_credentials(user, password);
                 }
@@ -421,6 +448,29 @@ impl Link {
             .publish_qos0(topic, payload)
             .await
             .map_err(|why| Error::LinkClosed { what: format!("publish to {topic:?}"), why })
+    }
+
+    /// Acknowledges a message received with manual acknowledgements on (in
+    /// the order received). One from a connection that has since broken is
+    /// not acknowledged: the broker sends it again.
+    pub async fn ack(&self, m: &Message) -> Result<(), Error> {
+        let Some(t) = m.ack else { return Ok(()) };
+        if t.connection != self.shared.connection.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let r = match &self.client {
+            Client::V311(c) => {
+                let mut p = rumqttc::Publish::new(&m.topic, QoS::AtLeastOnce, Vec::new());
+                p.pkid = t.pkid;
+                c.ack(&p).await.map_err(|e| e.to_string())
+            }
+            Client::V5(c) => {
+                let mut p = v5::mqttbytes::v5::Publish::new(&m.topic, QOS1_V5, Vec::new(), None);
+                p.pkid = t.pkid;
+                c.ack(&p).await.map_err(|e| e.to_string())
+            }
+        };
+        r.map_err(|why| Error::LinkClosed { what: format!("acknowledge a message on {:?}", m.topic), why })
     }
 
     /// Subscribes (QoS 1) now and after every reconnect.
@@ -493,6 +543,7 @@ struct Task {
     max_backoff: Duration,
     stop: CancellationToken,
     protocol: Protocol,
+    manual_acks: bool,
 }
 
 /// What a failure to connect means when the broker ends the connection at an
@@ -510,7 +561,8 @@ fn refused_v5(e: &str) -> Option<String> {
 
 impl Task {
     async fn run(self, mut driver: impl Driver, client: Client) {
-        let Task { shared, tx, url, max_backoff, stop, protocol } = self;
+        let Task { shared, tx, url, max_backoff, stop, protocol, manual_acks } = self;
+        let mut connection_no = 0u64;
         let mut backoff = Duration::from_millis(100);
         let mut down_logged = false;
         let mut ever_connected = false;
@@ -522,6 +574,8 @@ impl Task {
             match event {
                 Ok(Ev::Connected) => {
                     ever_connected = true;
+                    connection_no += 1;
+                    shared.connection.store(connection_no, std::sync::atomic::Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
                     if down_logged {
                         info!("connected to {url} again");
@@ -539,7 +593,10 @@ impl Task {
                     }
                     shared.connected.send_replace(true);
                 }
-                Ok(Ev::Message(m)) => {
+                Ok(Ev::Message(mut m, pkid)) => {
+                    if manual_acks {
+                        m.ack = pkid.map(|pkid| AckToken { connection: connection_no, pkid });
+                    }
                     if tx.send(m).await.is_err() {
                         debug!("nobody reads messages from {url}");
                     }

@@ -68,7 +68,7 @@ pub async fn run(cfg: &Config, run_for: Option<&str>) -> Result<ExitCode> {
 
 /// `edgeseal ingest`: stores what devices publish, as one of `group`, until SIGINT/SIGTERM or `run_for`;
 /// a status line every 10 s and at the end.
-pub async fn ingest(cfg: &Config, group: &str, run_for: Option<&str>) -> Result<ExitCode> {
+pub async fn ingest(cfg: &Config, group: &str, name: Option<&str>, run_for: Option<&str>) -> Result<ExitCode> {
     use edgeseal_agent::ingest;
     let run_for = run_for
         .map(|s| humantime::parse_duration(s).with_context(|| format!("--for {s:?} is not a duration (e.g. 10m)")))
@@ -77,7 +77,8 @@ pub async fn ingest(cfg: &Config, group: &str, run_for: Option<&str>) -> Result<
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn({
         let (cfg, group, stats, stop) = (cfg.clone(), group.to_string(), stats.clone(), stop.clone());
-        async move { ingest::run(&cfg, &group, stats, stop).await }
+        let name = name.map(str::to_string);
+        async move { ingest::run(&cfg, &group, name.as_deref(), stats, stop).await }
     });
     println!(
         "edgeseal ingest: {} into {}. Stop with Ctrl-C.",

@@ -122,6 +122,10 @@ pub enum Command {
         /// The shared subscription's group: processes of one group split the batches between them
         #[arg(long, default_value = "edgeseal-ingest")]
         group: String,
+        /// This process's name in the group: its broker session then outlives it, so a restart
+        /// under the same name is sent what it had taken and not stored [default: a fresh one]
+        #[arg(long)]
+        name: Option<String>,
         /// Stop after this long (e.g. 10m) [default: until SIGINT/SIGTERM]
         #[arg(long = "for", value_name = "DURATION")]
         run_for: Option<String>,

@@ -122,7 +122,9 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
             share_cmd::share(cfg, &pass, &stream, &peer, from, to, new).await
         }
         Command::Revoke { peer, stream } => share_cmd::revoke(cfg, &pass, &peer, stream).await,
-        Command::Ingest { group, run_for } => broker_cmd::ingest(&cfg, &group, run_for.as_deref()).await,
+        Command::Ingest { group, name, run_for } => {
+            broker_cmd::ingest(&cfg, &group, name.as_deref(), run_for.as_deref()).await
+        }
         Command::Watch { peer, stream, json, run_for } => {
             share_cmd::watch(cfg, &pass, peer, stream, json, run_for).await
         }
