@@ -319,7 +319,7 @@ struct Shared {
     waiting: Mutex<Waiting>,
     subscriptions: Mutex<Vec<String>>,
     connected: watch::Sender<bool>,
-    /// The number of the connection now up (from 1), for [`AckToken`]s.
+    /// The number of the connection now up (from 1; 0 while down), for [`AckToken`]s.
     connection: std::sync::atomic::AtomicU64,
     /// Why the last attempt to reach the broker failed (refused, reset, timed out, TLS, credentials).
     last_error: Mutex<Option<String>>,
@@ -636,6 +636,8 @@ impl Task {
                         }
                     }
                     shared.connected.send_replace(false);
+                    // No ack of a message from the broken connection goes out on the next one.
+                    shared.connection.store(0, std::sync::atomic::Ordering::Relaxed);
                     *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
                     if !down_logged {
                         warn!("broker {url} unreachable: {e}; retrying with backoff");
