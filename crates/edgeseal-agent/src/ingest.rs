@@ -55,12 +55,12 @@ pub fn filter(prefix: &str, group: &str) -> String {
     format!("$share/{group}/{prefix}/+/+/batch")
 }
 
-/// A batch message as a row to store, or why it is refused.
-pub fn row_of(topics: &Topics, m: &Message) -> std::result::Result<BatchRow, String> {
-    let Some(Topic::Batch { device, stream }) = topics.parse(&m.topic) else {
-        return Err(format!("{} is not a batch topic", m.topic));
+/// A batch message (its topic and payload) as a row to store, or why it is refused.
+pub fn row_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::Result<BatchRow, String> {
+    let Some(Topic::Batch { device, stream }) = topics.parse(topic) else {
+        return Err(format!("{topic} is not a batch topic"));
     };
-    let parsed = envelope::parse(&m.payload).map_err(|e| format!("not a sealed batch: {e}"))?;
+    let parsed = envelope::parse(&payload).map_err(|e| format!("not a sealed batch: {e}"))?;
     if parsed.header.device != device || parsed.header.stream != stream {
         return Err(format!(
             "a batch of {}/{} on the topic of {device}/{stream}",
@@ -74,7 +74,7 @@ pub fn row_of(topics: &Topics, m: &Message) -> std::result::Result<BatchRow, Str
         other => return Err(format!("batch {} of {device}/{stream}: {other:?}", parsed.header.seq)),
     }
     let header = parsed.header.clone();
-    Ok(BatchRow::new(header, hash, m.payload.clone()))
+    Ok(BatchRow::new(header, hash, payload))
 }
 
 /// Runs until `stop`: subscribes as one of `group`, stores what arrives and
@@ -142,7 +142,7 @@ pub async fn run(
                 _ => break,
             }
         }
-        collect(&topics, &messages, &mut group_rows, &stats);
+        collect(&topics, &mut messages, &mut group_rows, &stats);
         if store_group(&store, &mut group_rows, &stats, &give_up).await {
             for m in &messages {
                 if let Err(e) = link.ack(m).await {
@@ -155,11 +155,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Parses `messages` into rows, counting and logging the refused ones.
-fn collect(topics: &Topics, messages: &[Message], rows: &mut Vec<BatchRow>, stats: &IngestStats) {
+/// Parses `messages` into rows (their payloads move into them; what is left is
+/// for acknowledging), counting and logging the refused ones.
+fn collect(topics: &Topics, messages: &mut [Message], rows: &mut Vec<BatchRow>, stats: &IngestStats) {
     stats.received.fetch_add(messages.len() as u64, Ordering::Relaxed);
     for m in messages {
-        match row_of(topics, m) {
+        match row_of(topics, &m.topic, std::mem::take(&mut m.payload)) {
             Ok(r) => rows.push(r),
             Err(why) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -288,20 +288,15 @@ impl Grants<'_> {
         use base64::Engine as _;
         let me = self.identity.device_id();
         let grants = self.local.grants_out().await.local()?;
-        let mut changed: Vec<DeviceId> = Vec::new();
-        let mut n = 0;
-        for g in &grants {
-            if g.published && !all {
-                continue;
-            }
+        let sent: Vec<&GrantOut> = grants.iter().filter(|g| all || !g.published).collect();
+        for g in &sent {
             link.publish(&topics.grant(me, &g.stream, g.peer), g.grant.clone(), true).await.map_err(|e| {
                 Error::BrokerUnreachable(format!("cannot publish the grant of {} to the broker: {e}", g.stream))
             })?;
-            if !changed.contains(&g.peer) {
-                changed.push(g.peer);
-            }
-            n += 1;
         }
+        let mut changed: Vec<DeviceId> = sent.iter().map(|g| g.peer).collect();
+        changed.sort();
+        changed.dedup();
         // Each peer's index of every grant to it, after its grants (so a broker that keeps order has them first).
         for peer in &changed {
             let all_to_peer: Vec<String> = grants
@@ -314,10 +309,10 @@ impl Grants<'_> {
                 Error::BrokerUnreachable(format!("cannot publish the grants of {peer} to the broker: {e}"))
             })?;
         }
-        for g in grants.iter().filter(|g| changed.contains(&g.peer) && (all || !g.published)) {
+        for g in &sent {
             self.local.grant_published(g.peer, &g.stream, &g.grant).await.local()?;
         }
-        Ok(n)
+        Ok(sent.len())
     }
 }
 
@@ -1543,24 +1538,19 @@ mod tests {
         let owner = crate::datadir::random_identity().unwrap();
         let (mut inbox, dir) = granted_inbox("index", &owner).await;
         let me = inbox.identity.public();
-        let issue = |name: &str| {
+        // A grant of `name`, signed by `signer`, as the index carries it.
+        let issue = |signer: &Identity, name: &str| {
             let stream = StreamName::new(name).unwrap();
             let terms = grant::Terms { issued_ms: 5, from_ms: 0, to_ms: i64::MAX };
-            let keys = [(0, TreeNode::root(&owner.epoch_key(&stream, 0)))];
+            let keys = [(0, TreeNode::root(&signer.epoch_key(&stream, 0)))];
             base64::engine::general_purpose::STANDARD
-                .encode(grant::issue(&owner, &me, &stream, terms, &keys, &mut rng()).unwrap())
+                .encode(grant::issue(signer, &me, &stream, terms, &keys, &mut rng()).unwrap())
         };
         // A grant signed by someone else, in the owner's index, is refused like one on its own topic.
         let stranger = crate::datadir::random_identity().unwrap();
-        let forged = {
-            let stream = StreamName::new("forged").unwrap();
-            let terms = grant::Terms { issued_ms: 5, from_ms: 0, to_ms: i64::MAX };
-            let keys = [(0, TreeNode::root(&stranger.epoch_key(&stream, 0)))];
-            base64::engine::general_purpose::STANDARD
-                .encode(grant::issue(&stranger, &me, &stream, terms, &keys, &mut rng()).unwrap())
-        };
-        let index =
-            serde_json::json!({"grants": [issue("room.temperature"), "not base64!", forged, issue("humidity")]});
+        let (room, forged, humidity) =
+            (issue(&owner, "room.temperature"), issue(&stranger, "forged"), issue(&owner, "humidity"));
+        let index = serde_json::json!({"grants": [room, "not base64!", forged, humidity]});
         let topic = inbox.topics.grants(owner.device_id(), me.device_id());
         let m = Message { topic, payload: serde_json::to_vec(&index).unwrap(), retain: true, ack: None };
         let events = inbox.handle(&m).await;

@@ -93,7 +93,7 @@ fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, Api
 async fn readings(State(s): Api, Path(stream): Path<String>, uri: axum::http::Uri) -> Result<Response, ApiError> {
     let q: Range = query(&uri)?;
     let (stream, from, to) = parse_range(&stream, q.from.as_deref(), q.to.as_deref())?;
-    let read = s.read(&stream, q.device.as_deref().filter(|d| !d.is_empty()), from, to).await?;
+    let read = s.read(&stream, q.device.as_deref(), from, to).await?;
     if q.format != Some(Format::Csv) {
         return Ok(Json(read).into_response());
     }

@@ -11,10 +11,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use edgeseal_agent::live::Live;
-use edgeseal_agent::service::{Service, parse_stream};
-use edgeseal_agent::times::{Zone, output_zone, parse_named};
+use edgeseal_agent::service::Service;
+use edgeseal_agent::times::{Zone, output_zone};
 use edgeseal_agent::{Error, now_ms};
-use edgeseal_core::Readings;
+use edgeseal_core::{Readings, StreamName};
 use plotters::prelude::*;
 
 use crate::ApiError;
@@ -199,12 +199,12 @@ pub async fn series(
     service: &Service,
     live: &Live,
     device: &str,
-    stream: &str,
+    name: &StreamName,
     from: i64,
     to: i64,
 ) -> Result<Series, Error> {
-    let name = parse_stream(stream)?;
-    let got = service.retrieve(&name, Some(device), Some(from), Some(to)).await?;
+    let stream = name.as_str();
+    let got = service.retrieve(name, Some(device), Some(from), Some(to)).await?;
     let (mut points, mut unit) = (Vec::new(), String::new());
     for r in got.open(0..got.read.rows.len()).into_iter().flatten().flatten() {
         if let Readings::Scalar(b) = r {
@@ -238,16 +238,16 @@ pub async fn chart(
     Path((device, stream)): Path<(String, String)>,
     Query(q): Query<ChartQuery>,
 ) -> Result<Response, ApiError> {
-    let now = now_ms();
-    let to = parse_named("to", q.to.as_deref().filter(|t| !t.is_empty()), now)?.unwrap_or(now);
-    let from = match parse_named("from", q.from.as_deref().filter(|t| !t.is_empty()), now)? {
+    let (name, from, to) = crate::api::parse_range(&stream, q.from.as_deref(), q.to.as_deref())?;
+    let to = to.unwrap_or_else(now_ms);
+    let from = match from {
         Some(f) => f,
         None => to.saturating_sub(span_of(q.range.as_deref())?),
     };
     if from >= to {
         return Err(Error::bad("from is not before to").into());
     }
-    let s = series(&service, &live, &device, &stream, from, to).await?;
+    let s = series(&service, &live, &device, &name, from, to).await?;
     let body = svg(&s, &output_zone());
     Ok(([(CONTENT_TYPE, "image/svg+xml"), (CACHE_CONTROL, "no-store")], body).into_response())
 }

@@ -154,8 +154,7 @@ async fn act(State(ui): State<Arc<Ui>>, Path(action): Path<String>, Form(f): For
         "share" => (
             "/sharing",
             async {
-                let from = Some(f.from.trim()).filter(|t| !t.is_empty());
-                let (stream, from, _) = parse_range(&given(&f.stream, "the stream")?, from, None)?;
+                let (stream, from, _) = parse_range(&given(&f.stream, "the stream")?, Some(&f.from), None)?;
                 let granted = c.grant(&given(&f.peer, "the peer")?, &stream, (from, None), false).await?;
                 Ok(match from {
                     Some(t) => format!("{} may read {stream} from {} on.", granted.peer, format_ms(t)),
@@ -486,10 +485,8 @@ async fn storage(State(ui): State<Arc<Ui>>, Query(q): Query<Retrieve>) -> Respon
 
 /// The result part of the storage page.
 async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String {
-    let given = |t: &Option<String>| t.as_deref().filter(|t| !t.is_empty()).map(str::to_string);
-    let (from, to) = (given(&q.from), given(&q.to));
     let read = async {
-        let (name, from, to) = parse_range(stream, from.as_deref(), to.as_deref())?;
+        let (name, from, to) = parse_range(stream, q.from.as_deref(), q.to.as_deref())?;
         ui.service.read(&name, Some(device), from, to).await
     };
     let v = match read.await {
@@ -558,13 +555,16 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
             )
         })
         .collect();
+    // The range asked for, as query parameters (HTML-escaped), for the links below.
+    let range: Vec<String> = [("from", &q.from), ("to", &q.to)]
+        .into_iter()
+        .filter_map(|(k, val)| {
+            val.as_deref().filter(|t| !t.is_empty()).map(|t| format!("{k}={}", esc(&t.replace('+', "%2B"))))
+        })
+        .collect();
     let query = |format: &str| {
         let mut p = vec![format!("device={}", esc(device))];
-        for (k, val) in [("from", &q.from), ("to", &q.to)] {
-            if let Some(t) = val.as_deref().filter(|t| !t.is_empty()) {
-                p.push(format!("{k}={}", esc(&t.replace('+', "%2B"))));
-            }
-        }
+        p.extend(range.iter().cloned());
         if !format.is_empty() {
             p.push(format!("format={format}"));
         }
@@ -573,11 +573,7 @@ async fn retrieval(ui: &Ui, stream: &str, device: &str, q: &Retrieve) -> String 
     // Links to the other pages of the table, keeping the rest of the query.
     let page_link = |n: usize, text: &str| {
         let mut p = vec![format!("pick={}", esc(&format!("{device}/{stream}")))];
-        for (k, val) in [("from", &q.from), ("to", &q.to)] {
-            if let Some(t) = val.as_deref().filter(|t| !t.is_empty()) {
-                p.push(format!("{k}={}", esc(&t.replace('+', "%2B"))));
-            }
-        }
+        p.extend(range.iter().cloned());
         p.push(format!("page={n}"));
         format!("<a href=\"/storage?{}\" rel=\"{}\">{text}</a>", p.join("&amp;"), if n < at { "prev" } else { "next" })
     };

@@ -243,6 +243,26 @@ impl Sealer {
         }
     }
 
+    /// Why `r` cannot be accepted, if it cannot: (the metric's reason, the text): it could
+    /// never be sealed, or (sharing through a broker) never reach a peer.
+    fn refusal(&self, r: &Reading) -> Option<(&'static str, String)> {
+        if let Err(why) = r.check() {
+            return Some((why.reason(), why.to_string()));
+        }
+        match (self.share_max_blob, &r.value) {
+            (Some(max), edgeseal_core::Value::Blob { data, .. }) if data.len() > max => Some((
+                "blob_too_large_to_share",
+                format!(
+                    "its blob is {} bytes, more than the {} MiB one MQTT message carries, and this agent \
+                     shares through a broker: no peer could ever receive it",
+                    data.len(),
+                    max >> 20
+                ),
+            )),
+            _ => None,
+        }
+    }
+
     /// Accepts what can be sealed: journals it (one transaction, a run per
     /// stream) and batches it.
     async fn accept(&mut self, buf: &mut Vec<Reading>) {
@@ -253,28 +273,11 @@ impl Sealer {
         let mut streams: Vec<(StreamName, Vec<Reading>)> = Vec::new();
         let mut index: HashMap<StreamName, usize> = HashMap::new();
         for r in buf.drain(..) {
-            if let Err(why) = r.check() {
+            if let Some((reason, why)) = self.refusal(&r) {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.stats.refuse(why.reason(), 1);
-                let kind = format!("refused {} {}", r.stream, why.reason());
+                self.stats.refuse(reason, 1);
+                let kind = format!("refused {} {reason}", r.stream);
                 crate::quiet::once_a_minute(&kind, |more| warn!("refused a reading of {}: {why}{more}", r.stream));
-                continue;
-            }
-            if let (Some(max), edgeseal_core::Value::Blob { data, .. }) = (self.share_max_blob, &r.value)
-                && data.len() > max
-            {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                self.stats.refuse("blob_too_large_to_share", 1);
-                let kind = format!("refused {} blob_too_large_to_share", r.stream);
-                crate::quiet::once_a_minute(&kind, |more| {
-                    warn!(
-                        "refused a reading of {}: its blob is {} bytes, more than the {} MiB one MQTT message \
-                         carries, and this agent shares through a broker: no peer could ever receive it{more}",
-                        r.stream,
-                        data.len(),
-                        max >> 20
-                    )
-                });
                 continue;
             }
             match index.get(&r.stream) {
