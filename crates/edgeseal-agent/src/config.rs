@@ -162,6 +162,9 @@ pub struct Config {
     pub per_stream: HashMap<StreamName, Policy>,
     pub retry_max: Duration,
     pub checkpoint_every: Duration,
+    /// With `store = "broker"`: how long published batches wait for an ingest's
+    /// acknowledgement before they are published again (`outbox.resend_after`).
+    pub resend_after: Duration,
     pub sensors: Vec<SensorSpec>,
     /// `/dev/i2c-N`, or `emulated`.
     pub grovepi_bus: String,
@@ -196,6 +199,7 @@ impl Config {
             per_stream: HashMap::new(),
             retry_max: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
+            resend_after: Duration::from_secs(60),
             sensors: Vec::new(),
             grovepi_bus: "/dev/i2c-1".into(),
             lcd: LcdConfig { enabled: false, streams: Vec::new(), refresh: Duration::from_secs(2) },
@@ -229,6 +233,12 @@ impl Config {
     /// Whether sharing has a broker: `mqtt.broker` or the embedded one.
     pub fn has_broker(&self) -> bool {
         self.mqtt.broker.is_some() || self.embedded.is_some()
+    }
+
+    /// Whether this agent keeps no store: `store = "broker"` hands its batches to
+    /// `edgeseal ingest` through the broker, and keeps each until acknowledged.
+    pub fn stores_through_broker(&self) -> bool {
+        self.store_url == edgeseal_store::THROUGH_BROKER
     }
 
     /// The SQLite file of the store, when the store is SQLite.

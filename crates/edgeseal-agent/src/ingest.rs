@@ -6,24 +6,30 @@
 //! idempotently, many rows per statement. It sees only ciphertext, so it is
 //! untrusted like the broker and the store: readers verify what it wrote.
 //!
-//! This is the first step of the fleet design (`docs/design.md`): devices
-//! still keep their own store; acknowledgements back to devices that hold no
-//! database credentials are still to come.
+//! It stores the devices' signed checkpoints too, and tells each device what
+//! it stored (JSON on `PREFIX/<device>/stored`, [`Stored`]): a device with
+//! `store = "broker"`, which holds no database credentials, keeps each batch
+//! until told. That word is untrusted like everything else here: an ingest
+//! that lies costs the device those batches, and `verify` names the gap.
 //!
 //! A message is acknowledged to the broker only after its row is written.
 //! A named process (`--name`) keeps its session across restarts, so after
 //! `kill -9` its restart is sent what it had taken and not stored; a batch
 //! written twice is "already there".
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use edgeseal_core::checkpoint::Checkpoint;
 use edgeseal_core::envelope::{self, Authorship};
-use edgeseal_mqtt::link::Message;
+use edgeseal_core::{DeviceId, StreamName};
+use edgeseal_mqtt::link::{Link, Message};
 use edgeseal_store::{AnyStore, BatchRow, ConnectOptions, Store};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::share::{Topic, Topics};
@@ -46,22 +52,72 @@ pub struct IngestStats {
     pub already_present: AtomicU64,
     /// Rows whose number the store holds with other bytes: kept out (a reader names the conflict).
     pub conflicts: AtomicU64,
-    /// Messages that are no batch of the device their topic names, or badly signed.
+    /// Signed checkpoints stored (or already there).
+    pub checkpoints: AtomicU64,
+    /// Messages that are no batch or checkpoint of the device their topic names, or badly signed.
     pub refused: AtomicU64,
 }
 
-/// The MQTT shared subscription every ingest process of `group` makes.
-pub fn filter(prefix: &str, group: &str) -> String {
-    format!("$share/{group}/{prefix}/+/+/batch")
+/// The MQTT shared subscriptions every ingest process of `group` makes: batches and checkpoints.
+pub fn filters(prefix: &str, group: &str) -> [String; 2] {
+    [format!("$share/{group}/{prefix}/+/+/batch"), format!("$share/{group}/{prefix}/+/+/checkpoint")]
 }
 
-/// A batch message (its topic and payload) as a row to store, or why it is refused.
-pub fn row_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::Result<BatchRow, String> {
-    let Some(Topic::Batch { device, stream }) = topics.parse(topic) else {
-        return Err(format!("{topic} is not a batch topic"));
-    };
+/// What an ingest process tells a device it stored: runs of batch numbers per
+/// stream, and the checkpoints. JSON on `PREFIX/<device>/stored`, QoS 1;
+/// fields a device does not know are ignored.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<Run>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<StoredCheckpoint>,
+}
+
+/// Batches `from..=to` of `stream`, stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    pub stream: String,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The checkpoint of `stream` at batch `seq`, stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCheckpoint {
+    pub stream: String,
+    pub seq: u64,
+}
+
+/// What a message off the broker is, to store.
+#[derive(Debug)]
+pub enum Item {
+    Batch(BatchRow),
+    Checkpoint { device: DeviceId, stream: StreamName, seq: u64, signed: Vec<u8> },
+}
+
+/// A message (its topic and payload) as an item to store, or why it is refused.
+pub fn item_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::Result<Item, String> {
+    match topics.parse(topic) {
+        Some(Topic::Batch { device, stream }) => row_of(device, &stream, payload).map(Item::Batch),
+        Some(Topic::Checkpoint { device, stream }) => {
+            let (cp, by) = Checkpoint::parse(&payload).map_err(|e| format!("not a signed checkpoint: {e}"))?;
+            if cp.device != device || cp.stream != stream {
+                return Err(format!("a checkpoint of {}/{} on the topic of {device}/{stream}", cp.device, cp.stream));
+            }
+            if by != Authorship::Device {
+                return Err(format!("checkpoint {} of {device}/{stream}: {by:?}", cp.seq));
+            }
+            Ok(Item::Checkpoint { device, stream, seq: cp.seq, signed: payload })
+        }
+        _ => Err(format!("{topic} is not a batch or checkpoint topic")),
+    }
+}
+
+/// A batch of `device`'s `stream` (as its topic names them) as a row to store, or why it is refused.
+fn row_of(device: DeviceId, stream: &StreamName, payload: Vec<u8>) -> std::result::Result<BatchRow, String> {
     let parsed = envelope::parse(&payload).map_err(|e| format!("not a sealed batch: {e}"))?;
-    if parsed.header.device != device || parsed.header.stream != stream {
+    if parsed.header.device != device || parsed.header.stream != *stream {
         return Err(format!(
             "a batch of {}/{} on the topic of {device}/{stream}",
             parsed.header.device, parsed.header.stream
@@ -77,10 +133,10 @@ pub fn row_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::Re
     Ok(BatchRow::new(header, hash, payload))
 }
 
-/// Runs until `stop`: subscribes as one of `group`, stores what arrives and
-/// only then acknowledges it, so the broker sends again what a process took
-/// and did not store. At the stop it leaves the group and stores what it had
-/// already received before it returns.
+/// Runs until `stop`: subscribes as one of `group`, stores what arrives, tells
+/// each device what was stored, and only then acknowledges the messages, so
+/// the broker sends again what a process took and did not store. At the stop
+/// it leaves the group and stores what it had already received before it returns.
 pub async fn run(
     cfg: &Config,
     group: &str,
@@ -113,19 +169,24 @@ pub async fn run(
             give_up.cancel();
         })
     };
-    link.subscribe(&filter(&cfg.mqtt.prefix, group)).await?;
+    let filters = filters(&cfg.mqtt.prefix, group);
+    for f in &filters {
+        link.subscribe(f).await?;
+    }
     info!(
         "ingesting {} into {} as one of {group:?}",
-        filter(&cfg.mqtt.prefix, group),
+        filters.join(" and "),
         edgeseal_store::redact_url(&cfg.store_url)
     );
-    let mut group_rows: Vec<BatchRow> = Vec::with_capacity(GROUP);
+    let mut items: Vec<Item> = Vec::with_capacity(GROUP);
     // Stopping: leave the group first, then store what was already received (the broker sends no more).
     let leaving = CancellationToken::new();
     loop {
         let first = tokio::select! {
             _ = stop.cancelled(), if !leaving.is_cancelled() => {
-                let _ = link.unsubscribe(&filter(&cfg.mqtt.prefix, group)).await;
+                for f in &filters {
+                    let _ = link.unsubscribe(f).await;
+                }
                 leaving.cancel();
                 continue;
             }
@@ -142,8 +203,9 @@ pub async fn run(
                 _ => break,
             }
         }
-        collect(&topics, &mut messages, &mut group_rows, &stats);
-        if store_group(&store, &mut group_rows, &stats, &give_up).await {
+        collect(&topics, &mut messages, &mut items, &stats);
+        if let Some(stored) = store_group(&store, &mut items, &stats, &give_up).await {
+            tell_devices(&link, &topics, stored).await;
             for m in &messages {
                 if let Err(e) = link.ack(m).await {
                     warn!("{e}: the broker sends it again");
@@ -155,13 +217,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Parses `messages` into rows (their payloads move into them; what is left is
-/// for acknowledging), counting and logging the refused ones.
-fn collect(topics: &Topics, messages: &mut [Message], rows: &mut Vec<BatchRow>, stats: &IngestStats) {
+/// Parses `messages` into items (their payloads move into them; what is left
+/// is for acknowledging), counting and logging the refused ones.
+fn collect(topics: &Topics, messages: &mut [Message], items: &mut Vec<Item>, stats: &IngestStats) {
     stats.received.fetch_add(messages.len() as u64, Ordering::Relaxed);
     for m in messages {
-        match row_of(topics, &m.topic, std::mem::take(&mut m.payload)) {
-            Ok(r) => rows.push(r),
+        match item_of(topics, &m.topic, std::mem::take(&mut m.payload)) {
+            Ok(item) => items.push(item),
             Err(why) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
                 crate::quiet::once_a_minute("ingest refused", |more| {
@@ -172,46 +234,147 @@ fn collect(topics: &Topics, messages: &mut [Message], rows: &mut Vec<BatchRow>, 
     }
 }
 
-/// Writes the rows, trying again while the store is down (until `stop`); whether they were written.
+/// Writes the items, trying again while the store is down (until `stop`);
+/// what each device now has in the store, or `None` when they were not written.
 async fn store_group(
     store: &AnyStore,
-    rows: &mut Vec<BatchRow>,
+    items: &mut Vec<Item>,
     stats: &IngestStats,
     stop: &CancellationToken,
-) -> bool {
+) -> Option<BTreeMap<DeviceId, Stored>> {
+    let mut rows = Vec::with_capacity(items.len());
+    let mut checkpoints = Vec::new();
+    for item in items.drain(..) {
+        match item {
+            Item::Batch(r) => rows.push(r),
+            Item::Checkpoint { device, stream, seq, signed } => checkpoints.push((device, stream, seq, signed)),
+        }
+    }
     let mut wait = Duration::from_millis(100);
-    while !rows.is_empty() {
-        match store.put_batches(rows).await {
+    loop {
+        let written = async {
+            let report = store.put_batches(&rows).await?;
+            for (device, stream, seq, signed) in &checkpoints {
+                store.put_checkpoint(*device, stream, *seq, signed).await?;
+            }
+            Ok::<_, edgeseal_store::Error>(report)
+        };
+        match written.await {
             Ok(report) => {
                 stats.stored.fetch_add(report.inserted as u64, Ordering::Relaxed);
                 stats.already_present.fetch_add(report.already_present as u64, Ordering::Relaxed);
                 stats.conflicts.fetch_add(report.conflicts.len() as u64, Ordering::Relaxed);
-                rows.clear();
+                stats.checkpoints.fetch_add(checkpoints.len() as u64, Ordering::Relaxed);
+                let kept = rows.iter().enumerate().filter(|(i, _)| !report.conflicts.contains(i)).map(|(_, r)| r);
+                let cps = checkpoints.iter().map(|(d, s, seq, _)| (*d, s, *seq));
+                return Some(stored(kept, cps));
             }
             Err(e) => {
                 crate::quiet::once_a_minute("ingest store", |more| {
                     warn!("cannot write to the store: {e}; trying again{more}")
                 });
                 tokio::select! {
-                    _ = stop.cancelled() => return false,
+                    _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(wait) => {}
                 }
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
     }
-    true
+}
+
+/// What each device has in the store after a group was written: its batches
+/// (as runs of consecutive numbers per stream) and its checkpoints.
+pub fn stored<'a>(
+    rows: impl IntoIterator<Item = &'a BatchRow>,
+    checkpoints: impl IntoIterator<Item = (DeviceId, &'a StreamName, u64)>,
+) -> BTreeMap<DeviceId, Stored> {
+    let mut seqs: BTreeMap<(DeviceId, &str), Vec<u64>> = BTreeMap::new();
+    for r in rows {
+        seqs.entry((r.device, r.stream.as_str())).or_default().push(r.seq);
+    }
+    let mut out: BTreeMap<DeviceId, Stored> = BTreeMap::new();
+    for ((device, stream), mut seqs) in seqs {
+        seqs.sort_unstable();
+        seqs.dedup();
+        let runs = &mut out.entry(device).or_default().batches;
+        for seq in seqs {
+            match runs.last_mut() {
+                Some(r) if r.stream == stream && r.to.checked_add(1) == Some(seq) => r.to = seq,
+                _ => runs.push(Run { stream: stream.to_string(), from: seq, to: seq }),
+            }
+        }
+    }
+    for (device, stream, seq) in checkpoints {
+        out.entry(device).or_default().checkpoints.push(StoredCheckpoint { stream: stream.to_string(), seq });
+    }
+    out
+}
+
+/// Publishes to each device what it now has in the store (QoS 1, not waited
+/// for: a device that is not told publishes the batches again later).
+async fn tell_devices(link: &Link, topics: &Topics, stored: BTreeMap<DeviceId, Stored>) {
+    for (device, what) in stored {
+        let body = serde_json::to_vec(&what).expect("a Stored serialises");
+        if let Err(e) = link.send(&topics.stored(device), body, false).await {
+            debug!("cannot tell {device} what was stored: {e}; it publishes those batches again later");
+        }
+    }
 }
 
 /// What the process did, for its last line.
 pub fn summary(stats: &IngestStats) -> String {
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "{} batches received, {} stored, {} already there, {} conflicting, {} refused",
+        "{} messages received: {} batches stored, {} already there, {} conflicting, {} checkpoints, {} refused",
         n(&stats.received),
         n(&stats.stored),
         n(&stats.already_present),
         n(&stats.conflicts),
+        n(&stats.checkpoints),
         n(&stats.refused)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(device: u8, stream: &str, seq: u64) -> BatchRow {
+        BatchRow {
+            device: DeviceId([device; 16]),
+            stream: StreamName::new(stream).unwrap(),
+            seq,
+            first_ts: 0,
+            last_ts: 0,
+            count: 1,
+            epoch: 0,
+            hash: [0; 32],
+            sealed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn what_was_stored_is_told_as_runs_per_device_and_stream() {
+        let rows = [
+            row(1, "t", 4),
+            row(1, "t", 2),
+            row(1, "t", 3),
+            row(1, "t", 3),
+            row(1, "u", 0),
+            row(2, "t", 9),
+            row(1, "t", 7),
+        ];
+        let t = StreamName::new("t").unwrap();
+        let told = stored(&rows, [(DeviceId([2; 16]), &t, 9)]);
+        let run = |s: &str, from, to| Run { stream: s.into(), from, to };
+        assert_eq!(told[&DeviceId([1; 16])].batches, [run("t", 2, 4), run("t", 7, 7), run("u", 0, 0)]);
+        assert_eq!(told[&DeviceId([2; 16])].batches, [run("t", 9, 9)]);
+        assert_eq!(told[&DeviceId([2; 16])].checkpoints, [StoredCheckpoint { stream: "t".into(), seq: 9 }]);
+        let json = serde_json::to_string(&told[&DeviceId([2; 16])]).unwrap();
+        assert_eq!(json, r#"{"batches":[{"stream":"t","from":9,"to":9}],"checkpoints":[{"stream":"t","seq":9}]}"#);
+        // A device reads what it knows of a newer ingest's word.
+        let newer: Stored = serde_json::from_str(r#"{"batches":[],"later":1}"#).unwrap();
+        assert_eq!(newer, Stored::default());
+    }
 }

@@ -268,9 +268,13 @@ impl Service {
     /// Every stream in the store and what waits locally (`streams --json`).
     pub async fn streams(&self) -> Result<Vec<StreamView>> {
         let device = self.device();
-        let store = self.store().await?;
         let mut rows: BTreeMap<(String, bool, DeviceId), StreamView> = BTreeMap::new();
-        for s in store.streams().await.map_err(Error::store)? {
+        // A device that keeps no store (store = "broker") shows what waits locally.
+        let stored = match self.cfg.stores_through_broker() {
+            true => Vec::new(),
+            false => self.store().await?.streams().await.map_err(Error::store)?,
+        };
+        for s in stored {
             let own = s.device == device;
             rows.insert(
                 (s.stream.clone(), !own, s.device),

@@ -49,12 +49,42 @@ pub struct Topics {
 /// What a topic carries.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Topic {
-    Batch { device: DeviceId, stream: StreamName },
-    Live { device: DeviceId, stream: StreamName },
-    Grant { owner: DeviceId, stream: StreamName, peer: DeviceId },
-    Grants { owner: DeviceId, peer: DeviceId },
-    Request { owner: DeviceId, stream: StreamName, peer: DeviceId },
-    Repair { owner: DeviceId, stream: StreamName, peer: DeviceId },
+    Batch {
+        device: DeviceId,
+        stream: StreamName,
+    },
+    Live {
+        device: DeviceId,
+        stream: StreamName,
+    },
+    Grant {
+        owner: DeviceId,
+        stream: StreamName,
+        peer: DeviceId,
+    },
+    Grants {
+        owner: DeviceId,
+        peer: DeviceId,
+    },
+    Request {
+        owner: DeviceId,
+        stream: StreamName,
+        peer: DeviceId,
+    },
+    Repair {
+        owner: DeviceId,
+        stream: StreamName,
+        peer: DeviceId,
+    },
+    /// A device's signed checkpoint, for `edgeseal ingest` to store.
+    Checkpoint {
+        device: DeviceId,
+        stream: StreamName,
+    },
+    /// What an ingest process stored of a device's batches and checkpoints (`store = "broker"`).
+    Stored {
+        device: DeviceId,
+    },
 }
 
 impl Topics {
@@ -72,6 +102,15 @@ impl Topics {
 
     pub fn grant(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId) -> String {
         format!("{}/{owner}/{}/grant/{peer}", self.prefix, level(stream))
+    }
+
+    pub fn checkpoint(&self, device: DeviceId, stream: &StreamName) -> String {
+        format!("{}/{device}/{}/checkpoint", self.prefix, level(stream))
+    }
+
+    /// Where ingest processes tell `device` what they stored of it.
+    pub fn stored(&self, device: DeviceId) -> String {
+        format!("{}/{device}/stored", self.prefix)
     }
 
     /// Every grant of `owner` to `peer`, on an exact topic.
@@ -113,6 +152,10 @@ impl Topics {
         match parts.as_slice() {
             [device, stream, "batch"] => Some(Topic::Batch { device: device.parse().ok()?, stream: unlevel(stream)? }),
             [device, stream, "live"] => Some(Topic::Live { device: device.parse().ok()?, stream: unlevel(stream)? }),
+            [device, stream, "checkpoint"] => {
+                Some(Topic::Checkpoint { device: device.parse().ok()?, stream: unlevel(stream)? })
+            }
+            [device, "stored"] => Some(Topic::Stored { device: device.parse().ok()? }),
             [owner, "grants", peer] => Some(Topic::Grants { owner: owner.parse().ok()?, peer: peer.parse().ok()? }),
             [owner, stream, kind @ ("grant" | "request" | "repair"), peer] => {
                 let (owner, stream, peer) = (owner.parse().ok()?, unlevel(stream)?, peer.parse().ok()?);

@@ -37,7 +37,14 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store returned a malformed row: {0}")]
     BadRow(&'static str),
+    #[error(
+        "this agent keeps no store of its own (store = \"broker\"): its batches go through the MQTT broker to `edgeseal ingest`, which stores them; read them there (--store with the URL ingest writes to)"
+    )]
+    ThroughBroker,
 }
+
+/// The `store` setting of a device that keeps no store: its batches go to `edgeseal ingest` through the broker.
+pub const THROUGH_BROKER: &str = "broker";
 
 impl Error {
     /// True when retrying later may succeed (the database is down or busy).
@@ -585,6 +592,9 @@ macro_rules! dispatch {
 impl AnyStore {
     /// Connects to `sqlite://PATH`, `postgres://…` or `mysql://…` (also `mariadb://…`).
     pub async fn connect(url: &str, opts: ConnectOptions) -> Result<AnyStore> {
+        if url == THROUGH_BROKER {
+            return Err(Error::ThroughBroker);
+        }
         let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
         match scheme {
             "sqlite" => {

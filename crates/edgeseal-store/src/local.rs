@@ -552,6 +552,64 @@ impl LocalState {
         Ok(())
     }
 
+    /// Removes this agent's own outbox batches `from..=to` of `stream`, which an
+    /// ingest process says it stored, and remembers the highest of them as the
+    /// stream's head, in one transaction. How many it removed.
+    pub async fn outbox_acked(&self, me: DeviceId, stream: &StreamName, from: u64, to: u64) -> Result<u64> {
+        let (from, to) = (seq_i64(from)?, seq_i64(to)?);
+        let mut tx = self.writer.begin().await?;
+        let top = sqlx::query(
+            "SELECT seq, hash, last_ts FROM outbox WHERE device IS NULL AND stream = ? AND seq BETWEEN ? AND ? \
+             ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(stream.as_str())
+        .bind(from)
+        .bind(to)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(top) = top else { return Ok(0) };
+        let head = Head {
+            seq: u64::try_from(top.try_get::<i64, _>("seq")?).map_err(|_| Error::BadRow("negative seq"))?,
+            hash: hash_from(&top.try_get::<Vec<u8>, _>("hash")?)?,
+            ts: top.try_get("last_ts")?,
+        };
+        remember_query(me, stream, &head)?.execute(&mut *tx).await?;
+        let gone = sqlx::query("DELETE FROM outbox WHERE device IS NULL AND stream = ? AND seq BETWEEN ? AND ?")
+            .bind(stream.as_str())
+            .bind(from)
+            .bind(to)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone)
+    }
+
+    /// Queues for publishing again the oldest `limit` of this agent's outbox
+    /// batches that no ingest has acknowledged although they were sent before
+    /// `sent_before_ms` (or never), and that are not queued already: the broker
+    /// or an ingest lost them. How many it queued.
+    pub async fn requeue_unacknowledged(&self, sent_before_ms: i64, limit: u32) -> Result<u64> {
+        Ok(sqlx::query(
+            "INSERT INTO publish_queue (stream, seq, sealed) SELECT o.stream, o.seq, o.sealed FROM outbox o \
+             WHERE o.device IS NULL AND (o.sent_ms IS NULL OR o.sent_ms < ?) AND NOT EXISTS \
+               (SELECT 1 FROM publish_queue q WHERE q.stream = o.stream AND q.seq = o.seq) \
+             ORDER BY o.id LIMIT ?",
+        )
+        .bind(sent_before_ms)
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    /// How many of this agent's own batches wait in the outbox.
+    pub async fn own_outbox_len(&self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE device IS NULL").fetch_one(&self.pool).await?;
+        Ok(n as u64)
+    }
+
     /// What waits locally, per stream.
     pub async fn backlog(&self) -> Result<HashMap<String, Backlog>> {
         let mut out: HashMap<String, Backlog> = HashMap::new();
@@ -704,9 +762,19 @@ impl LocalState {
     }
 
     /// Removes published batches from the queue: every one up to id `through`
-    /// (the oldest ones, as [`LocalState::publish_queue`] gave them).
-    pub async fn published(&self, through: i64) -> Result<()> {
-        sqlx::query("DELETE FROM publish_queue WHERE id <= ?").bind(through).execute(&self.writer).await?;
+    /// (the oldest ones, as [`LocalState::publish_queue`] gave them), noting
+    /// in the outbox when this agent's own were sent (`at_ms`).
+    pub async fn published(&self, through: i64, at_ms: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "UPDATE outbox SET sent_ms = ? WHERE device IS NULL AND (stream, seq) IN              (SELECT stream, seq FROM publish_queue WHERE id <= ?)",
+        )
+        .bind(at_ms)
+        .bind(through)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM publish_queue WHERE id <= ?").bind(through).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -70,6 +70,11 @@ pub async fn run(cfg: &Config, run_for: Option<&str>) -> Result<ExitCode> {
 /// a status line every 10 s and at the end.
 pub async fn ingest(cfg: &Config, group: &str, name: Option<&str>, run_for: Option<&str>) -> Result<ExitCode> {
     use edgeseal_agent::ingest;
+    if cfg.stores_through_broker() {
+        anyhow::bail!(
+            "ingest writes what devices publish to a database, and store = \"broker\" is none: give it --store sqlite://PATH, postgres://… or mysql://…"
+        );
+    }
     let run_for = run_for
         .map(|s| humantime::parse_duration(s).with_context(|| format!("--for {s:?} is not a duration (e.g. 10m)")))
         .transpose()?;
@@ -82,7 +87,7 @@ pub async fn ingest(cfg: &Config, group: &str, name: Option<&str>, run_for: Opti
     });
     println!(
         "edgeseal ingest: {} into {}. Stop with Ctrl-C.",
-        ingest::filter(&cfg.mqtt.prefix, group),
+        ingest::filters(&cfg.mqtt.prefix, group).join(" and "),
         edgeseal_store::redact_url(&cfg.store_url)
     );
     let mut worker = worker;

@@ -35,6 +35,7 @@ const ENV_KEYS: &[&str] = &[
     "batch.interval",
     "outbox.retry_max",
     "outbox.checkpoint_every",
+    "outbox.resend_after",
     "grovepi.bus",
     "lcd.enabled",
     "lcd.refresh",
@@ -159,6 +160,7 @@ struct RawBatchOverride {
 struct RawOutbox {
     retry_max: String,
     checkpoint_every: String,
+    resend_after: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -549,8 +551,13 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
     let store_url = if raw.store.trim().is_empty() {
         format!("sqlite://{}", raw.data_dir.join("store.db").display())
     } else {
-        raw.store
+        raw.store.trim().to_string()
     };
+    if store_url == edgeseal_store::THROUGH_BROKER && mqtt.broker.is_none() && embedded.is_none() {
+        bail!(
+            "invalid configuration: store = \"broker\" hands batches to `edgeseal ingest` through an MQTT broker, but there is none: set mqtt.broker (or broker.listen for the embedded one)"
+        );
+    }
     Ok(Config {
         data_dir: raw.data_dir,
         name,
@@ -561,6 +568,7 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         per_stream,
         retry_max: duration("outbox.retry_max", &raw.outbox.retry_max)?,
         checkpoint_every: duration("outbox.checkpoint_every", &raw.outbox.checkpoint_every)?,
+        resend_after: duration("outbox.resend_after", &raw.outbox.resend_after)?,
         sensors,
         grovepi_bus: raw.grovepi.bus,
         lcd,

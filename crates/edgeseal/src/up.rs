@@ -74,7 +74,9 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     if cfg.mqtt.broker.is_some() {
         local.enable_publishing();
     }
-    resume_from_store(service.store_cell(), &local, device, cfg.store_timeout).await;
+    if !cfg.stores_through_broker() {
+        resume_from_store(service.store_cell(), &local, device, cfg.store_timeout).await;
+    }
 
     let bus = if cfg.uses_grovepi() {
         let spec = cfg.grovepi_bus.clone();
@@ -91,7 +93,12 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     let stop_when_sources_end = !sources.is_empty() || cfg.mqtt.broker.is_none();
     println!("edgeseal up: agent {:?}, device {device}, fingerprint {}", service.name(), service.fingerprint());
     println!("  data dir: {}", cfg.data_dir.display());
-    println!("  store:    {}", service.store_cell().url());
+    match cfg.stores_through_broker() {
+        true => println!(
+            "  store:    through the broker: `edgeseal ingest` stores the batches; each waits in the outbox until acknowledged"
+        ),
+        false => println!("  store:    {}", service.store_cell().url()),
+    }
     if let Some(bus) = &bus
         && let Ok(Answer::Version(a, b, c)) = bus.call(Op::Version)
     {
@@ -158,7 +165,8 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     let sealer = tasks.spawn(sealer.run(sealer_stop.clone()));
     service.attach_sealer(commands, policy);
     let service = Arc::new(service);
-    let drainer = tasks.spawn(drainer.run(drain_stop.clone()));
+    // A device that keeps no store hands its batches over through the broker instead.
+    let drainer = (!cfg.stores_through_broker()).then(|| tasks.spawn(drainer.run(drain_stop.clone())));
 
     let serving = TaskTracker::new();
     let cloudsync = CloudSync::new(cfg.mqtt.clone());
@@ -186,6 +194,9 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         sharing_tasks.spawn(sharing.publisher.run(drain_stop.clone()));
         sharing_tasks.spawn(sharing.frames.run(drain_stop.clone()));
         sharing_tasks.spawn(sharing.receiver.run(drain_stop.clone()));
+        if let Some(h) = sharing.handover {
+            sharing_tasks.spawn(h.run(drain_stop.clone()));
+        }
     }
     sharing_tasks.close();
     println!("Stop with Ctrl-C: every reading taken is sealed and stored first.");
@@ -203,7 +214,9 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     sealer_stop.cancel();
     let sealed = sealer.await;
     drain_stop.cancel();
-    if tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), drainer).await.is_err() {
+    if let Some(drainer) = drainer
+        && tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), drainer).await.is_err()
+    {
         warn!("the store did not answer in time at shutdown; batches wait in the outbox");
     }
     if tokio::time::timeout(FINAL_DRAIN + Duration::from_secs(5), sharing_tasks.wait()).await.is_err() {
@@ -249,7 +262,11 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         n(&stats.read_errors),
         n(&stats.sealed),
         n(&stats.stored),
-        if waiting > 0 { format!(", {waiting} waiting in the local outbox for the store") } else { String::new() }
+        match (waiting, cfg.stores_through_broker()) {
+            (0, _) => String::new(),
+            (_, false) => format!(", {waiting} waiting in the local outbox for the store"),
+            (_, true) => format!(", {waiting} waiting in the local outbox for an ingest's acknowledgement"),
+        }
     );
     match sealed {
         Ok(()) => Ok(ExitCode::SUCCESS),

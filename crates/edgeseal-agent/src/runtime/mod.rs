@@ -6,6 +6,8 @@
 //!                                                                      │ notify
 //!            Drainer: outbox → store, remember heads, sign checkpoints ┘
 //!            Publisher: publish queue → broker (and grants)
+//!            Handover (store = "broker", instead of the drainer): what ingest
+//!              says it stored leaves the outbox; checkpoints → broker
 //!            FrameSender: each journal commit of a granted stream → signed live frame → broker
 //!            Receiver: broker → inbox (verify, order, open) → outbox
 //!            Lcd: newest values and the agent's state on the Grove LCD
@@ -18,6 +20,7 @@
 pub mod broker;
 pub mod drainer;
 pub mod frames;
+pub mod handover;
 pub mod lcd;
 pub mod sealer;
 pub mod sharing;

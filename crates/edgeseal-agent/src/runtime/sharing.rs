@@ -41,6 +41,8 @@ pub struct Sharing {
     pub publisher: Publisher,
     pub frames: FrameSender,
     pub receiver: Receiver,
+    /// With `store = "broker"`: what an ingest says it stored leaves the outbox.
+    pub handover: Option<super::handover::Handover>,
 }
 
 /// Connects the agent's persistent MQTT session and makes the sharing
@@ -59,10 +61,13 @@ pub async fn connect(
     opts.persistent_session = true;
     let link_stop = CancellationToken::new();
     let (link, rx) = Link::start(opts, link_stop.clone())?;
+    // The link ends when the last component sending on it (the publisher, the handover) is done.
+    let link_stop = Arc::new(link_stop.drop_guard());
     let topics = Topics::new(&cfg.mqtt.prefix);
     let mut inbox = Inbox::new(identity.clone(), local.clone(), topics.clone()).await?;
     inbox.limits = cfg.mqtt.tentative;
-    inbox.store = true;
+    // A device that keeps no store leaves peers' batches to ingest, which takes every device's.
+    inbox.store = !cfg.stores_through_broker();
     inbox.subscribe(&link).await?;
     let mut frames = FrameSender {
         feed,
@@ -81,14 +86,34 @@ pub async fn connect(
         local: local.clone(),
         link: link.clone(),
         topics: topics.clone(),
-        identity,
+        identity: identity.clone(),
         stats: stats.clone(),
-        link_stop,
+        _link_stop: link_stop.clone(),
     };
     link.subscribe(&topics.requests_to(device)).await?;
+    let (handover, stored) = match cfg.stores_through_broker() {
+        true => {
+            let (tx, rx) = mpsc::channel(64);
+            link.subscribe(&topics.stored(device)).await?;
+            let h = super::handover::Handover {
+                local: local.clone(),
+                identity,
+                link: link.clone(),
+                topics: topics.clone(),
+                stats: stats.clone(),
+                acks: rx,
+                checkpoint_every: cfg.checkpoint_every,
+                resend_after: cfg.resend_after,
+                publisher: wake.publisher.clone(),
+                _link_stop: link_stop,
+            };
+            (Some(h), Some(tx))
+        }
+        false => (None, None),
+    };
     let repairs = Repairs { me: device, local, store, link: link.clone(), topics, busy: Default::default() };
-    let receiver = Receiver { inbox, link, rx, drainer: wake.drainer.clone(), stats, repairs };
-    Ok(Sharing { publisher, frames, receiver })
+    let receiver = Receiver { inbox, link, rx, drainer: wake.drainer.clone(), stats, repairs, stored };
+    Ok(Sharing { publisher, frames, receiver, handover })
 }
 
 /// Publishes sealed batches from the durable publish queue, in order, each
@@ -102,15 +127,14 @@ pub struct Publisher {
     topics: Topics,
     identity: Arc<Identity>,
     stats: Arc<Stats>,
-    /// Ends the link once the last attempt is over.
-    link_stop: CancellationToken,
+    /// Ends the link once the last attempt is over (and the handover's, if any).
+    _link_stop: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl Publisher {
     /// Publishes until `shutdown`, then for up to [`FINAL_DRAIN`] what is queued.
     pub async fn run(self, shutdown: CancellationToken) {
         self.publish_until(&shutdown).await;
-        self.link_stop.cancel();
     }
 
     async fn publish_until(&self, stop: &CancellationToken) {
@@ -209,7 +233,7 @@ impl Publisher {
                 .map_while(|((id, ..), r)| r.as_ref().ok().map(|&sent| (*id, sent)))
                 .collect();
             if let Some(&(through, _)) = done.last()
-                && let Err(e) = self.local.published(through).await
+                && let Err(e) = self.local.published(through, crate::now_ms()).await
             {
                 error!("cannot update the publish queue: {e}");
             }
@@ -347,6 +371,8 @@ pub struct Receiver {
     stats: Arc<Stats>,
     /// What answers peers' requests for batches they missed.
     repairs: Repairs,
+    /// Where what ingest stored of this device's batches goes (`store = "broker"`).
+    stored: Option<mpsc::Sender<Vec<u8>>>,
 }
 
 /// Answers a peer's request for batches it missed, from the store, with the
@@ -432,7 +458,8 @@ impl Receiver {
             }
             was_up |= up;
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                // The handover still takes acknowledgements during its last attempt: the link ends then.
+                _ = shutdown.cancelled(), if self.stored.is_none() => return,
                 r = connected.changed() => if r.is_err() { return },
                 _ = refresh.tick() => {
                     if let Err(e) = self.inbox.refresh_peers(&self.link).await {
@@ -461,11 +488,20 @@ impl Receiver {
     }
 
     async fn handle(&mut self, m: &Message) {
-        if let Some(Topic::Request { owner, stream, peer }) = self.repairs.topics.parse(&m.topic) {
-            if owner == self.repairs.me && self.inbox.peers().any(|p| p.device == peer) {
-                self.repairs.answer(stream, peer, &m.payload).await;
+        match self.repairs.topics.parse(&m.topic) {
+            Some(Topic::Request { owner, stream, peer }) => {
+                if owner == self.repairs.me && self.inbox.peers().any(|p| p.device == peer) {
+                    self.repairs.answer(stream, peer, &m.payload).await;
+                }
+                return;
             }
-            return;
+            Some(Topic::Stored { device }) if device == self.repairs.me => {
+                if let Some(tx) = &self.stored {
+                    let _ = tx.send(m.payload.clone()).await;
+                }
+                return;
+            }
+            _ => {}
         }
         for ev in self.inbox.handle(m).await {
             if let Event::Missing { device, stream, from, to } = &ev {

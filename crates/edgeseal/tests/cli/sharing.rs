@@ -1,6 +1,7 @@
 //! Pairing, grants, revocation and live sharing through a real mosquitto.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -447,23 +448,9 @@ fn ingest_processes_share_and_store_what_devices_publish() {
     let broker = Broker::start(free_port());
     let dir = tempdir("ingest");
     let store = format!("sqlite://{}", dir.join("ingest.db").display());
-    let ingest = |i: usize| {
-        Command::new(super::BIN)
-            .args(["--data-dir", dir.join("none").to_str().unwrap(), "--broker", &broker.url(), "--store", &store])
-            .args(["ingest", "--for", "60s", "--name", &format!("worker{}", i % 2)])
-            .env("EDGESEAL_BROKER__LISTEN", "")
-            .env("EDGESEAL_WEB__LISTEN", "")
-            .stdout(std::fs::File::create(dir.join(format!("ingest{i}.out"))).unwrap())
-            .stderr(std::fs::File::create(dir.join(format!("ingest{i}.err"))).unwrap())
-            .spawn()
-            .unwrap()
-    };
+    let ingest = |i: usize| spawn_ingest(&dir, &broker.url(), &store, i, &["--name", &format!("worker{}", i % 2)]);
     let mut workers = [ingest(0), ingest(1)];
     let said = |i: usize| std::fs::read_to_string(dir.join(format!("ingest{i}.out"))).unwrap_or_default();
-    wait_until("both ingest processes", Duration::from_secs(15), || {
-        said(0).contains("Stop with") && said(1).contains("Stop with")
-    });
-    std::thread::sleep(Duration::from_millis(300)); // subscribed
     let (pi, cam) = (with_broker("ingest-pi", &broker.url()), with_broker("ingest-cam", &broker.url()));
     pi.run_lines("t", 0..20, &["--batch-count", "2"]);
     cam.run_lines("u", 0..8, &["--batch-count", "2"]);
@@ -514,6 +501,97 @@ fn ingest_processes_share_and_store_what_devices_publish() {
     let logs: String =
         (0..3).map(|i| std::fs::read_to_string(dir.join(format!("ingest{i}.err"))).unwrap_or_default()).collect();
     assert!(logs.contains("refused a message on") && logs.contains("not a sealed batch"), "{logs}");
+}
+
+/// Starts `edgeseal ingest` from `broker` into `store` for up to 90 s, its output in
+/// `dir/ingest{i}.out` and `.err`, and waits until it has subscribed.
+fn spawn_ingest(dir: &Path, broker: &str, store: &str, i: usize, extra: &[&str]) -> Child {
+    let (out, err) = (dir.join(format!("ingest{i}.out")), dir.join(format!("ingest{i}.err")));
+    let child = Command::new(super::BIN)
+        .args(["--data-dir", dir.join("none").to_str().unwrap(), "--broker", broker, "--store", store])
+        .args(["ingest", "--for", "90s"])
+        .args(extra)
+        .env("EDGESEAL_BROKER__LISTEN", "")
+        .env("EDGESEAL_WEB__LISTEN", "")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    // It logs this once subscribed.
+    wait_until("ingest to subscribe", Duration::from_secs(15), || {
+        std::fs::read_to_string(&err).unwrap_or_default().contains("INFO ingesting ")
+    });
+    child
+}
+
+/// A device with `store = "broker"` holds no database credentials: it publishes its batches and
+/// checkpoints, `edgeseal ingest` stores them in PostgreSQL and says so, and the device keeps
+/// each batch in its outbox until then. Batches the broker dropped (no ingest was there) are
+/// published again after `outbox.resend_after`. An acknowledgement is untrusted: a forged one
+/// makes the device drop two batches, and `verify` of the store names exactly that gap.
+#[test]
+fn a_device_without_database_credentials_hands_its_batches_to_ingest() {
+    let Some(pg) = super::postgres_url() else { return };
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let dir = tempdir("handover");
+    let mut pi = with_broker("handover-pi", &broker.url());
+    pi.store = Some("broker".into());
+    pi.env.push(("EDGESEAL_OUTBOX__RESEND_AFTER".into(), "2s".into()));
+    let dev = pi.device();
+    let mut auditor = with_broker("handover-auditor", &broker.url());
+    auditor.store = Some(pg.clone());
+    let verify = || auditor.run(&["verify", "--device", &dev, "--stream", "t"]);
+    let up_said = || std::fs::read_to_string(pi.dir.parent().unwrap().join("up.out")).unwrap_or_default();
+
+    let mut ingest = spawn_ingest(&dir, &broker.url(), &pg, 0, &[]);
+    pi.run_lines("t", 0..20, &["--batch-count", "2"]);
+    let said = up_said();
+    assert!(said.contains("store:    through the broker"), "{said}");
+    assert!(said.contains("10 batches sealed, 10 stored") && !said.contains("waiting"), "{}", pi.logs());
+    let out = verify();
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("10 batches"), "{}", text(&out.stdout));
+    // The device's own view: nothing waits, and it has no store to read.
+    assert_eq!(pi.counts("t"), (0, 0, 0));
+    let fetched = pi.run(&["fetch", "--stream", "t"]);
+    assert!(!fetched.status.success() && text(&fetched.stderr).contains("keeps no store of its own"));
+
+    // No ingest: batches 10 and 11 go to the broker and nowhere. A forged acknowledgement
+    // says they were stored; the device believes it, and drops them.
+    sigterm(&ingest);
+    assert!(ingest.wait().unwrap().success());
+    let mut up = pi.spawn_stdin(&["--batch-count", "2"]);
+    wait_until("the device to be up", Duration::from_secs(15), || up_said().contains("Stop with"));
+    feed(&mut up, "t", 20..24);
+    wait_until("2 batches in the outbox", Duration::from_secs(15), || pi.counts("t").2 == 2);
+    let lie = r#"{"batches":[{"stream":"t","from":10,"to":11}]}"#;
+    let topic = format!("edgeseal/v1/{dev}/stored");
+    let port = broker.port.to_string();
+    let sent = Command::new("mosquitto_pub").args(["-p", &port, "-q", "1", "-t", &topic, "-m", lie]).status();
+    assert!(sent.unwrap().success());
+    wait_until("the device to drop them", Duration::from_secs(15), || pi.counts("t").2 == 0);
+    // Still no ingest: batches 12 and 13 are lost by the broker, and kept by the device.
+    feed(&mut up, "t", 24..28);
+    wait_until("2 more in the outbox", Duration::from_secs(15), || pi.counts("t").2 == 2);
+    std::thread::sleep(Duration::from_secs(3)); // published, unacknowledged, past resend_after
+    ingest = spawn_ingest(&dir, &broker.url(), &pg, 1, &[]);
+    wait_until("the device to publish them again", Duration::from_secs(20), || pi.counts("t").2 == 0);
+    sigterm(&up);
+    assert!(up.wait().unwrap().success(), "{}", pi.logs());
+    assert!(pi.logs().contains("publishing again 2 batches no ingest acknowledged within 2s"), "{}", pi.logs());
+    sigterm(&ingest);
+    assert!(ingest.wait().unwrap().success());
+
+    // The store has 0..=9 and 12..=13, and a checkpoint at 13: verify names the hole the lie made.
+    let out = verify();
+    let shown = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("batches 10..=11: missing (gap)"), "{shown}");
+    let ingested = std::fs::read_to_string(dir.join("ingest1.out")).unwrap();
+    assert!(!ingested.lines().last().unwrap().contains(" 0 checkpoints"), "{ingested}");
 }
 
 #[test]
