@@ -58,9 +58,11 @@ pub struct IngestStats {
     pub refused: AtomicU64,
 }
 
-/// The MQTT shared subscriptions every ingest process of `group` makes: batches and checkpoints.
+/// The MQTT shared subscriptions every ingest process of `group` makes: batches and
+/// checkpoints. No group (`""`): plain subscriptions, for brokers that share none.
 pub fn filters(prefix: &str, group: &str) -> [String; 2] {
-    [format!("$share/{group}/{prefix}/+/+/batch"), format!("$share/{group}/{prefix}/+/+/checkpoint")]
+    let share = if group.is_empty() { String::new() } else { format!("$share/{group}/") };
+    [format!("{share}{prefix}/+/+/batch"), format!("{share}{prefix}/+/+/checkpoint")]
 }
 
 /// What an ingest process tells a device it stored: runs of batch numbers per
@@ -151,6 +153,14 @@ pub async fn run(
     // Acknowledged only once stored. With a name the session outlives the process, so
     // its restart gets what it had taken and not stored (even after `kill -9`).
     let client_id = name.map_or_else(|| crate::pairing::client_id("ingest"), |n| format!("edgeseal-ingest-{n}"));
+    if name.is_none() {
+        warn!(
+            "without --name this process's broker session ends with it: batches it holds when killed are lost to the store until their devices publish them again (those with store = \"broker\" do, after outbox.resend_after); give each process its own --name, and its restart gets them"
+        );
+    }
+    if group.contains(['/', '+', '#']) {
+        return Err(Error::bad(format!("--group {group:?}: a group name cannot hold '/', '+' or '#'")));
+    }
     let mut opts = cfg.link_options(&client_id)?;
     opts.persistent_session = name.is_some();
     opts.manual_acks = true;
@@ -173,11 +183,8 @@ pub async fn run(
     for f in &filters {
         link.subscribe(f).await?;
     }
-    info!(
-        "ingesting {} into {} as one of {group:?}",
-        filters.join(" and "),
-        edgeseal_store::redact_url(&cfg.store_url)
-    );
+    let how = if group.is_empty() { "unshared".to_string() } else { format!("as one of {group:?}") };
+    info!("ingesting {} into {} {how}", filters.join(" and "), edgeseal_store::redact_url(&cfg.store_url));
     let mut items: Vec<Item> = Vec::with_capacity(GROUP);
     // Stopping: leave the group first, then store what was already received (the broker sends no more).
     let leaving = CancellationToken::new();

@@ -119,7 +119,9 @@ pub enum Command {
     },
     /// Store the batches devices publish to the broker (any number of these share the load)
     Ingest {
-        /// The shared subscription's group: processes of one group split the batches between them
+        /// The shared subscription's group: processes of one group split the batches between them.
+        /// "" subscribes without sharing (every process gets every batch), for brokers without
+        /// shared subscriptions: NATS 2.9 and RabbitMQ 3.x
         #[arg(long, default_value = "edgeseal-ingest")]
         group: String,
         /// This process's name in the group: its broker session then outlives it, so a restart

@@ -376,7 +376,9 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
 /// topic and RabbitMQ turns it into a level separator: the topic level spells it `~`. And RabbitMQ
 /// delivers retained messages to exact subscriptions only: the grant, given while the peer is
 /// away, reaches it through the index of its grants. Pairing, a grant made while the peer is
-/// away, and live readings of such a stream, through each.
+/// away, and live readings of such a stream, through each; then a device with `store = "broker"`
+/// whose batches `edgeseal ingest` stores and acknowledges through each (unshared on NATS and
+/// RabbitMQ, which have no shared subscriptions).
 #[test]
 fn a_stream_with_a_dot_shared_while_the_peer_is_away_reaches_it_through_every_broker() {
     if mosquitto_tools().is_none() {
@@ -419,6 +421,24 @@ fn a_stream_with_a_dot_shared_while_the_peer_is_away_reaches_it_through_every_br
         assert!(watch.seen().iter().all(|r| r["stream"] == "room.temperature"), "{engine}");
         sigterm(&up);
         assert!(up.wait().unwrap().success(), "{engine}: {}", pi.logs());
+
+        // A device that keeps no store, through this broker to `edgeseal ingest` (unshared where
+        // the broker has no shared subscriptions).
+        let dir = tempdir(&format!("{engine}-ingest"));
+        let store = format!("sqlite://{}", dir.join("ingest.db").display());
+        let group = if matches!(engine, "nats" | "rabbitmq") { "" } else { "edgeseal-ingest" };
+        let mut ingest =
+            spawn_ingest(&dir, &url, &store, 0, &["--group", group], &[("EDGESEAL_MQTT__VERSION", version)]);
+        let mut device = agent("device");
+        device.store = Some("broker".into());
+        device.run_lines("room.temperature", 0..6, &["--batch-count", "2"]);
+        assert!(device.logs().contains("3 batches sealed, 3 stored"), "{engine}: {}", device.logs());
+        let mut auditor = agent("auditor");
+        auditor.store = Some(store);
+        let out = auditor.run(&["verify", "--device", &device.device(), "--stream", "room.temperature"]);
+        assert!(out.status.success() && text(&out.stdout).contains("3 batches"), "{engine}: {}", text(&out.stdout));
+        sigterm(&ingest);
+        assert!(ingest.wait().unwrap().success(), "{engine}");
     }
 }
 
@@ -448,7 +468,7 @@ fn ingest_processes_share_and_store_what_devices_publish() {
     let broker = Broker::start(free_port());
     let dir = tempdir("ingest");
     let store = format!("sqlite://{}", dir.join("ingest.db").display());
-    let ingest = |i: usize| spawn_ingest(&dir, &broker.url(), &store, i, &["--name", &format!("worker{}", i % 2)]);
+    let ingest = |i: usize| spawn_ingest(&dir, &broker.url(), &store, i, &["--name", &format!("worker{}", i % 2)], &[]);
     let mut workers = [ingest(0), ingest(1)];
     let said = |i: usize| std::fs::read_to_string(dir.join(format!("ingest{i}.out"))).unwrap_or_default();
     let (pi, cam) = (with_broker("ingest-pi", &broker.url()), with_broker("ingest-cam", &broker.url()));
@@ -505,7 +525,7 @@ fn ingest_processes_share_and_store_what_devices_publish() {
 
 /// Starts `edgeseal ingest` from `broker` into `store` for up to 90 s, its output in
 /// `dir/ingest{i}.out` and `.err`, and waits until it has subscribed.
-fn spawn_ingest(dir: &Path, broker: &str, store: &str, i: usize, extra: &[&str]) -> Child {
+fn spawn_ingest(dir: &Path, broker: &str, store: &str, i: usize, extra: &[&str], env: &[(&str, &str)]) -> Child {
     let (out, err) = (dir.join(format!("ingest{i}.out")), dir.join(format!("ingest{i}.err")));
     let child = Command::new(super::BIN)
         .args(["--data-dir", dir.join("none").to_str().unwrap(), "--broker", broker, "--store", store])
@@ -513,6 +533,7 @@ fn spawn_ingest(dir: &Path, broker: &str, store: &str, i: usize, extra: &[&str])
         .args(extra)
         .env("EDGESEAL_BROKER__LISTEN", "")
         .env("EDGESEAL_WEB__LISTEN", "")
+        .envs(env.iter().copied())
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
@@ -546,7 +567,7 @@ fn a_device_without_database_credentials_hands_its_batches_to_ingest() {
     let verify = || auditor.run(&["verify", "--device", &dev, "--stream", "t"]);
     let up_said = || std::fs::read_to_string(pi.dir.parent().unwrap().join("up.out")).unwrap_or_default();
 
-    let mut ingest = spawn_ingest(&dir, &broker.url(), &pg, 0, &[]);
+    let mut ingest = spawn_ingest(&dir, &broker.url(), &pg, 0, &[], &[]);
     pi.run_lines("t", 0..20, &["--batch-count", "2"]);
     let said = up_said();
     assert!(said.contains("store:    through the broker"), "{said}");
@@ -577,7 +598,7 @@ fn a_device_without_database_credentials_hands_its_batches_to_ingest() {
     feed(&mut up, "t", 24..28);
     wait_until("2 more in the outbox", Duration::from_secs(15), || pi.counts("t").2 == 2);
     std::thread::sleep(Duration::from_secs(3)); // published, unacknowledged, past resend_after
-    ingest = spawn_ingest(&dir, &broker.url(), &pg, 1, &[]);
+    ingest = spawn_ingest(&dir, &broker.url(), &pg, 1, &[], &[]);
     wait_until("the device to publish them again", Duration::from_secs(20), || pi.counts("t").2 == 0);
     sigterm(&up);
     assert!(up.wait().unwrap().success(), "{}", pi.logs());
