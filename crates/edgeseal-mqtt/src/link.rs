@@ -531,6 +531,8 @@ impl Pending {
 /// QoS 1 publishes in flight at once under MQTT 3.1.1 (under 5 the broker's
 /// Receive Maximum decides).
 const INFLIGHT: u16 = 512;
+/// Messages waiting for a slow reader beyond the channel's 1024, at which the link says so.
+const UNREAD_WARN: usize = 65_536;
 
 /// How long a broker keeps a persistent MQTT 5 session of a client that is away: 30 days.
 const SESSION_EXPIRY_S: u32 = 30 * 24 * 3600;
@@ -566,9 +568,21 @@ impl Task {
         let mut backoff = Duration::from_millis(100);
         let mut down_logged = false;
         let mut ever_connected = false;
+        // Messages the reader has not taken yet. The connection is driven regardless: a reader
+        // that publishes or acknowledges while messages pour in needs it to take its requests,
+        // so it never waits on a full channel (with manual acknowledgements, what the broker
+        // sends unacknowledged is bounded by its in-flight window).
+        let mut unread: VecDeque<Message> = VecDeque::new();
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => break,
+                permit = tx.reserve(), if !unread.is_empty() => {
+                    match permit {
+                        Ok(p) => p.send(unread.pop_front().expect("not empty")),
+                        Err(_) => unread.clear(),
+                    }
+                    continue;
+                }
                 e = driver.next() => e,
             };
             match event {
@@ -597,8 +611,17 @@ impl Task {
                     if manual_acks {
                         m.ack = pkid.map(|pkid| AckToken { connection: connection_no, pkid });
                     }
-                    if tx.send(m).await.is_err() {
-                        debug!("nobody reads messages from {url}");
+                    if !unread.is_empty() {
+                        unread.push_back(m);
+                    } else {
+                        match tx.try_send(m) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(m)) => unread.push_back(m),
+                            Err(mpsc::error::TrySendError::Closed(_)) => debug!("nobody reads messages from {url}"),
+                        }
+                    }
+                    if unread.len() == UNREAD_WARN {
+                        warn!("{UNREAD_WARN} messages from {url} wait to be read: the reader is behind");
                     }
                 }
                 Ok(Ev::Acked(pkid, ack)) => {

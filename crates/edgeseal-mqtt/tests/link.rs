@@ -252,3 +252,59 @@ async fn at_most_once_publishes_leave_acknowledgements_matched() {
         broker.wait().unwrap();
     }
 }
+
+/// A reader that acknowledges and publishes while thousands of messages pour in (what
+/// `edgeseal ingest` does, with a broker whose in-flight window is wide) never wedges the
+/// link: the connection is driven while the reader's channel is full, so its requests go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_publishes_while_messages_pour_in_never_wedges_the_link() {
+    if !have_mosquitto() {
+        return;
+    }
+    const N: usize = 6000;
+    let dir = tempdir("flood");
+    let port = free_port();
+    setup(&dir, Level::Anonymous, false, port);
+    let conf = dir.join("mosquitto.conf");
+    let wide = std::fs::read_to_string(&conf).unwrap() + "\nmax_inflight_messages 0\nmax_queued_messages 0\n";
+    std::fs::write(&conf, wide).unwrap();
+    let mut broker = start_broker(&dir, port).await;
+    let stop = CancellationToken::new();
+    let mut o = options(&dir, Level::Anonymous, false, port);
+    o.manual_acks = true;
+    let (reader, mut rx) = Link::start(o, stop.clone()).unwrap();
+    reader.subscribe("edgeseal/flood/in").await.unwrap();
+    wait_connected(&reader).await;
+    let mut o = options(&dir, Level::Anonymous, false, port);
+    o.client_id = format!("edgeseal-test-{port}-writer");
+    let (writer, _) = Link::start(o, stop.clone()).unwrap();
+    wait_connected(&writer).await;
+    let flood = tokio::spawn(async move {
+        let mut pending = Vec::with_capacity(N);
+        for i in 0..N {
+            pending.push(writer.send("edgeseal/flood/in", i.to_be_bytes().to_vec(), false).await.unwrap());
+        }
+        for p in pending {
+            p.acked().await.unwrap();
+        }
+    });
+    // Let the channel fill before reading, then answer and acknowledge each message.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut seen = 0;
+    let mut buf = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(60), async {
+        while seen < N {
+            seen += rx.recv_many(&mut buf, 600).await;
+            for m in buf.drain(..) {
+                let _ = reader.send("edgeseal/flood/out", m.payload.clone(), false).await.unwrap();
+                reader.ack(&m).await.unwrap();
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "the link wedged after {seen} of {N} messages");
+    flood.await.unwrap();
+    stop.cancel();
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+}
