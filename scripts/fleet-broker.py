@@ -7,10 +7,14 @@ process kind's CPU, PostgreSQL's CPU, and the audit of the result (verify --all-
 
     cargo build --release
     N=8 R=200000 B=1000 K=2 PG=postgres://postgres@127.0.0.1 scripts/fleet-broker.py
+
+KILL=S kills ingest worker 0 with SIGKILL S seconds into the run and starts it again under
+its name (the broker keeps its session, so nothing it held is lost).
 """
 import json, os, resource, shutil, socket, subprocess, sys, tempfile, time
 
 N, R, B, K = (int(os.environ.get(k, d)) for k, d in (("N", 8), ("R", 200000), ("B", 1000), ("K", 2)))
+KILL = float(os.environ.get("KILL", "0"))
 PG = os.environ.get("PG", "postgres://postgres@127.0.0.1")
 BIN = os.path.abspath(os.environ.get("EDGESEAL", "target/release/edgeseal"))
 out = tempfile.mkdtemp(prefix="edgeseal-fleet-")
@@ -61,13 +65,16 @@ try:
     with open(lines, "w") as f:
         t0 = 1_767_225_600_000
         f.writelines(f'{{"stream":"t","value":{20 + (i % 500) / 100},"ts":{t0 + i * 10}}}\n' for i in range(R))
-    workers = []
-    for k in range(K):
-        err = f"{out}/ingest{k}.err"
+    def ingest(k, run=0):
+        err = f"{out}/ingest{k}.{run}.err"
         cmd = [BIN, "--data-dir", f"{out}/none", "--broker", broker, "--store", store, "ingest", "--name", f"w{k}"]
-        workers.append(subprocess.Popen(cmd, env=dict(env, EDGESEAL_LOG="info"), stdout=open(f"{out}/ingest{k}.out", "w"), stderr=open(err, "w")))
+        p = subprocess.Popen(cmd, env=dict(env, EDGESEAL_LOG="info"), stdout=open(f"{out}/ingest{k}.out", "a"), stderr=open(err, "w"))
         while "INFO ingesting" not in open(err).read():
-            time.sleep(0.1)
+            time.sleep(0.05)
+        return p
+
+    workers = [ingest(k) for k in range(K)]
+    killed_cpu = 0.0
     for i in range(N):
         subprocess.run([BIN, "--data-dir", f"{out}/d{i}", "init", "--name", f"d{i}"], env=env, check=True, capture_output=True)
     c0, start = pg_cpu(), time.time()
@@ -79,6 +86,12 @@ try:
         )
         for i in range(N)
     ]
+    if KILL:
+        time.sleep(KILL)
+        workers[0].kill()
+        killed_cpu = wait_cpu(workers[0])[1]
+        workers[0] = ingest(0, 1)
+        print(f"killed ingest w0 with SIGKILL after {KILL} s and started it again")
     device_cpu = [wait_cpu(p) for p in devices]
     wall = time.time() - start
     for w in workers:
@@ -87,16 +100,17 @@ try:
     c1 = pg_cpu()  # after ingest's connections ended, so the postmaster has reaped their backends' CPU
     audit = subprocess.run([BIN, "--data-dir", f"{out}/d0", "--store", store, "verify", "--all-devices", "--json"],
                            env=env, capture_output=True, text=True)
-    summary = [l for l in open(f"{out}/ingest0.out").read().splitlines() if l.startswith("stopped")]
+    summary = [l for k in range(K) for l in open(f"{out}/ingest{k}.out").read().splitlines() if l.startswith("stopped")]
     waiting = sum("waiting in the local outbox" in open(f"{out}/d{i}.out").read() for i in range(N))
     readings, batches = N * R, N * (-(-R // B))
     print(f"{N} devices x {R} readings (batches of {B}) -> mosquitto -> {K} ingest -> PostgreSQL, "
           f"all stored and acknowledged in {wall:.1f} s: {readings / wall / 1e3:.0f} k readings/s, "
           f"{batches / wall:.0f} batches/s")
-    print(f"CPU: devices {sum(c for _, c in device_cpu):.1f} s, ingest {sum(c for _, c in ingest_cpu):.1f} s, "
+    print(f"CPU: devices {sum(c for _, c in device_cpu):.1f} s, ingest {killed_cpu + sum(c for _, c in ingest_cpu):.1f} s, "
           f"postgres {c1 - c0:.1f} s; devices still waiting for an acknowledgement: {waiting}; "
           f"exit codes: devices {sorted(set(r for r, _ in device_cpu))}, ingest {sorted(set(r for r, _ in ingest_cpu))}")
-    print(f"ingest w0: {summary[-1] if summary else '?'}")
+    for line in summary:
+        print(f"ingest: {line}")
     try:
         shown = json.loads(audit.stdout)
         verified = sum(st["verified"] for d in shown["devices"] for st in d["streams"])
