@@ -257,6 +257,9 @@ async fn store_group(
             Item::Checkpoint { device, stream, seq, signed } => checkpoints.push((device, stream, seq, signed)),
         }
     }
+    if rows.is_empty() && checkpoints.is_empty() {
+        return Some(BTreeMap::new()); // every message was refused: nothing to write, all to acknowledge
+    }
     let mut wait = Duration::from_millis(100);
     loop {
         let written = async {

@@ -768,3 +768,42 @@ fn local_state_keeps_everything_across_reopen() {
         assert_eq!(local.remembered(id.device_id(), &s).await.unwrap().unwrap().seq, 0);
     });
 }
+
+/// `store = "broker"`: what an ingest acknowledges leaves the outbox (its head remembered);
+/// what was published long enough ago and never acknowledged is queued for publishing again,
+/// once, and what was published recently is not.
+#[test]
+fn acknowledged_batches_leave_the_outbox_and_the_unacknowledged_are_published_again() {
+    run(async {
+        let dir = tempdir("handover");
+        let mut local = LocalState::open(&dir.join("state.db")).await.unwrap();
+        local.enable_publishing();
+        let id = random_identity();
+        let me = id.device_id();
+        let s = StreamName::new("t").unwrap();
+        let (rows, _) = chain(&id, &id, "t", 4);
+        let sealed: Vec<Sealed> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Sealed { row: r.clone(), sealed_pos: i as u64 + 1, covers: Vec::new() })
+            .collect();
+        local.commit_sealed(&sealed).await.unwrap();
+        let queue = local.publish_queue(10).await.unwrap();
+        assert_eq!(queue.len(), 4);
+        local.published(queue[3].0, 1_000).await.unwrap();
+        assert_eq!(local.requeue_unacknowledged(500, 10).await.unwrap(), 0, "published at 1000, not before 500");
+
+        assert_eq!(local.outbox_acked(me, &s, 0, 1).await.unwrap(), 2);
+        assert_eq!(local.remembered(me, &s).await.unwrap().unwrap().seq, 1);
+        assert_eq!(local.outbox_acked(me, &s, 0, 1).await.unwrap(), 0, "an acknowledgement twice removes nothing");
+        assert_eq!(local.own_outbox_len().await.unwrap(), 2);
+
+        assert_eq!(local.requeue_unacknowledged(2_000, 10).await.unwrap(), 2);
+        assert_eq!(local.requeue_unacknowledged(2_000, 10).await.unwrap(), 0, "already queued");
+        let again: Vec<i64> = local.publish_queue(10).await.unwrap().iter().map(|(_, _, b)| b.len() as i64).collect();
+        assert_eq!(again, [rows[2].sealed.len() as i64, rows[3].sealed.len() as i64], "batches 2 and 3, in order");
+        assert_eq!(local.outbox_acked(me, &s, 2, 3).await.unwrap(), 2);
+        assert_eq!(local.remembered(me, &s).await.unwrap().unwrap().seq, 3);
+        local.close().await;
+    });
+}
