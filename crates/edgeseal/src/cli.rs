@@ -419,6 +419,32 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A fleet through the broker given by --broker into the store given by --store: simulated
+    /// devices in this process (each its own identity and MQTT connection) publish sealed batches
+    /// as `store = "broker"` devices do, `edgeseal ingest` workers store them; batches/s and
+    /// readings/s stored, seal-to-stored latency, lost, CPU; then verify --all-devices
+    Fleet {
+        /// Simulated devices, each its own MQTT connection
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        /// `edgeseal ingest` processes
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// How long the devices publish (e.g. 30s)
+        #[arg(long = "for", value_name = "DURATION", default_value = "30s")]
+        run_for: String,
+        /// Readings per batch
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// How often each device seals a batch (e.g. 100ms)
+        #[arg(long, default_value = "1s")]
+        every: String,
+        /// Kill ingest worker 0 with SIGKILL halfway through and start it again under its name
+        #[arg(long)]
+        kill: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Seal+store and fetch+verify+open throughput, and bytes at rest, on SQLite
     Storage {
         /// Readings in total (spread over the three simulated sensors at 1 Hz)

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_agent;
 mod bench_cloudsync;
+mod bench_fleet;
 mod bench_sharing;
 mod broker_cmd;
 mod cli;
@@ -146,6 +147,13 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench { command: BenchCommand::Cloudsync { requests, connections, json } } => {
             bench_cloudsync::run(&cfg, requests, connections, json).await
+        }
+        Command::Bench { command: BenchCommand::Fleet { devices, workers, run_for, batch, every, kill, json } } => {
+            let duration = |flag: &str, v: &str| {
+                humantime::parse_duration(v).map_err(|_| anyhow::anyhow!("{flag} {v:?} is not a duration (e.g. 30s)"))
+            };
+            let (run_for, every) = (duration("--for", &run_for)?, duration("--every", &every)?);
+            bench_fleet::fleet(&cfg, devices, workers, run_for, batch, every, kill, json).await
         }
         Command::Bench { command: BenchCommand::Sharing { messages, json } } => {
             bench_sharing::sharing(&cfg, messages, json).await
