@@ -323,6 +323,8 @@ struct Shared {
     connection: std::sync::atomic::AtomicU64,
     /// Why the last attempt to reach the broker failed (refused, reset, timed out, TLS, credentials).
     last_error: Mutex<Option<String>>,
+    /// The last QoS 1 publish queued: its topic, size and when (to name what a broker refused).
+    last_publish: Mutex<Option<(String, usize, std::time::Instant)>>,
 }
 
 /// A handle on the link; cheap to clone.
@@ -365,6 +367,7 @@ impl Link {
             subscriptions: Mutex::new(Vec::new()),
             connected,
             last_error: Mutex::new(None),
+            last_publish: Mutex::new(None),
             connection: std::sync::atomic::AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(1024);
@@ -430,6 +433,8 @@ impl Link {
     pub async fn send(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<Pending, Error> {
         let (done, acked) = oneshot::channel();
         let _order = self.shared.order.lock().await;
+        *self.shared.last_publish.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((topic.to_string(), payload.len(), std::time::Instant::now()));
         self.shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).queued.push_back(done);
         if let Err(e) = self.client.publish(topic, retain, payload).await {
             // Nothing was queued: take our waiter back out.
@@ -573,6 +578,8 @@ impl Task {
         // so it never waits on a full channel (with manual acknowledgements, what the broker
         // sends unacknowledged is bounded by its in-flight window).
         let mut unread: VecDeque<Message> = VecDeque::new();
+        // The topic of the publish the broker last closed the connection right after.
+        let mut closed_after: Option<String> = None;
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -646,6 +653,7 @@ impl Task {
                         (Protocol::V5, false) => refused_v5(&e).unwrap_or(e),
                         _ => e,
                     };
+                    let e = refused_publish(e, &shared.last_publish, &mut closed_after);
                     // With a clean session rumqttc drops, at the next CONNACK, every publish
                     // that was in flight or still queued when the connection broke. Fail exactly
                     // those waiters: the ones in flight, and the oldest queued ones, one per
@@ -678,6 +686,29 @@ impl Task {
         }
         shared.connected.send_replace(false);
     }
+}
+
+/// A broker that closes the connection right after a publish, twice on the same topic, refused
+/// it: MQTT 3.1.1 has no other way to say so (NATS refuses `.` in topics like this). The error
+/// then names the topic and size, so the cause is not taken for an unreachable broker.
+fn refused_publish(
+    e: String,
+    last: &Mutex<Option<(String, usize, std::time::Instant)>>,
+    before: &mut Option<String>,
+) -> String {
+    let just_sent = last
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .filter(|(_, _, at)| at.elapsed() < Duration::from_secs(2));
+    let named = match (&just_sent, before.as_deref()) {
+        (Some((topic, size, _)), Some(prev)) if prev == topic => format!(
+            "{e}. The broker closed the connection right after a publish of {size} bytes to {topic:?}, again: that is how a broker refuses a topic, a packet size or a permission under MQTT 3.1.1 (its log says which; under MQTT 5 it says so to the agent)"
+        ),
+        _ => e,
+    };
+    *before = just_sent.map(|(topic, ..)| topic);
+    named
 }
 
 #[cfg(test)]

@@ -455,6 +455,23 @@ fn a_broker_that_refuses_mqtt_5_is_named_as_such() {
     assert!(said.contains("does not speak MQTT 5") && said.contains("set mqtt.version = \"3.1.1\""), "{said}");
 }
 
+/// NATS closes the connection at a publish to a topic with a `.` (here from a user's prefix),
+/// the only way MQTT 3.1.1 has to refuse one: the agent names the topic and the size instead of
+/// reporting an unreachable broker.
+#[test]
+fn a_topic_a_broker_refuses_is_named_in_the_log() {
+    let Some(nats) = Nats::start() else { return };
+    let mut a = with_broker("dotted", &nats.url());
+    a.env = vec![("EDGESEAL_MQTT__PREFIX".into(), "edge.v1".into())];
+    let mut up = a.spawn_stdin(&["--batch-count", "1"]);
+    feed(&mut up, "t", 0..1);
+    let topic = format!(" bytes to \"edge.v1/{}/t/batch\", again", a.device());
+    wait_until("the refused topic to be named", Duration::from_secs(20), || a.logs().contains(&topic));
+    sigterm(&up);
+    let _ = up.wait();
+    assert!(a.logs().contains("that is how a broker refuses a topic"), "{}", a.logs());
+}
+
 /// `edgeseal ingest`: two processes of one group share the batches two devices publish (an MQTT
 /// shared subscription), check each one's structure and signature, and store them, so that
 /// `verify --all-devices` of the ingest store finds both devices whole. A forged message is refused.
