@@ -66,6 +66,12 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         id
     };
     let embedded = start_embedded(&mut cfg).await?;
+    if cfg.stores_through_broker() && cfg.mqtt.broker.is_none() {
+        return Err(Error::Config(
+            "store = \"broker\" hands every batch to ingest through a broker, and the embedded one did not start (above): set mqtt.broker, or free its port".into(),
+        )
+        .into());
+    }
     let cfg = Arc::new(cfg);
     let mut service = Service::open(cfg.clone(), Keys::Secret(Box::new(identity)), true).await?;
     let identity = service.identity()?.clone();

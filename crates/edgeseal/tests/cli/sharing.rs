@@ -632,6 +632,23 @@ fn a_device_without_database_credentials_hands_its_batches_to_ingest() {
     assert!(!ingested.lines().last().unwrap().contains(" 0 checkpoints"), "{ingested}");
 }
 
+/// `store = "broker"` with no broker, or with an embedded broker whose port is taken, is refused
+/// at start with the reason, instead of sealing batches that nothing would ever take.
+#[test]
+fn a_device_that_stores_through_a_broker_needs_one() {
+    let mut a = Agent::new("no-broker");
+    a.store = Some("broker".into());
+    let out = a.run(&["up", "--sensor", "none", "--for", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("but there is none: set mqtt.broker"), "{}", text(&out.stderr));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    a.env.push(("EDGESEAL_BROKER__LISTEN".into(), format!("127.0.0.1:{port}")));
+    let out = a.run(&["up", "--sensor", "none", "--for", "1s"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the embedded one did not start"), "{}", text(&out.stderr));
+}
+
 /// `bench fleet` runs simulated devices through mosquitto into PostgreSQL by `edgeseal ingest`
 /// workers, one killed with SIGKILL halfway and restarted, and accounts for every batch: all
 /// acknowledged, none lost, all verified. (Its figures are printed, not asserted.)
