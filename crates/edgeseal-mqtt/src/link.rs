@@ -573,23 +573,30 @@ impl Task {
         let mut backoff = Duration::from_millis(100);
         let mut down_logged = false;
         let mut ever_connected = false;
-        // Messages the reader has not taken yet. The connection is driven regardless: a reader
-        // that publishes or acknowledges while messages pour in needs it to take its requests,
-        // so it never waits on a full channel (with manual acknowledgements, what the broker
-        // sends unacknowledged is bounded by its in-flight window).
-        let mut unread: VecDeque<Message> = VecDeque::new();
+        // The connection is driven whatever the reader does: a reader that publishes or
+        // acknowledges while messages pour in needs it to take its requests. So messages go
+        // through an unbounded queue to a task that hands them to the reader's channel (with
+        // manual acknowledgements the broker's in-flight window bounds it), and the event
+        // loop's poll is never cancelled but at the stop.
+        let (unread, mut unread_rx) = mpsc::unbounded_channel::<Message>();
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handing: tokio::task::JoinHandle<()> = {
+            let waiting = waiting.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                while let Some(m) = unread_rx.recv().await {
+                    waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    if tx.send(m).await.is_err() {
+                        debug!("nobody reads messages from {url}");
+                    }
+                }
+            })
+        };
         // The topic of the publish the broker last closed the connection right after.
         let mut closed_after: Option<String> = None;
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => break,
-                permit = tx.reserve(), if !unread.is_empty() => {
-                    match permit {
-                        Ok(p) => p.send(unread.pop_front().expect("not empty")),
-                        Err(_) => unread.clear(),
-                    }
-                    continue;
-                }
                 e = driver.next() => e,
             };
             match event {
@@ -618,18 +625,10 @@ impl Task {
                     if manual_acks {
                         m.ack = pkid.map(|pkid| AckToken { connection: connection_no, pkid });
                     }
-                    if !unread.is_empty() {
-                        unread.push_back(m);
-                    } else {
-                        match tx.try_send(m) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(m)) => unread.push_back(m),
-                            Err(mpsc::error::TrySendError::Closed(_)) => debug!("nobody reads messages from {url}"),
-                        }
-                    }
-                    if unread.len() == UNREAD_WARN {
+                    if waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == UNREAD_WARN {
                         warn!("{UNREAD_WARN} messages from {url} wait to be read: the reader is behind");
                     }
+                    let _ = unread.send(m);
                 }
                 Ok(Ev::Acked(pkid, ack)) => {
                     let done = shared.waiting.lock().unwrap_or_else(|p| p.into_inner()).inflight.remove(&pkid);
@@ -653,7 +652,11 @@ impl Task {
                         (Protocol::V5, false) => refused_v5(&e).unwrap_or(e),
                         _ => e,
                     };
-                    let e = refused_publish(e, &shared.last_publish, &mut closed_after);
+                    // Only a connection that was up can have been closed at a publish.
+                    let e = match *shared.connected.borrow() {
+                        true => refused_publish(e, &shared.last_publish, &mut closed_after),
+                        false => e,
+                    };
                     // With a clean session rumqttc drops, at the next CONNACK, every publish
                     // that was in flight or still queued when the connection broke. Fail exactly
                     // those waiters: the ones in flight, and the oldest queued ones, one per
@@ -685,6 +688,8 @@ impl Task {
             }
         }
         shared.connected.send_replace(false);
+        // What is still queued reaches the reader, if it reads on; then the handing task ends.
+        drop((unread, handing));
     }
 }
 
