@@ -580,7 +580,7 @@ impl Task {
         // loop's poll is never cancelled but at the stop.
         let (unread, mut unread_rx) = mpsc::unbounded_channel::<Message>();
         let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let handing: tokio::task::JoinHandle<()> = {
+        {
             let waiting = waiting.clone();
             let url = url.clone();
             tokio::spawn(async move {
@@ -590,8 +590,8 @@ impl Task {
                         debug!("nobody reads messages from {url}");
                     }
                 }
-            })
-        };
+            });
+        }
         // The topic of the publish the broker last closed the connection right after.
         let mut closed_after: Option<String> = None;
         loop {
@@ -688,8 +688,8 @@ impl Task {
             }
         }
         shared.connected.send_replace(false);
-        // What is still queued reaches the reader, if it reads on; then the handing task ends.
-        drop((unread, handing));
+        // What is still queued (in `unread`, dropped now) reaches the reader if it reads on;
+        // then the handing task ends.
     }
 }
 

@@ -160,14 +160,18 @@ pub async fn storage(readings: usize, batch: usize, json_out: bool) -> Result<Ex
 
 /// User + system CPU time of this process, from /proc (0 where unavailable).
 pub fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = after.split_whitespace().collect();
+    stat_cpu(&stat_fields("/proc/self/stat"), false)
+}
+
+/// The fields of a /proc stat file after the command name (the state is the first); empty if it is gone.
+pub fn stat_fields(path: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    stat.rsplit_once(')').map(|(_, a)| a.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// CPU seconds (user + system) in stat `fields`, with those of reaped children when asked.
+pub fn stat_cpu(fields: &[String], with_children: bool) -> f64 {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of the line (utime, stime) are 11 and 12 after the command name.
-    (ticks(11) + ticks(12)) / 100.0
+    // Fields 14 to 17 of the line (utime, stime, cutime, cstime) are 11 to 14 after the command name.
+    (ticks(11) + ticks(12) + if with_children { ticks(13) + ticks(14) } else { 0.0 }) / 100.0
 }

@@ -536,13 +536,11 @@ fn wait_measuring(child: &mut std::process::Child) -> Result<(std::process::Exit
     let status_path = format!("/proc/{}/status", child.id());
     let (mut cpu, mut rss) = (0.0, 0.0f64);
     loop {
-        let stat = std::fs::read_to_string(&stat_path).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, a)| a.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let fields = crate::bench::stat_fields(&stat_path);
         if !fields.is_empty() {
-            cpu = (ticks(11) + ticks(12)) / 100.0;
+            cpu = crate::bench::stat_cpu(&fields, false);
         }
-        if fields.first().is_none_or(|state| *state == "Z" || *state == "X") {
+        if fields.first().is_none_or(|state| state == "Z" || state == "X") {
             return Ok((child.wait()?, cpu, rss));
         }
         rss = rss.max(peak_rss_mb(&status_path));

@@ -26,6 +26,8 @@ use edgeseal_sensors::simulated::{Kind, Model};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::{stat_cpu, stat_fields};
+
 /// What every device measured: seal-to-stored latencies, and batches sent and acknowledged.
 #[derive(Default)]
 struct Tally {
@@ -305,33 +307,22 @@ async fn device(
 
 /// CPU seconds (user + system) of a running process.
 fn proc_cpu(pid: u32) -> f64 {
-    stat_cpu(&format!("/proc/{pid}/stat"), false)
-}
-
-fn stat_cpu(path: &str, with_children: bool) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(path) else { return 0.0 };
-    let Some((_, after)) = stat.rsplit_once(')') else { return 0.0 };
-    let f: Vec<f64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
-    let get = |i: usize| f.get(i).copied().unwrap_or(0.0);
-    (get(11) + get(12) + if with_children { get(13) + get(14) } else { 0.0 }) / 100.0
+    stat_cpu(&stat_fields(&format!("/proc/{pid}/stat")), false)
 }
 
 /// CPU seconds of every `postgres` process on this machine, with what the
 /// postmaster reaped of ended backends (0 where there is none).
 fn pg_cpu() -> f64 {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    let is_pg = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres");
     let mut total = 0.0;
     for e in dir.flatten() {
-        let path = e.path();
-        if std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres") {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if is_pg(&pid) {
+            let fields = stat_fields(&format!("/proc/{pid}/stat"));
             // Only the postmaster (whose parent is not postgres) counts its reaped children.
-            let ppid = std::fs::read_to_string(path.join("stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').and_then(|(_, a)| a.split_whitespace().nth(1).map(str::to_string)));
-            let parent_is_pg = ppid.is_some_and(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "postgres")
-            });
-            total += stat_cpu(&path.join("stat").to_string_lossy(), !parent_is_pg);
+            let postmaster = fields.get(1).is_some_and(|ppid| !is_pg(ppid));
+            total += stat_cpu(&fields, postmaster);
         }
     }
     total

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgeseal_core::chain::Head;
-use edgeseal_core::checkpoint::Checkpoint;
 use edgeseal_core::keys::Identity;
 use edgeseal_core::{DeviceId, StreamName};
 use edgeseal_store::local::LocalState;
@@ -20,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::{FINAL_DRAIN, Stats};
-use crate::now_ms;
 use crate::service::StoreCell;
 
 /// Batches per store transaction.
@@ -151,9 +149,8 @@ impl Drainer {
         let store = self.store.get().await?;
         while let Some(stream) = dirty.first().cloned() {
             if let Some(head) = self.local.remembered(device, &stream).await? {
-                let cp = Checkpoint { device, stream: stream.clone(), seq: head.seq, head: head.hash, ts: now_ms() };
-                let bytes =
-                    cp.sign(&self.identity).map_err(|_| edgeseal_store::Error::BadRow("checkpoint signing failed"))?;
+                let bytes = super::signed_checkpoint(&self.identity, &stream, &head)
+                    .map_err(|_| edgeseal_store::Error::BadRow("checkpoint signing failed"))?;
                 store.put_checkpoint(device, &stream, head.seq, &bytes).await?;
                 self.local.saw_checkpoint(device, &stream, head.seq).await?;
                 debug!("checkpoint {} of {stream}", head.seq);

@@ -17,7 +17,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgeseal_core::StreamName;
-use edgeseal_core::checkpoint::Checkpoint;
 use edgeseal_core::keys::Identity;
 use edgeseal_mqtt::link::Link;
 use edgeseal_store::local::LocalState;
@@ -171,9 +170,7 @@ impl Handover {
         let me = self.identity.device_id();
         for stream in streams {
             let Ok(Some(head)) = self.local.remembered(me, stream).await else { continue };
-            let cp =
-                Checkpoint { device: me, stream: stream.clone(), seq: head.seq, head: head.hash, ts: crate::now_ms() };
-            let Ok(signed) = cp.sign(&self.identity) else { continue };
+            let Ok(signed) = super::signed_checkpoint(&self.identity, stream, &head) else { continue };
             match self.link.send(&self.topics.checkpoint(me, stream), signed, false).await {
                 Ok(_) => debug!("checkpoint {} of {stream} published", head.seq),
                 Err(e) => debug!("checkpoint of {stream} waits: {e}"),

@@ -138,6 +138,24 @@ impl Pipeline {
     }
 }
 
+/// A checkpoint of `stream`'s `head`, as of now, signed by this agent (the drainer writes it to
+/// the store; the handover publishes it for ingest).
+fn signed_checkpoint(
+    identity: &edgeseal_core::keys::Identity,
+    stream: &StreamName,
+    head: &edgeseal_core::chain::Head,
+) -> Result<Vec<u8>, edgeseal_core::Error> {
+    let device = identity.device_id();
+    edgeseal_core::checkpoint::Checkpoint {
+        device,
+        stream: stream.clone(),
+        seq: head.seq,
+        head: head.hash,
+        ts: crate::now_ms(),
+    }
+    .sign(identity)
+}
+
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
