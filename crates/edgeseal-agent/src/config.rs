@@ -142,6 +142,24 @@ impl SensorSpec {
     }
 }
 
+/// How long streams keep their batches in the store (`retention.keep`, and
+/// `[streams.NAME] keep`); `None`: for ever.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keep {
+    pub default: Option<Duration>,
+    pub per_stream: HashMap<StreamName, Option<Duration>>,
+}
+
+impl Keep {
+    /// What `stream` keeps.
+    pub fn of(&self, stream: &StreamName) -> Option<Duration> {
+        self.per_stream.get(stream).copied().unwrap_or(self.default)
+    }
+}
+
+/// The default of `retention.keep`: a year and a month, so a year of data is always there.
+pub const DEFAULT_KEEP: Duration = Duration::from_secs(400 * 24 * 3600);
+
 /// The Grove LCD as an output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LcdConfig {
@@ -165,6 +183,9 @@ pub struct Config {
     /// With `store = "broker"`: how long published batches wait for an ingest's
     /// acknowledgement before they are published again (`outbox.resend_after`).
     pub resend_after: Duration,
+    /// How long each stream's batches stay in the store, and how often that is looked at.
+    pub keep: Keep,
+    pub retention_every: Duration,
     pub sensors: Vec<SensorSpec>,
     /// `/dev/i2c-N`, or `emulated`.
     pub grovepi_bus: String,
@@ -200,6 +221,8 @@ impl Config {
             retry_max: Duration::from_secs(30),
             checkpoint_every: Duration::from_secs(60),
             resend_after: Duration::from_secs(60),
+            keep: Keep { default: Some(DEFAULT_KEEP), per_stream: HashMap::new() },
+            retention_every: Duration::from_secs(3600),
             sensors: Vec::new(),
             grovepi_bus: "/dev/i2c-1".into(),
             lcd: LcdConfig { enabled: false, streams: Vec::new(), refresh: Duration::from_secs(2) },

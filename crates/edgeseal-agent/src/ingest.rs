@@ -6,8 +6,9 @@
 //! idempotently, many rows per statement. It sees only ciphertext, so it is
 //! untrusted like the broker and the store: readers verify what it wrote.
 //!
-//! It stores the devices' signed checkpoints too, and tells each device what
-//! it stored (JSON on `PREFIX/<device>/stored`, [`Stored`]): a device with
+//! It stores the devices' signed checkpoints too, applies their signed
+//! retention records (removing the batches each names, which readers then do
+//! not count as missing), and tells each device what it stored (JSON on `PREFIX/<device>/stored`, [`Stored`]): a device with
 //! `store = "broker"`, which holds no database credentials, keeps each batch
 //! until told. That word is untrusted like everything else here: an ingest
 //! that lies costs the device those batches, and `verify` names the gap.
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use edgeseal_core::checkpoint::Checkpoint;
 use edgeseal_core::envelope::{self, Authorship};
+use edgeseal_core::retention::Retention;
 use edgeseal_core::{DeviceId, StreamName};
 use edgeseal_mqtt::link::{Link, Message};
 use edgeseal_store::{AnyStore, BatchRow, ConnectOptions, Store};
@@ -54,15 +56,19 @@ pub struct IngestStats {
     pub conflicts: AtomicU64,
     /// Signed checkpoints stored (or already there).
     pub checkpoints: AtomicU64,
+    /// Signed retention records applied, and the batches they removed.
+    pub retentions: AtomicU64,
+    pub removed: AtomicU64,
     /// Messages that are no batch or checkpoint of the device their topic names, or badly signed.
     pub refused: AtomicU64,
 }
 
-/// The MQTT shared subscriptions every ingest process of `group` makes: batches and
-/// checkpoints. No group (`""`): plain subscriptions, for brokers that share none.
-pub fn filters(prefix: &str, group: &str) -> [String; 2] {
+/// The MQTT shared subscriptions every ingest process of `group` makes: batches,
+/// checkpoints and retention records. No group (`""`): plain subscriptions, for
+/// brokers that share none.
+pub fn filters(prefix: &str, group: &str) -> [String; 3] {
     let share = if group.is_empty() { String::new() } else { format!("$share/{group}/") };
-    [format!("{share}{prefix}/+/+/batch"), format!("{share}{prefix}/+/+/checkpoint")]
+    ["batch", "checkpoint", "retention"].map(|kind| format!("{share}{prefix}/+/+/{kind}"))
 }
 
 /// What an ingest process tells a device it stored: runs of batch numbers per
@@ -74,6 +80,9 @@ pub struct Stored {
     pub batches: Vec<Run>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<StoredCheckpoint>,
+    /// Retention records applied: the streams now start at `seq`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<StoredCheckpoint>,
 }
 
 /// Batches `from..=to` of `stream`, stored.
@@ -95,7 +104,19 @@ pub struct StoredCheckpoint {
 #[derive(Debug)]
 pub enum Item {
     Batch(BatchRow),
-    Checkpoint { device: DeviceId, stream: StreamName, seq: u64, signed: Vec<u8> },
+    Checkpoint {
+        device: DeviceId,
+        stream: StreamName,
+        seq: u64,
+        signed: Vec<u8>,
+    },
+    /// A signed retention record: the stream starts at `from`.
+    Retention {
+        device: DeviceId,
+        stream: StreamName,
+        from: u64,
+        signed: Vec<u8>,
+    },
 }
 
 /// A message (its topic and payload) as an item to store, or why it is refused.
@@ -112,7 +133,20 @@ pub fn item_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::R
             }
             Ok(Item::Checkpoint { device, stream, seq: cp.seq, signed: payload })
         }
-        _ => Err(format!("{topic} is not a batch or checkpoint topic")),
+        Some(Topic::Retention { device, stream }) => {
+            let (r, by) = Retention::parse(&payload).map_err(|e| format!("not a retention record: {e}"))?;
+            if r.device != device || r.stream != stream {
+                return Err(format!(
+                    "a retention record of {}/{} on the topic of {device}/{stream}",
+                    r.device, r.stream
+                ));
+            }
+            if by != Authorship::Device {
+                return Err(format!("retention record from {} of {device}/{stream}: {by:?}", r.from));
+            }
+            Ok(Item::Retention { device, stream, from: r.from, signed: payload })
+        }
+        _ => Err(format!("{topic} is not a batch, checkpoint or retention topic")),
     }
 }
 
@@ -250,14 +284,15 @@ async fn store_group(
     stop: &CancellationToken,
 ) -> Option<BTreeMap<DeviceId, Stored>> {
     let mut rows = Vec::with_capacity(items.len());
-    let mut checkpoints = Vec::new();
+    let (mut checkpoints, mut retentions) = (Vec::new(), Vec::new());
     for item in items.drain(..) {
         match item {
             Item::Batch(r) => rows.push(r),
             Item::Checkpoint { device, stream, seq, signed } => checkpoints.push((device, stream, seq, signed)),
+            Item::Retention { device, stream, from, signed } => retentions.push((device, stream, from, signed)),
         }
     }
-    if rows.is_empty() && checkpoints.is_empty() {
+    if rows.is_empty() && checkpoints.is_empty() && retentions.is_empty() {
         return Some(BTreeMap::new()); // every message was refused: nothing to write, all to acknowledge
     }
     let mut wait = Duration::from_millis(100);
@@ -267,17 +302,29 @@ async fn store_group(
             for (device, stream, seq, signed) in &checkpoints {
                 store.put_checkpoint(*device, stream, *seq, signed).await?;
             }
-            Ok::<_, edgeseal_store::Error>(report)
+            // After the batches: a record removes what it names, whenever that arrived.
+            let mut removed = 0;
+            for (device, stream, from, signed) in &retentions {
+                removed += store.retain(*device, stream, *from, signed).await?;
+            }
+            Ok::<_, edgeseal_store::Error>((report, removed))
         };
         match written.await {
-            Ok(report) => {
+            Ok((report, removed)) => {
+                stats.retentions.fetch_add(retentions.len() as u64, Ordering::Relaxed);
+                stats.removed.fetch_add(removed, Ordering::Relaxed);
                 stats.stored.fetch_add(report.inserted as u64, Ordering::Relaxed);
                 stats.already_present.fetch_add(report.already_present as u64, Ordering::Relaxed);
                 stats.conflicts.fetch_add(report.conflicts.len() as u64, Ordering::Relaxed);
                 stats.checkpoints.fetch_add(checkpoints.len() as u64, Ordering::Relaxed);
                 let kept = rows.iter().enumerate().filter(|(i, _)| !report.conflicts.contains(i)).map(|(_, r)| r);
                 let cps = checkpoints.iter().map(|(d, s, seq, _)| (*d, s, *seq));
-                return Some(stored(kept, cps));
+                let mut told = stored(kept, cps);
+                for (device, stream, from, _) in &retentions {
+                    let cut = StoredCheckpoint { stream: stream.to_string(), seq: *from };
+                    told.entry(*device).or_default().retention.push(cut);
+                }
+                return Some(told);
             }
             Err(e) => {
                 crate::quiet::once_a_minute("ingest store", |more| {
@@ -336,12 +383,14 @@ async fn tell_devices(link: &Link, topics: &Topics, stored: BTreeMap<DeviceId, S
 pub fn summary(stats: &IngestStats) -> String {
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "{} messages received: {} batches stored, {} already there, {} conflicting, {} checkpoints, {} refused",
+        "{} messages received: {} batches stored, {} already there, {} conflicting, {} checkpoints, {} retention records ({} batches removed), {} refused",
         n(&stats.received),
         n(&stats.stored),
         n(&stats.already_present),
         n(&stats.conflicts),
         n(&stats.checkpoints),
+        n(&stats.retentions),
+        n(&stats.removed),
         n(&stats.refused)
     )
 }

@@ -13,15 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::times::format_ms;
-use edgeseal_core::chain::{Finding, Scope};
+use edgeseal_core::chain::{Audit, Finding, Scope, Status};
 use edgeseal_core::keys::{Identity, PublicIdentity};
 use edgeseal_core::pairing::PairCode;
 use edgeseal_core::{DeviceId, Readings, StreamName};
 use edgeseal_mqtt::link::Link;
 use edgeseal_sensors::batcher::Policy;
 use edgeseal_store::local::{LocalState, PeerRow};
-use edgeseal_store::reader::{StreamRead, open_rows, read_stream};
-use edgeseal_store::{AnyStore, ConnectOptions, Store, TimeRange};
+use edgeseal_store::reader::{ReadOptions, StreamRead, open_batches, open_rows, read_stream_with};
+use edgeseal_store::{AnyStore, ConnectOptions, Store, StoredBatch, TimeRange};
 use tokio::sync::{OnceCell, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,6 +160,24 @@ impl Retrieved {
     ) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>> {
         open_rows(&self.read, range, &|epoch| self.keys.key(self.device, &self.stream, epoch))
     }
+}
+
+/// A row of a stream read by [`Service::stream_readings`]: its status and,
+/// when authentic, its readings (`Err`: no key for its time, or damaged).
+#[derive(Debug)]
+pub struct OpenedRow {
+    pub row: StoredBatch,
+    pub status: Status,
+    pub readings: Option<std::result::Result<Readings, edgeseal_core::Error>>,
+}
+
+/// A stream read to its end by [`Service::stream_readings`].
+#[derive(Debug)]
+pub struct Streamed {
+    pub device: DeviceId,
+    /// Whether this agent holds any key of the stream (its own, or granted).
+    pub granted: bool,
+    pub audit: Audit,
 }
 
 /// A stream name given in a request.
@@ -383,7 +401,7 @@ impl Service {
         )))
     }
 
-    /// Fetches and audits one stream, remembering any newer authentic head.
+    /// Fetches and audits one stream, all at once, remembering any newer authentic head.
     async fn audited(
         &self,
         device: DeviceId,
@@ -391,39 +409,68 @@ impl Service {
         range: TimeRange,
         scope: Scope,
     ) -> Result<StreamRead> {
+        let (mut rows, mut statuses) = (Vec::new(), Vec::new());
+        let mut audit = self
+            .audit_stream(device, stream, range, scope, true, |chunk| {
+                for (r, s) in chunk {
+                    rows.push(r);
+                    statuses.push(s);
+                }
+                Ok(())
+            })
+            .await?;
+        audit.statuses = statuses;
+        Ok(StreamRead { rows, audit })
+    }
+
+    /// Reads and audits one stream in the store's order (constant memory;
+    /// `shown` gets the rows, with their sealed bytes when `bytes`, a chunk at a
+    /// time as each is decided), then remembers any newer authentic head and
+    /// names checkpoints that vanished.
+    async fn audit_stream(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        range: TimeRange,
+        scope: Scope,
+        bytes: bool,
+        shown: impl FnMut(Vec<(StoredBatch, Status)>) -> edgeseal_store::Result<()>,
+    ) -> Result<Audit> {
         let store = self.store().await?;
         let remembered = self.local.remembered(device, stream).await.local()?;
-        let mut read = read_stream(store, device, stream, range, remembered, scope).await.map_err(Error::store)?;
-        if !read.audit.findings.is_empty() {
+        let opts = ReadOptions { range, remembered, scope, bytes };
+        let mut audit = read_stream_with(store, device, stream, opts, shown).await.map_err(Error::store)?;
+        if !audit.findings.is_empty() {
             let mut by_kind = self.counts.findings.lock().unwrap_or_else(|p| p.into_inner());
-            for f in &read.audit.findings {
+            for f in &audit.findings {
                 *by_kind.entry(f.kind()).or_default() += 1;
             }
         }
-        if let Some(head) = read.audit.head {
+        if let Some(head) = audit.head {
             self.local.remember(device, stream, head).await.local()?;
         }
         // Checkpoint rows that vanished: the store's newest is older than one seen before.
         let seen = self.local.checkpoint_seen(device, stream).await.local()?;
         if let Some(seen) = seen
-            && read.audit.checkpoint.is_none_or(|s| s < seen)
+            && audit.checkpoint.is_none_or(|s| s < seen)
         {
-            read.audit.findings.push(Finding::CheckpointsRemoved { seen, store: read.audit.checkpoint });
+            audit.findings.push(Finding::CheckpointsRemoved { seen, store: audit.checkpoint });
         }
-        if let Some(cp) = read.audit.checkpoint.filter(|&c| seen.is_none_or(|s| c > s)) {
+        if let Some(cp) = audit.checkpoint.filter(|&c| seen.is_none_or(|s| c > s)) {
             self.local.saw_checkpoint(device, stream, cp).await.local()?;
         }
-        Ok(read)
+        Ok(audit)
     }
 
-    /// A time range of a stream (of `device`, default this agent), audited, with the keys to open it.
-    pub async fn retrieve(
+    /// What a read of a time range of a stream (of `device`, default this
+    /// agent) needs: whose it is, what to check it against, the keys to open it.
+    async fn to_read(
         &self,
         stream: &StreamName,
         device: Option<&str>,
         from: Option<i64>,
         to: Option<i64>,
-    ) -> Result<Retrieved> {
+    ) -> Result<(DeviceId, Scope, KeyRing)> {
         let identity = self.identity()?.clone();
         let device = self.device_named(device).await?;
         if let (Some(f), Some(t)) = (from, to)
@@ -434,9 +481,64 @@ impl Service {
         let now = now_ms();
         let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
         self.known_stream(device, stream).await?;
-        let read = self.audited(device, stream, TimeRange { from, to }, scope).await?;
         let keys = KeyRing::load(identity, &self.local).await?;
+        Ok((device, scope, keys))
+    }
+
+    /// A time range of a stream (of `device`, default this agent), audited, with the keys to open it.
+    pub async fn retrieve(
+        &self,
+        stream: &StreamName,
+        device: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Retrieved> {
+        let (device, scope, keys) = self.to_read(stream, device, from, to).await?;
+        let read = self.audited(device, stream, TimeRange { from, to }, scope).await?;
         Ok(Retrieved { device, stream: stream.clone(), read, keys })
+    }
+
+    /// A time range of a stream audited in the store's order, without opening
+    /// or keeping anything (constant memory): `fetch --strict`'s first read.
+    pub async fn audit_range(
+        &self,
+        stream: &StreamName,
+        device: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Streamed> {
+        let (device, scope, keys) = self.to_read(stream, device, from, to).await?;
+        let audit = self.audit_stream(device, stream, TimeRange { from, to }, scope, false, |_| Ok(())).await?;
+        Ok(Streamed { device, granted: keys.holds(device, stream), audit })
+    }
+
+    /// A time range of a stream, read in the store's order in constant
+    /// memory (`fetch`): `shown` gets each chunk of rows as they are decided,
+    /// each with its status and, when authentic and this agent holds its key,
+    /// its readings. The audit is whole once the read is.
+    pub async fn stream_readings(
+        &self,
+        stream: &StreamName,
+        device: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+        mut shown: impl FnMut(Vec<OpenedRow>) -> edgeseal_store::Result<()>,
+    ) -> Result<Streamed> {
+        let (device, scope, keys) = self.to_read(stream, device, from, to).await?;
+        let key = |epoch| keys.key(device, stream, epoch);
+        let audit = self
+            .audit_stream(device, stream, TimeRange { from, to }, scope, true, |chunk| {
+                let opened = open_batches(&chunk, &key);
+                shown(
+                    chunk
+                        .into_iter()
+                        .zip(opened)
+                        .map(|((row, status), readings)| OpenedRow { row, status, readings })
+                        .collect(),
+                )
+            })
+            .await?;
+        Ok(Streamed { device, granted: keys.holds(device, stream), audit })
     }
 
     /// A time range of a stream, verified and opened: every batch with its
@@ -512,15 +614,17 @@ impl Service {
         };
         let mut out = Vec::with_capacity(streams.len());
         for s in &streams {
-            let read = self.audited(device, s, TimeRange::default(), Scope::WHOLE).await?;
+            // Row by row, holding no sealed bytes: constant memory however long the stream.
+            let audit = self.audit_stream(device, s, TimeRange::default(), Scope::WHOLE, false, |_| Ok(())).await?;
             out.push(StreamAudit {
                 stream: s.to_string(),
                 device: device.to_string(),
-                batches: read.rows.len(),
-                verified: read.audit.statuses.iter().filter(|x| x.is_authentic()).count(),
-                head_seq: read.audit.head.map(|h| h.seq),
-                ok: read.audit.is_clean(),
-                findings: read.audit.findings.iter().map(FindingView::from).collect(),
+                batches: audit.rows as usize,
+                verified: audit.authentic as usize,
+                head_seq: audit.head.map(|h| h.seq),
+                start: audit.start,
+                ok: audit.is_clean(),
+                findings: audit.findings.iter().map(FindingView::from).collect(),
             });
         }
         Ok(VerifyView { ok: out.iter().all(|s| s.ok), device: device.to_string(), streams: out })

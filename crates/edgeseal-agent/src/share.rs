@@ -81,6 +81,11 @@ pub enum Topic {
         device: DeviceId,
         stream: StreamName,
     },
+    /// A device's signed retention record, for `edgeseal ingest` to apply.
+    Retention {
+        device: DeviceId,
+        stream: StreamName,
+    },
     /// What an ingest process stored of a device's batches and checkpoints (`store = "broker"`).
     Stored {
         device: DeviceId,
@@ -106,6 +111,10 @@ impl Topics {
 
     pub fn checkpoint(&self, device: DeviceId, stream: &StreamName) -> String {
         format!("{}/{device}/{}/checkpoint", self.prefix, level(stream))
+    }
+
+    pub fn retention(&self, device: DeviceId, stream: &StreamName) -> String {
+        format!("{}/{device}/{}/retention", self.prefix, level(stream))
     }
 
     /// Where ingest processes tell `device` what they stored of it.
@@ -154,6 +163,9 @@ impl Topics {
             [device, stream, "live"] => Some(Topic::Live { device: device.parse().ok()?, stream: unlevel(stream)? }),
             [device, stream, "checkpoint"] => {
                 Some(Topic::Checkpoint { device: device.parse().ok()?, stream: unlevel(stream)? })
+            }
+            [device, stream, "retention"] => {
+                Some(Topic::Retention { device: device.parse().ok()?, stream: unlevel(stream)? })
             }
             [device, "stored"] => Some(Topic::Stored { device: device.parse().ok()? }),
             [owner, "grants", peer] => Some(Topic::Grants { owner: owner.parse().ok()?, peer: peer.parse().ok()? }),

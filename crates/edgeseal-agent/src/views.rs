@@ -238,6 +238,8 @@ impl From<&Finding> for FindingView {
             | Finding::BadCheckpoint { seq }
             | Finding::Unsigned { seq }
             | Finding::RangeEdgeMissing { seq, .. }
+            | Finding::RetentionMismatch { seq }
+            | Finding::BadRetention { from: seq }
             | Finding::CheckpointsRemoved { seen: seq, .. } => FindingAt::Seq { seq: *seq },
             Finding::Gap { from, to } => FindingAt::Gap { from: *from, to: *to },
             Finding::TruncatedTail { last, checkpoint } => {
@@ -279,6 +281,8 @@ pub struct StreamAudit {
     pub batches: usize,
     pub verified: usize,
     pub head_seq: Option<u64>,
+    /// Where the stream starts: 0, or the first batch a signed retention record keeps.
+    pub start: u64,
     pub ok: bool,
     pub findings: Vec<FindingView>,
 }

@@ -331,3 +331,97 @@ async fn the_drainer_keeps_the_outbox_through_a_store_outage() {
     r.sealer.await.unwrap();
     cell.close().await;
 }
+
+#[tokio::test]
+async fn retention_cuts_what_was_stored_longer_ago_than_the_stream_keeps() {
+    use edgeseal_agent::config::Keep;
+    use edgeseal_agent::runtime::retention::Retention;
+    use edgeseal_core::chain::Scope;
+    let r = rig("retention", Policy { count: 2, interval_ms: None }).await;
+    let mut cfg = Config::new(&r.dir, "t");
+    cfg.store_url = format!("sqlite://{}", r.dir.join("store.db").display());
+    let cell = Arc::new(StoreCell::new(&cfg, false));
+    let drainer = Drainer {
+        local: r.local.clone(),
+        store: cell.clone(),
+        identity: r.identity.clone(),
+        retry_max: Duration::from_secs(2),
+        checkpoint_every: Duration::from_secs(1),
+        notify: r.wake.drainer.clone(),
+        stats: r.stats.clone(),
+    };
+    let drain_stop = CancellationToken::new();
+    let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
+    let feed = |from: i64, to: i64| {
+        let input = r.input.clone();
+        async move {
+            for i in from..to {
+                input.send(reading("a", i)).await.unwrap();
+                input.send(reading("b", i)).await.unwrap();
+            }
+        }
+    };
+    let rr = &r;
+    let stored = |n: u64| async move {
+        let real_start = std::time::Instant::now();
+        while rr.stats.stored.load(Ordering::Relaxed) < n || !rr.outbox().await.is_empty() {
+            assert!(real_start.elapsed() < Duration::from_secs(20), "not stored");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    // `a` keeps an hour; `b` keeps everything.
+    let keep =
+        Keep { default: Some(Duration::from_secs(3600)), per_stream: [(StreamName::new("b").unwrap(), None)].into() };
+    let retention = Retention {
+        local: r.local.clone(),
+        identity: r.identity.clone(),
+        keep,
+        every: Duration::from_secs(3600),
+        store: Some(cell.clone()),
+    };
+    let t0 = 1_800_000_000_000i64;
+    let hour = 3_600_000;
+    feed(0, 10).await;
+    stored(10).await;
+    real(retention.pass(t0)).await; // a stands at batch 4
+    feed(10, 20).await;
+    stored(20).await;
+    real(retention.pass(t0 + hour / 2)).await; // a stands at batch 9
+    real(retention.pass(t0 + hour - 1)).await;
+    let device = r.identity.device_id();
+    let (a, b) = (StreamName::new("a").unwrap(), StreamName::new("b").unwrap());
+    let seqs = |s: StreamName| {
+        let cell = cell.clone();
+        async move {
+            let rows = real(async { cell.get().await.unwrap().batches(device, &s, TimeRange::default()).await })
+                .await
+                .unwrap();
+            rows.iter().map(|x| x.seq).collect::<Vec<u64>>()
+        }
+    };
+    assert_eq!(seqs(a.clone()).await, (0..10).collect::<Vec<_>>(), "nothing is an hour old yet");
+    // An hour after the first mark: what was stored by then goes, under a signed record.
+    real(retention.pass(t0 + hour)).await;
+    assert_eq!(seqs(a.clone()).await, (5..10).collect::<Vec<_>>());
+    assert_eq!(seqs(b.clone()).await, (0..10).collect::<Vec<_>>(), "b keeps everything");
+    let store = real(cell.get()).await.unwrap();
+    let read = real(edgeseal_store::reader::read_stream(store, device, &a, TimeRange::default(), None, Scope::WHOLE))
+        .await
+        .unwrap();
+    assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
+    assert_eq!(read.audit.start, 5);
+    // The stream's newest batch always stays, however old.
+    real(retention.pass(t0 + 10 * hour)).await;
+    assert_eq!(seqs(a.clone()).await, (5..10).collect::<Vec<_>>());
+    // Later passes cut at later marks.
+    feed(20, 24).await;
+    stored(24).await;
+    real(retention.pass(t0 + 11 * hour)).await;
+    assert_eq!(seqs(a.clone()).await, [10, 11]);
+    assert!(real(r.local.retention_pending()).await.unwrap().is_empty(), "applied");
+    drain_stop.cancel();
+    drainer.await.unwrap();
+    r.stop.cancel();
+    r.sealer.await.unwrap();
+    cell.close().await;
+}

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod keystore;
 pub mod pairing;
 pub mod reading;
+pub mod retention;
 pub mod time;
 mod varint;
 

@@ -13,6 +13,7 @@ use edgeseal_core::envelope::{self, Authorship, BatchHash, SealParams, seal};
 use edgeseal_core::frame::{FrameParams, parse_frame, seal_frame};
 use edgeseal_core::grant::range_nodes;
 use edgeseal_core::keys::{EpochKeys, Identity, LeafCache, TreeNode, cover, slot_of};
+use edgeseal_core::retention::Retention;
 use edgeseal_core::{BlobBatch, Readings, ScalarBatch, StreamName, codec};
 use serde_json::{Value, json};
 
@@ -347,6 +348,31 @@ fn known_answers() {
     } else {
         let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(stored["signed"], vector["signed"]);
+    }
+
+    let rec = Retention {
+        device: id.device_id(),
+        stream: StreamName::new("temperature").unwrap(),
+        from: 42,
+        head: BatchHash([0xcd; 32]),
+        before: 1_759_449_600_000,
+        ts: 1_767_225_600_000,
+    };
+    let bytes = rec.sign(&id).unwrap();
+    assert_eq!(Retention::parse(&bytes).unwrap(), (rec, Authorship::Device));
+    let path = dir().join("retention.json");
+    let vector = json!({
+        "description": "edgeseal retention record, version 1",
+        "identity_secret": hex::encode(identity_secret()),
+        "stream": "temperature", "from": 42, "head": hex::encode([0xcd; 32]),
+        "before": 1_759_449_600_000i64, "ts": 1_767_225_600_000i64,
+        "signed": hex::encode(&bytes),
+    });
+    if writing() {
+        std::fs::write(&path, serde_json::to_string_pretty(&vector).unwrap() + "\n").unwrap();
+    } else {
+        let stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(stored, vector, "retention.json differs");
     }
 }
 

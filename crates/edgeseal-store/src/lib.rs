@@ -14,6 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use edgeseal_core::{DeviceId, StreamName};
+use futures_util::stream::{BoxStream, StreamExt as _, TryStreamExt as _};
 use sqlx::Row as _;
 
 pub mod local;
@@ -37,6 +38,9 @@ pub enum Error {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the store returned a malformed row: {0}")]
     BadRow(&'static str),
+    /// The one reading rows stopped taking them (its output failed).
+    #[error("the reader of the rows stopped")]
+    Stopped,
     #[error(
         "this agent keeps no store of its own (store = \"broker\"): its batches go through the MQTT broker to `edgeseal ingest`, which stores them; read them there (--store with the URL ingest writes to)"
     )]
@@ -160,12 +164,22 @@ pub trait Store: Send + Sync {
     /// All streams with their clear metadata.
     fn streams(&self) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send;
     /// Batches of a stream overlapping `range`, in sequence order.
-    fn batches(
-        &self,
+    fn batches<'a>(
+        &'a self,
         device: DeviceId,
-        stream: &StreamName,
+        stream: &'a StreamName,
         range: TimeRange,
-    ) -> impl Future<Output = Result<Vec<StoredBatch>>> + Send;
+    ) -> impl Future<Output = Result<Vec<StoredBatch>>> + Send + 'a {
+        self.batches_stream(device, stream, range).try_collect()
+    }
+    /// The same, row by row as the database sends them: memory stays
+    /// constant however many rows the range holds.
+    fn batches_stream<'a>(
+        &'a self,
+        device: DeviceId,
+        stream: &'a StreamName,
+        range: TimeRange,
+    ) -> BoxStream<'a, Result<StoredBatch>>;
     /// Batches of a stream numbered `first..=last`, in sequence order.
     fn batches_by_seq(
         &self,
@@ -190,12 +204,28 @@ pub trait Store: Send + Sync {
         stream: &StreamName,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
+    /// Stores a signed retention record (idempotently), then removes the
+    /// stream's batches below `from`, its checkpoints below `from` but the
+    /// newest, and its older records: in transactions of [`DELETE_CHUNK`]
+    /// batches, so a large first cut does not hold up writers. The caller has
+    /// checked the record. Returns how many batches it removed.
+    fn retain(
+        &self,
+        device: DeviceId,
+        stream: &StreamName,
+        from: u64,
+        record: &[u8],
+    ) -> impl Future<Output = Result<u64>> + Send;
+    /// A stream's retention records (normally one, the newest).
+    fn retentions(&self, device: DeviceId, stream: &StreamName) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
     /// The store's URL with any password removed.
     fn url(&self) -> &str;
 }
 
 /// Batches per multi-row insert (9 parameters each: within every backend's limit).
 const ROWS_PER_INSERT: usize = 256;
+/// Batches removed per transaction by [`Store::retain`].
+pub const DELETE_CHUNK: i64 = 10_000;
 /// A multi-row insert stops adding batches past this many sealed bytes (MySQL's packet limit).
 const BYTES_PER_INSERT: usize = 4 << 20;
 
@@ -212,6 +242,14 @@ struct Dialect {
     head_seq: &'static str,
     batches: &'static str,
     checkpoints: &'static str,
+    insert_retention: &'static str,
+    retentions: &'static str,
+    /// The lowest number held of a stream; removing its batches `lo..hi` (`hi` exclusive);
+    /// its checkpoints below a number but the newest; its retention records below a number.
+    low_seq: &'static str,
+    delete_batches: &'static str,
+    delete_checkpoints: &'static str,
+    delete_retentions: &'static str,
 }
 
 const SQLITE: Dialect = Dialect {
@@ -221,8 +259,8 @@ const SQLITE: Dialect = Dialect {
     ),
     batch_hash: "SELECT hash FROM batches WHERE device = ? AND stream = ? AND seq = ?",
     insert_checkpoint: "INSERT INTO checkpoints (device, stream, seq, sealed) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    streams: "SELECT device, stream, COUNT(*) AS batches, SUM(count) AS readings, MIN(first_ts) AS first_ts, \
-              MAX(last_ts) AS last_ts, MAX(seq) AS head FROM batches GROUP BY device, stream ORDER BY stream, device",
+    streams: "SELECT device, stream, batches, readings, first_ts, last_ts, head FROM streams WHERE batches > 0 \
+              ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches WHERE device = ? AND stream = ? \
               AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
     batches_by_seq: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches \
@@ -231,6 +269,12 @@ const SQLITE: Dialect = Dialect {
                   WHERE device = ? AND stream = ? AND last_ts < ? ORDER BY last_ts DESC, seq DESC LIMIT 1",
     head_seq: "SELECT MAX(seq) AS head FROM batches WHERE device = ? AND stream = ?",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
+    insert_retention: "INSERT INTO retention (device, stream, from_seq, sealed) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    retentions: "SELECT sealed FROM retention WHERE device = ? AND stream = ? ORDER BY from_seq DESC LIMIT 16",
+    low_seq: "SELECT MIN(seq) AS lo FROM batches WHERE device = ? AND stream = ?",
+    delete_batches: "DELETE FROM batches WHERE device = ? AND stream = ? AND seq >= ? AND seq < ?",
+    delete_checkpoints: "DELETE FROM checkpoints WHERE device = ? AND stream = ? AND seq < ? AND seq < ?",
+    delete_retentions: "DELETE FROM retention WHERE device = ? AND stream = ? AND from_seq < ?",
 };
 
 const POSTGRES: Dialect = Dialect {
@@ -240,9 +284,8 @@ const POSTGRES: Dialect = Dialect {
     ),
     batch_hash: "SELECT hash FROM batches WHERE device = $1 AND stream = $2 AND seq = $3",
     insert_checkpoint: "INSERT INTO checkpoints (device, stream, seq, sealed) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS BIGINT) AS readings, \
-              MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts, MAX(seq) AS head \
-              FROM batches GROUP BY device, stream ORDER BY stream, device",
+    streams: "SELECT device, stream, batches, readings, first_ts, last_ts, head FROM streams WHERE batches > 0 \
+              ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
               WHERE device = $1 AND stream = $2 AND last_ts >= $3 AND first_ts <= $4 ORDER BY seq",
     batches_by_seq: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
@@ -251,6 +294,12 @@ const POSTGRES: Dialect = Dialect {
                   WHERE device = $1 AND stream = $2 AND last_ts < $3 ORDER BY last_ts DESC, seq DESC LIMIT 1",
     head_seq: "SELECT MAX(seq) AS head FROM batches WHERE device = $1 AND stream = $2",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = $1 AND stream = $2 ORDER BY seq DESC LIMIT $3",
+    insert_retention: "INSERT INTO retention (device, stream, from_seq, sealed) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    retentions: "SELECT sealed FROM retention WHERE device = $1 AND stream = $2 ORDER BY from_seq DESC LIMIT 16",
+    low_seq: "SELECT MIN(seq) AS lo FROM batches WHERE device = $1 AND stream = $2",
+    delete_batches: "DELETE FROM batches WHERE device = $1 AND stream = $2 AND seq >= $3 AND seq < $4",
+    delete_checkpoints: "DELETE FROM checkpoints WHERE device = $1 AND stream = $2 AND seq < $3 AND seq < $4",
+    delete_retentions: "DELETE FROM retention WHERE device = $1 AND stream = $2 AND from_seq < $3",
 };
 
 const MYSQL: Dialect = Dialect {
@@ -260,9 +309,8 @@ const MYSQL: Dialect = Dialect {
     ),
     batch_hash: "SELECT hash FROM batches WHERE device = ? AND stream = ? AND seq = ?",
     insert_checkpoint: "INSERT IGNORE INTO checkpoints (device, stream, seq, sealed) VALUES (?, ?, ?, ?)",
-    streams: "SELECT device, stream, COUNT(*) AS batches, CAST(SUM(count) AS SIGNED) AS readings, \
-              MIN(first_ts) AS first_ts, MAX(last_ts) AS last_ts, MAX(seq) AS head \
-              FROM batches GROUP BY device, stream ORDER BY stream, device",
+    streams: "SELECT device, stream, batches, readings, first_ts, last_ts, head FROM streams WHERE batches > 0 \
+              ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
               WHERE device = ? AND stream = ? AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
     batches_by_seq: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
@@ -271,6 +319,12 @@ const MYSQL: Dialect = Dialect {
                   WHERE device = ? AND stream = ? AND last_ts < ? ORDER BY last_ts DESC, seq DESC LIMIT 1",
     head_seq: "SELECT MAX(seq) AS head FROM batches WHERE device = ? AND stream = ?",
     checkpoints: "SELECT sealed FROM checkpoints WHERE device = ? AND stream = ? ORDER BY seq DESC LIMIT ?",
+    insert_retention: "INSERT IGNORE INTO retention (device, stream, from_seq, sealed) VALUES (?, ?, ?, ?)",
+    retentions: "SELECT sealed FROM retention WHERE device = ? AND stream = ? ORDER BY from_seq DESC LIMIT 16",
+    low_seq: "SELECT MIN(seq) AS lo FROM batches WHERE device = ? AND stream = ?",
+    delete_batches: "DELETE FROM batches WHERE device = ? AND stream = ? AND seq >= ? AND seq < ?",
+    delete_checkpoints: "DELETE FROM checkpoints WHERE device = ? AND stream = ? AND seq < ? AND seq < ?",
+    delete_retentions: "DELETE FROM retention WHERE device = ? AND stream = ? AND from_seq < ?",
 };
 
 fn device_from(bytes: &[u8]) -> Result<DeviceId> {
@@ -327,9 +381,17 @@ macro_rules! backend {
                 retry_busy(|| async { Ok(sqlx::migrate!($migrations).run(&self.pool).await?) }).await
             }
 
-            async fn put_batches(&self, rows: &[BatchRow]) -> Result<PutReport> {
+            async fn put_batches(&self, input: &[BatchRow]) -> Result<PutReport> {
                 let d = &$dialect;
                 let mut report = PutReport::default();
+                // In key order, so that writers sharing streams take their locks (rows, and the
+                // streams summary's) in the same order and never wait on each other in a circle.
+                let mut order: Vec<usize> = (0..input.len()).collect();
+                order.sort_by(|&a, &b| {
+                    let (a, b) = (&input[a], &input[b]);
+                    (a.device, &a.stream, a.seq).cmp(&(b.device, &b.stream, b.seq))
+                });
+                let rows: Vec<&BatchRow> = order.iter().map(|&i| &input[i]).collect();
                 let mut tx = self.pool.begin().await?;
                 let mut start = 0;
                 while start < rows.len() {
@@ -358,6 +420,7 @@ macro_rules! backend {
                     report.inserted += inserted;
                     if inserted < chunk.len() {
                         // Some were there already: the same batch, or a conflicting one?
+                        let mut conflicts = 0;
                         for (i, r) in chunk.iter().enumerate() {
                             let existing: Vec<u8> = sqlx::query(d.batch_hash)
                                 .bind(&r.device.0[..])
@@ -367,14 +430,16 @@ macro_rules! backend {
                                 .await?
                                 .try_get(0)?;
                             if existing != r.hash {
-                                report.conflicts.push(start + i);
+                                conflicts += 1;
+                                report.conflicts.push(order[start + i]);
                             }
                         }
-                        report.already_present += chunk.len() - inserted - report.conflicts.iter().filter(|&&c| c >= start).count();
+                        report.already_present += chunk.len() - inserted - conflicts;
                     }
                     start = end;
                 }
                 tx.commit().await?;
+                report.conflicts.sort_unstable();
                 Ok(report)
             }
 
@@ -407,15 +472,15 @@ macro_rules! backend {
                     .collect()
             }
 
-            async fn batches(&self, device: DeviceId, stream: &StreamName, range: TimeRange) -> Result<Vec<StoredBatch>> {
-                let rows = sqlx::query($dialect.batches)
-                    .bind(&device.0[..])
+            fn batches_stream<'a>(&'a self, device: DeviceId, stream: &'a StreamName, range: TimeRange) -> BoxStream<'a, Result<StoredBatch>> {
+                sqlx::query($dialect.batches)
+                    .bind(device.0.to_vec())
                     .bind(stream.as_str())
                     .bind(range.from.unwrap_or(i64::MIN))
                     .bind(range.to.unwrap_or(i64::MAX))
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter().map(|r| stored_batch!(r)).collect()
+                    .fetch(&self.pool)
+                    .map(|r| r.map_err(Error::from).and_then(|r| stored_batch!(&r)))
+                    .boxed()
             }
 
             async fn batches_by_seq(&self, device: DeviceId, stream: &StreamName, first: u64, last: u64) -> Result<Vec<StoredBatch>> {
@@ -454,6 +519,70 @@ macro_rules! backend {
                     .bind(&device.0[..])
                     .bind(stream.as_str())
                     .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| Ok(r.try_get::<Vec<u8>, _>("sealed")?)).collect()
+            }
+
+            async fn retain(&self, device: DeviceId, stream: &StreamName, from: u64, record: &[u8]) -> Result<u64> {
+                let d = &$dialect;
+                let from = i64_from(from)?;
+                sqlx::query(d.insert_retention)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(from)
+                    .bind(record)
+                    .execute(&self.pool)
+                    .await?;
+                let mut removed = 0;
+                loop {
+                    let lo: Option<i64> = sqlx::query(d.low_seq)
+                        .bind(&device.0[..])
+                        .bind(stream.as_str())
+                        .fetch_one(&self.pool)
+                        .await?
+                        .try_get("lo")?;
+                    let Some(lo) = lo.filter(|&lo| lo < from) else { break };
+                    let hi = lo.saturating_add(DELETE_CHUNK).min(from);
+                    removed += sqlx::query(d.delete_batches)
+                        .bind(&device.0[..])
+                        .bind(stream.as_str())
+                        .bind(lo)
+                        .bind(hi)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                }
+                let newest: Option<i64> = sqlx::query(d.checkpoints)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(1i64)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| r.try_get::<Vec<u8>, _>("sealed"))
+                    .transpose()?
+                    .and_then(|b| edgeseal_core::checkpoint::Checkpoint::parse(&b).ok())
+                    .and_then(|(c, _)| i64::try_from(c.seq).ok());
+                sqlx::query(d.delete_checkpoints)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(from)
+                    .bind(newest.unwrap_or(i64::MIN))
+                    .execute(&self.pool)
+                    .await?;
+                sqlx::query(d.delete_retentions)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
+                    .bind(from)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(removed)
+            }
+
+            async fn retentions(&self, device: DeviceId, stream: &StreamName) -> Result<Vec<Vec<u8>>> {
+                let rows = sqlx::query($dialect.retentions)
+                    .bind(&device.0[..])
+                    .bind(stream.as_str())
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter().map(|r| Ok(r.try_get::<Vec<u8>, _>("sealed")?)).collect()
@@ -562,6 +691,8 @@ pub(crate) async fn sqlite_pool(
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(10))
+        // Space freed by retention goes back to the file system (takes effect on a new file).
+        .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
         // 1 MiB of page cache per connection (SQLite's default is 2 MiB): this is an
         // append-mostly workload, and the agent must stay small on a 1 GB Pi.
         .pragma("cache_size", "-1024");
@@ -663,8 +794,27 @@ impl Store for AnyStore {
     async fn streams(&self) -> Result<Vec<StreamInfo>> {
         dispatch!(self, s => s.streams().await)
     }
-    async fn batches(&self, device: DeviceId, stream: &StreamName, range: TimeRange) -> Result<Vec<StoredBatch>> {
-        dispatch!(self, s => s.batches(device, stream, range).await)
+    fn batches_stream<'a>(
+        &'a self,
+        device: DeviceId,
+        stream: &'a StreamName,
+        range: TimeRange,
+    ) -> BoxStream<'a, Result<StoredBatch>> {
+        dispatch!(self, s => s.batches_stream(device, stream, range))
+    }
+    async fn retain(&self, device: DeviceId, stream: &StreamName, from: u64, record: &[u8]) -> Result<u64> {
+        let removed = dispatch!(self, s => s.retain(device, stream, from, record).await)?;
+        if let AnyStore::Sqlite(s) = self
+            && removed > 0
+        {
+            // Give the freed pages back to the file system (auto_vacuum = INCREMENTAL; on a store
+            // made before that setting the pages are reused by later batches instead).
+            sqlx::query("PRAGMA incremental_vacuum").execute(s.pool()).await?;
+        }
+        Ok(removed)
+    }
+    async fn retentions(&self, device: DeviceId, stream: &StreamName) -> Result<Vec<Vec<u8>>> {
+        dispatch!(self, s => s.retentions(device, stream).await)
     }
     async fn checkpoints(&self, device: DeviceId, stream: &StreamName, limit: u32) -> Result<Vec<Vec<u8>>> {
         dispatch!(self, s => s.checkpoints(device, stream, limit).await)

@@ -742,6 +742,93 @@ impl LocalState {
         Ok(())
     }
 
+    /// Notes that `stream`'s newest stored batch is `seq` (with `hash`) at
+    /// `at_ms`, unless the newest mark is of that batch already.
+    pub async fn retention_mark(&self, stream: &StreamName, seq: u64, hash: BatchHash, at_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO retention_marks (stream, seq, hash, at_ms) SELECT ?, ?, ?, ? \
+             WHERE NOT EXISTS (SELECT 1 FROM retention_marks WHERE stream = ? AND seq >= ?)",
+        )
+        .bind(stream.as_str())
+        .bind(seq_i64(seq)?)
+        .bind(&hash.0[..])
+        .bind(at_ms)
+        .bind(stream.as_str())
+        .bind(seq_i64(seq)?)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest mark of `stream` made at or before `at_ms`: every batch up to it was stored by then.
+    pub async fn retention_mark_before(&self, stream: &StreamName, at_ms: i64) -> Result<Option<(u64, BatchHash)>> {
+        let row = sqlx::query(
+            "SELECT seq, hash FROM retention_marks WHERE stream = ? AND at_ms <= ? ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(stream.as_str())
+        .bind(at_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let seq = u64::try_from(r.try_get::<i64, _>("seq")?).map_err(|_| Error::BadRow("negative seq"))?;
+            Ok((seq, hash_from(&r.try_get::<Vec<u8>, _>("hash")?)?))
+        })
+        .transpose()
+    }
+
+    /// Keeps `record` as `stream`'s retention record, to apply (it starts the
+    /// stream at `from`), and forgets the marks it used up.
+    pub async fn set_retention(&self, stream: &StreamName, from: u64, record: &[u8]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("INSERT OR REPLACE INTO retention_records (stream, from_seq, record, applied) VALUES (?, ?, ?, 0)")
+            .bind(stream.as_str())
+            .bind(seq_i64(from)?)
+            .bind(record)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM retention_marks WHERE stream = ? AND seq < ?")
+            .bind(stream.as_str())
+            .bind(seq_i64(from)?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Retention records not applied yet: (stream, from, record).
+    pub async fn retention_pending(&self) -> Result<Vec<(StreamName, u64, Vec<u8>)>> {
+        let rows =
+            sqlx::query("SELECT stream, from_seq, record FROM retention_records WHERE applied = 0 ORDER BY stream")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                let from =
+                    u64::try_from(r.try_get::<i64, _>("from_seq")?).map_err(|_| Error::BadRow("negative seq"))?;
+                Ok((stream_from(r)?, from, r.try_get("record")?))
+            })
+            .collect()
+    }
+
+    /// Where `stream` starts by its newest retention record (applied or not).
+    pub async fn retention_from(&self, stream: &StreamName) -> Result<Option<u64>> {
+        let from: Option<i64> = sqlx::query_scalar("SELECT from_seq FROM retention_records WHERE stream = ?")
+            .bind(stream.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        from.map(|f| u64::try_from(f).map_err(|_| Error::BadRow("negative seq"))).transpose()
+    }
+
+    /// The store (or an ingest) applied `stream`'s record that starts it at `from`.
+    pub async fn retention_applied(&self, stream: &StreamName, from: u64) -> Result<()> {
+        sqlx::query("UPDATE retention_records SET applied = 1 WHERE stream = ? AND from_seq = ?")
+            .bind(stream.as_str())
+            .bind(seq_i64(from)?)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     /// Queues a batch received from a peer for the store (the outbox keeps it until the store acked).
     pub async fn commit_received(&self, row: &BatchRow) -> Result<()> {
         let mut conn = self.writer.acquire().await?;

@@ -1,23 +1,44 @@
-//! Reading a stream back: fetch rows and checkpoints, inspect every row (on
-//! all cores), audit the chain, and open the authentic batches.
+//! Reading a stream back: rows off the store as the database sends them,
+//! inspected a chunk at a time on all cores, audited as they come
+//! ([`chain::Auditor`]), and handed on as soon as each one's status is known.
+//! Memory stays constant whatever the stream's length: a reader holds the
+//! rows of one chunk and those still waiting for a signed batch to cover them.
 
-use edgeseal_core::chain::{self, Audit, Finding, Head, Inspected, Row, Scope};
+use std::collections::VecDeque;
+
+use edgeseal_core::chain::{self, Audit, Auditor, Finding, Head, Inspected, Row, Scope, Status};
 use edgeseal_core::keys::EpochKeys;
 use edgeseal_core::{DeviceId, Readings, StreamName};
+use futures_util::StreamExt as _;
 
 use crate::{Result, Store, StoredBatch, TimeRange};
 
 /// How many checkpoints to consider (the newest ones).
 const CHECKPOINTS: u32 = 16;
+/// Rows inspected together (in parallel), and handed on together.
+const CHUNK: usize = 512;
+const CHUNK_BYTES: usize = 8 << 20;
 
-/// Rows of a stream with their audit.
+/// Rows of a stream with their audit, all at once ([`read_stream`]).
 #[derive(Debug)]
 pub struct StreamRead {
     pub rows: Vec<StoredBatch>,
+    /// Its `statuses` are those of `rows`, one each.
     pub audit: Audit,
 }
 
-/// Fetches and audits a stream. `remembered` is this reader's highest known head.
+/// What to read and what to check it against.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    pub range: TimeRange,
+    /// This reader's highest known head of the stream.
+    pub remembered: Option<Head>,
+    pub scope: Scope,
+    /// Hand on the rows' sealed bytes (to open them); without, only their numbers and columns.
+    pub bytes: bool,
+}
+
+/// Fetches and audits a stream, all at once: for ranges a caller holds anyway.
 pub async fn read_stream<S: Store>(
     store: &S,
     device: DeviceId,
@@ -26,99 +47,198 @@ pub async fn read_stream<S: Store>(
     remembered: Option<Head>,
     scope: Scope,
 ) -> Result<StreamRead> {
-    let mut rows = store.batches(device, stream, range).await?;
-    let mut edge_findings = Vec::new();
-    if range.from.is_some() || range.to.is_some() {
-        edge_findings = add_edges(store, device, stream, range, &mut rows).await?;
-        if let Some(last) = rows.last().map(|r| r.last_ts) {
-            rows.extend(covering_rows(store, device, stream, last, &rows).await?);
+    let (mut rows, mut statuses) = (Vec::new(), Vec::new());
+    let opts = ReadOptions { range, remembered, scope, bytes: true };
+    let mut audit = read_stream_with(store, device, stream, opts, |chunk| {
+        for (r, s) in chunk {
+            rows.push(r);
+            statuses.push(s);
         }
-    }
-    let checkpoints = store.checkpoints(device, stream, CHECKPOINTS).await?;
-    let inspected = inspect_all(device, stream, &rows);
-    let cps: Vec<&[u8]> = checkpoints.iter().map(Vec::as_slice).collect();
-    let mut audit = chain::audit(device, stream, &inspected, &cps, remembered, scope);
-    audit.findings.extend(edge_findings);
+        Ok(())
+    })
+    .await?;
+    audit.statuses = statuses;
     Ok(StreamRead { rows, audit })
 }
 
-/// A time range is shown complete at both ends by the batches just outside
-/// it: the one before its first batch and the one after its last (for a
-/// range that holds none, the last batch before it and the one after that),
-/// which the audit then checks in the chain with the rest. An edge batch the
-/// store should hold (its number is below the store's newest) but does not
-/// is a finding. A range after the stream's newest batch, as `--from -10m`
-/// on an idle agent, reads that batch, so the stream's end is shown too.
-async fn add_edges<S: Store>(
+/// Reads a stream in the store's order and audits it as it goes: `shown`
+/// gets the rows in order, a chunk at a time, each with its status once
+/// nothing later can change it. A time range is read with the batch just
+/// before it and the one just after it, and on to the signed batch that
+/// covers them, so both ends are shown complete. Returns the audit (its
+/// `statuses` are those handed on, so empty here).
+pub async fn read_stream_with<S, F>(
     store: &S,
     device: DeviceId,
     stream: &StreamName,
-    range: TimeRange,
-    rows: &mut Vec<StoredBatch>,
-) -> Result<Vec<Finding>> {
-    let Some(head) = store.head_seq(device, stream).await? else {
-        return Ok(Vec::new()); // nothing stored: the audit's checkpoint check speaks
-    };
-    let lo = rows.iter().map(|r| r.seq).min();
-    let hi = rows.iter().map(|r| r.seq).max();
-    let (before, after) = match (lo, hi) {
-        (Some(lo), Some(hi)) => (range.from.and(lo.checked_sub(1)), hi.checked_add(1)),
-        _ => {
-            let prev = match range.from {
-                Some(f) => store.last_before(device, stream, f).await?,
-                None => None,
-            };
-            match prev {
-                Some(p) => {
-                    let next = p.seq.checked_add(1);
-                    rows.push(p);
-                    (None, next)
+    opts: ReadOptions,
+    shown: F,
+) -> Result<Audit>
+where
+    S: Store,
+    F: FnMut(Vec<(StoredBatch, Status)>) -> Result<()>,
+{
+    let checkpoints = store.checkpoints(device, stream, CHECKPOINTS).await?;
+    let retentions = store.retentions(device, stream).await?;
+    let cps: Vec<&[u8]> = checkpoints.iter().map(Vec::as_slice).collect();
+    let rets: Vec<&[u8]> = retentions.iter().map(Vec::as_slice).collect();
+    let auditor = Auditor::new(device, stream, &cps, &rets, opts.remembered, opts.scope);
+    let mut feed =
+        Feed { device, stream, auditor, opts, chunk: Vec::new(), bytes: 0, held: VecDeque::new(), last: None, shown };
+    let range = opts.range;
+    let bounded = range.from.is_some() || range.to.is_some();
+    let mut edges = Vec::new();
+    let head = if bounded { store.head_seq(device, stream).await? } else { None };
+    let mut rows = store.batches_stream(device, stream, range).peekable();
+    if let Some(head) = head {
+        let first = match std::pin::Pin::new(&mut rows).peek().await {
+            Some(Ok(r)) => Some(r.seq),
+            _ => None,
+        };
+        match first {
+            Some(lo) => {
+                if range.from.is_some()
+                    && let Some(before) = lo.checked_sub(1)
+                {
+                    edges.extend(feed.edge(store, before, head, true).await?);
                 }
+            }
+            None => {
+                let prev = match range.from {
+                    Some(f) => store.last_before(device, stream, f).await?,
+                    None => None,
+                };
                 // Nothing ends before the range: the stream's first batch must come after it.
-                None => (None, Some(0)),
+                let after = prev.as_ref().map_or(Some(feed.auditor.start()), |p| p.seq.checked_add(1));
+                if let Some(p) = prev {
+                    feed.push(p)?;
+                }
+                if let Some(after) = after {
+                    edges.extend(feed.edge(store, after, head, false).await?);
+                }
             }
         }
-    };
-    let mut findings = Vec::new();
-    for (seq, at_start) in [(before, true), (after, false)] {
-        let Some(seq) = seq.filter(|&s| s <= head) else { continue };
-        if rows.iter().any(|r| r.seq == seq) {
-            continue;
+    }
+    let mut read_any = false;
+    while let Some(r) = rows.next().await {
+        read_any = true;
+        feed.push(r?)?;
+    }
+    drop(rows);
+    if let Some(head) = head {
+        if read_any && let Some(after) = feed.last.and_then(|(seq, ..)| seq.checked_add(1)) {
+            edges.extend(feed.edge(store, after, head, false).await?);
         }
-        match store.batches_by_seq(device, stream, seq, seq).await?.into_iter().next() {
-            Some(r) => rows.push(r),
-            None => findings.push(Finding::RangeEdgeMissing { seq, at_start }),
+        // Rows that end inside a run of unsigned batches are read on to the signed batch that covers them.
+        if let Some((seq, last_ts, false)) = feed.last {
+            feed.cover_from(store, seq, last_ts).await?;
         }
     }
-    rows.sort_by_key(|r| r.seq);
-    Ok(findings)
+    let mut audit = feed.finish()?;
+    if !edges.is_empty() {
+        audit.findings.extend(edges);
+        audit.findings.sort_by_key(Finding::order);
+    }
+    Ok(audit)
 }
 
-/// The sealer signs only the last batch of a burst, which covers the earlier
-/// ones through the chain; rows that end inside such a run are read on from
-/// `to` (in growing windows, up to a day) to the signed batch that covers them.
-async fn covering_rows<S: Store>(
-    store: &S,
+/// Rows on their way through inspection and the audit.
+struct Feed<'a, F> {
     device: DeviceId,
-    stream: &StreamName,
-    to: i64,
-    rows: &[StoredBatch],
-) -> Result<Vec<StoredBatch>> {
-    let signed = |r: &StoredBatch| edgeseal_core::envelope::parse(&r.sealed).is_ok_and(|p| p.is_signed());
-    let Some(last) = rows.last().filter(|r| !signed(r)) else {
-        return Ok(Vec::new());
-    };
-    let mut span = 1_000i64;
-    while span <= 86_400_000 {
-        let more =
-            store.batches(device, stream, TimeRange { from: Some(to), to: Some(to.saturating_add(span)) }).await?;
-        let after: Vec<StoredBatch> = more.into_iter().filter(|r| r.seq > last.seq).collect();
-        if let Some(i) = after.iter().position(signed) {
-            return Ok(after.into_iter().take(i + 1).collect());
-        }
-        span *= 4;
+    stream: &'a StreamName,
+    auditor: Auditor,
+    opts: ReadOptions,
+    /// Rows not inspected yet, and their bytes.
+    chunk: Vec<StoredBatch>,
+    bytes: usize,
+    /// Rows audited whose status is not known yet, in order.
+    held: VecDeque<StoredBatch>,
+    /// The last row read: its number, end, and whether it is a signed batch.
+    last: Option<(u64, i64, bool)>,
+    shown: F,
+}
+
+impl<F> Feed<'_, F>
+where
+    F: FnMut(Vec<(StoredBatch, Status)>) -> Result<()>,
+{
+    fn push(&mut self, r: StoredBatch) -> Result<()> {
+        let signed = edgeseal_core::envelope::parse(&r.sealed).is_ok_and(|p| p.is_signed());
+        self.last = Some((r.seq, r.last_ts, signed));
+        self.bytes += r.sealed.len();
+        self.chunk.push(r);
+        if self.chunk.len() >= CHUNK || self.bytes >= CHUNK_BYTES { self.flush() } else { Ok(()) }
     }
-    Ok(Vec::new())
+
+    /// The batch just outside a range (numbered `seq`), read if the store
+    /// should hold it (at most `head`, at least where retention starts the
+    /// stream); a finding when it does not.
+    async fn edge<S: Store>(&mut self, store: &S, seq: u64, head: u64, at_start: bool) -> Result<Option<Finding>> {
+        if seq > head || seq < self.auditor.start() {
+            return Ok(None);
+        }
+        match store.batches_by_seq(self.device, self.stream, seq, seq).await?.into_iter().next() {
+            Some(r) => self.push(r).map(|()| None),
+            None => Ok(Some(Finding::RangeEdgeMissing { seq, at_start })),
+        }
+    }
+
+    /// The sealer signs only the last batch of a burst, which covers the
+    /// earlier ones: rows after `seq` (ending at `to` or later) are read on,
+    /// in growing windows up to a day, to the signed batch that covers it.
+    async fn cover_from<S: Store>(&mut self, store: &S, seq: u64, to: i64) -> Result<()> {
+        let mut span = 1_000i64;
+        while span <= 86_400_000 {
+            let range = TimeRange { from: Some(to), to: Some(to.saturating_add(span)) };
+            let after: Vec<StoredBatch> =
+                store.batches(self.device, self.stream, range).await?.into_iter().filter(|r| r.seq > seq).collect();
+            let signed = |r: &StoredBatch| edgeseal_core::envelope::parse(&r.sealed).is_ok_and(|p| p.is_signed());
+            if let Some(i) = after.iter().position(signed) {
+                for r in after.into_iter().take(i + 1) {
+                    self.push(r)?;
+                }
+                return Ok(());
+            }
+            span *= 4;
+        }
+        Ok(())
+    }
+
+    /// Inspects the rows waiting (in parallel), audits them, and hands on those decided.
+    fn flush(&mut self) -> Result<()> {
+        let mut rows = std::mem::take(&mut self.chunk);
+        self.bytes = 0;
+        for i in inspect_all(self.device, self.stream, &rows) {
+            self.auditor.push(i);
+        }
+        if !self.opts.bytes {
+            for r in &mut rows {
+                r.sealed = Vec::new();
+            }
+        }
+        self.held.extend(rows);
+        let decided: Vec<Status> = self.auditor.settled().collect();
+        self.hand_on(decided)
+    }
+
+    fn hand_on(&mut self, decided: Vec<Status>) -> Result<()> {
+        if decided.is_empty() {
+            return Ok(());
+        }
+        let out: Vec<(StoredBatch, Status)> = self.held.drain(..decided.len()).zip(decided).collect();
+        (self.shown)(out)
+    }
+
+    fn finish(mut self) -> Result<Audit> {
+        self.flush()?;
+        let Feed { auditor, mut held, mut shown, .. } = self;
+        let mut audit = auditor.finish();
+        let rest: Vec<(StoredBatch, Status)> = held.drain(..).zip(std::mem::take(&mut audit.statuses)).collect();
+        if !rest.is_empty() {
+            shown(rest)?;
+        }
+        Ok(audit)
+    }
 }
 
 /// Inspects rows in parallel.
@@ -149,7 +269,7 @@ where
     open_rows(read, 0..read.rows.len(), &key)
 }
 
-/// [`open_all`] for the rows in `range` only, so callers can stream large reads.
+/// [`open_all`] for the rows in `range` only.
 pub fn open_rows<K>(
     read: &StreamRead,
     range: std::ops::Range<usize>,
@@ -158,12 +278,25 @@ pub fn open_rows<K>(
 where
     K: Fn(u32) -> Option<EpochKeys> + Sync,
 {
-    let indices: Vec<usize> = range.collect();
-    par_map(&indices, |&i| {
-        if !read.audit.statuses[i].is_authentic() {
+    let rows: Vec<(&StoredBatch, Status)> =
+        read.rows[range.clone()].iter().zip(read.audit.statuses[range].iter().copied()).collect();
+    open_batches(&rows, key)
+}
+
+/// Opens rows (with their statuses) in parallel, as [`read_stream_with`] hands them on.
+pub fn open_batches<K, B>(
+    rows: &[(B, Status)],
+    key: &K,
+) -> Vec<Option<std::result::Result<Readings, edgeseal_core::Error>>>
+where
+    K: Fn(u32) -> Option<EpochKeys> + Sync,
+    B: std::borrow::Borrow<StoredBatch> + Sync,
+{
+    par_map(rows, |(r, status)| {
+        if !status.is_authentic() {
             return None;
         }
-        let parsed = match edgeseal_core::envelope::parse(&read.rows[i].sealed) {
+        let parsed = match edgeseal_core::envelope::parse(&r.borrow().sealed) {
             Ok(p) => p,
             Err(e) => return Some(Err(e)),
         };

@@ -483,6 +483,108 @@ async fn a_batch_signed_by_another_identity_is_named(cx: Cx) {
     assert!(matches!(f[..], [Finding::Moved { row_seq: 6, .. }]), "{f:?}");
 }
 
+fn retention_record(id: &Identity, stream: &str, from: u64, head: BatchHash) -> Vec<u8> {
+    edgeseal_core::retention::Retention {
+        device: id.device_id(),
+        stream: StreamName::new(stream).unwrap(),
+        from,
+        head,
+        before: 0,
+        ts: 0,
+    }
+    .sign(id)
+    .unwrap()
+}
+
+#[allow(unused_variables)]
+async fn retention_removes_what_its_record_names_and_nothing_else_goes_unnoticed(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
+    let (rows, heads) = chain(id, id, "t-keep", 10);
+    let s = rows[0].stream.clone();
+    store.put_batches(&rows).await.unwrap();
+    store.put_checkpoint(id.device_id(), &s, 3, &checkpoint(id, "t-keep", heads[3])).await.unwrap();
+    store.put_checkpoint(id.device_id(), &s, 9, &checkpoint(id, "t-keep", heads[9])).await.unwrap();
+    let old = retention_record(id, "t-keep", 2, heads[1].hash);
+    assert_eq!(store.retain(id.device_id(), &s, 2, &old).await.unwrap(), 2);
+    let record = retention_record(id, "t-keep", 6, heads[5].hash);
+    assert_eq!(store.retain(id.device_id(), &s, 6, &record).await.unwrap(), 4);
+    assert_eq!(store.retain(id.device_id(), &s, 6, &record).await.unwrap(), 0, "idempotent");
+    // The stream now starts at 6, the newest record is kept and the older one gone, and so is
+    // the checkpoint below the cut; the summary follows.
+    assert_eq!(store.retentions(id.device_id(), &s).await.unwrap(), [record.clone()]);
+    assert_eq!(store.checkpoints(id.device_id(), &s, 16).await.unwrap().len(), 1);
+    let info = store.streams().await.unwrap().into_iter().find(|x| x.device == id.device_id()).unwrap();
+    assert_eq!((info.batches, info.readings, info.head_seq), (4, 40, 9));
+    let read =
+        read_stream(store, id.device_id(), &s, TimeRange::default(), Some(heads[9]), Scope::WHOLE).await.unwrap();
+    assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
+    assert_eq!((read.audit.start, read.rows.len()), (6, 4));
+    // A range that reaches before the cut reads from where the stream starts, with no alarm.
+    let range = TimeRange { from: Some(rows[2].first_ts), to: Some(rows[7].last_ts) };
+    let read =
+        read_stream(store, id.device_id(), &s, range, None, Scope { from_start: false, to_end: false }).await.unwrap();
+    assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
+    // A batch deleted at or above the cut is still a gap.
+    sql(store, "DELETE FROM batches WHERE device = ? AND stream = 't-keep' AND seq = 7", &[Bind::Bytes(dev)]).await;
+    assert_eq!(findings(store, id, "t-keep", None).await, [Finding::Gap { from: 7, to: 7 }]);
+    // Without the record, what retention removed is a gap as well.
+    sql(store, "DELETE FROM retention WHERE device = ?", &[Bind::Bytes(dev)]).await;
+    assert_eq!(
+        findings(store, id, "t-keep", None).await,
+        [Finding::Gap { from: 0, to: 5 }, Finding::Gap { from: 7, to: 7 }]
+    );
+    // A record the device did not sign removes nothing.
+    let stranger = random_identity();
+    let forged = edgeseal_core::retention::Retention {
+        device: stranger.device_id(),
+        stream: s.clone(),
+        from: 8,
+        head: heads[7].hash,
+        before: 0,
+        ts: 0,
+    }
+    .sign(&stranger)
+    .unwrap();
+    sql(
+        store,
+        "INSERT INTO retention (device, stream, from_seq, sealed) VALUES (?, 't-keep', 8, ?)",
+        &[Bind::Bytes(dev), Bind::Bytes(&forged)],
+    )
+    .await;
+    let kinds: Vec<&str> = findings(store, id, "t-keep", None).await.iter().map(Finding::kind).collect();
+    assert_eq!(kinds, ["gap", "gap", "bad-retention"]);
+}
+
+#[allow(unused_variables)]
+async fn a_long_stream_is_read_row_by_row(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
+    let rows = rounds(id, "t-long", 3000);
+    for part in rows.chunks(500) {
+        store.put_batches(part).await.unwrap();
+    }
+    let s = rows[0].stream.clone();
+    let opts = edgeseal_store::reader::ReadOptions {
+        range: TimeRange::default(),
+        remembered: None,
+        scope: Scope::WHOLE,
+        bytes: false,
+    };
+    let (mut handed, mut largest, mut seen) = (0usize, 0usize, Vec::new());
+    let audit = edgeseal_store::reader::read_stream_with(store, id.device_id(), &s, opts, |chunk| {
+        handed += 1;
+        largest = largest.max(chunk.len());
+        seen.extend(chunk.iter().map(|(r, st)| (r.seq, st.is_authentic(), r.sealed.is_empty())));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(audit.is_clean(), "{:?}", audit.findings);
+    assert_eq!((audit.rows, audit.authentic), (3000, 3000));
+    assert_eq!(seen, (0..3000).map(|s| (s, true, true)).collect::<Vec<_>>());
+    // Handed on as read, a chunk at a time, not held to the end.
+    assert!(handed >= 3000 / 512 && largest <= 512 + 4, "{handed} chunks, the largest {largest}");
+}
+
 /// Each case as a test of its own on each database: `sqlite::…`,
 /// `postgres::…`, `mariadb::…` (the attacks with SQL against the real database).
 macro_rules! on_every_store {
@@ -514,6 +616,8 @@ on_every_store!(
     one_deleted_or_replaced_batch_costs_only_itself,
     a_rolled_back_stream_is_named,
     a_batch_signed_by_another_identity_is_named,
+    retention_removes_what_its_record_names_and_nothing_else_goes_unnoticed,
+    a_long_stream_is_read_row_by_row,
 );
 
 #[derive(Debug, Clone, Copy)]
@@ -549,6 +653,48 @@ where
         store.migrate().await.expect("migrations are idempotent");
         let cx = Cx { store, id: random_identity() };
         case(cx).await;
+    });
+}
+
+/// Retention gives SQLite's pages back: a store that keeps a window of a
+/// stream stays the same size however long the stream runs.
+#[test]
+fn an_sqlite_store_under_retention_stops_growing() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let dir = tempdir("vacuum");
+        let file = dir.join("s.db");
+        let store =
+            AnyStore::connect(&format!("sqlite://{}", file.display()), ConnectOptions::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        let id = random_identity();
+        let rows = rounds(&id, "t", 9000);
+        let s = rows[0].stream.clone();
+        let size = || async {
+            let AnyStore::Sqlite(s) = &store else { unreachable!() };
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(s.pool()).await.unwrap();
+            std::fs::metadata(&file).unwrap().len()
+        };
+        let keep_from = |from: u64| {
+            let head = BatchHash(rows[from as usize - 1].hash);
+            (from, retention_record(&id, "t", from, head))
+        };
+        store.put_batches(&rows[..3000]).await.unwrap();
+        let full = size().await;
+        let (from, record) = keep_from(2900);
+        assert_eq!(store.retain(id.device_id(), &s, from, &record).await.unwrap(), 2900);
+        let cut = size().await;
+        assert!(cut < full / 4, "{cut} bytes after removing 29/30 of {full}");
+        for (part, keep) in [(3000..6000, 5900), (6000..9000, 8900)] {
+            store.put_batches(&rows[part]).await.unwrap();
+            let (from, record) = keep_from(keep);
+            store.retain(id.device_id(), &s, from, &record).await.unwrap();
+            let again = size().await;
+            assert!(again <= cut + cut / 2, "{again} bytes, was {cut}: the file grows");
+        }
+        let read = read_stream(&store, id.device_id(), &s, TimeRange::default(), None, Scope::WHOLE).await.unwrap();
+        assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
+        assert_eq!(read.rows.len(), 100);
     });
 }
 

@@ -21,9 +21,6 @@ use edgeseal_core::chain::Audit;
 use crate::cli::{FetchArgs, Format};
 use crate::passphrase::PassphraseSource;
 
-/// Batches opened and printed at a time by `fetch`.
-const FETCH_CHUNK: usize = 1024;
-
 /// Opens the agent's service for a command (once per process).
 pub async fn open(cfg: &Arc<Config>, keys: Keys) -> Result<Service, Error> {
     Service::open(cfg.clone(), keys, false).await
@@ -201,58 +198,74 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     {
         return Err(Error::bad("--from is after --to").into());
     }
-    let got = service.retrieve(&stream, args.device.as_deref(), from, to).await?;
-    let rows = got.read.rows.len();
-    if !got.granted() {
-        let e =
-            Error::NoSuchGrant { peer: "this agent".into(), what: format!(" of {stream} of device {}", got.device) };
-        if args.strict {
-            return Err(e.into());
+    let device = args.device.as_deref();
+    let not_granted =
+        |device| Error::NoSuchGrant { peer: "this agent".into(), what: format!(" of {stream} of device {device}") };
+    if args.strict {
+        // Nothing is printed of a range with a problem: read it once to audit it, then again to print.
+        let audited = service.audit_range(&stream, device, from, to).await?;
+        if !audited.granted {
+            return Err(not_granted(audited.device).into());
         }
-        eprintln!("warning: {e}: its batches are verified, but none opens (its owner runs `edgeseal share`)");
-    }
-    let problems = !got.read.audit.is_clean();
-    if problems {
-        report_findings(&stream, &got.read.audit);
-        if args.strict {
+        if !audited.audit.is_clean() {
+            report_findings(&stream, &audited.audit);
             eprintln!("refusing to print data (--strict)");
             return Ok(ExitCode::from(crate::EXIT_INTEGRITY));
         }
     }
-    let bar = (std::io::stdout().is_terminal() && rows > 1000).then(|| {
-        let b = indicatif::ProgressBar::new(rows as u64);
+    // The rows stream out of the store, are audited as they come, and printed once decided.
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
         b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         b
     });
     let keep = |t: i64| from.is_none_or(|f| t >= f) && to.is_none_or(|e| t <= e);
     let mut out = Printer::new(args.format, BufWriter::with_capacity(1 << 16, std::io::stdout().lock()));
-    let (mut unreadable, mut outside, mut printed) = (0usize, 0usize, 0usize);
-    for start in (0..rows).step_by(FETCH_CHUNK) {
-        let end = (start + FETCH_CHUNK).min(rows);
-        for o in got.open(start..end).into_iter().flatten() {
-            match o {
-                Ok(r) => {
-                    let views = ReadingView::of_batch(&stream, &r, keep);
-                    printed += views.len();
-                    ignore_broken_pipe(out.readings(&views))?
+    let (mut unreadable, mut outside, mut printed, mut batches) = (0usize, 0usize, 0usize, 0usize);
+    let mut failed: Option<std::io::Error> = None;
+    let read = service
+        .stream_readings(&stream, device, from, to, |rows| {
+            batches += rows.len();
+            for row in rows {
+                match row.readings {
+                    Some(Ok(r)) => {
+                        let views = ReadingView::of_batch(&stream, &r, keep);
+                        printed += views.len();
+                        if let Err(e) = out.readings(&views) {
+                            failed = Some(e);
+                            return Err(edgeseal_store::Error::Stopped);
+                        }
+                    }
+                    // Outside the time granted: not this agent's to read, not damage.
+                    Some(Err(edgeseal_core::Error::NotGranted)) => outside += 1,
+                    Some(Err(_)) => unreadable += 1,
+                    None => {}
                 }
-                Err(edgeseal_core::Error::NotGranted) => outside += 1,
-                Err(_) => unreadable += 1,
             }
-        }
-        if let Some(b) = &bar {
-            b.set_position(end as u64);
-        }
+            if let Some(b) = &bar {
+                b.set_message(format!("{batches} batches"));
+            }
+            Ok(())
+        })
+        .await;
+    if let Some(e) = failed {
+        ignore_broken_pipe(Err(e))?;
     }
+    let read = read?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     ignore_broken_pipe(out.finish())?;
+    let problems = !read.audit.is_clean();
+    if !read.granted {
+        let e = not_granted(read.device);
+        eprintln!("warning: {e}: its batches are verified, but none opens (its owner runs `edgeseal share`)");
+    }
     if printed == 0 && !problems && unreadable == 0 && outside == 0 {
         eprintln!("no readings of {stream} in that range");
     }
     // This agent's own readings that are accepted but not in a stored batch yet.
-    if got.device == service.device() {
+    if read.device == service.device() {
         let waiting =
             service.local().backlog().await.ok().and_then(|b| b.get(stream.as_str()).map(|b| b.pending_readings));
         if let Some(n) = waiting.filter(|&n| n > 0) {
@@ -272,7 +285,12 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
         );
     }
     if problems {
+        report_findings(&stream, &read.audit);
         eprintln!("warning: printed only the readings of verified batches; see above for what was wrong");
+        if args.strict {
+            // The store changed between the two reads.
+            return Ok(ExitCode::from(crate::EXIT_INTEGRITY));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -418,8 +436,12 @@ pub async fn verify(cfg: Arc<Config>, stream: Option<String>, device: Option<Str
         }
         for s in &report.streams {
             let head = s.head_seq.map_or("-".to_string(), |h| h.to_string());
+            let start = match s.start {
+                0 => String::new(),
+                n => format!(", from batch {n}: older ones removed under a signed retention record"),
+            };
             if s.ok {
-                writeln!(out, "{}: ok ({} batches verified, head {head})", s.stream, s.verified)?;
+                writeln!(out, "{}: ok ({} batches verified, head {head}{start})", s.stream, s.verified)?;
             } else {
                 writeln!(
                     out,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use edgeseal_agent::config::{Config, LcdConfig, MqttConfig, SensorSpec, TentativeLimits, WebTls};
+use edgeseal_agent::config::{Config, Keep, LcdConfig, MqttConfig, SensorSpec, TentativeLimits, WebTls};
 use edgeseal_core::StreamName;
 use edgeseal_mqtt::broker;
 use edgeseal_mqtt::link::{BrokerUrl, Password};
@@ -36,6 +36,8 @@ const ENV_KEYS: &[&str] = &[
     "outbox.retry_max",
     "outbox.checkpoint_every",
     "outbox.resend_after",
+    "retention.keep",
+    "retention.every",
     "grovepi.bus",
     "lcd.enabled",
     "lcd.refresh",
@@ -70,8 +72,9 @@ struct Raw {
     log: String,
     batch: RawBatch,
     outbox: RawOutbox,
+    retention: RawRetention,
     #[serde(default)]
-    streams: BTreeMap<String, RawBatchOverride>,
+    streams: BTreeMap<String, RawStreamOverride>,
     #[serde(default)]
     sensor: Vec<RawSensor>,
     grovepi: RawGrovePi,
@@ -151,9 +154,16 @@ struct RawBatch {
 }
 
 #[derive(Debug, Deserialize)]
-struct RawBatchOverride {
+struct RawStreamOverride {
     count: Option<usize>,
     interval: Option<String>,
+    keep: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRetention {
+    keep: String,
+    every: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -274,7 +284,7 @@ fn unknown_env(vars: impl Iterator<Item = String>) -> Vec<String> {
 /// The keys a `[[sensor]]` table may hold (which of them apply depends on its kind).
 const SENSOR_KEYS: &[&str] = &["kind", "model", "stream", "interval", "command", "seed", "sysfs", "port"];
 /// The keys of a `[streams.NAME]` table.
-const STREAM_KEYS: &[&str] = &["count", "interval"];
+const STREAM_KEYS: &[&str] = &["count", "interval", "keep"];
 
 /// Warnings for keys of the file that are not settings (they would be
 /// ignored), each naming the nearest valid key.
@@ -464,9 +474,14 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         );
     }
     let mut per_stream = HashMap::new();
+    let mut keep =
+        Keep { default: optional_duration("retention.keep", &raw.retention.keep)?, per_stream: HashMap::new() };
     for (name, o) in raw.streams {
         let stream =
             StreamName::new(name.clone()).with_context(|| format!("invalid configuration: [streams.{name}]"))?;
+        if let Some(k) = &o.keep {
+            keep.per_stream.insert(stream.clone(), optional_duration(&format!("streams.{name}.keep"), k)?);
+        }
         let interval_ms = match &o.interval {
             Some(i) => optional_duration(&format!("streams.{name}.interval"), i)?
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
@@ -569,6 +584,8 @@ fn validate(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config> {
         retry_max: duration("outbox.retry_max", &raw.outbox.retry_max)?,
         checkpoint_every: duration("outbox.checkpoint_every", &raw.outbox.checkpoint_every)?,
         resend_after: duration("outbox.resend_after", &raw.outbox.resend_after)?,
+        keep,
+        retention_every: positive_duration("retention.every", &raw.retention.every)?,
         sensors,
         grovepi_bus: raw.grovepi.bus,
         lcd,
@@ -657,6 +674,10 @@ fn bytes_setting(key: &str, s: &str) -> Result<usize> {
 fn duration(key: &str, s: &str) -> Result<Duration> {
     humantime::parse_duration(s.trim())
         .map_err(|_| anyhow!("invalid configuration: {key} = {s:?} is not a duration (examples: 500ms, 10s, 5m, 1h)"))
+}
+
+fn positive_duration(key: &str, s: &str) -> Result<Duration> {
+    optional_duration(key, s)?.ok_or_else(|| anyhow!("invalid configuration: {key} = {s:?} must be a duration above 0"))
 }
 
 fn optional_duration(key: &str, s: &str) -> Result<Option<Duration>> {

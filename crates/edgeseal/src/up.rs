@@ -16,6 +16,7 @@ use edgeseal_agent::config::{Config, SensorSpec};
 use edgeseal_agent::control::ControlServer;
 use edgeseal_agent::datadir;
 use edgeseal_agent::runtime::lcd::Lcd;
+use edgeseal_agent::runtime::retention::Retention;
 use edgeseal_agent::runtime::{FINAL_DRAIN, Pipeline, Stats, broker, resume_from_store, sharing, sources};
 use edgeseal_agent::service::{Keys, Service};
 use edgeseal_agent::{Error, Result as AgentResult};
@@ -134,6 +135,11 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         _ => "",
     };
     println!("  batches:  {}{from_ui}", describe_policy(policy));
+    let keep = |k: Option<Duration>| k.map_or("for ever".to_string(), |k| humantime::format_duration(k).to_string());
+    let mut kept: Vec<String> = cfg.keep.per_stream.iter().map(|(s, k)| format!("{s} {}", keep(*k))).collect();
+    kept.sort();
+    let others = if kept.is_empty() { String::new() } else { format!(" ({})", kept.join(", ")) };
+    println!("  keep:     {} in the store{others}", keep(cfg.keep.default));
     if let (Some(b), Some(e)) = (&embedded, &cfg.embedded) {
         println!(
             "  broker:   embedded, MQTT 3.1.1/5 on {}, security level {}, files in {}",
@@ -173,6 +179,14 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
     let service = Arc::new(service);
     // A device that keeps no store hands its batches over through the broker instead.
     let drainer = (!cfg.stores_through_broker()).then(|| tasks.spawn(drainer.run(drain_stop.clone())));
+    let retention = Retention {
+        local: local.clone(),
+        identity: identity.clone(),
+        keep: cfg.keep.clone(),
+        every: cfg.retention_every,
+        store: (!cfg.stores_through_broker()).then(|| service.store_cell().clone()),
+    };
+    tasks.spawn(retention.run(drain_stop.clone()));
 
     let serving = TaskTracker::new();
     let cloudsync = CloudSync::new(cfg.mqtt.clone());

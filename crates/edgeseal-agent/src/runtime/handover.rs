@@ -3,8 +3,10 @@
 //! stores it and says so on `PREFIX/<device>/stored`. The handover then
 //! removes those batches from the outbox (remembering each stream's head),
 //! signs and publishes checkpoints of the heads until an ingest says it stored
-//! them, and publishes again what was sent [`Handover::resend_after`] ago and
-//! is still unacknowledged (the broker or an ingest lost it).
+//! them, publishes the stream's retention record (`super::retention`) until an
+//! ingest says it applied it, and publishes again what was sent
+//! [`Handover::resend_after`] ago and is still unacknowledged (the broker or
+//! an ingest lost it).
 //!
 //! What an ingest says is untrusted like the broker and the store: one that
 //! lies costs the device the batches it lied about, and the store then lacks
@@ -82,8 +84,11 @@ impl Handover {
                     if !*connected.borrow() {
                         continue;
                     }
-                    if !dirty.is_empty() && last_checkpoint.elapsed() >= self.checkpoint_every {
-                        self.checkpoints(&dirty).await;
+                    if last_checkpoint.elapsed() >= self.checkpoint_every {
+                        if !dirty.is_empty() {
+                            self.checkpoints(&dirty).await;
+                        }
+                        self.retention().await;
                         last_checkpoint = Instant::now();
                     }
                     if last_resend.elapsed() >= resend_every {
@@ -153,6 +158,12 @@ impl Handover {
                 Err(e) => warn!("cannot take acknowledged batches of {} out of the outbox: {e}", run.stream),
             }
         }
+        for cut in &stored.retention {
+            let Ok(stream) = StreamName::new(cut.stream.clone()) else { continue };
+            if let Err(e) = self.local.retention_applied(&stream, cut.seq).await {
+                warn!("cannot note the applied retention record of {stream}: {e}");
+            }
+        }
         for cp in &stored.checkpoints {
             let Ok(stream) = StreamName::new(cp.stream.clone()) else { continue };
             let head = self.local.remembered(me, &stream).await.ok().flatten();
@@ -174,6 +185,17 @@ impl Handover {
             match self.link.send(&self.topics.checkpoint(me, stream), signed, false).await {
                 Ok(_) => debug!("checkpoint {} of {stream} published", head.seq),
                 Err(e) => debug!("checkpoint of {stream} waits: {e}"),
+            }
+        }
+    }
+
+    /// Publishes the retention records no ingest has applied yet (QoS 1).
+    async fn retention(&self) {
+        let me = self.identity.device_id();
+        for (stream, from, record) in self.local.retention_pending().await.unwrap_or_default() {
+            match self.link.send(&self.topics.retention(me, &stream), record, false).await {
+                Ok(_) => debug!("retention record of {stream} from batch {from} published"),
+                Err(e) => debug!("retention record of {stream} waits: {e}"),
             }
         }
     }

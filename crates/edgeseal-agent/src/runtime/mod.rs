@@ -22,6 +22,7 @@ pub mod drainer;
 pub mod frames;
 pub mod handover;
 pub mod lcd;
+pub mod retention;
 pub mod sealer;
 pub mod sharing;
 pub mod sources;

@@ -141,3 +141,42 @@ fn no_reading_and_no_store_row_can_wedge_the_agent() {
     assert_eq!(values("t"), [1.0, 2.0, 6.0, 1.0, 1.1]);
     assert_eq!(values("u"), [7.0]);
 }
+
+#[test]
+fn a_stream_keeps_what_retention_says_and_verify_tells_the_cut_from_an_attack() {
+    let mut a = Agent::new("keep");
+    a.env =
+        vec![("EDGESEAL_RETENTION__KEEP".into(), "2s".into()), ("EDGESEAL_RETENTION__EVERY".into(), "300ms".into())];
+    let mut up = a.spawn_stdin(&["--batch-count", "5"]);
+    // A batch every 300 ms or so, for about five seconds: the first ones are more than 2 s old long before the end.
+    for i in 0..16 {
+        feed(&mut up, "k", i * 5..(i + 1) * 5);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until("a cut", Duration::from_secs(20), || a.logs().contains("the stream now starts at batch"));
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", a.logs());
+    // What the record removed is no gap: the stream starts later, verified to its head.
+    let out = a.run(&["verify", "--json"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let k = &v["streams"][0];
+    let start = k["start"].as_u64().unwrap();
+    assert!(start > 0 && start < 15, "{v}");
+    assert_eq!(k["verified"].as_u64().unwrap(), 16 - start);
+    assert!(a.ok(&["verify"]).contains("from batch"));
+    // The readings kept are the newest, in order; `streams` counts only them.
+    let kept = a.fetch("k");
+    assert_eq!(kept, super::expected(start as i64 * 5..80));
+    assert_eq!(a.counts("k").0, 80 - start * 5);
+    // A batch deleted without a record is still caught, and so is the record's removal.
+    let db = a.dir.join("store.db");
+    let sql = |q: &str| assert!(std::process::Command::new("sqlite3").arg(&db).arg(q).status().unwrap().success());
+    sql(&format!("DELETE FROM batches WHERE stream = 'k' AND seq = {}", start + 1));
+    let out = a.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stdout).contains(&format!("batch {}: missing (gap)", start + 1)), "{}", text(&out.stdout));
+    sql("DELETE FROM retention");
+    let said = text(&a.run(&["verify"]).stdout);
+    assert!(said.contains(&format!("batches 0..={}: missing (gap)", start - 1)), "{said}");
+}

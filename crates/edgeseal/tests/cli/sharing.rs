@@ -632,6 +632,52 @@ fn a_device_without_database_credentials_hands_its_batches_to_ingest() {
     assert!(!ingested.lines().last().unwrap().contains(" 0 checkpoints"), "{ingested}");
 }
 
+/// Retention on a device that keeps no store: it signs the record, ingest applies it to the
+/// store it writes, and the stream there starts where the record says, with nothing missing.
+#[test]
+fn ingest_applies_the_retention_records_of_devices_without_a_store() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let dir = tempdir("ingest-keep");
+    let store = format!("sqlite://{}", dir.join("ingest.db").display());
+    let mut pi = with_broker("keep-pi", &broker.url());
+    pi.store = Some("broker".into());
+    pi.env.push(("EDGESEAL_RETENTION__KEEP".into(), "2s".into()));
+    pi.env.push(("EDGESEAL_RETENTION__EVERY".into(), "300ms".into()));
+    let dev = pi.device();
+    let mut auditor = with_broker("keep-auditor", &broker.url());
+    auditor.store = Some(store.clone());
+    let mut ingest = spawn_ingest(&dir, &broker.url(), &store, 0, &["--name", "keep"], &[]);
+    let mut up = pi.spawn_stdin(&["--batch-count", "5"]);
+    let start = || {
+        let out = auditor.run(&["verify", "--json", "--device", &dev, "--stream", "k"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (v["streams"][0]["start"].as_u64().unwrap_or(0), v["ok"].as_bool().unwrap_or(false))
+    };
+    for i in 0..16 {
+        feed(&mut up, "k", i * 5..(i + 1) * 5);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_until("ingest to apply a retention record", Duration::from_secs(30), || start().0 > 0);
+    drop(up.stdin.take());
+    assert!(up.wait().unwrap().success(), "{}", pi.logs());
+    sigterm(&ingest);
+    assert!(ingest.wait().unwrap().success());
+    let (from, ok) = start();
+    assert!(ok && from > 0 && from < 15, "{}", text(&auditor.run(&["verify", "--device", &dev]).stdout));
+    let said = std::fs::read_to_string(dir.join("ingest0.out")).unwrap();
+    assert!(!said.lines().last().unwrap().contains(" 0 retention records"), "{said}");
+    // Every reading from the start on is there, verified, and the device holds nothing back.
+    assert_eq!(pi.counts("k"), (0, 0, 0));
+    // The device reads the store ingest wrote, with its own keys.
+    let reader = super::Agent { dir: pi.dir.clone(), store: Some(store.clone()), broker: None, env: Vec::new() };
+    let out = reader.run(&["fetch", "--stream", "k", "--format", "json"]);
+    let readings: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(readings.len() as u64, 80 - from * 5, "{}", text(&out.stderr));
+}
+
 /// `store = "broker"` with no broker, or with an embedded broker whose port is taken, is refused
 /// at start with the reason, instead of sealing batches that nothing would ever take.
 #[test]

@@ -1,0 +1,31 @@
+-- Signed retention records: batches of a stream numbered below from_seq were removed on purpose.
+CREATE TABLE IF NOT EXISTS retention (
+    device   VARBINARY(16) NOT NULL,
+    stream   VARCHAR(64)   NOT NULL,
+    from_seq BIGINT        NOT NULL,
+    sealed   BLOB          NOT NULL,
+    PRIMARY KEY (device, stream, from_seq)
+);
+-- One row per stream, kept by triggers, so listing streams reads no batch (clear metadata, like the columns it sums).
+CREATE TABLE IF NOT EXISTS streams (
+    device   VARBINARY(16) NOT NULL,
+    stream   VARCHAR(64)   NOT NULL,
+    batches  BIGINT        NOT NULL,
+    readings BIGINT        NOT NULL,
+    first_ts BIGINT        NOT NULL,
+    last_ts  BIGINT        NOT NULL,
+    head     BIGINT        NOT NULL,
+    PRIMARY KEY (device, stream)
+);
+INSERT IGNORE INTO streams (device, stream, batches, readings, first_ts, last_ts, head)
+    SELECT device, stream, COUNT(*), SUM(count), MIN(first_ts), MAX(last_ts), MAX(seq) FROM batches
+    GROUP BY device, stream;
+CREATE TRIGGER streams_on_insert AFTER INSERT ON batches FOR EACH ROW
+    INSERT INTO streams (device, stream, batches, readings, first_ts, last_ts, head)
+        VALUES (NEW.device, NEW.stream, 1, NEW.count, NEW.first_ts, NEW.last_ts, NEW.seq)
+        ON DUPLICATE KEY UPDATE batches = batches + 1, readings = readings + NEW.count,
+            first_ts = LEAST(first_ts, NEW.first_ts), last_ts = GREATEST(last_ts, NEW.last_ts),
+            head = GREATEST(head, NEW.seq);
+CREATE TRIGGER streams_on_delete AFTER DELETE ON batches FOR EACH ROW
+    UPDATE streams SET batches = batches - 1, readings = readings - OLD.count
+        WHERE device = OLD.device AND stream = OLD.stream;
