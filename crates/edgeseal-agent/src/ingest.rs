@@ -6,7 +6,7 @@
 //! idempotently, many rows per statement. It sees only ciphertext, so it is
 //! untrusted like the broker and the store: readers verify what it wrote.
 //!
-//! It stores the devices' signed checkpoints too, applies their signed
+//! It stores the devices' signed checkpoints and grants too, applies their signed
 //! retention records (removing the batches each names, which readers then do
 //! not count as missing), and tells each device what it stored (JSON on `PREFIX/<device>/stored`, [`Stored`]): a device with
 //! `store = "broker"`, which holds no database credentials, keeps each batch
@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use edgeseal_core::checkpoint::Checkpoint;
 use edgeseal_core::envelope::{self, Authorship};
+use edgeseal_core::grant;
 use edgeseal_core::retention::Retention;
 use edgeseal_core::{DeviceId, StreamName};
 use edgeseal_mqtt::link::{Link, Message};
@@ -56,6 +57,8 @@ pub struct IngestStats {
     pub conflicts: AtomicU64,
     /// Signed checkpoints stored (or already there).
     pub checkpoints: AtomicU64,
+    /// Signed grants stored (or already there, or older than the one there).
+    pub grants: AtomicU64,
     /// Signed retention records applied, and the batches they removed.
     pub retentions: AtomicU64,
     pub removed: AtomicU64,
@@ -64,11 +67,11 @@ pub struct IngestStats {
 }
 
 /// The MQTT shared subscriptions every ingest process of `group` makes: batches,
-/// checkpoints and retention records. No group (`""`): plain subscriptions, for
-/// brokers that share none.
-pub fn filters(prefix: &str, group: &str) -> [String; 3] {
+/// checkpoints, retention records and grants. No group (`""`): plain
+/// subscriptions, for brokers that share none.
+pub fn filters(prefix: &str, group: &str) -> [String; 4] {
     let share = if group.is_empty() { String::new() } else { format!("$share/{group}/") };
-    ["batch", "checkpoint", "retention"].map(|kind| format!("{share}{prefix}/+/+/{kind}"))
+    ["batch", "checkpoint", "retention", "grant/+"].map(|kind| format!("{share}{prefix}/+/+/{kind}"))
 }
 
 /// What an ingest process tells a device it stored: runs of batch numbers per
@@ -117,6 +120,14 @@ pub enum Item {
         from: u64,
         signed: Vec<u8>,
     },
+    /// A grant `owner` signed for `peer`.
+    Grant {
+        owner: DeviceId,
+        stream: StreamName,
+        peer: DeviceId,
+        issued_ms: i64,
+        signed: Vec<u8>,
+    },
 }
 
 /// A message (its topic and payload) as an item to store, or why it is refused.
@@ -146,7 +157,17 @@ pub fn item_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::R
             }
             Ok(Item::Retention { device, stream, from: r.from, signed: payload })
         }
-        _ => Err(format!("{topic} is not a batch, checkpoint or retention topic")),
+        Some(Topic::Grant { owner, stream, peer }) => {
+            let info = grant::authentic(&payload).map_err(|e| format!("not a grant its owner signed: {e}"))?;
+            if (info.owner, &info.stream, info.peer) != (owner, &stream, peer) {
+                return Err(format!(
+                    "a grant of {}/{} to {} on the topic of {owner}/{stream} to {peer}",
+                    info.owner, info.stream, info.peer
+                ));
+            }
+            Ok(Item::Grant { owner, stream, peer, issued_ms: info.issued_ms, signed: payload })
+        }
+        _ => Err(format!("{topic} is not a batch, checkpoint, retention or grant topic")),
     }
 }
 
@@ -284,15 +305,18 @@ async fn store_group(
     stop: &CancellationToken,
 ) -> Option<BTreeMap<DeviceId, Stored>> {
     let mut rows = Vec::with_capacity(items.len());
-    let (mut checkpoints, mut retentions) = (Vec::new(), Vec::new());
+    let (mut checkpoints, mut retentions, mut grants) = (Vec::new(), Vec::new(), Vec::new());
     for item in items.drain(..) {
         match item {
             Item::Batch(r) => rows.push(r),
             Item::Checkpoint { device, stream, seq, signed } => checkpoints.push((device, stream, seq, signed)),
             Item::Retention { device, stream, from, signed } => retentions.push((device, stream, from, signed)),
+            Item::Grant { owner, stream, peer, issued_ms, signed } => {
+                grants.push((owner, stream, peer, issued_ms, signed))
+            }
         }
     }
-    if rows.is_empty() && checkpoints.is_empty() && retentions.is_empty() {
+    if rows.is_empty() && checkpoints.is_empty() && retentions.is_empty() && grants.is_empty() {
         return Some(BTreeMap::new()); // every message was refused: nothing to write, all to acknowledge
     }
     let mut wait = Duration::from_millis(100);
@@ -301,6 +325,9 @@ async fn store_group(
             let report = store.put_batches(&rows).await?;
             for (device, stream, seq, signed) in &checkpoints {
                 store.put_checkpoint(*device, stream, *seq, signed).await?;
+            }
+            for (owner, stream, peer, issued_ms, signed) in &grants {
+                store.put_grant(*owner, stream, *peer, *issued_ms, signed).await?;
             }
             // After the batches: a record removes what it names, whenever that arrived.
             let mut removed = 0;
@@ -312,6 +339,7 @@ async fn store_group(
         match written.await {
             Ok((report, removed)) => {
                 stats.retentions.fetch_add(retentions.len() as u64, Ordering::Relaxed);
+                stats.grants.fetch_add(grants.len() as u64, Ordering::Relaxed);
                 stats.removed.fetch_add(removed, Ordering::Relaxed);
                 stats.stored.fetch_add(report.inserted as u64, Ordering::Relaxed);
                 stats.already_present.fetch_add(report.already_present as u64, Ordering::Relaxed);
@@ -383,12 +411,13 @@ async fn tell_devices(link: &Link, topics: &Topics, stored: BTreeMap<DeviceId, S
 pub fn summary(stats: &IngestStats) -> String {
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     format!(
-        "{} messages received: {} batches stored, {} already there, {} conflicting, {} checkpoints, {} retention records ({} batches removed), {} refused",
+        "{} messages received: {} batches stored, {} already there, {} conflicting, {} checkpoints, {} grants, {} retention records ({} batches removed), {} refused",
         n(&stats.received),
         n(&stats.stored),
         n(&stats.already_present),
         n(&stats.conflicts),
         n(&stats.checkpoints),
+        n(&stats.grants),
         n(&stats.retentions),
         n(&stats.removed),
         n(&stats.refused)
@@ -411,6 +440,30 @@ mod tests {
             hash: [0; 32],
             sealed: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_grant_is_taken_when_its_owner_signed_it_for_the_peer_its_topic_names() {
+        use edgeseal_core::keys::Identity;
+        let (owner, peer) = (Identity::from_secret_bytes(&[1; 96]), Identity::from_secret_bytes(&[2; 96]));
+        let s = StreamName::new("room.t").unwrap();
+        let terms = grant::Terms { issued_ms: 7, from_ms: 0, to_ms: i64::MAX };
+        let keys = [(0, edgeseal_core::keys::TreeNode::root(&owner.epoch_key(&s, 0)))];
+        let bytes = grant::issue(&owner, &peer.public(), &s, terms, &keys, &mut crate::share::rng()).unwrap();
+        let topics = Topics::new("p");
+        let on = |to: &Identity| topics.grant(owner.device_id(), &s, to.device_id());
+        match item_of(&topics, &on(&peer), bytes.clone()) {
+            Ok(Item::Grant { owner: o, peer: p, issued_ms: 7, .. }) => {
+                assert_eq!((o, p), (owner.device_id(), peer.device_id()))
+            }
+            other => panic!("{other:?}"),
+        }
+        // On another peer's topic, or altered: refused.
+        assert!(item_of(&topics, &on(&owner), bytes.clone()).is_err());
+        let mut altered = bytes;
+        let n = altered.len();
+        altered[n - 70] ^= 1;
+        assert!(item_of(&topics, &on(&peer), altered).is_err());
     }
 
     #[test]

@@ -481,7 +481,12 @@ impl Service {
         let now = now_ms();
         let scope = Scope { from_start: from.is_none(), to_end: to.is_none_or(|t| t >= now) };
         self.known_stream(device, stream).await?;
-        let keys = KeyRing::load(identity, &self.local).await?;
+        let mut keys = KeyRing::load(identity.clone(), &self.local).await?;
+        if device != identity.device_id() {
+            // A grant the broker never brought may be in the store (its owner or ingest wrote it).
+            let stored = self.store().await?.grants_to(identity.device_id()).await.map_err(Error::store)?;
+            keys.add_stored(&stored, &self.local.peers().await.local()?);
+        }
         Ok((device, scope, keys))
     }
 

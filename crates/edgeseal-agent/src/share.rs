@@ -376,12 +376,18 @@ impl Grants<'_> {
 pub struct KeyRing {
     own: Option<(DeviceId, Arc<Identity>)>,
     granted: HashMap<(DeviceId, StreamName), BTreeMap<u32, EpochKeys>>,
+    /// When the grant each entry of `granted` comes from was issued.
+    issued: HashMap<(DeviceId, StreamName), i64>,
 }
 
 impl KeyRing {
     /// Own keys plus every stored grant (verified again against the peer's key).
     pub async fn load(identity: Arc<Identity>, local: &LocalState) -> Result<KeyRing> {
-        let mut ring = KeyRing { own: Some((identity.device_id(), identity.clone())), granted: HashMap::new() };
+        let mut ring = KeyRing {
+            own: Some((identity.device_id(), identity.clone())),
+            granted: HashMap::new(),
+            issued: HashMap::new(),
+        };
         let peers = local.peers().await.local()?;
         for (owner, stream, bytes, _) in local.grants_in().await.local()? {
             let Some(p) = peers.iter().find(|p| p.device == owner) else { continue };
@@ -394,9 +400,37 @@ impl KeyRing {
     }
 
     fn add(&mut self, g: &grant::Grant) {
-        let slot = self.granted.entry((g.info.owner, g.info.stream.clone())).or_default();
+        let at = (g.info.owner, g.info.stream.clone());
+        let issued = self.issued.entry(at.clone()).or_insert(g.info.issued_ms);
+        *issued = (*issued).max(g.info.issued_ms);
+        let slot = self.granted.entry(at).or_default();
         for (e, node) in &g.keys {
             slot.entry(*e).or_default().add(node.clone());
+        }
+    }
+
+    /// Adds the grants a store holds for this agent (`Store::grants_to`) from
+    /// paired peers, where one is newer than what this agent received through
+    /// the broker (or it received none): it replaces those keys, as a newer
+    /// grant does. Revocations are left to the broker's word, like the
+    /// received ones (the keys held still open what was sealed before).
+    pub fn add_stored(&mut self, grants: &[Vec<u8>], peers: &[PeerRow]) {
+        let Some((_, me)) = self.own.clone() else { return };
+        for bytes in grants {
+            let Ok(info) = grant::peek(bytes) else { continue };
+            let Some(p) = peers.iter().find(|p| p.device == info.owner) else { continue };
+            let at = (info.owner, info.stream.clone());
+            if self.issued.get(&at).is_some_and(|&i| i >= info.issued_ms) {
+                continue;
+            }
+            match grant::open(bytes, &me, &p.public) {
+                Ok(g) if !g.is_revocation() => {
+                    self.granted.remove(&at);
+                    self.add(&g);
+                }
+                Ok(_) => {}
+                Err(e) => warn!("a grant of {} from {} in the store does not open: {e}", info.stream, p.name),
+            }
         }
     }
 

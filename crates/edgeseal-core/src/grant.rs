@@ -193,6 +193,17 @@ pub fn peek(bytes: &[u8]) -> Result<GrantInfo, Error> {
     Ok(parse(bytes)?.info)
 }
 
+/// Checks that a grant is signed by the owner it names (its key is in it, and
+/// the owner's device id is that key's hash), without opening it: what an
+/// untrusted store or ingest can check. The clear part, when it is.
+pub fn authentic(bytes: &[u8]) -> Result<GrantInfo, Error> {
+    let p = parse(bytes)?;
+    if !verify_signature(&p.info.owner_ed25519, &sig_message(p.signed), &p.sig) {
+        return Err(Error::Invalid("the grant is not signed by the owner it names"));
+    }
+    Ok(p.info)
+}
+
 /// Verifies and opens a grant addressed to `me` from `owner`.
 pub fn open(bytes: &[u8], me: &Identity, owner: &PublicIdentity) -> Result<Grant, Error> {
     let p = parse(bytes)?;
@@ -323,6 +334,20 @@ mod tests {
         assert_eq!(g.info.owner, owner.device_id());
         assert!(!g.is_revocation());
         assert!(open(&grant(&owner, &peer, &[]), &peer, &owner.public()).unwrap().is_revocation());
+    }
+
+    #[test]
+    fn anyone_can_check_who_signed_a_grant_and_nobody_else_can_open_it() {
+        let (owner, peer) = (id(1), id(2));
+        let bytes = grant(&owner, &peer, &[0]);
+        let info = authentic(&bytes).unwrap();
+        assert_eq!((info.owner, info.peer), (owner.device_id(), peer.device_id()));
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert!(authentic(&b).is_err(), "flip at {i}");
+        }
+        assert!(open(&bytes, &id(3), &owner.public()).is_err());
     }
 
     /// A grant as format v1 builds issued it: whole epoch keys, no end, a u16 length.

@@ -240,6 +240,9 @@ enum Ev {
     Acked(u16, Ack),
     /// A publish left with this packet id.
     Sent(u16),
+    /// A subscription left with this packet id; the broker answered one (with its refusal, if it refused).
+    Subscribing(u16),
+    Subscribed(u16, Option<String>),
     Other,
 }
 
@@ -264,6 +267,14 @@ impl Driver for rumqttc::EventLoop {
             }
             Event::Incoming(Packet::PubAck(ack)) => Ev::Acked(ack.pkid, Ok(())),
             Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
+            Event::Outgoing(Outgoing::Subscribe(pkid)) => Ev::Subscribing(pkid),
+            Event::Incoming(Packet::SubAck(a)) => Ev::Subscribed(
+                a.pkid,
+                a.return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    .then(|| "return code 0x80, failure".to_string()),
+            ),
             _ => Ev::Other,
         })
     }
@@ -298,6 +309,14 @@ impl Driver for v5::EventLoop {
                 },
             ),
             v5::Event::Outgoing(Outgoing::Publish(pkid)) => Ev::Sent(pkid),
+            v5::Event::Outgoing(Outgoing::Subscribe(pkid)) => Ev::Subscribing(pkid),
+            v5::Event::Incoming(Packet5::SubAck(a)) => Ev::Subscribed(
+                a.pkid,
+                a.return_codes
+                    .iter()
+                    .find(|c| !matches!(c, v5::mqttbytes::v5::SubscribeReasonCode::Success(_)))
+                    .map(|c| format!("{c:?}")),
+            ),
             _ => Ev::Other,
         })
     }
@@ -318,6 +337,9 @@ struct Shared {
     order: tokio::sync::Mutex<()>,
     waiting: Mutex<Waiting>,
     subscriptions: Mutex<Vec<String>>,
+    /// Filters whose SUBSCRIBE is queued, oldest first, and those sent, by packet id: to name
+    /// a subscription the broker refuses.
+    subscribing: Mutex<(VecDeque<String>, HashMap<u16, String>)>,
     connected: watch::Sender<bool>,
     /// The number of the connection now up (from 1; 0 while down), for [`AckToken`]s.
     connection: std::sync::atomic::AtomicU64,
@@ -365,6 +387,7 @@ impl Link {
             order: tokio::sync::Mutex::new(()),
             waiting: Mutex::new(Waiting::default()),
             subscriptions: Mutex::new(Vec::new()),
+            subscribing: Mutex::new((VecDeque::new(), HashMap::new())),
             connected,
             last_error: Mutex::new(None),
             last_publish: Mutex::new(None),
@@ -481,10 +504,12 @@ impl Link {
     /// Subscribes (QoS 1) now and after every reconnect.
     pub async fn subscribe(&self, filter: &str) -> Result<(), Error> {
         self.shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).push(filter.to_string());
-        self.client
-            .subscribe(filter)
-            .await
-            .map_err(|why| Error::LinkClosed { what: format!("subscribe to {filter:?}"), why })
+        let _order = self.shared.order.lock().await;
+        self.shared.subscribing.lock().unwrap_or_else(|p| p.into_inner()).0.push_back(filter.to_string());
+        self.client.subscribe(filter).await.map_err(|why| {
+            self.shared.subscribing.lock().unwrap_or_else(|p| p.into_inner()).0.pop_back();
+            Error::LinkClosed { what: format!("subscribe to {filter:?}"), why }
+        })
     }
 
     /// Unsubscribes now and stops restoring the subscription after reconnects.
@@ -614,9 +639,14 @@ impl Task {
                     // Restore the subscriptions before saying "connected", so anything published
                     // after that is queued behind them (the broker handles packets in order).
                     let subs = shared.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                    for f in subs {
-                        if let Err(e) = client.try_subscribe(&f) {
-                            warn!("cannot resubscribe to {f}: {e}");
+                    {
+                        let mut s = shared.subscribing.lock().unwrap_or_else(|p| p.into_inner());
+                        *s = (VecDeque::new(), HashMap::new());
+                        for f in subs {
+                            match client.try_subscribe(&f) {
+                                Ok(()) => s.0.push_back(f),
+                                Err(e) => warn!("cannot resubscribe to {f}: {e}"),
+                            }
                         }
                     }
                     shared.connected.send_replace(true);
@@ -644,6 +674,21 @@ impl Task {
                         && let Some(waiter) = w.queued.pop_front()
                     {
                         w.inflight.insert(pkid, waiter);
+                    }
+                }
+                Ok(Ev::Subscribing(pkid)) => {
+                    let mut s = shared.subscribing.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(f) = s.0.pop_front() {
+                        s.1.insert(pkid, f);
+                    }
+                }
+                Ok(Ev::Subscribed(pkid, refused)) => {
+                    let filter = shared.subscribing.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&pkid);
+                    if let Some(why) = refused {
+                        let filter = filter.map_or("a topic filter".to_string(), |f| format!("{f:?}"));
+                        warn!(
+                            "the broker {url} refused the subscription to {filter} ({why}): nothing published there reaches this agent. A broker refuses a filter it cannot take (NATS: a '.' or a space in a topic level, as mqtt.prefix may hold) or one this user may not read (its ACL)"
+                        );
                     }
                 }
                 Ok(Ev::Other) => {}

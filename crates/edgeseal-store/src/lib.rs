@@ -216,6 +216,18 @@ pub trait Store: Send + Sync {
         from: u64,
         record: &[u8],
     ) -> impl Future<Output = Result<u64>> + Send;
+    /// Stores a grant `owner` signed for `peer` (the caller checked the
+    /// signature), unless the store holds a newer one of that owner, stream and peer.
+    fn put_grant(
+        &self,
+        owner: DeviceId,
+        stream: &StreamName,
+        peer: DeviceId,
+        issued_ms: i64,
+        grant: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Every grant addressed to `peer`, newest per owner and stream.
+    fn grants_to(&self, peer: DeviceId) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
     /// A stream's retention records (normally one, the newest).
     fn retentions(&self, device: DeviceId, stream: &StreamName) -> impl Future<Output = Result<Vec<Vec<u8>>>> + Send;
     /// The store's URL with any password removed.
@@ -224,6 +236,8 @@ pub trait Store: Send + Sync {
 
 /// Batches per multi-row insert (9 parameters each: within every backend's limit).
 const ROWS_PER_INSERT: usize = 256;
+/// What a time range's end and a batch's span are each capped at in SQL, so their sum fits an i64.
+const SPAN_CAP: i64 = 4_611_686_018_427_387_903;
 /// Batches removed per transaction by [`Store::retain`].
 pub const DELETE_CHUNK: i64 = 10_000;
 /// A multi-row insert stops adding batches past this many sealed bytes (MySQL's packet limit).
@@ -240,6 +254,9 @@ struct Dialect {
     batches_by_seq: &'static str,
     last_before: &'static str,
     head_seq: &'static str,
+    /// Batches overlapping a time range. Bounded above by the range's end plus the stream's
+    /// longest batch (the summary's `max_span`), so it is an index range of its size
+    /// wherever it lies; a summary that lies only hides rows the reader then fetches by number.
     batches: &'static str,
     checkpoints: &'static str,
     insert_retention: &'static str,
@@ -250,6 +267,9 @@ struct Dialect {
     delete_batches: &'static str,
     delete_checkpoints: &'static str,
     delete_retentions: &'static str,
+    /// A grant stored unless a newer one of the same owner, stream and peer is; those of a peer.
+    upsert_grant: &'static str,
+    grants_to: &'static str,
 }
 
 const SQLITE: Dialect = Dialect {
@@ -262,7 +282,8 @@ const SQLITE: Dialect = Dialect {
     streams: "SELECT device, stream, batches, readings, first_ts, last_ts, head FROM streams WHERE batches > 0 \
               ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches WHERE device = ? AND stream = ? \
-              AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
+              AND last_ts >= ? AND first_ts <= ? AND last_ts <= COALESCE(? + (SELECT MAX(0, MIN(max_span, 4611686018427387903)) \
+              FROM streams WHERE device = ? AND stream = ?), ?) ORDER BY seq",
     batches_by_seq: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches \
                      WHERE device = ? AND stream = ? AND seq >= ? AND seq <= ? ORDER BY seq",
     last_before: "SELECT seq, first_ts, last_ts, count, epoch, hash, sealed FROM batches \
@@ -275,6 +296,8 @@ const SQLITE: Dialect = Dialect {
     delete_batches: "DELETE FROM batches WHERE device = ? AND stream = ? AND seq >= ? AND seq < ?",
     delete_checkpoints: "DELETE FROM checkpoints WHERE device = ? AND stream = ? AND seq < ? AND seq < ?",
     delete_retentions: "DELETE FROM retention WHERE device = ? AND stream = ? AND from_seq < ?",
+    upsert_grant: "INSERT INTO grants (owner, stream, peer, issued, sealed) VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, stream, peer) DO UPDATE SET issued = excluded.issued, sealed = excluded.sealed WHERE excluded.issued > grants.issued",
+    grants_to: "SELECT sealed FROM grants WHERE peer = ? ORDER BY owner, stream",
 };
 
 const POSTGRES: Dialect = Dialect {
@@ -287,7 +310,9 @@ const POSTGRES: Dialect = Dialect {
     streams: "SELECT device, stream, batches, readings, first_ts, last_ts, head FROM streams WHERE batches > 0 \
               ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
-              WHERE device = $1 AND stream = $2 AND last_ts >= $3 AND first_ts <= $4 ORDER BY seq",
+              WHERE device = $1 AND stream = $2 AND last_ts >= $3 AND first_ts <= $4 AND last_ts <= COALESCE($5 + \
+              (SELECT GREATEST(0, LEAST(max_span, 4611686018427387903)) FROM streams WHERE device = $6 AND stream = $7), $8) \
+              ORDER BY seq",
     batches_by_seq: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
                      WHERE device = $1 AND stream = $2 AND seq >= $3 AND seq <= $4 ORDER BY seq",
     last_before: "SELECT seq, first_ts, last_ts, CAST(count AS BIGINT) AS count, epoch, hash, sealed FROM batches \
@@ -300,6 +325,8 @@ const POSTGRES: Dialect = Dialect {
     delete_batches: "DELETE FROM batches WHERE device = $1 AND stream = $2 AND seq >= $3 AND seq < $4",
     delete_checkpoints: "DELETE FROM checkpoints WHERE device = $1 AND stream = $2 AND seq < $3 AND seq < $4",
     delete_retentions: "DELETE FROM retention WHERE device = $1 AND stream = $2 AND from_seq < $3",
+    upsert_grant: "INSERT INTO grants (owner, stream, peer, issued, sealed) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, stream, peer) DO UPDATE SET issued = EXCLUDED.issued, sealed = EXCLUDED.sealed WHERE EXCLUDED.issued > grants.issued",
+    grants_to: "SELECT sealed FROM grants WHERE peer = $1 ORDER BY owner, stream",
 };
 
 const MYSQL: Dialect = Dialect {
@@ -312,7 +339,9 @@ const MYSQL: Dialect = Dialect {
     streams: "SELECT device, stream, batches, readings, first_ts, last_ts, head FROM streams WHERE batches > 0 \
               ORDER BY stream, device",
     batches: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
-              WHERE device = ? AND stream = ? AND last_ts >= ? AND first_ts <= ? ORDER BY seq",
+              WHERE device = ? AND stream = ? AND last_ts >= ? AND first_ts <= ? AND last_ts <= COALESCE(? + \
+              (SELECT GREATEST(0, LEAST(max_span, 4611686018427387903)) FROM streams WHERE device = ? AND stream = ?), ?) \
+              ORDER BY seq",
     batches_by_seq: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
                      WHERE device = ? AND stream = ? AND seq >= ? AND seq <= ? ORDER BY seq",
     last_before: "SELECT seq, first_ts, last_ts, CAST(count AS SIGNED) AS count, epoch, hash, sealed FROM batches \
@@ -325,6 +354,8 @@ const MYSQL: Dialect = Dialect {
     delete_batches: "DELETE FROM batches WHERE device = ? AND stream = ? AND seq >= ? AND seq < ?",
     delete_checkpoints: "DELETE FROM checkpoints WHERE device = ? AND stream = ? AND seq < ? AND seq < ?",
     delete_retentions: "DELETE FROM retention WHERE device = ? AND stream = ? AND from_seq < ?",
+    upsert_grant: "INSERT INTO grants (owner, stream, peer, issued, sealed) VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE sealed = IF(VALUES(issued) > issued, VALUES(sealed), sealed), issued = GREATEST(issued, VALUES(issued))",
+    grants_to: "SELECT sealed FROM grants WHERE peer = ? ORDER BY owner, stream",
 };
 
 fn device_from(bytes: &[u8]) -> Result<DeviceId> {
@@ -473,11 +504,16 @@ macro_rules! backend {
             }
 
             fn batches_stream<'a>(&'a self, device: DeviceId, stream: &'a StreamName, range: TimeRange) -> BoxStream<'a, Result<StoredBatch>> {
+                let to = range.to.unwrap_or(i64::MAX);
                 sqlx::query($dialect.batches)
                     .bind(device.0.to_vec())
                     .bind(stream.as_str())
                     .bind(range.from.unwrap_or(i64::MIN))
-                    .bind(range.to.unwrap_or(i64::MAX))
+                    .bind(to)
+                    .bind(to.min(SPAN_CAP))
+                    .bind(device.0.to_vec())
+                    .bind(stream.as_str())
+                    .bind(i64::MAX)
                     .fetch(&self.pool)
                     .map(|r| r.map_err(Error::from).and_then(|r| stored_batch!(&r)))
                     .boxed()
@@ -577,6 +613,23 @@ macro_rules! backend {
                     .execute(&self.pool)
                     .await?;
                 Ok(removed)
+            }
+
+            async fn put_grant(&self, owner: DeviceId, stream: &StreamName, peer: DeviceId, issued_ms: i64, grant: &[u8]) -> Result<()> {
+                sqlx::query($dialect.upsert_grant)
+                    .bind(&owner.0[..])
+                    .bind(stream.as_str())
+                    .bind(&peer.0[..])
+                    .bind(issued_ms)
+                    .bind(grant)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn grants_to(&self, peer: DeviceId) -> Result<Vec<Vec<u8>>> {
+                let rows = sqlx::query($dialect.grants_to).bind(&peer.0[..]).fetch_all(&self.pool).await?;
+                rows.iter().map(|r| Ok(r.try_get::<Vec<u8>, _>("sealed")?)).collect()
             }
 
             async fn retentions(&self, device: DeviceId, stream: &StreamName) -> Result<Vec<Vec<u8>>> {
@@ -815,6 +868,19 @@ impl Store for AnyStore {
     }
     async fn retentions(&self, device: DeviceId, stream: &StreamName) -> Result<Vec<Vec<u8>>> {
         dispatch!(self, s => s.retentions(device, stream).await)
+    }
+    async fn put_grant(
+        &self,
+        owner: DeviceId,
+        stream: &StreamName,
+        peer: DeviceId,
+        issued_ms: i64,
+        grant: &[u8],
+    ) -> Result<()> {
+        dispatch!(self, s => s.put_grant(owner, stream, peer, issued_ms, grant).await)
+    }
+    async fn grants_to(&self, peer: DeviceId) -> Result<Vec<Vec<u8>>> {
+        dispatch!(self, s => s.grants_to(peer).await)
     }
     async fn checkpoints(&self, device: DeviceId, stream: &StreamName, limit: u32) -> Result<Vec<Vec<u8>>> {
         dispatch!(self, s => s.checkpoints(device, stream, limit).await)

@@ -966,6 +966,25 @@ impl LocalState {
         Ok(())
     }
 
+    /// Grants given and not yet written to the store: (peer, stream, grant).
+    pub async fn grants_unstored(&self) -> Result<Vec<(DeviceId, StreamName, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT peer, stream, grant FROM grants_out WHERE stored = 0 ORDER BY stream, peer")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((device_from(r.try_get("peer")?)?, stream_from(r)?, r.try_get("grant")?))).collect()
+    }
+
+    /// Marks a grant as written to the store, unless it was replaced meanwhile.
+    pub async fn grant_stored(&self, peer: DeviceId, stream: &StreamName, grant: &[u8]) -> Result<()> {
+        sqlx::query("UPDATE grants_out SET stored = 1 WHERE peer = ? AND stream = ? AND grant = ?")
+            .bind(&peer.0[..])
+            .bind(stream.as_str())
+            .bind(grant)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     /// Keeps a verified grant received from `owner`: a newer grant with keys
     /// replaces the stored one; a revocation only marks it (the keys it held
     /// still open what was sealed before). Returns false for a stale grant.

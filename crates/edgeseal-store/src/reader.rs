@@ -170,17 +170,50 @@ where
         if self.chunk.len() >= CHUNK || self.bytes >= CHUNK_BYTES { self.flush() } else { Ok(()) }
     }
 
-    /// The batch just outside a range (numbered `seq`), read if the store
-    /// should hold it (at most `head`, at least where retention starts the
-    /// stream); a finding when it does not.
+    /// The batch just outside a range, by number from `seq` (down from it
+    /// `at_start`, else up), read on while the batches still overlap the
+    /// range (new ones, or ones the store left out of its answer) to the first
+    /// that does not: the one that shows the range complete at that end. A
+    /// number the store should hold (at most `head`, at least where retention
+    /// starts the stream) but does not is a finding.
     async fn edge<S: Store>(&mut self, store: &S, seq: u64, head: u64, at_start: bool) -> Result<Option<Finding>> {
-        if seq > head || seq < self.auditor.start() {
-            return Ok(None);
+        const STEP: u64 = 64;
+        let (from, to) = (self.opts.range.from.unwrap_or(i64::MIN), self.opts.range.to.unwrap_or(i64::MAX));
+        let start = self.auditor.start();
+        let mut found = Vec::new();
+        let mut expect = Some(seq);
+        let mut finding = None;
+        'walk: while let Some(s) = expect.filter(|&s| s <= head && s >= start) {
+            let (lo, hi) = match at_start {
+                true => (s.saturating_sub(STEP - 1).max(start), s),
+                false => (s, s.saturating_add(STEP - 1).min(head)),
+            };
+            let mut rows = store.batches_by_seq(self.device, self.stream, lo, hi).await?;
+            if at_start {
+                rows.reverse();
+            }
+            let mut rows = rows.into_iter().peekable();
+            for _ in lo..=hi {
+                let Some(n) = expect else { break 'walk };
+                let Some(r) = rows.next_if(|r| r.seq == n) else {
+                    finding = Some(Finding::RangeEdgeMissing { seq: n, at_start });
+                    break 'walk;
+                };
+                let overlaps = r.last_ts >= from && r.first_ts <= to;
+                found.push(r);
+                if !overlaps {
+                    break 'walk;
+                }
+                expect = if at_start { n.checked_sub(1) } else { n.checked_add(1) };
+            }
         }
-        match store.batches_by_seq(self.device, self.stream, seq, seq).await?.into_iter().next() {
-            Some(r) => self.push(r).map(|()| None),
-            None => Ok(Some(Finding::RangeEdgeMissing { seq, at_start })),
+        if at_start {
+            found.reverse();
         }
+        for r in found {
+            self.push(r)?;
+        }
+        Ok(finding)
     }
 
     /// The sealer signs only the last batch of a burst, which covers the

@@ -403,6 +403,14 @@ async fn a_range_is_proven_complete_at_both_ends(cx: Cx) {
         .await;
     let f = ranged("t-idle-cut", base(5) + 60_000, None).await.audit.findings;
     assert_eq!(f, [Finding::TruncatedTail { last: Some(3), checkpoint: 5 }]);
+    // A store that answers a range short (here its summary says no batch lasts any time, so the
+    // query stops at the range's end): what overlaps the range is read on by number, to the
+    // first batch that does not.
+    setup("t-short").await;
+    sql(&store, "UPDATE streams SET max_span = -5 WHERE device = ? AND stream = 't-short'", &[Bind::Bytes(dev)]).await;
+    let read = ranged("t-short", base(2), Some(base(4) + 4_000)).await;
+    assert!(read.audit.is_clean(), "{:?}", read.audit.findings);
+    assert_eq!(read.rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
 }
 
 #[allow(unused_variables)]
@@ -585,6 +593,20 @@ async fn a_long_stream_is_read_row_by_row(cx: Cx) {
     assert!(handed >= 3000 / 512 && largest <= 512 + 4, "{handed} chunks, the largest {largest}");
 }
 
+#[allow(unused_variables)]
+async fn the_newest_grant_of_an_owner_stream_and_peer_is_kept(cx: Cx) {
+    cx!(cx, store, id, dev, setup);
+    let (peer, other) = (random_identity(), random_identity());
+    let s = StreamName::new("t-grant").unwrap();
+    let put = |issued: i64, bytes: &'static [u8]| store.put_grant(id.device_id(), &s, peer.device_id(), issued, bytes);
+    put(10, b"ten").await.unwrap();
+    put(30, b"thirty").await.unwrap();
+    put(20, b"twenty").await.unwrap(); // older than the one there: kept out
+    store.put_grant(id.device_id(), &s, other.device_id(), 5, b"other").await.unwrap();
+    assert_eq!(store.grants_to(peer.device_id()).await.unwrap(), [b"thirty".to_vec()]);
+    assert_eq!(store.grants_to(other.device_id()).await.unwrap(), [b"other".to_vec()]);
+}
+
 /// Each case as a test of its own on each database: `sqlite::…`,
 /// `postgres::…`, `mariadb::…` (the attacks with SQL against the real database).
 macro_rules! on_every_store {
@@ -618,6 +640,7 @@ on_every_store!(
     a_batch_signed_by_another_identity_is_named,
     retention_removes_what_its_record_names_and_nothing_else_goes_unnoticed,
     a_long_stream_is_read_row_by_row,
+    the_newest_grant_of_an_owner_stream_and_peer_is_kept,
 );
 
 #[derive(Debug, Clone, Copy)]

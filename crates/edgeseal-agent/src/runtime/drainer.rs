@@ -1,6 +1,7 @@
 //! The drainer: moves sealed batches from the outbox to the store (in
-//! transactions of [`DRAIN_CHUNK`] batches or [`DRAIN_BYTES`]), remembers this agent's heads and signs
-//! checkpoints. While the store is down it backs off and keeps everything in
+//! transactions of [`DRAIN_CHUNK`] batches or [`DRAIN_BYTES`]), remembers this agent's heads, signs
+//! checkpoints, and writes the grants this agent gives to the store too (a
+//! peer that reads the store finds its grant there). While the store is down it backs off and keeps everything in
 //! the outbox; at shutdown it makes one last attempt.
 
 use std::collections::{BTreeSet, HashMap};
@@ -54,6 +55,9 @@ impl Drainer {
                 final_deadline = Some(Instant::now() + FINAL_DRAIN);
             }
             let mut result = self.pass(device, &mut dirty).await;
+            if result.is_ok() {
+                result = self.grants(device).await;
+            }
             if result.is_ok() && !dirty.is_empty() && (stopping || last_checkpoint.elapsed() >= self.checkpoint_every) {
                 result = self.checkpoint(device, &mut dirty).await;
                 last_checkpoint = Instant::now();
@@ -143,6 +147,23 @@ impl Drainer {
             dirty.extend(heads.iter().map(|(_, s, _)| (*s).clone()));
             debug!("stored {stored} batches");
         }
+    }
+
+    /// Writes the grants given since the last pass to the store.
+    async fn grants(&self, device: DeviceId) -> edgeseal_store::Result<()> {
+        let unstored = self.local.grants_unstored().await?;
+        if unstored.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.get().await?;
+        for (peer, stream, grant) in unstored {
+            // This agent made it; a grant that does not parse is not one to keep anywhere.
+            if let Ok(info) = edgeseal_core::grant::peek(&grant) {
+                store.put_grant(device, &stream, peer, info.issued_ms, &grant).await?;
+            }
+            self.local.grant_stored(peer, &stream, &grant).await?;
+        }
+        Ok(())
     }
 
     async fn checkpoint(&self, device: DeviceId, dirty: &mut BTreeSet<StreamName>) -> edgeseal_store::Result<()> {

@@ -14,3 +14,5 @@ CREATE TABLE IF NOT EXISTS retention_records (
     record   BLOB    NOT NULL,
     applied  INTEGER NOT NULL DEFAULT 0
 );
+-- Grants given, written to the store too (a peer that reads the store finds them there).
+ALTER TABLE grants_out ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;

@@ -457,7 +457,7 @@ fn a_broker_that_refuses_mqtt_5_is_named_as_such() {
 
 /// NATS closes the connection at a publish to a topic with a `.` (here from a user's prefix),
 /// the only way MQTT 3.1.1 has to refuse one: the agent names the topic and the size instead of
-/// reporting an unreachable broker.
+/// reporting an unreachable broker. A subscription it refuses (in its SUBACK) is named too.
 #[test]
 fn a_topic_a_broker_refuses_is_named_in_the_log() {
     let Some(nats) = Nats::start() else { return };
@@ -470,6 +470,9 @@ fn a_topic_a_broker_refuses_is_named_in_the_log() {
     sigterm(&up);
     let _ = up.wait();
     assert!(a.logs().contains("that is how a broker refuses a topic"), "{}", a.logs());
+    // It refuses the subscriptions with a `.` too, in its SUBACK: each is named.
+    let refused = format!("refused the subscription to \"edge.v1/{}/+/request/+\"", a.device());
+    assert!(a.logs().contains(&refused), "{}", a.logs());
 }
 
 /// `edgeseal ingest`: two processes of one group share the batches two devices publish (an MQTT
@@ -676,6 +679,29 @@ fn ingest_applies_the_retention_records_of_devices_without_a_store() {
     let out = reader.run(&["fetch", "--stream", "k", "--format", "json"]);
     let readings: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(readings.len() as u64, 80 - from * 5, "{}", text(&out.stderr));
+}
+
+/// Grants are kept in the store too: a peer that reads a store its owner writes (or ingest) finds
+/// its grant there, even when the broker never carried it (here the broker is gone before the
+/// grant is given).
+#[test]
+fn a_grant_the_broker_never_carried_reaches_the_peer_through_the_store() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let mut pi = with_broker("store-grant-pi", &broker.url());
+    let mut laptop = with_broker("store-grant-laptop", &broker.url());
+    let (h, j) = pair(&pi, &laptop);
+    assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
+    drop(broker);
+    let shared = format!("sqlite://{}", pi.dir.parent().unwrap().join("shared.db").display());
+    pi.store = Some(shared.clone());
+    laptop.store = Some(shared);
+    pi.ok(&["share", "temperature", "--with", "store-grant-laptop", "--from", BASE_RFC]);
+    pi.run_lines("temperature", 0..10, &["--batch-count", "5"]);
+    assert!(pi.logs().contains("2 stored"), "{}", pi.logs());
+    assert_eq!(laptop.fetch_from("temperature", Some(&pi.device())), super::expected(0..10));
 }
 
 /// `store = "broker"` with no broker, or with an embedded broker whose port is taken, is refused
