@@ -606,7 +606,8 @@ pub struct Inbox {
     live: HashMap<PeerStream, LiveMark>,
     /// Holes behind each stream's newest batch, asked for, with what came back so far.
     gaps: HashMap<PeerStream, Vec<Hole>>,
-    /// Queue received batches for the store (the agent); `watch` only shows them.
+    /// Queue received batches for the store (`up`, and `watch` for the next `up` to store);
+    /// a device whose batches go through ingest leaves them to it.
     pub store: bool,
 }
 
@@ -857,6 +858,11 @@ impl Inbox {
         let (p, hash, signed) = self.checked(device, stream, bytes)?;
         let h = &p.header;
         let head = self.local.remembered(device, stream).await.local()?;
+        if head.is_some_and(|last| last.seq == h.seq && last.hash == hash) {
+            // The batch taken last, delivered again (QoS 1 does that; so does the agent's session
+            // after `watch` took it): nothing new, nothing wrong.
+            return Ok(Vec::new());
+        }
         if let Some(last) = &head
             && h.seq <= last.seq
         {

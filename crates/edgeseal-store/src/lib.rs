@@ -504,13 +504,13 @@ macro_rules! backend {
             }
 
             fn batches_stream<'a>(&'a self, device: DeviceId, stream: &'a StreamName, range: TimeRange) -> BoxStream<'a, Result<StoredBatch>> {
-                let to = range.to.unwrap_or(i64::MAX);
                 sqlx::query($dialect.batches)
                     .bind(device.0.to_vec())
                     .bind(stream.as_str())
                     .bind(range.from.unwrap_or(i64::MIN))
-                    .bind(to)
-                    .bind(to.min(SPAN_CAP))
+                    .bind(range.to.unwrap_or(i64::MAX))
+                    // No end: no bound (NULL + span is NULL, so the COALESCE gives the maximum).
+                    .bind(range.to.map(|to| to.min(SPAN_CAP)))
                     .bind(device.0.to_vec())
                     .bind(stream.as_str())
                     .bind(i64::MAX)

@@ -273,6 +273,9 @@ async fn watch_with(
     let mut inbox =
         Inbox::new(service.identity()?.clone(), service.local().clone(), Topics::new(&cfg.mqtt.prefix)).await?;
     inbox.limits = cfg.mqtt.tentative;
+    // What it receives counts as received for this agent (its heads are remembered), so it goes
+    // into the outbox too, for the next `up` to store: watching never costs the store a batch.
+    inbox.store = !cfg.stores_through_broker();
     let peers: Vec<_> = inbox.peers().cloned().collect();
     if peers.is_empty() {
         return Err(Error::NoSuchPeer("this agent has no peers yet: pair with `edgeseal pair` first".into()).into());

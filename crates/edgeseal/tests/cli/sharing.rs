@@ -375,10 +375,12 @@ fn pair_share_watch_store_and_revoke_through_mosquitto() {
 /// stream name (a DHT with `stream = "room"` makes `room.temperature`), but NATS refuses it in a
 /// topic and RabbitMQ turns it into a level separator: the topic level spells it `~`. And RabbitMQ
 /// delivers retained messages to exact subscriptions only: the grant, given while the peer is
-/// away, reaches it through the index of its grants. Pairing, a grant made while the peer is
-/// away, and live readings of such a stream, through each; then a device with `store = "broker"`
-/// whose batches `edgeseal ingest` stores and acknowledges through each (unshared on NATS and
-/// RabbitMQ, which have no shared subscriptions).
+/// away, reaches it through the index of its grants. Through each: pairing, a grant made while
+/// the peer is away, live readings of such a stream, the CloudSync API (publish, subscribe,
+/// getsubscribedata), a batch sealed while the peer's agent is offline and stored by it when it
+/// is back (its persistent session), and a revocation that reaches the peer; then a device with
+/// `store = "broker"` whose batches `edgeseal ingest` stores and acknowledges (unshared on NATS
+/// and RabbitMQ, which have no shared subscriptions).
 #[test]
 fn a_stream_with_a_dot_shared_while_the_peer_is_away_reaches_it_through_every_broker() {
     if mosquitto_tools().is_none() {
@@ -403,9 +405,13 @@ fn a_stream_with_a_dot_shared_while_the_peer_is_away_reaches_it_through_every_br
             a.env.push(("EDGESEAL_MQTT__VERSION".into(), version.into()));
             a
         };
-        let (pi, laptop) = (agent("pi"), agent("laptop"));
+        let (mut pi, laptop) = (agent("pi"), agent("laptop"));
+        let web = free_port();
+        pi.env.push(("EDGESEAL_WEB__LISTEN".into(), format!("127.0.0.1:{web}")));
         let (h, j) = pair(&pi, &laptop);
         assert!(h.status.success() && j.status.success(), "{engine}: {}{}", text(&h.stderr), text(&j.stderr));
+        // The laptop's agent makes its persistent session, then goes offline.
+        laptop.ok(&["up", "--sensor", "none", "--for", "2s"]);
         pi.ok(&["share", "room.temperature", "--with", &format!("{engine}-laptop"), "--from", BASE_RFC, "--new"]);
         let watch = Watcher::start(&laptop, "room.temperature");
         let mut up = pi.spawn_stdin(&[]);
@@ -419,8 +425,41 @@ fn a_stream_with_a_dot_shared_while_the_peer_is_away_reaches_it_through_every_br
         let seen: Vec<f64> = watch.seen().iter().map(|r| r["value"].as_f64().unwrap()).collect();
         assert_eq!(seen, [0.0, 0.1, 0.2, 0.3, 0.4], "{engine}");
         assert!(watch.seen().iter().all(|r| r["stream"] == "room.temperature"), "{engine}");
+
+        // The CloudSync API of the running agent, to this broker.
+        let api = format!("http://127.0.0.1:{web}/api/v1/orchestration/cloudsyncmgr");
+        let target = url.trim_start_matches("mqtt://").to_string();
+        let body = format!(r#"{{"appid":"app","topic":"cs/+","url":"{target}"}}"#);
+        let (status, v) = super::web::http("POST", &format!("{api}/subscribe"), Some(&body));
+        assert_eq!(status, 200, "{engine}: {v}");
+        let body = format!(r#"{{"appid":"tv","payload":"p-{engine}","topic":"cs/tv","url":"{target}"}}"#);
+        let (status, v) = super::web::http("POST", &format!("{api}/publish"), Some(&body));
+        assert_eq!(status, 200, "{engine}: {v}");
+        wait_until("the CloudSync subscription's data", Duration::from_secs(15), || {
+            let (_, v) = super::web::http("GET", &format!("{api}/getsubscribedata/127.0.0.1/cs/+/app"), None);
+            v["Message"] == format!("p-{engine}")
+        });
+        // The readings are sealed into a batch at the stop, while nothing of the laptop is
+        // connected: the broker keeps it for the laptop's agent's session.
+        drop(watch);
         sigterm(&up);
         assert!(up.wait().unwrap().success(), "{engine}: {}", pi.logs());
+        let mut back = laptop.spawn_stdin(&["--for", "60s"]);
+        wait_until("the laptop's agent", Duration::from_secs(15), || laptop.logs().contains("Stop with Ctrl-C"));
+        let pi_dev = pi.device();
+        let stored = || {
+            let out = laptop.run(&["fetch", "--stream", "room.temperature", "--device", &pi_dev, "--format", "json"]);
+            serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 5))
+        };
+        wait_until("the laptop to store what it missed", Duration::from_secs(30), stored);
+        sigterm(&back);
+        assert!(back.wait().unwrap().success(), "{engine}: {}", laptop.logs());
+        assert_eq!(laptop.fetch_from("room.temperature", Some(&pi_dev)), super::expected(0..5), "{engine}");
+        // A revocation, given while the laptop is away, reaches it.
+        pi.ok(&["revoke", &format!("{engine}-laptop")]);
+        let out = laptop.run(&["watch", "--for", "4s"]);
+        let said = text(&out.stderr);
+        assert!(said.contains("revoked this agent's access to room.temperature"), "{engine}: {said}");
 
         // A device that keeps no store, through this broker to `edgeseal ingest` (unshared where
         // the broker has no shared subscriptions).
@@ -440,6 +479,41 @@ fn a_stream_with_a_dot_shared_while_the_peer_is_away_reaches_it_through_every_br
         sigterm(&ingest);
         assert!(ingest.wait().unwrap().success(), "{engine}");
     }
+}
+
+/// `watch` on an agent's data directory takes what peers send as received (it remembers their
+/// heads), so it queues it for the agent's store too: the next `up` stores it. Before, `up`
+/// then refused those batches as replays, and the agent's store never got them.
+#[test]
+fn watching_never_costs_the_agents_store_a_batch() {
+    if mosquitto_tools().is_none() {
+        return;
+    }
+    let broker = Broker::start(free_port());
+    let (pi, laptop) = (with_broker("watched-pi", &broker.url()), with_broker("watched-laptop", &broker.url()));
+    let (h, j) = pair(&pi, &laptop);
+    assert!(h.status.success() && j.status.success(), "{}{}", text(&h.stderr), text(&j.stderr));
+    laptop.ok(&["up", "--sensor", "none", "--for", "2s"]); // its agent's session, offline from now on
+    pi.ok(&["share", "temperature", "--with", "watched-laptop", "--from", BASE_RFC]);
+    let watch = Watcher::start(&laptop, "temperature");
+    pi.run_lines("temperature", 0..5, &[]);
+    watch.wait_for(5);
+    // Until the watcher has taken the pi's batch (it remembers the stream's head).
+    let state = laptop.dir.join("state.db");
+    wait_until("the watcher to take the batch", Duration::from_secs(15), || {
+        let out = Command::new("sqlite3").arg(&state).arg("SELECT COUNT(*) FROM seen_heads").output().unwrap();
+        text(&out.stdout).trim() == "1"
+    });
+    drop(watch);
+    let mut up = laptop.spawn_stdin(&["--for", "60s"]);
+    let pi_dev = pi.device();
+    wait_until("the laptop to store the batch", Duration::from_secs(30), || {
+        let out = laptop.run(&["fetch", "--stream", "temperature", "--device", &pi_dev, "--format", "json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v.as_array().is_some_and(|a| a.len() == 5))
+    });
+    sigterm(&up);
+    assert!(up.wait().unwrap().success(), "{}", laptop.logs());
+    assert!(!laptop.logs().contains("replayed or out of order"), "{}", laptop.logs());
 }
 
 /// NATS's MQTT (like RabbitMQ 3.x's) speaks 3.1.1 only and closes the connection at an MQTT 5

@@ -10,7 +10,7 @@ use super::sharing::Broker;
 use super::{Agent, free_port, mosquitto_tools, text, wait_until};
 
 /// One request with curl: (status, JSON body).
-fn http(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
+pub(super) fn http(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
     let mut args = vec!["-X", method, url];
     if let Some(b) = body {
         args.extend(["--header", "Content-Type: text/plain", "--data-raw", b]);
