@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgeseal_core::checkpoint::Checkpoint;
-use edgeseal_core::envelope::{self, Authorship};
+use edgeseal_core::envelope::{self, Authorship, BatchHash};
 use edgeseal_core::grant;
 use edgeseal_core::retention::Retention;
 use edgeseal_core::{DeviceId, StreamName};
@@ -41,6 +41,9 @@ use crate::{Error, Result};
 /// Rows written in one statement at most, and how long a partial group waits for more.
 const GROUP: usize = 512;
 const GROUP_WAIT: Duration = Duration::from_millis(20);
+/// How often each device is told what was stored of it: what several writes stored goes in one
+/// message (a device sending ten batches a second hears once for them all, not ten times).
+const TELL_EVERY: Duration = Duration::from_millis(250);
 /// After a stop: how long to wait for the last messages on their way, and for a store that is down.
 const DRAIN: Duration = Duration::from_millis(500);
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -88,6 +91,33 @@ pub struct Stored {
     pub retention: Vec<StoredCheckpoint>,
 }
 
+impl Stored {
+    /// Adds what a later write stored: runs that touch or overlap become one;
+    /// of checkpoints and retention records, the newest of each stream.
+    pub fn merge(&mut self, later: Stored) {
+        self.batches.extend(later.batches);
+        self.batches.sort_by(|a, b| (&a.stream, a.from).cmp(&(&b.stream, b.from)));
+        let mut runs: Vec<Run> = Vec::with_capacity(self.batches.len());
+        for r in self.batches.drain(..) {
+            match runs.last_mut() {
+                Some(last) if last.stream == r.stream && r.from <= last.to.saturating_add(1) => {
+                    last.to = last.to.max(r.to)
+                }
+                _ => runs.push(r),
+            }
+        }
+        self.batches = runs;
+        for (mine, theirs) in [(&mut self.checkpoints, later.checkpoints), (&mut self.retention, later.retention)] {
+            for c in theirs {
+                match mine.iter_mut().find(|m| m.stream == c.stream) {
+                    Some(m) => m.seq = m.seq.max(c.seq),
+                    None => mine.push(c),
+                }
+            }
+        }
+    }
+}
+
 /// Batches `from..=to` of `stream`, stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
@@ -132,8 +162,54 @@ pub enum Item {
 
 /// A message (its topic and payload) as an item to store, or why it is refused.
 pub fn item_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::Result<Item, String> {
-    match topics.parse(topic) {
-        Some(Topic::Batch { device, stream }) => row_of(device, &stream, payload).map(Item::Batch),
+    items_of(topics, vec![(topic, payload)]).pop().expect("one answer for one message")
+}
+
+/// Messages (topic, payload) as items to store, or why each is refused, in
+/// order; the signatures of the batches among them are checked together.
+pub fn items_of(topics: &Topics, messages: Vec<(&str, Vec<u8>)>) -> Vec<std::result::Result<Item, String>> {
+    let mut out: Vec<Option<std::result::Result<Item, String>>> = Vec::with_capacity(messages.len());
+    let mut batches = Vec::new();
+    for (i, (topic, payload)) in messages.into_iter().enumerate() {
+        match topics.parse(topic) {
+            Some(Topic::Batch { device, stream }) => {
+                out.push(None);
+                batches.push((i, device, stream, payload));
+            }
+            other => out.push(Some(other_item(other, topic, payload))),
+        }
+    }
+    let checked = {
+        let parsed: Vec<std::result::Result<envelope::Parsed<'_>, String>> =
+            batches.iter().map(|(_, device, stream, payload)| parsed_of(*device, stream, payload)).collect();
+        let hashes: Vec<Option<BatchHash>> = parsed.iter().map(|p| p.as_ref().ok().map(|p| p.hash())).collect();
+        let pairs: Vec<(&envelope::Parsed<'_>, &BatchHash)> =
+            parsed.iter().zip(&hashes).filter_map(|(p, h)| Some((p.as_ref().ok()?, h.as_ref()?))).collect();
+        let mut by = envelope::Parsed::authorships(&pairs).into_iter();
+        parsed
+            .iter()
+            .zip(&hashes)
+            .map(|(p, h)| {
+                let (p, h) = (p.as_ref().map_err(Clone::clone)?, h.expect("parsed ones have a hash"));
+                // Unsigned batches are vouched for by the signed batch after them; a reader checks that.
+                match by.next().expect("one authorship per parsed batch") {
+                    Authorship::Device | Authorship::Unsigned => Ok((p.header.clone(), h)),
+                    other => {
+                        Err(format!("batch {} of {}/{}: {other:?}", p.header.seq, p.header.device, p.header.stream))
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    for ((i, _, _, payload), c) in batches.into_iter().zip(checked) {
+        out[i] = Some(c.map(|(header, hash)| Item::Batch(BatchRow::new(header, hash, payload))));
+    }
+    out.into_iter().map(|o| o.expect("every message has its answer")).collect()
+}
+
+/// A message that is not a batch as an item to store, or why it is refused.
+fn other_item(kind: Option<Topic>, topic: &str, payload: Vec<u8>) -> std::result::Result<Item, String> {
+    match kind {
         Some(Topic::Checkpoint { device, stream }) => {
             let (cp, by) = Checkpoint::parse(&payload).map_err(|e| format!("not a signed checkpoint: {e}"))?;
             if cp.device != device || cp.stream != stream {
@@ -171,23 +247,20 @@ pub fn item_of(topics: &Topics, topic: &str, payload: Vec<u8>) -> std::result::R
     }
 }
 
-/// A batch of `device`'s `stream` (as its topic names them) as a row to store, or why it is refused.
-fn row_of(device: DeviceId, stream: &StreamName, payload: Vec<u8>) -> std::result::Result<BatchRow, String> {
-    let parsed = envelope::parse(&payload).map_err(|e| format!("not a sealed batch: {e}"))?;
+/// A batch of `device`'s `stream` (as its topic names them), parsed, or why it is refused.
+fn parsed_of<'a>(
+    device: DeviceId,
+    stream: &StreamName,
+    payload: &'a [u8],
+) -> std::result::Result<envelope::Parsed<'a>, String> {
+    let parsed = envelope::parse(payload).map_err(|e| format!("not a sealed batch: {e}"))?;
     if parsed.header.device != device || parsed.header.stream != *stream {
         return Err(format!(
             "a batch of {}/{} on the topic of {device}/{stream}",
             parsed.header.device, parsed.header.stream
         ));
     }
-    let hash = parsed.hash();
-    // Unsigned batches are vouched for by the signed batch after them; a reader checks that.
-    match parsed.authorship(&hash) {
-        Authorship::Device | Authorship::Unsigned => {}
-        other => return Err(format!("batch {} of {device}/{stream}: {other:?}", parsed.header.seq)),
-    }
-    let header = parsed.header.clone();
-    Ok(BatchRow::new(header, hash, payload))
+    Ok(parsed)
 }
 
 /// Runs until `stop`: subscribes as one of `group`, stores what arrives, tells
@@ -240,7 +313,9 @@ pub async fn run(
     }
     let how = if group.is_empty() { "unshared".to_string() } else { format!("as one of {group:?}") };
     info!("ingesting {} into {} {how}", filters.join(" and "), edgeseal_store::redact_url(&cfg.store_url));
-    let mut items: Vec<Item> = Vec::with_capacity(GROUP);
+    // One task writes while this one takes in and checks the next group: the two overlap.
+    let (to_writer, groups) = tokio::sync::mpsc::channel::<(Vec<Item>, Vec<Message>)>(1);
+    let writer = tokio::spawn(write_groups(store, link.clone(), topics.clone(), groups, stats.clone(), give_up));
     // Stopping: leave the group first, then store what was already received (the broker sends no more).
     let leaving = CancellationToken::new();
     loop {
@@ -265,9 +340,44 @@ pub async fn run(
                 _ => break,
             }
         }
+        let mut items = Vec::with_capacity(messages.len());
         collect(&topics, &mut messages, &mut items, &stats);
+        if to_writer.send((items, messages)).await.is_err() {
+            break;
+        }
+    }
+    drop(to_writer);
+    let _ = writer.await;
+    Ok(())
+}
+
+/// Writes each group of items, then acknowledges its messages to the broker
+/// (in the order received, as MQTT requires); tells each device what was
+/// stored of it every [`TELL_EVERY`], and at the end.
+async fn write_groups(
+    store: AnyStore,
+    link: Link,
+    topics: Topics,
+    mut groups: tokio::sync::mpsc::Receiver<(Vec<Item>, Vec<Message>)>,
+    stats: Arc<IngestStats>,
+    give_up: CancellationToken,
+) {
+    // What was stored and not told yet, by device.
+    let mut untold: BTreeMap<DeviceId, Stored> = BTreeMap::new();
+    let mut tell = tokio::time::interval(TELL_EVERY);
+    tell.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (mut items, messages) = tokio::select! {
+            g = groups.recv() => match g { Some(g) => g, None => break },
+            _ = tell.tick(), if !untold.is_empty() => {
+                tell_devices(&link, &topics, std::mem::take(&mut untold)).await;
+                continue;
+            }
+        };
         if let Some(stored) = store_group(&store, &mut items, &stats, &give_up).await {
-            tell_devices(&link, &topics, stored).await;
+            for (device, what) in stored {
+                untold.entry(device).or_default().merge(what);
+            }
             for m in &messages {
                 if let Err(e) = link.ack(m).await {
                     warn!("{e}: the broker sends it again");
@@ -275,16 +385,25 @@ pub async fn run(
             }
         }
     }
+    tell_devices(&link, &topics, untold).await;
     store.close().await;
-    Ok(())
 }
 
 /// Parses `messages` into items (their payloads move into them; what is left
 /// is for acknowledging), counting and logging the refused ones.
 fn collect(topics: &Topics, messages: &mut [Message], items: &mut Vec<Item>, stats: &IngestStats) {
     stats.received.fetch_add(messages.len() as u64, Ordering::Relaxed);
-    for m in messages {
-        match item_of(topics, &m.topic, std::mem::take(&mut m.payload)) {
+    let taken = messages
+        .iter_mut()
+        .map(|m| {
+            let Message { topic, payload, .. } = m;
+            let topic: &String = topic;
+            (topic.as_str(), std::mem::take(payload))
+        })
+        .collect();
+    let answers = items_of(topics, taken);
+    for (m, answer) in messages.iter().zip(answers) {
+        match answer {
             Ok(item) => items.push(item),
             Err(why) => {
                 stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -464,6 +583,22 @@ mod tests {
         let n = altered.len();
         altered[n - 70] ^= 1;
         assert!(item_of(&topics, &on(&peer), altered).is_err());
+    }
+
+    #[test]
+    fn what_several_writes_stored_is_told_at_once() {
+        let run = |s: &str, from, to| Run { stream: s.into(), from, to };
+        let cp = |s: &str, seq| StoredCheckpoint { stream: s.into(), seq };
+        let mut told =
+            Stored { batches: vec![run("t", 4, 6), run("u", 0, 0)], checkpoints: vec![cp("t", 3)], retention: vec![] };
+        told.merge(Stored {
+            batches: vec![run("t", 7, 7), run("t", 0, 2), run("t", 10, 12), run("t", 11, 15)],
+            checkpoints: vec![cp("t", 7), cp("u", 0)],
+            retention: vec![cp("t", 2)],
+        });
+        assert_eq!(told.batches, [run("t", 0, 2), run("t", 4, 7), run("t", 10, 15), run("u", 0, 0)]);
+        assert_eq!(told.checkpoints, [cp("t", 7), cp("u", 0)]);
+        assert_eq!(told.retention, [cp("t", 2)]);
     }
 
     #[test]

@@ -328,6 +328,28 @@ impl Parsed<'_> {
         self.signature.is_some()
     }
 
+    /// [`Parsed::authorship`] of many batches (each with its hash), their signatures checked together.
+    pub fn authorships(batches: &[(&Parsed<'_>, &BatchHash)]) -> Vec<Authorship> {
+        let signed: Vec<usize> = (0..batches.len()).filter(|&i| batches[i].0.signature.is_some()).collect();
+        let messages: Vec<[u8; 53]> = signed.iter().map(|&i| sig_message(batches[i].1)).collect();
+        let items: Vec<(&[u8; 32], &[u8], &[u8; 64])> = signed
+            .iter()
+            .zip(&messages)
+            .filter_map(|(&i, m)| batches[i].0.signature.map(|(pk, sig)| (pk, &m[..], sig)))
+            .collect();
+        let mut out = vec![Authorship::Unsigned; batches.len()];
+        for ((&i, (pk, ..)), ok) in signed.iter().zip(&items).zip(crate::keys::verify_signatures(&items)) {
+            out[i] = match ok {
+                false => Authorship::BadSignature,
+                true => match crate::keys::device_id_of(pk) {
+                    d if d == batches[i].0.header.device => Authorship::Device,
+                    d => Authorship::Foreign(d),
+                },
+            };
+        }
+        out
+    }
+
     /// Checks the signature given the batch's hash.
     pub fn authorship(&self, hash: &BatchHash) -> Authorship {
         match self.signature {
@@ -432,6 +454,35 @@ mod tests {
             values: vec![21.5, 21.6, 21.4],
             labels: vec![],
         })
+    }
+
+    #[test]
+    fn signatures_checked_together_say_what_each_one_checked_alone_says() {
+        let (id, other) = (identity(1), identity(2));
+        let mut all: Vec<Vec<u8>> = (0..6).map(|_| sealed(&id, Some(&id)).bytes).collect();
+        all.push(sealed(&id, None).bytes);
+        all.push(sealed(&other, Some(&other)).bytes);
+        for bad in [false, true] {
+            let mut batch = all.clone();
+            if bad {
+                // One altered signature, and one batch of this device signed by another key.
+                let n = batch[2].len();
+                batch[2][n - 1] ^= 1;
+                let mut forged = sealed(&id, None).bytes;
+                forged[4] = FLAG_SIGNED;
+                let hash = parse(&[&forged[..], &[0u8; 96]].concat()).unwrap().hash();
+                forged.extend_from_slice(&other.ed25519_public());
+                forged.extend_from_slice(&other.sign(&sig_message(&hash)));
+                batch.push(forged);
+            }
+            let parsed: Vec<Parsed<'_>> = batch.iter().map(|b| parse(b).unwrap()).collect();
+            let hashes: Vec<BatchHash> = parsed.iter().map(Parsed::hash).collect();
+            let pairs: Vec<(&Parsed<'_>, &BatchHash)> = parsed.iter().zip(&hashes).collect();
+            let alone: Vec<Authorship> = pairs.iter().map(|(p, h)| p.authorship(h)).collect();
+            assert_eq!(Parsed::authorships(&pairs), alone);
+            assert_eq!(alone.contains(&Authorship::BadSignature), bad);
+            assert_eq!(alone.iter().any(|a| matches!(a, Authorship::Foreign(_))), bad);
+        }
     }
 
     fn sealed(id: &Identity, signer: Option<&Identity>) -> Sealed {

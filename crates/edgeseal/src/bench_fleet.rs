@@ -3,8 +3,10 @@
 //! connection and chain: every `--every` each seals a batch of `--batch`
 //! temperature readings and publishes it, as a device with `store = "broker"`
 //! does. K `edgeseal ingest` processes share them into the store and tell
-//! each device what they stored. After `--for`, the devices stop and wait
-//! for the last acknowledgements. Then `verify --all-devices` audits the
+//! each device what they stored; as a real device does, each publishes again
+//! what waits unacknowledged for [`RESEND_AFTER`] (an ingest worker killed
+//! after writing a batch and before telling its device). After `--for`, the
+//! devices stop and wait for the last acknowledgements. Then `verify --all-devices` audits the
 //! store. With `--kill`, ingest worker 0 is killed with SIGKILL halfway
 //! through and started again under its name.
 
@@ -27,6 +29,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::{stat_cpu, stat_fields};
+
+/// How long a simulated device waits for "stored" before it publishes a batch again
+/// (`outbox.resend_after` of a real one, shortened to fit a run).
+const RESEND_AFTER: Duration = Duration::from_secs(15);
 
 /// What every device measured: seal-to-stored latencies, and batches sent and acknowledged.
 #[derive(Default)]
@@ -243,7 +249,9 @@ async fn device(
     let topic = topics.batch(device, &stream);
     let mut model = Model::new(Kind::Temperature, i as u64 + 1);
     let (mut seq, mut prev, mut t) = (0u64, BatchHash::default(), 1_767_225_600_000i64);
-    let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
+    // Sent and not acknowledged: number, when sealed, the bytes, when last published.
+    let mut pending: VecDeque<(u64, Instant, Vec<u8>, Instant)> = VecDeque::new();
+    let mut resend = tokio::time::interval(Duration::from_secs(1));
     let mut scratch = Vec::new();
     // Spread the devices over the interval.
     let mut tick =
@@ -269,11 +277,19 @@ async fn device(
                 let params = SealParams { device, stream: stream.clone(), seq, epoch: 0, prev, salt, covers: Vec::new() };
                 let Ok(sealed) = seal(&Readings::Scalar(b), &params, &key, Some(&identity), &mut scratch) else { return };
                 prev = sealed.hash;
-                if link.send(&topic, sealed.bytes, false).await.is_ok() {
-                    pending.push_back((seq, Instant::now()));
+                if link.send(&topic, sealed.bytes.clone(), false).await.is_ok() {
+                    let now = Instant::now();
+                    pending.push_back((seq, now, sealed.bytes, now));
                     tally.lock().unwrap_or_else(|p| p.into_inner()).sent += 1;
                 }
                 seq += 1;
+            }
+            _ = resend.tick() => {
+                for (_, _, bytes, at) in pending.iter_mut().filter(|p| p.3.elapsed() >= RESEND_AFTER) {
+                    if link.send(&topic, bytes.clone(), false).await.is_ok() {
+                        *at = Instant::now();
+                    }
+                }
             }
             m = acks.recv() => {
                 let Some(m) = m else { return };
@@ -282,7 +298,7 @@ async fn device(
                 let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
                 for run in &stored.batches {
                     // Acknowledged out of order across workers: take each number once.
-                    pending.retain(|&(s, at)| {
+                    pending.retain(|&(s, at, ..)| {
                         let hit = s >= run.from && s <= run.to;
                         if hit {
                             t.latencies_ms.push((now - at).as_secs_f64() * 1000.0);
