@@ -409,18 +409,9 @@ impl Service {
         range: TimeRange,
         scope: Scope,
     ) -> Result<StreamRead> {
-        let (mut rows, mut statuses) = (Vec::new(), Vec::new());
-        let mut audit = self
-            .audit_stream(device, stream, range, scope, true, |chunk| {
-                for (r, s) in chunk {
-                    rows.push(r);
-                    statuses.push(s);
-                }
-                Ok(())
-            })
-            .await?;
-        audit.statuses = statuses;
-        Ok(StreamRead { rows, audit })
+        let mut read = StreamRead::default();
+        let audit = self.audit_stream(device, stream, range, scope, true, |chunk| read.take(chunk)).await?;
+        Ok(read.with(audit))
     }
 
     /// Reads and audits one stream in the store's order (constant memory;
@@ -503,36 +494,26 @@ impl Service {
         Ok(Retrieved { device, stream: stream.clone(), read, keys })
     }
 
-    /// A time range of a stream audited in the store's order, without opening
-    /// or keeping anything (constant memory): `fetch --strict`'s first read.
-    pub async fn audit_range(
-        &self,
-        stream: &StreamName,
-        device: Option<&str>,
-        from: Option<i64>,
-        to: Option<i64>,
-    ) -> Result<Streamed> {
-        let (device, scope, keys) = self.to_read(stream, device, from, to).await?;
-        let audit = self.audit_stream(device, stream, TimeRange { from, to }, scope, false, |_| Ok(())).await?;
-        Ok(Streamed { device, granted: keys.holds(device, stream), audit })
-    }
-
     /// A time range of a stream, read in the store's order in constant
     /// memory (`fetch`): `shown` gets each chunk of rows as they are decided,
     /// each with its status and, when authentic and this agent holds its key,
-    /// its readings. The audit is whole once the read is.
+    /// its readings. Without `shown`, the rows are audited only, nothing
+    /// opened or kept (`fetch --strict`'s first read). The audit is whole
+    /// once the read is.
     pub async fn stream_readings(
         &self,
         stream: &StreamName,
         device: Option<&str>,
         from: Option<i64>,
         to: Option<i64>,
-        mut shown: impl FnMut(Vec<OpenedRow>) -> edgeseal_store::Result<()>,
+        mut shown: Option<&mut dyn FnMut(Vec<OpenedRow>) -> edgeseal_store::Result<()>>,
     ) -> Result<Streamed> {
         let (device, scope, keys) = self.to_read(stream, device, from, to).await?;
         let key = |epoch| keys.key(device, stream, epoch);
+        let range = TimeRange { from, to };
         let audit = self
-            .audit_stream(device, stream, TimeRange { from, to }, scope, true, |chunk| {
+            .audit_stream(device, stream, range, scope, shown.is_some(), |chunk| {
+                let Some(shown) = shown.as_mut() else { return Ok(()) };
                 let opened = open_batches(&chunk, &key);
                 shown(
                     chunk

@@ -124,6 +124,21 @@ impl Rig {
         open.into_iter().filter(|j| j.stream.as_str() == stream).flat_map(|j| j.readings).map(|(_, r)| r.ts).collect()
     }
 
+    /// A drainer from this rig's outbox to the store `cell` connects to, running until the token is cancelled.
+    fn drainer(&self, cell: &Arc<StoreCell>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let drainer = Drainer {
+            local: self.local.clone(),
+            store: cell.clone(),
+            identity: self.identity.clone(),
+            retry_max: Duration::from_secs(2),
+            checkpoint_every: Duration::from_secs(1),
+            notify: self.wake.drainer.clone(),
+            stats: self.stats.clone(),
+        };
+        let stop = CancellationToken::new();
+        (stop.clone(), tokio::spawn(drainer.run(stop)))
+    }
+
     async fn sql(&self, q: &'static str) {
         let url = format!("sqlite://{}", self.dir.join("state.db").display());
         real(async {
@@ -298,17 +313,7 @@ async fn the_drainer_keeps_the_outbox_through_a_store_outage() {
     cfg.store_url = format!("sqlite://{}", store_dir.join("store.db").display());
     cfg.store_timeout = Duration::from_secs(2);
     let cell = Arc::new(StoreCell::new(&cfg, true));
-    let drainer = Drainer {
-        local: r.local.clone(),
-        store: cell.clone(),
-        identity: r.identity.clone(),
-        retry_max: Duration::from_secs(2),
-        checkpoint_every: Duration::from_secs(1),
-        notify: r.wake.drainer.clone(),
-        stats: r.stats.clone(),
-    };
-    let drain_stop = CancellationToken::new();
-    let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
+    let (drain_stop, drainer) = r.drainer(&cell);
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(r.outbox().await.len(), 3, "nothing leaves the outbox while the store is down");
     assert!(r.stats.store_down.load(Ordering::Relaxed));
@@ -341,17 +346,7 @@ async fn retention_cuts_what_was_stored_longer_ago_than_the_stream_keeps() {
     let mut cfg = Config::new(&r.dir, "t");
     cfg.store_url = format!("sqlite://{}", r.dir.join("store.db").display());
     let cell = Arc::new(StoreCell::new(&cfg, false));
-    let drainer = Drainer {
-        local: r.local.clone(),
-        store: cell.clone(),
-        identity: r.identity.clone(),
-        retry_max: Duration::from_secs(2),
-        checkpoint_every: Duration::from_secs(1),
-        notify: r.wake.drainer.clone(),
-        stats: r.stats.clone(),
-    };
-    let drain_stop = CancellationToken::new();
-    let drainer = tokio::spawn(drainer.run(drain_stop.clone()));
+    let (drain_stop, drainer) = r.drainer(&cell);
     let feed = |from: i64, to: i64| {
         let input = r.input.clone();
         async move {

@@ -395,6 +395,42 @@ pub fn audit(
     a.finish()
 }
 
+/// Of the store's checkpoints and retention records, the newest valid one of
+/// each; the others, if not the device's, are findings.
+fn records(
+    device: DeviceId,
+    stream: &StreamName,
+    checkpoints: &[&[u8]],
+    retentions: &[&[u8]],
+) -> (Option<Checkpoint>, Option<Retention>, Vec<Finding>) {
+    let mut findings = Vec::new();
+    let mut checkpoint: Option<Checkpoint> = None;
+    for bytes in checkpoints {
+        match Checkpoint::parse(bytes) {
+            Ok((cp, Authorship::Device)) if cp.device == device && &cp.stream == stream => {
+                if checkpoint.as_ref().is_none_or(|b| cp.seq > b.seq) {
+                    checkpoint = Some(cp);
+                }
+            }
+            Ok((cp, _)) => findings.push(Finding::BadCheckpoint { seq: cp.seq }),
+            Err(_) => findings.push(Finding::BadCheckpoint { seq: 0 }),
+        }
+    }
+    let mut retention: Option<Retention> = None;
+    for bytes in retentions {
+        match Retention::parse(bytes) {
+            Ok((r, Authorship::Device)) if r.device == device && &r.stream == stream => {
+                if retention.as_ref().is_none_or(|b| r.from > b.from) {
+                    retention = Some(r);
+                }
+            }
+            Ok((r, _)) => findings.push(Finding::BadRetention { from: r.from }),
+            Err(_) => findings.push(Finding::BadRetention { from: 0 }),
+        }
+    }
+    (checkpoint, retention, findings)
+}
+
 /// A batch that passed the per-row checks, waiting to be taken in sequence order.
 #[derive(Debug)]
 struct Item {
@@ -487,31 +523,7 @@ impl Auditor {
         remembered: Option<Head>,
         scope: Scope,
     ) -> Auditor {
-        let mut findings = Vec::new();
-        let mut checkpoint: Option<Checkpoint> = None;
-        for bytes in checkpoints {
-            match Checkpoint::parse(bytes) {
-                Ok((cp, Authorship::Device)) if cp.device == device && &cp.stream == stream => {
-                    if checkpoint.as_ref().is_none_or(|b| cp.seq > b.seq) {
-                        checkpoint = Some(cp);
-                    }
-                }
-                Ok((cp, _)) => findings.push(Finding::BadCheckpoint { seq: cp.seq }),
-                Err(_) => findings.push(Finding::BadCheckpoint { seq: 0 }),
-            }
-        }
-        let mut retention: Option<Retention> = None;
-        for bytes in retentions {
-            match Retention::parse(bytes) {
-                Ok((r, Authorship::Device)) if r.device == device && &r.stream == stream => {
-                    if retention.as_ref().is_none_or(|b| r.from > b.from) {
-                        retention = Some(r);
-                    }
-                }
-                Ok((r, _)) => findings.push(Finding::BadRetention { from: r.from }),
-                Err(_) => findings.push(Finding::BadRetention { from: 0 }),
-            }
-        }
+        let (checkpoint, retention, findings) = records(device, stream, checkpoints, retentions);
         let start = retention.as_ref().map_or(0, |r| r.from);
         Auditor {
             scope,
@@ -1227,30 +1239,9 @@ mod tests {
         };
         let mut order: Vec<u64> = by_seq.keys().copied().collect();
         order.sort_unstable();
-        let mut best_cp: Option<Checkpoint> = None;
-        for bytes in checkpoints {
-            match Checkpoint::parse(bytes) {
-                Ok((cp, Authorship::Device)) if cp.device == device && &cp.stream == stream => {
-                    if best_cp.as_ref().is_none_or(|b| cp.seq > b.seq) {
-                        best_cp = Some(cp);
-                    }
-                }
-                Ok((cp, _)) => findings.push(Finding::BadCheckpoint { seq: cp.seq }),
-                Err(_) => findings.push(Finding::BadCheckpoint { seq: 0 }),
-            }
-        }
-        let mut ret: Option<Retention> = None;
-        for bytes in retentions {
-            match Retention::parse(bytes) {
-                Ok((r, Authorship::Device)) if r.device == device && &r.stream == stream => {
-                    if ret.as_ref().is_none_or(|b| r.from > b.from) {
-                        ret = Some(r);
-                    }
-                }
-                Ok((r, _)) => findings.push(Finding::BadRetention { from: r.from }),
-                Err(_) => findings.push(Finding::BadRetention { from: 0 }),
-            }
-        }
+        // Which records count is not what this checks (the auditor's own helper picks them).
+        let (best_cp, ret, bad) = records(device, stream, checkpoints, retentions);
+        findings.extend(bad);
         let start = ret.as_ref().map_or(0, |r| r.from);
         let mut vouched: HashSet<u64> = HashSet::new();
         let mut contradicted: HashSet<u64> = HashSet::new();

@@ -9,13 +9,20 @@
 //! The signature covers "edgeseal/v1/checkpoint" ‖ every byte before the signer key.
 
 use crate::envelope::{Authorship, BatchHash};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::{DeviceId, StreamName};
 use crate::keys::Identity;
-use crate::varint::{take, take_array, take_stream_name};
+use crate::signed::Kind;
+use crate::varint::take_array;
 
-const MAGIC: [u8; 2] = *b"EC";
-const CONTEXT: &[u8] = b"edgeseal/v1/checkpoint";
+const KIND: Kind = Kind {
+    magic: *b"EC",
+    context: b"edgeseal/v1/checkpoint",
+    bad_magic: "not a checkpoint (bad magic)",
+    bad_flags: "unknown checkpoint flags",
+    trailing: "trailing bytes after the checkpoint",
+    not_the_signer: "signer is not the checkpoint's device",
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -28,61 +35,25 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    fn body(&self) -> Vec<u8> {
-        let s = self.stream.as_str().as_bytes();
-        let mut out = Vec::with_capacity(80 + s.len());
-        out.extend_from_slice(&MAGIC);
-        out.push(1);
-        out.push(0);
-        out.extend_from_slice(&self.device.0);
-        out.push(s.len() as u8);
-        out.extend_from_slice(s);
+    /// Signs the checkpoint with the device's identity.
+    pub fn sign(&self, identity: &Identity) -> Result<Vec<u8>> {
+        let mut out = KIND.head(self.device, &self.stream, 48);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.head.0);
         out.extend_from_slice(&self.ts.to_be_bytes());
-        out
-    }
-
-    /// Signs the checkpoint with the device's identity.
-    pub fn sign(&self, identity: &Identity) -> Result<Vec<u8>> {
-        if identity.device_id() != self.device {
-            return Err(Error::Unencodable("signer is not the checkpoint's device"));
-        }
-        let mut out = self.body();
-        let msg = [CONTEXT, &out].concat();
-        out.extend_from_slice(&identity.ed25519_public());
-        out.extend_from_slice(&identity.sign(&msg));
-        Ok(out)
+        KIND.sign(identity, self.device, out)
     }
 
     /// Parses a signed checkpoint and says who signed it.
     pub fn parse(bytes: &[u8]) -> Result<(Checkpoint, Authorship)> {
         let mut input = bytes;
         let r = &mut input;
-        if take(r, 2)? != MAGIC {
-            return Err(Error::Invalid("not a checkpoint (bad magic)"));
-        }
-        let version = take(r, 1)?[0];
-        if version != 1 {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        if take(r, 1)?[0] != 0 {
-            return Err(Error::Invalid("unknown checkpoint flags"));
-        }
-        let device = DeviceId(take_array(r)?);
-        let stream = take_stream_name(r)?;
+        let (device, stream) = KIND.take_head(r)?;
         let seq = u64::from_be_bytes(take_array(r)?);
         let head = BatchHash(take_array(r)?);
         let ts = i64::from_be_bytes(take_array(r)?);
-        let body_len = bytes.len() - r.len();
-        let pk: [u8; 32] = take_array(r)?;
-        let sig: [u8; 64] = take_array(r)?;
-        if !r.is_empty() {
-            return Err(Error::Invalid("trailing bytes after the checkpoint"));
-        }
-        let cp = Checkpoint { device, stream, seq, head, ts };
-        let msg = [CONTEXT, &bytes[..body_len]].concat();
-        Ok((cp, Authorship::of(device, &pk, &msg, &sig)))
+        let by = KIND.take_signature(bytes, r, device)?;
+        Ok((Checkpoint { device, stream, seq, head, ts }, by))
     }
 }
 

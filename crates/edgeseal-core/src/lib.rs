@@ -22,6 +22,7 @@ pub mod keystore;
 pub mod pairing;
 pub mod reading;
 pub mod retention;
+mod signed;
 pub mod time;
 mod varint;
 

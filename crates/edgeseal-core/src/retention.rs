@@ -14,10 +14,17 @@ use crate::envelope::{Authorship, BatchHash};
 use crate::error::{Error, Result};
 use crate::id::{DeviceId, StreamName};
 use crate::keys::Identity;
-use crate::varint::{take, take_array, take_stream_name};
+use crate::signed::Kind;
+use crate::varint::take_array;
 
-const MAGIC: [u8; 2] = *b"ER";
-const CONTEXT: &[u8] = b"edgeseal/v1/retention";
+const KIND: Kind = Kind {
+    magic: *b"ER",
+    context: b"edgeseal/v1/retention",
+    bad_magic: "not a retention record (bad magic)",
+    bad_flags: "unknown retention record flags",
+    trailing: "trailing bytes after the retention record",
+    not_the_signer: "signer is not the retention record's device",
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retention {
@@ -35,14 +42,7 @@ pub struct Retention {
 
 impl Retention {
     fn body(&self) -> Vec<u8> {
-        let s = self.stream.as_str().as_bytes();
-        let mut out = Vec::with_capacity(90 + s.len());
-        out.extend_from_slice(&MAGIC);
-        out.push(1);
-        out.push(0);
-        out.extend_from_slice(&self.device.0);
-        out.push(s.len() as u8);
-        out.extend_from_slice(s);
+        let mut out = KIND.head(self.device, &self.stream, 56);
         out.extend_from_slice(&self.from.to_be_bytes());
         out.extend_from_slice(&self.head.0);
         out.extend_from_slice(&self.before.to_be_bytes());
@@ -52,35 +52,17 @@ impl Retention {
 
     /// Signs the record with the device's identity.
     pub fn sign(&self, identity: &Identity) -> Result<Vec<u8>> {
-        if identity.device_id() != self.device {
-            return Err(Error::Unencodable("signer is not the retention record's device"));
-        }
         if self.from == 0 {
             return Err(Error::Unencodable("a retention record removes at least batch 0"));
         }
-        let mut out = self.body();
-        let msg = [CONTEXT, &out].concat();
-        out.extend_from_slice(&identity.ed25519_public());
-        out.extend_from_slice(&identity.sign(&msg));
-        Ok(out)
+        KIND.sign(identity, self.device, self.body())
     }
 
     /// Parses a signed record and says who signed it.
     pub fn parse(bytes: &[u8]) -> Result<(Retention, Authorship)> {
         let mut input = bytes;
         let r = &mut input;
-        if take(r, 2)? != MAGIC {
-            return Err(Error::Invalid("not a retention record (bad magic)"));
-        }
-        let version = take(r, 1)?[0];
-        if version != 1 {
-            return Err(Error::UnsupportedVersion(version));
-        }
-        if take(r, 1)?[0] != 0 {
-            return Err(Error::Invalid("unknown retention record flags"));
-        }
-        let device = DeviceId(take_array(r)?);
-        let stream = take_stream_name(r)?;
+        let (device, stream) = KIND.take_head(r)?;
         let from = u64::from_be_bytes(take_array(r)?);
         if from == 0 {
             return Err(Error::Invalid("a retention record from batch 0 removes nothing"));
@@ -88,15 +70,8 @@ impl Retention {
         let head = BatchHash(take_array(r)?);
         let before = i64::from_be_bytes(take_array(r)?);
         let ts = i64::from_be_bytes(take_array(r)?);
-        let body_len = bytes.len() - r.len();
-        let pk: [u8; 32] = take_array(r)?;
-        let sig: [u8; 64] = take_array(r)?;
-        if !r.is_empty() {
-            return Err(Error::Invalid("trailing bytes after the retention record"));
-        }
-        let rec = Retention { device, stream, from, head, before, ts };
-        let msg = [CONTEXT, &bytes[..body_len]].concat();
-        Ok((rec, Authorship::of(device, &pk, &msg, &sig)))
+        let by = KIND.take_signature(bytes, r, device)?;
+        Ok((Retention { device, stream, from, head, before, ts }, by))
     }
 }
 
@@ -141,7 +116,7 @@ mod tests {
         let mut forged = record(&other);
         forged.device = id.device_id();
         let mut bytes = forged.body();
-        let msg = [CONTEXT, &bytes].concat();
+        let msg = [KIND.context, &bytes].concat();
         bytes.extend_from_slice(&other.ed25519_public());
         bytes.extend_from_slice(&other.sign(&msg));
         assert!(matches!(Retention::parse(&bytes).unwrap().1, Authorship::Foreign(_)));

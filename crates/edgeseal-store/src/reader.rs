@@ -20,11 +20,28 @@ const CHUNK: usize = 512;
 const CHUNK_BYTES: usize = 8 << 20;
 
 /// Rows of a stream with their audit, all at once ([`read_stream`]).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct StreamRead {
     pub rows: Vec<StoredBatch>,
     /// Its `statuses` are those of `rows`, one each.
     pub audit: Audit,
+}
+
+impl StreamRead {
+    /// Takes a chunk of rows as [`read_stream_with`] hands them on, to hold them all.
+    pub fn take(&mut self, chunk: Vec<(StoredBatch, Status)>) -> Result<()> {
+        for (r, s) in chunk {
+            self.rows.push(r);
+            self.audit.statuses.push(s);
+        }
+        Ok(())
+    }
+
+    /// The rows held, with the audit of the read that handed them on.
+    pub fn with(mut self, audit: Audit) -> StreamRead {
+        let statuses = std::mem::take(&mut self.audit.statuses);
+        StreamRead { rows: self.rows, audit: Audit { statuses, ..audit } }
+    }
 }
 
 /// What to read and what to check it against.
@@ -47,18 +64,10 @@ pub async fn read_stream<S: Store>(
     remembered: Option<Head>,
     scope: Scope,
 ) -> Result<StreamRead> {
-    let (mut rows, mut statuses) = (Vec::new(), Vec::new());
+    let mut read = StreamRead::default();
     let opts = ReadOptions { range, remembered, scope, bytes: true };
-    let mut audit = read_stream_with(store, device, stream, opts, |chunk| {
-        for (r, s) in chunk {
-            rows.push(r);
-            statuses.push(s);
-        }
-        Ok(())
-    })
-    .await?;
-    audit.statuses = statuses;
-    Ok(StreamRead { rows, audit })
+    let audit = read_stream_with(store, device, stream, opts, |chunk| read.take(chunk)).await?;
+    Ok(read.with(audit))
 }
 
 /// Reads a stream in the store's order and audits it as it goes: `shown`

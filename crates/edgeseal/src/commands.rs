@@ -203,7 +203,7 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
         |device| Error::NoSuchGrant { peer: "this agent".into(), what: format!(" of {stream} of device {device}") };
     if args.strict {
         // Nothing is printed of a range with a problem: read it once to audit it, then again to print.
-        let audited = service.audit_range(&stream, device, from, to).await?;
+        let audited = service.stream_readings(&stream, device, from, to, None).await?;
         if !audited.granted {
             return Err(not_granted(audited.device).into());
         }
@@ -223,31 +223,30 @@ async fn fetch_with(service: &Service, args: FetchArgs) -> Result<ExitCode> {
     let mut out = Printer::new(args.format, BufWriter::with_capacity(1 << 16, std::io::stdout().lock()));
     let (mut unreadable, mut outside, mut printed, mut batches) = (0usize, 0usize, 0usize, 0usize);
     let mut failed: Option<std::io::Error> = None;
-    let read = service
-        .stream_readings(&stream, device, from, to, |rows| {
-            batches += rows.len();
-            for row in rows {
-                match row.readings {
-                    Some(Ok(r)) => {
-                        let views = ReadingView::of_batch(&stream, &r, keep);
-                        printed += views.len();
-                        if let Err(e) = out.readings(&views) {
-                            failed = Some(e);
-                            return Err(edgeseal_store::Error::Stopped);
-                        }
+    let mut print = |rows: Vec<edgeseal_agent::service::OpenedRow>| {
+        batches += rows.len();
+        for row in rows {
+            match row.readings {
+                Some(Ok(r)) => {
+                    let views = ReadingView::of_batch(&stream, &r, keep);
+                    printed += views.len();
+                    if let Err(e) = out.readings(&views) {
+                        failed = Some(e);
+                        return Err(edgeseal_store::Error::Stopped);
                     }
-                    // Outside the time granted: not this agent's to read, not damage.
-                    Some(Err(edgeseal_core::Error::NotGranted)) => outside += 1,
-                    Some(Err(_)) => unreadable += 1,
-                    None => {}
                 }
+                // Outside the time granted: not this agent's to read, not damage.
+                Some(Err(edgeseal_core::Error::NotGranted)) => outside += 1,
+                Some(Err(_)) => unreadable += 1,
+                None => {}
             }
-            if let Some(b) = &bar {
-                b.set_message(format!("{batches} batches"));
-            }
-            Ok(())
-        })
-        .await;
+        }
+        if let Some(b) = &bar {
+            b.set_message(format!("{batches} batches"));
+        }
+        Ok(())
+    };
+    let read = service.stream_readings(&stream, device, from, to, Some(&mut print)).await;
     if let Some(e) = failed {
         ignore_broken_pipe(Err(e))?;
     }
