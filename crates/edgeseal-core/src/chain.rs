@@ -603,6 +603,11 @@ impl Auditor {
         if self.next.is_some_and(|n| seq < n) {
             return self.late(row_seq, index, &g);
         }
+        if seq > row_seq.saturating_add(WINDOW) {
+            // Stored far before its place: holding it (and every row after it) until the order
+            // gets there is what a reader must not do. Named here; its place will be a gap.
+            return self.astray(row_seq, index, &g);
+        }
         let status = if row_seq != seq {
             self.findings.push(Finding::Reordered { seq, row_seq });
             Status::Reordered
@@ -649,6 +654,13 @@ impl Auditor {
             self.findings.push(Finding::Duplicate { seq, row_seq });
             return self.settle(index, Status::Duplicate);
         }
+        self.astray(row_seq, index, g);
+    }
+
+    /// A batch more than [`WINDOW`] places from its own, taken where it is: a
+    /// signed one is authentic on its own; an unsigned one cannot be shown so.
+    fn astray(&mut self, row_seq: u64, index: u64, g: &Good) {
+        let seq = g.header.seq;
         self.seen(g);
         self.findings.push(Finding::Reordered { seq, row_seq });
         if g.signed {
@@ -1194,6 +1206,8 @@ mod tests {
         let mut findings = Vec::new();
         let mut reported: Vec<u64> = Vec::new();
         let mut by_seq: HashMap<u64, usize> = HashMap::new();
+        // Batches stored more than WINDOW places before their own: taken where they are, not in the order.
+        let mut astray: Vec<&Good> = Vec::new();
         for (i, r) in rows.iter().enumerate() {
             let good = match &r.verdict {
                 Ok(g) => g,
@@ -1225,6 +1239,15 @@ mod tests {
                 } else {
                     Finding::Conflict { seq }
                 });
+                continue;
+            }
+            if seq > r.row_seq.saturating_add(WINDOW) {
+                findings.push(Finding::Reordered { seq, row_seq: r.row_seq });
+                statuses[i] = if good.signed { Status::Reordered } else { Status::Unsigned };
+                if !good.signed {
+                    findings.push(Finding::Unsigned { seq });
+                }
+                astray.push(good);
                 continue;
             }
             by_seq.insert(seq, i);
@@ -1323,8 +1346,10 @@ mod tests {
                 findings.push(Finding::Unsigned { seq });
             }
         }
-        let last = order.last().copied();
-        let hash_at = |seq: u64| by_seq.get(&seq).map(|&i| good(i).hash);
+        let last = order.last().copied().max(astray.iter().map(|g| g.header.seq).max());
+        let hash_at = |seq: u64| {
+            by_seq.get(&seq).map(|&i| good(i).hash).or(astray.iter().find(|g| g.header.seq == seq).map(|g| g.hash))
+        };
         if let Some(cp) = &best_cp {
             if hash_at(cp.seq).is_some_and(|h| h != cp.head) {
                 findings.push(Finding::Fork { seq: cp.seq });
@@ -1346,11 +1371,13 @@ mod tests {
                 findings.push(Finding::Rollback { store_head: last, seen: k.seq, seen_ts: k.ts });
             }
         }
-        let mut head = order.iter().rev().map(|&s| good(by_seq[&s])).find(|g| g.signed).map(|g| Head {
-            seq: g.header.seq,
-            hash: g.hash,
-            ts: g.header.last_ts,
-        });
+        let mut head = order
+            .iter()
+            .map(|&s| good(by_seq[&s]))
+            .chain(astray.iter().copied())
+            .filter(|g| g.signed)
+            .max_by_key(|g| g.header.seq)
+            .map(|g| Head { seq: g.header.seq, hash: g.hash, ts: g.header.last_ts });
         if let Some(cp) = &best_cp
             && head.is_none_or(|h| cp.seq > h.seq)
         {
@@ -1535,10 +1562,15 @@ mod tests {
             let verdict = Ok(Good { header: s.header, hash: s.hash, signed });
             rows.push(Inspected { row_seq: seq, verdict });
         }
-        // Batch 10 is stored far away, in place of batch 2 * WINDOW (which is gone).
+        // Batch 10 is stored far away, in place of batch 2 * WINDOW (which is gone); and
+        // batch 3 * WINDOW - 2 (unsigned) far before its place, in place of batch 20.
         let far = 2 * WINDOW;
         let moved = rows[10].clone();
         rows[far as usize] = Inspected { row_seq: far, ..moved };
+        let ahead = 3 * WINDOW - 2;
+        let early = rows[ahead as usize].clone();
+        rows[20] = Inspected { row_seq: 20, ..early };
+        rows.remove(ahead as usize);
         rows.remove(10);
         let mut a = Auditor::new(id.device_id(), &stream, &[], &[], None, Scope::WHOLE);
         let (mut shown, mut most) = (0usize, 0usize);
@@ -1551,15 +1583,19 @@ mod tests {
         assert!(most as u64 <= 2 * WINDOW, "held {most}");
         let audit = a.finish();
         shown += audit.statuses.len();
-        assert_eq!(shown as u64, n - 1);
-        // Too far to be taken for reordering: its place is a gap, and where it is, it is named.
+        assert_eq!(shown as u64, n - 2);
+        // Too far to be taken for reordering: their places are gaps, and where they are, they are named.
         assert_eq!(
             audit.findings,
             [
                 Finding::Gap { from: 10, to: 10 },
                 Finding::Unsigned { seq: 10 },
+                Finding::Reordered { seq: ahead, row_seq: 20 },
+                Finding::Gap { from: 20, to: 20 },
                 Finding::Reordered { seq: 10, row_seq: far },
-                Finding::Gap { from: far, to: far }
+                Finding::Gap { from: far, to: far },
+                Finding::Unsigned { seq: ahead },
+                Finding::Gap { from: ahead, to: ahead }
             ]
         );
     }
