@@ -151,6 +151,12 @@ where
     Ok(audit)
 }
 
+/// Whether a row says it is a signed batch (its flags byte; the audit checks the rest):
+/// enough to know whether to read on to the one that covers it.
+fn signed(r: &StoredBatch) -> bool {
+    r.sealed.get(4).is_some_and(|f| f & edgeseal_core::envelope::FLAG_SIGNED != 0)
+}
+
 /// Rows on their way through inspection and the audit.
 struct Feed<'a, F> {
     device: DeviceId,
@@ -172,8 +178,7 @@ where
     F: FnMut(Vec<(StoredBatch, Status)>) -> Result<()>,
 {
     fn push(&mut self, r: StoredBatch) -> Result<()> {
-        let signed = edgeseal_core::envelope::parse(&r.sealed).is_ok_and(|p| p.is_signed());
-        self.last = Some((r.seq, r.last_ts, signed));
+        self.last = Some((r.seq, r.last_ts, signed(&r)));
         self.bytes += r.sealed.len();
         self.chunk.push(r);
         if self.chunk.len() >= CHUNK || self.bytes >= CHUNK_BYTES { self.flush() } else { Ok(()) }
@@ -234,7 +239,6 @@ where
             let range = TimeRange { from: Some(to), to: Some(to.saturating_add(span)) };
             let after: Vec<StoredBatch> =
                 store.batches(self.device, self.stream, range).await?.into_iter().filter(|r| r.seq > seq).collect();
-            let signed = |r: &StoredBatch| edgeseal_core::envelope::parse(&r.sealed).is_ok_and(|p| p.is_signed());
             if let Some(i) = after.iter().position(signed) {
                 for r in after.into_iter().take(i + 1) {
                     self.push(r)?;
