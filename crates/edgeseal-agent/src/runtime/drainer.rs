@@ -55,10 +55,13 @@ impl Drainer {
                 final_deadline = Some(Instant::now() + FINAL_DRAIN);
             }
             let mut result = self.pass(device, &mut dirty).await;
-            if result.is_ok() {
+            // Grants and checkpoints go to the store when a checkpoint is due (and at the stop),
+            // not at every pass: passes follow every sealed batch.
+            let due = stopping || last_checkpoint.elapsed() >= self.checkpoint_every;
+            if result.is_ok() && due {
                 result = self.grants(device).await;
             }
-            if result.is_ok() && !dirty.is_empty() && (stopping || last_checkpoint.elapsed() >= self.checkpoint_every) {
+            if result.is_ok() && !dirty.is_empty() && due {
                 result = self.checkpoint(device, &mut dirty).await;
                 last_checkpoint = Instant::now();
             }
