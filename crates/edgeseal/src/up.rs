@@ -135,7 +135,12 @@ pub async fn up(cfg: Arc<Config>, args: UpArgs, pass: PassphraseSource) -> Resul
         _ => "",
     };
     println!("  batches:  {}{from_ui}", describe_policy(policy));
-    let keep = |k: Option<Duration>| k.map_or("for ever".to_string(), |k| humantime::format_duration(k).to_string());
+    // Whole days as days ("400d", as written), not as humantime's years of 365.25 days.
+    let keep = |k: Option<Duration>| match k {
+        None => "for ever".to_string(),
+        Some(k) if k.as_secs() % 86_400 == 0 => format!("{}d", k.as_secs() / 86_400),
+        Some(k) => humantime::format_duration(k).to_string(),
+    };
     let mut kept: Vec<String> = cfg.keep.per_stream.iter().map(|(s, k)| format!("{s} {}", keep(*k))).collect();
     kept.sort();
     let others = if kept.is_empty() { String::new() } else { format!(" ({})", kept.join(", ")) };
